@@ -1,0 +1,158 @@
+"""The command line, `BatchProcess.py JOB new [FILE] | reset | run | status | wipe`: a thin layer
+over config, storage and worker, which tests call directly."""
+import argparse
+import logging
+import shutil
+import sys
+
+from . import config, report
+from .errors import BadInput, BatchError
+from .obsids import read_obsids
+from .slot import current_slot
+from .storage import check_identifier, open_table
+from .worker import Worker
+
+PROG = "BatchProcess.py"
+INTERACTIVE_PATIENCE = 10.0  # seconds a status/reset/new waits through database trouble
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="batch.cfg to use (else $HIPE_BATCH_CONFIG, $HIPE_BATCH_ROOT/batch.cfg, "
+                             "$HIPE_BATCH_ROOT/bin/batch.cfg)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="log only problems")
+
+    parser = argparse.ArgumentParser(prog=PROG, parents=[common],
+                                     description="Run a HIPE job script over many obsids, tracked in SQL.")
+    parser.add_argument("job", metavar="JOB", help="the job's name: its table, and its folder jobs/JOB")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    new = commands.add_parser("new", parents=[common], help="create the job from the master table, or from FILE")
+    new.add_argument("file", metavar="FILE", nargs="?", help="obsids, one a line (first CSV column)")
+    new.add_argument("--add", action="store_true", help="the job may exist: add only obsids not yet in it")
+
+    reset = commands.add_parser("reset", parents=[common], help="put obsids back to pending")
+    which = reset.add_mutually_exclusive_group()
+    which.add_argument("--failed", action="store_true", help="only failed obsids")
+    which.add_argument("--stale", action="store_true", help="only obsids of lost workers (lease ran out)")
+    which.add_argument("--obsids", metavar="FILE", help="only the obsids listed in FILE")
+
+    commands.add_parser("run", parents=[common], help="process pending obsids until none is left")
+
+    status = commands.add_parser("status", parents=[common], help="how far the job is")
+    status.add_argument("--json", action="store_true", help="machine-readable")
+    status.add_argument("--hosts", action="store_true", help="also per host: done, failed, busy time")
+    status.add_argument("--failures", type=int, default=10, metavar="N", help="list the first N failed obsids")
+
+    wipe = commands.add_parser("wipe", parents=[common], help="drop the job's table (not its files)")
+    wipe.add_argument("--yes", action="store_true", help="do not ask")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
+    try:
+        check_identifier(args.job)
+        cfg = config.load(getattr(args, "config", None))
+        return COMMANDS[args.command](cfg, args)
+    except BatchError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_status
+
+
+def _setup_logging(verbose, quiet):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
+def cmd_new(cfg, args) -> int:
+    obsids = read_obsids(args.file) if args.file else None   # the whole file is checked first
+    if obsids is None and not cfg.sql.table:
+        raise BadInput(f"{cfg.path}: [sql] table is missing: `new` without FILE takes every obsid of that master table")
+    table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE, create=True)
+    existed = table.exists()
+    added = table.create(obsids, cfg.sql.table, add=args.add)
+    try:
+        template = _make_job_dir(cfg, args.job)
+    except OSError as e:
+        if not existed:
+            table.drop()
+        raise BadInput(f"cannot create {cfg.job_dir(args.job)}: {e.strerror}; job not created") from None
+    print(f"job {args.job}: {added} obsids added, {table.total()} in all, in {cfg.sql.describe()}")
+    print(f"template: {template}")
+    return 0
+
+
+def _make_job_dir(cfg, job):
+    """jobs/JOB/log, jobs/JOB/output, and the template jobs/JOB/JOB.py copied from the example if absent."""
+    job_dir = cfg.job_dir(job)
+    for sub in ("log", "output"):
+        (job_dir / sub).mkdir(parents=True, exist_ok=True)
+    template = job_dir / f"{job}.py"
+    if not template.exists():
+        for example in (cfg.root / "jobs" / "example" / "example.py",
+                        config.CHECKOUT / "jobs" / "example" / "example.py"):
+            if example.is_file():
+                shutil.copyfile(example, template)
+                break
+        else:
+            logging.warning("no example template found: write the job's HIPE script to %s", template)
+    return template
+
+
+def cmd_reset(cfg, args) -> int:
+    obsids = read_obsids(args.obsids) if args.obsids else None
+    table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
+    table.require()
+    if args.stale:
+        taken = table.reclaim_stale(cfg.run.lease, cfg.run.max_attempts)
+        print(f"{len(taken)} obsids of lost workers taken back (no heartbeat for {cfg.run.lease:g} s)")
+        return 0
+    changed, running = table.reset(cfg.run.lease, only_failed=args.failed, obsids=obsids)
+    print(f"{changed} obsids reset to pending")
+    if running:
+        print(f"{running} obsids are running under live workers and were left alone")
+    return 0
+
+
+def cmd_run(cfg, args) -> int:
+    slot = current_slot()
+    table = open_table(cfg.sql, args.job, cfg.run.db_patience)
+    table.require()
+    return Worker(cfg, table, args.job, slot).run()
+
+
+def cmd_status(cfg, args) -> int:
+    table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
+    table.require()
+    counts = table.counts()
+    failures = table.failures(max(0, args.failures))
+    hosts = table.by_host() if args.hosts or args.json else None
+    print(report.status_json(args.job, counts, failures, hosts) if args.json
+          else report.status_text(args.job, counts, failures, hosts))
+    return 0
+
+
+def cmd_wipe(cfg, args) -> int:
+    table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
+    table.require()  # only ever drops a job table of this tool
+    total = table.total()
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise BadInput(f"wipe drops job '{args.job}' ({total} obsids): confirm with --yes")
+        answer = input(f"Drop job '{args.job}' ({total} obsids) and its history from {cfg.sql.describe()}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing dropped")
+            return 1
+    table.drop()
+    print(f"job {args.job} dropped ({total} obsids); its folder {cfg.job_dir(args.job)} was left as it is")
+    return 0
+
+
+COMMANDS = {"new": cmd_new, "reset": cmd_reset, "run": cmd_run, "status": cmd_status, "wipe": cmd_wipe}

@@ -1,0 +1,228 @@
+"""Reading batch.cfg: where it is looked for, what each key means, and one clear error per bad value.
+
+An original 2014 file (only `[sql] host user pswd db table`) keeps working and means MySQL.
+"""
+import configparser
+import logging
+import os
+import re
+import shlex
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .errors import BadInput
+
+log = logging.getLogger(__name__)
+
+# The checkout (or source tree) this package was loaded from: lib/batchUtility/config.py -> root.
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+PASSWORD_ENV = "HIPE_BATCH_PASSWORD"
+
+# Every key each section accepts, with its default (None: required, or unset where noted).
+KNOWN = {
+    "sql": {"backend": "mysql", "host": None, "port": "3306", "socket": "", "user": None,
+            "pswd": "", "db": None, "table": "", "path": "batch.sqlite", "option_file": ""},
+    "hipe": {"command": "hipe", "memory": "2048m", "properties": "", "timeout": "0"},
+    "run": {"lease": "300", "max_attempts": "3", "db_patience": "600", "wait_for_running": "yes"},
+}
+_MEMORY = re.compile(r"[1-9][0-9]*[kKmMgG]?\Z")
+_PROPERTY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*=.*\Z")
+
+
+def batch_root() -> Path:
+    """$HIPE_BATCH_ROOT, or the checkout this package came from."""
+    return Path(os.environ.get("HIPE_BATCH_ROOT") or CHECKOUT).resolve()
+
+
+def find_config(explicit: Optional[str] = None) -> Path:
+    """The first of: --config FILE, $HIPE_BATCH_CONFIG, $HIPE_BATCH_ROOT/batch.cfg, $HIPE_BATCH_ROOT/bin/batch.cfg."""
+    for given, origin in ((explicit, "--config"), (os.environ.get("HIPE_BATCH_CONFIG"), "$HIPE_BATCH_CONFIG")):
+        if given:
+            if not Path(given).is_file():
+                raise BadInput(f"{given}: configuration file not found (from {origin})")
+            return Path(given).resolve()
+    root = batch_root()
+    for candidate in (root / "batch.cfg", root / "bin" / "batch.cfg"):
+        if candidate.is_file():
+            return candidate
+    raise BadInput(f"no batch.cfg: looked in {root}/batch.cfg and {root}/bin/batch.cfg "
+                   "(set HIPE_BATCH_ROOT, HIPE_BATCH_CONFIG or --config)")
+
+
+@dataclass(frozen=True)
+class SqlSettings:
+    backend: str
+    host: str
+    port: int
+    socket: str
+    user: str
+    password: str = ""           # never printed: see __repr__
+    db: str = ""
+    table: str = ""              # the master table; needed only by `new` without FILE
+    path: Optional[Path] = None  # the SQLite database file
+    option_file: str = ""        # a MySQL option file such as ~/.my.cnf
+
+    def __repr__(self):
+        where = self.path if self.backend == "sqlite" else f"{self.user}@{self.host}:{self.port}/{self.db}"
+        return f"SqlSettings({self.backend} {where})"
+
+    def describe(self) -> str:
+        """Where the database is, for messages; never the password."""
+        if self.backend == "sqlite":
+            return f"SQLite database {self.path}"
+        place = self.socket or f"{self.host}:{self.port}"
+        return f"MySQL database '{self.db}' at {place} as user '{self.user}'"
+
+
+@dataclass(frozen=True)
+class HipeSettings:
+    command: tuple
+    memory: str
+    properties: tuple
+    timeout: float   # seconds per obsid; 0 means none
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    lease: float        # a running row not heartbeated for this long belongs to a dead worker
+    max_attempts: int   # failures and worker deaths an obsid may cost before it is failed for good
+    db_patience: float  # how long a worker waits for an absent database before giving up
+    wait_for_running: bool  # when nothing is pending, wait for running obsids (they may be reclaimed)
+
+    @property
+    def heartbeat(self) -> float:
+        return max(0.5, self.lease / 5)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    root: Path
+    sql: SqlSettings
+    hipe: HipeSettings
+    run: RunSettings
+
+    def job_dir(self, job: str) -> Path:
+        return self.root / "jobs" / job
+
+
+class _Reader:
+    """Typed access to one parsed file, raising BadInput that names file, section, key and value."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+        try:
+            with open(path, encoding="utf-8-sig") as f:
+                self.parser.read_file(f)
+        except (configparser.Error, UnicodeDecodeError, OSError) as e:
+            raise BadInput(f"{path}: cannot be read as an ini file: {_one_line(e)}") from None
+        if not self.parser.has_section("sql"):
+            raise BadInput(f"{path}: no [sql] section")
+        for section in self.parser.sections():
+            if section not in KNOWN:
+                raise BadInput(f"{path}: unknown section [{section}] (known: {', '.join(KNOWN)})")
+            for key in self.parser[section]:
+                if key not in KNOWN[section]:
+                    raise BadInput(f"{path}: [{section}] unknown key '{key}' "
+                                   f"(known: {', '.join(KNOWN[section])})")
+
+    def get(self, section, key, required=False) -> str:
+        value = self.parser.get(section, key, fallback=None) if self.parser.has_section(section) else None
+        if value is None or value.strip() == "":
+            if required or KNOWN[section][key] is None:
+                raise BadInput(f"{self.path}: [{section}] {key} is missing")
+            return KNOWN[section][key]
+        return value.strip()
+
+    def bad(self, section, key, value, why):
+        shown = "***" if key == "pswd" else value
+        return BadInput(f"{self.path}: [{section}] {key} = {shown!r}: {why}")
+
+    def number(self, section, key, kind=float, low=0, high=None):
+        raw = self.get(section, key)
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise self.bad(section, key, raw, f"not {'a whole number' if kind is int else 'a number'}") from None
+        if value < low or (high is not None and value > high):
+            raise self.bad(section, key, raw, f"must be between {low} and {high}" if high else f"must be at least {low}")
+        return value
+
+    def choice(self, section, key, choices):
+        raw = self.get(section, key)
+        if raw.lower() not in choices:
+            raise self.bad(section, key, raw, f"must be one of {', '.join(choices)}")
+        return raw.lower()
+
+
+def _one_line(e) -> str:
+    return " ".join(str(e).split())
+
+
+def load(explicit: Optional[str] = None) -> Config:
+    """Find and read batch.cfg; raise BadInput naming file, key and value for anything wrong."""
+    path = find_config(explicit)
+    r = _Reader(path)
+    backend = r.choice("sql", "backend", ("mysql", "sqlite"))
+    if backend == "sqlite":
+        sqlite_path = Path(os.path.expanduser(r.get("sql", "path")))
+        sql = SqlSettings(backend, "", 0, "", "", table=r.get("sql", "table"),
+                          path=sqlite_path if sqlite_path.is_absolute() else (path.parent / sqlite_path))
+    else:
+        password = os.environ.get(PASSWORD_ENV) or r.get("sql", "pswd")
+        if r.get("sql", "pswd"):
+            _warn_if_readable(path)
+        sql = SqlSettings(backend, r.get("sql", "host", required=True), r.number("sql", "port", int, 1, 65535),
+                          r.get("sql", "socket"), r.get("sql", "user", required=True), password,
+                          r.get("sql", "db", required=True), r.get("sql", "table"),
+                          option_file=os.path.expanduser(r.get("sql", "option_file")))
+        if sql.option_file and not Path(sql.option_file).is_file():
+            raise r.bad("sql", "option_file", sql.option_file, "no such file")
+    if sql.table:
+        from .storage import check_identifier  # the one place identifiers are judged
+        try:
+            check_identifier(sql.table, "master table name")
+        except BadInput as e:
+            raise r.bad("sql", "table", sql.table, str(e)) from None
+
+    command = r.get("hipe", "command")
+    try:
+        command_words = tuple(shlex.split(command))
+    except ValueError as e:
+        raise r.bad("hipe", "command", command, str(e)) from None
+    if not command_words:
+        raise r.bad("hipe", "command", command, "is empty")
+    if "/" in command_words[0] and not os.path.isabs(command_words[0]):
+        # A relative path such as bin/hipe-standin is relative to batch.cfg's folder, like [sql] path.
+        command_words = (str(path.parent / command_words[0]), *command_words[1:])
+    memory = r.get("hipe", "memory")
+    if not _MEMORY.match(memory):
+        raise r.bad("hipe", "memory", memory, "must look like 2048m or 4g")
+    try:
+        properties = tuple(shlex.split(r.get("hipe", "properties")))
+    except ValueError as e:
+        raise r.bad("hipe", "properties", r.get("hipe", "properties"), str(e)) from None
+    for p in properties:
+        if not _PROPERTY.match(p):
+            raise r.bad("hipe", "properties", p, "each property must be name=value")
+    hipe = HipeSettings(command_words, memory, properties, r.number("hipe", "timeout"))
+
+    lease = r.number("run", "lease", low=1)
+    run = RunSettings(lease, r.number("run", "max_attempts", int, 1, 1000), r.number("run", "db_patience"),
+                      r.choice("run", "wait_for_running", ("yes", "no", "true", "false", "1", "0"))
+                      in ("yes", "true", "1"))
+    return Config(path, batch_root(), sql, hipe, run)
+
+
+def _warn_if_readable(path: Path):
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("%s holds a database password and is readable by other users: chmod 600 %s "
+                    "(or move the password to ~/.my.cnf or $%s)", path, path, PASSWORD_ENV)

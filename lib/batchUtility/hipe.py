@@ -1,0 +1,167 @@
+"""Launching HIPE for one obsid: the temporary script, the command line, the logs, and the verdict.
+
+HIPE can exit 0 after its script raised, so success needs two things: exit status 0, and a marker
+file that a line appended to the script writes when the script has run to its last line.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from .storage import Outcome
+
+KILL_GRACE = 5.0   # seconds between SIGTERM and SIGKILL to HIPE's process group
+POLL = 0.2         # how often the wait loop looks at signals, the timeout and the lease
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What became of one launch: its outcome, and whether it was cut short by us."""
+    outcome: Outcome
+    seconds: float
+    stopped_by: int = 0      # the signal that stopped this worker mid-launch, if any
+    claim_lost: bool = False
+
+
+def py2_string(text: str) -> str:
+    """A Jython 2 string literal for text (paths may hold quotes, backslashes, spaces)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
+def script_text(template: str, obsid: int, out_dir: Path, job: str, marker: Path) -> str:
+    """The template with the original's preamble (obsid, outDir; plus jobName) and the completion line."""
+    return ("# -*- coding: utf-8 -*-\n"
+            f"obsid={obsid}\n"
+            f"outDir={py2_string(str(out_dir) + os.sep)}\n"
+            f"jobName={py2_string(job)}\n"
+            f"{template.rstrip()}\n"
+            "\n# Appended by batchUtility: reached only if the script ran to its end.\n"
+            f"open({py2_string(str(marker))}, \"w\").close()\n")
+
+
+def hipe_command(hipe, cache_dir: Path, script: Path) -> List[str]:
+    """HIPE's command line, as the original built it, plus any extra properties."""
+    return [*hipe.command, "-properties", f"java.vm.memory.max={hipe.memory}",
+            f"hcss.ia.pal.pool.cache.dir={cache_dir}", *hipe.properties, str(script)]
+
+
+def keep_previous(path: Path):
+    """Move an earlier attempt's log aside (OBSID.stdout -> OBSID.stdout.1, .2, ...) so none is lost."""
+    if path.exists() and path.stat().st_size > 0:
+        n = 1
+        while path.with_name(f"{path.name}.{n}").exists():
+            n += 1
+        path.rename(path.with_name(f"{path.name}.{n}"))
+
+
+def run_obsid(hipe, template: str, job: str, obsid: int, out_dir: Path, log_dir: Path,
+              should_stop: Callable[[], int], tick: Callable[[], Optional[bool]], tick_every: float) -> Launch:
+    """Run HIPE once for obsid, streaming its output to log_dir/OBSID.stdout and .stderr.
+
+    Waits for HIPE while calling tick() every tick_every seconds (the lease heartbeat; False means
+    our claim was taken, and HIPE is stopped so that the obsid never runs twice at once) and
+    should_stop() every POLL seconds (a signal number: stop HIPE and return). Temporaries are
+    removed whatever happens.
+    """
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix=f"hipe-batch-{job}-{obsid}-"))
+    try:
+        script, marker, cache = tmp / f"{job}_{obsid}.py", tmp / "completed", tmp / "pool-cache"
+        cache.mkdir()
+        script.write_text(script_text(template, obsid, out_dir, job, marker), encoding="utf-8")
+        stdout_path, stderr_path = log_dir / f"{obsid}.stdout", log_dir / f"{obsid}.stderr"
+        keep_previous(stdout_path)
+        keep_previous(stderr_path)
+        command = hipe_command(hipe, cache, script)
+        with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+            try:
+                # HIPE writes straight into the log files (nothing held in memory), in a session of
+                # its own so that a timeout or a stop can kill its whole process group.
+                proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                        start_new_session=True)
+            except OSError as e:
+                return Launch(Outcome(False, f"cannot start HIPE ({command[0]}): {e.strerror}"),
+                              time.monotonic() - started)
+        try:
+            return _wait(proc, hipe.timeout, started, marker, stderr_path, should_stop, tick, tick_every)
+        finally:
+            _signal_group(proc.pid, signal.SIGKILL)  # whatever HIPE left behind in its group
+            if proc.poll() is None:
+                proc.wait()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wait(proc, timeout, started, marker, stderr_path, should_stop, tick, tick_every) -> Launch:
+    next_tick = started + tick_every
+    while True:
+        try:
+            code = proc.wait(timeout=POLL)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        stop = should_stop()
+        if stop:
+            _stop(proc)
+            return Launch(Outcome(False, f"stopped by {signal.Signals(stop).name}"), now - started, stopped_by=stop)
+        if timeout and now - started >= timeout:
+            _stop(proc)
+            return Launch(Outcome(False, f"timeout: HIPE ran over {timeout:g} s and was killed", None,
+                                  _killed_by(proc.returncode)), now - started)
+        if now >= next_tick:
+            next_tick = now + tick_every
+            if tick() is False:
+                _stop(proc)
+                return Launch(Outcome(False, "claim lost to another worker; HIPE stopped"), now - started,
+                              claim_lost=True)
+    seconds = time.monotonic() - started
+    return Launch(_verdict(code, marker.exists(), stderr_path), seconds)
+
+
+def _verdict(code: int, completed: bool, stderr_path: Path) -> Outcome:
+    if code < 0:
+        return Outcome(False, f"HIPE killed by {signal.Signals(-code).name}{_last_words(stderr_path)}", None, -code)
+    if code != 0:
+        return Outcome(False, f"HIPE exited with status {code}{_last_words(stderr_path)}", code)
+    if not completed:
+        return Outcome(False, f"script stopped before its end though HIPE exited 0{_last_words(stderr_path)}", 0)
+    return Outcome(True, "", 0)
+
+
+def _last_words(stderr_path: Path) -> str:
+    """': ' and the last non-blank line HIPE wrote to stderr (usually the exception), if any."""
+    try:
+        with open(stderr_path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = [l.strip() for l in f.read().decode("utf-8", "replace").splitlines() if l.strip()]
+    except OSError:
+        return ""
+    return f": {lines[-1][:160]}" if lines else ""
+
+
+def _killed_by(code):
+    return -code if code is not None and code < 0 else None
+
+
+def _signal_group(pgid: int, sig: int):
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop(proc):
+    """SIGTERM HIPE's whole process group, SIGKILL it if it has not gone after KILL_GRACE."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=KILL_GRACE)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -1,0 +1,40 @@
+"""Reading obsid lists: one obsid a line (the first CSV column, as the original read it)."""
+import re
+from pathlib import Path
+from typing import List
+
+from .errors import BadInput
+
+# Herschel obsids are 10-digit numbers such as 1342191755; anything longer is a typo, not an obsid.
+MAX_OBSID = 9_999_999_999
+_OBSID = re.compile(r"[0-9]{1,10}\Z")
+
+
+def read_obsids(path) -> List[int]:
+    """The obsids of a file, in file order, duplicates collapsed.
+
+    Blank lines and `#` comments are skipped; a BOM and CRLF line ends are accepted; on a CSV
+    line only the first column counts, and a first line `obsid` is a header. Any other line raises BadInput naming file, line and text,
+    so that a caller can check the whole file before changing anything.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read obsid file: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise BadInput(f"{path}:{line}: not UTF-8 text") from None
+    seen = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        field = line.split("#", 1)[0].split(",", 1)[0].strip().strip('"').strip()
+        if not field or (not seen and field.lower() == "obsid"):  # blank, comment, or a CSV header
+            continue
+        if not _OBSID.match(field) or int(field) == 0:
+            shown = line.strip()
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise BadInput(f"{path}:{number}: {shown!r} is not an obsid (a positive whole number of at most 10 digits)")
+        seen.setdefault(int(field), None)
+    return list(seen)

@@ -1,0 +1,166 @@
+"""The worker loop of `run`: claim an obsid, launch HIPE on it, record the outcome; until none is left.
+
+One worker is one process (one MPI slot). Workers never talk to each other: the job table is the
+only coordination. A worker that dies leaves its obsid running under a lease that stops being
+refreshed; any later worker takes it back (`JobTable.reclaim_stale`).
+"""
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from . import hipe, report
+from .errors import BadInput, DatabaseUnavailable
+from .storage import RUNNING
+
+logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class _Context(logging.LoggerAdapter):
+    """Prefixes every message with host, slot and (while one runs) obsid."""
+
+    def process(self, msg, kwargs):
+        obsid = self.extra.get("obsid")
+        where = f"{self.extra['host']} slot {self.extra['slot']}" + (f" obsid={obsid}" if obsid else "")
+        return f"[{where}] {msg}", kwargs
+
+
+class Worker:
+    def __init__(self, cfg, table, job: str, slot, out=None):
+        self.cfg, self.table, self.job, self.slot = cfg, table, job, slot
+        self.out = out or sys.stdout
+        self.dir = cfg.job_dir(job)
+        self.template = self.dir / f"{job}.py"
+        self.log = _Context(logger, {"host": slot.host, "slot": slot.name, "obsid": None})
+        self.stop_signal = 0
+        self.processed = self.done = self.failed = 0
+
+    def check_ready(self):
+        """Raise BadInput (changing nothing) unless the job's template and HIPE can be used."""
+        if not self.template.is_file():
+            raise BadInput(f"template {self.template} not found: write the job's HIPE script there "
+                           f"(`BatchProcess.py {self.job} new` copies the example)")
+        try:
+            self.template.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise BadInput(f"template {self.template} cannot be read: {e}") from None
+        command = self.cfg.hipe.command[0] if self.cfg.hipe.command else ""
+        if not command or not shutil.which(command):
+            raise BadInput(f"HIPE command {command!r} not found on PATH ([hipe] command in {self.cfg.path})")
+        for sub in ("log", "output"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+
+    def run(self) -> int:
+        """Process obsids until none is left or a stop signal arrives.
+
+        Returns 0 if every obsid this worker ran succeeded, 1 if any failed, 3 if the database
+        stayed away too long, 128+N after stop signal N (its obsid put back to pending).
+        """
+        self.check_ready()
+        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        started = time.monotonic()
+        try:
+            self._loop()
+            status = 1 if self.failed else 0
+        except DatabaseUnavailable as e:
+            self.log.error("%s; stopping. Nothing is lost: an obsid left running is taken back after its lease.", e)
+            status = DatabaseUnavailable.exit_status
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            print(report.slot_summary(self.slot, self.processed, self.done, self.failed,
+                                      time.monotonic() - started), file=self.out, flush=True)
+        return 128 + self.stop_signal if self.stop_signal else status
+
+    def _on_signal(self, signum, frame):
+        # Only note it: the loop stops HIPE, puts the obsid back and leaves at a safe point.
+        self.stop_signal = signum
+
+    def _loop(self):
+        run = self.cfg.run
+        self._reclaim()
+        while not self.stop_signal:
+            claim = self.table.claim(self.slot.host, self.slot.name, os.getpid())
+            if claim is not None:
+                self._process(claim)
+                continue
+            if self._reclaim():
+                continue
+            # Nothing pending. Obsids still running elsewhere may yet come back (a worker dies,
+            # a failure is retried): wait for them rather than leave them to a later run.
+            if not run.wait_for_running or self.table.counts()[RUNNING] == 0:
+                break
+            self._sleep(run.heartbeat)
+
+    def _reclaim(self) -> bool:
+        taken = self.table.reclaim_stale(self.cfg.run.lease, self.cfg.run.max_attempts)
+        if taken:
+            self.log.warning("took back %d obsid(s) of lost workers: %s", len(taken),
+                             " ".join(map(str, taken[:10])) + (" ..." if len(taken) > 10 else ""))
+        return bool(taken)
+
+    def _sleep(self, seconds):
+        end = time.monotonic() + seconds
+        while not self.stop_signal and time.monotonic() < end:
+            time.sleep(min(hipe.POLL, end - time.monotonic()))
+
+    def _process(self, claim):
+        self.processed += 1
+        self.log.extra["obsid"] = claim.obsid
+        print(f".....  [Slot {self.slot.rank}/{self.slot.size} on {self.slot.host}] "
+              f"[#{self.processed}, obsid={claim.obsid}]", file=self.out, flush=True)
+        try:
+            template = self.template.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            launch = hipe.Launch(hipe.Outcome(False, f"cannot read template {self.template}: {e}"), 0.0)
+        else:
+            launch = hipe.run_obsid(self.cfg.hipe, template, self.job, claim.obsid, self.dir / "output",
+                                    self.dir / "log", lambda: self.stop_signal, lambda: self._heartbeat(claim),
+                                    self.cfg.run.heartbeat)
+        try:
+            self._record(claim, launch)
+        finally:
+            self.log.extra["obsid"] = None
+
+    def _heartbeat(self, claim):
+        alive = self.table.heartbeat(claim)
+        if alive is None:
+            self.log.warning("database unreachable; HIPE keeps running, the lease will be refreshed when it is back")
+        elif alive is False:
+            self.log.error("claim was taken back (lease of %g s ran out); stopping HIPE", self.cfg.run.lease)
+        return alive
+
+    def _record(self, claim, launch):
+        outcome = launch.outcome
+        if launch.stopped_by:
+            # Short patience: a stop should be quick; if the database is away, the lease runs out
+            # and the obsid is taken back all the same.
+            saved = self.table.patience
+            self.table.patience = min(saved, 10.0)
+            try:
+                self.table.requeue(claim, outcome.reason)
+                self.log.warning("%s: HIPE stopped, obsid back to pending", outcome.reason)
+            except DatabaseUnavailable as e:
+                self.log.error("%s; obsid stays claimed until its lease runs out", e)
+            finally:
+                self.table.patience = saved
+            return
+        if not outcome.ok:
+            self.failed += 1
+        if launch.claim_lost:
+            return
+        state = self.table.finish(claim, outcome, self.cfg.run.max_attempts)
+        if state is None:
+            self.log.error("outcome not recorded: the claim had been taken back (lease %g s)", self.cfg.run.lease)
+        elif outcome.ok:
+            self.done += 1
+            self.log.info("done in %.1f s", launch.seconds)
+        else:
+            retry = f", will be retried (attempt {claim.attempt} of {self.cfg.run.max_attempts})" if state != "failed" else ""
+            self.log.error("failed after %.1f s: %s%s (log: %s)", launch.seconds, outcome.reason, retry,
+                           Path(self.dir, "log", f"{claim.obsid}.stderr"))
