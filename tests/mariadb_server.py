@@ -1,0 +1,101 @@
+"""A real, private MariaDB server for tests: its own data directory, port and socket."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import MySQLdb
+
+USER, PASSWORD = "hipeuser", "s3cret-pw"
+
+
+def free_port(host="127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout, what, interval=0.05):
+    """Poll condition() until it is true; fail naming `what` after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class MariaDB:
+    """mariadb-install-db into `base`, then mariadbd bound to `bind`:`port` and a socket in `base`."""
+
+    def __init__(self, base: Path, bind: str = "127.0.0.1", port: int = 0):
+        self.base = Path(base)
+        self.datadir = self.base / "data"
+        self.socket = str(self.base / "mysqld.sock")
+        self.bind = bind
+        self.port = port or free_port(bind)
+        self.proc = None
+        self.installed = False
+
+    def install(self):
+        self.base.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mariadb-install-db", f"--datadir={self.datadir}", "--user=root",
+                        "--auth-root-authentication-method=normal", "--skip-test-db"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.installed = True
+
+    def start(self, timeout=60):
+        if not self.installed:
+            self.install()
+        self.log = open(self.base / "mariadbd.log", "ab")
+        self.proc = subprocess.Popen(
+            ["mariadbd", f"--datadir={self.datadir}", f"--socket={self.socket}", f"--port={self.port}",
+             f"--bind-address={self.bind}", "--user=root", f"--pid-file={self.base / 'mariadbd.pid'}",
+             "--innodb-buffer-pool-size=64M", "--innodb-log-file-size=48M", "--max-connections=500",
+             "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=2"],
+            stdout=self.log, stderr=self.log)
+        wait_for(self._answers, timeout, f"mariadbd on port {self.port}")
+        with self.admin() as c:
+            cur = c.cursor()
+            cur.execute("CREATE USER IF NOT EXISTS %s@'%%' IDENTIFIED BY %s", (USER, PASSWORD))
+            cur.execute("GRANT ALL ON *.* TO %s@'%%'", (USER,))
+        return self
+
+    def _answers(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"mariadbd exited with {self.proc.returncode}; see {self.base / 'mariadbd.log'}")
+        try:
+            self.admin().close()
+            return True
+        except MySQLdb.OperationalError:
+            return False
+
+    def admin(self, db=None):
+        """A root connection through the socket (autocommit)."""
+        conn = MySQLdb.connect(unix_socket=self.socket, user="root", database=db or "", autocommit=True)
+        return conn
+
+    def create_database(self, name):
+        with self.admin() as c:
+            c.cursor().execute(f"CREATE DATABASE `{name}`")
+        return name
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout)
+        self.proc = None
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def cfg_sql(self, db, table="v11_1"):
+        """The [sql] section of a batch.cfg for this server (TCP, as remote hosts reach it)."""
+        return {"backend": "mysql", "host": self.bind, "port": str(self.port), "user": USER,
+                "pswd": PASSWORD, "db": db, "table": table}
