@@ -23,7 +23,7 @@ PASSWORD_ENV = "HIPE_BATCH_PASSWORD"
 
 # Every key each section accepts, with its default (None: required, or unset where noted).
 KNOWN = {
-    "sql": {"backend": "mysql", "host": None, "port": "3306", "socket": "", "user": None,
+    "sql": {"backend": "mysql", "host": None, "port": "", "socket": "", "user": None,
             "pswd": "", "db": None, "table": "", "path": "batch.sqlite", "option_file": ""},
     "hipe": {"command": "hipe", "memory": "2048m", "properties": "", "timeout": "0"},
     "run": {"lease": "300", "max_attempts": "3", "db_patience": "600", "wait_for_running": "yes"},
@@ -56,7 +56,7 @@ def find_config(explicit: Optional[str] = None) -> Path:
 class SqlSettings:
     backend: str
     host: str
-    port: int
+    port: int        # 0: from the option file, else 3306
     socket: str
     user: str
     password: str = ""           # never printed: see __repr__
@@ -73,7 +73,7 @@ class SqlSettings:
         """Where the database is, for messages; never the password."""
         if self.backend == "sqlite":
             return f"SQLite database {self.path}"
-        place = self.socket or f"{self.host}:{self.port}"
+        place = self.socket or (f"{self.host}:{self.port}" if self.port else self.host)
         return f"MySQL database '{self.db}' at {place} as user '{self.user}'"
 
 
@@ -176,7 +176,8 @@ def load(explicit: Optional[str] = None) -> Config:
         password = os.environ.get(PASSWORD_ENV) or r.get("sql", "pswd")
         if r.get("sql", "pswd"):
             _warn_if_readable(path)
-        sql = SqlSettings(backend, r.get("sql", "host", required=True), r.number("sql", "port", int, 1, 65535),
+        port = r.number("sql", "port", int, 1, 65535) if r.get("sql", "port") else 0
+        sql = SqlSettings(backend, r.get("sql", "host", required=True), port,
                           r.get("sql", "socket"), r.get("sql", "user", required=True), password,
                           r.get("sql", "db", required=True), r.get("sql", "table"),
                           option_file=os.path.expanduser(r.get("sql", "option_file")))

@@ -12,6 +12,7 @@ reclaimed or reset, the token no longer matches and the write changes nothing.
 Times are the database's clock in epoch seconds, so hosts with skewed clocks agree on leases.
 """
 import logging
+import os
 import random
 import re
 import sqlite3
@@ -560,21 +561,21 @@ class MySQLJobTable(JobTable):
     def _connect(self):
         from MySQLdb.constants import CLIENT
         s = self.settings
-        options = dict(host=s.host, port=s.port, user=s.user, database=s.db, charset="utf8mb4",
+        options = dict(host=s.host, user=s.user, database=s.db, charset="utf8mb4",
                        connect_timeout=10, autocommit=False,
                        client_flag=CLIENT.FOUND_ROWS,  # rowcount = rows matched, so repeated writes still count
                        init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        if s.port:
+            options["port"] = s.port
         if s.socket:
             options["unix_socket"] = s.socket
         if s.password:
             options["password"] = s.password
-        if s.option_file:
-            options["read_default_file"] = s.option_file
-        elif not s.password:
-            import os
-            default = os.path.expanduser("~/.my.cnf")
-            if os.path.isfile(default):
-                options["read_default_file"] = default
+        # MySQL's own option file, as the mysql client reads it: it may hold the password (so that
+        # batch.cfg need not), the port or the socket. What batch.cfg says takes precedence.
+        option_file = s.option_file or os.path.expanduser("~/.my.cnf")
+        if os.path.isfile(option_file):
+            options["read_default_file"] = option_file
         return self._driver.connect(**options)
 
     def _code(self, e):

@@ -1,0 +1,206 @@
+"""`run`: claiming, launching HIPE, judging success, timeouts and stops, with real processes."""
+import os
+import re
+import signal
+from collections import Counter
+
+import pytest
+
+from conftest import STANDIN, ROOT
+from mariadb_server import wait_for
+
+OK = "x = obsid * 2\n"
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_eight_concurrent_workers_do_every_obsid_exactly_once(batch):
+    obsids = list(range(1342190000, 1342190500))
+    batch.template("c", OK)
+    assert batch.cli("c", "new", batch.obsid_file(obsids)).returncode == 0
+    workers = [batch.popen("c", "run") for _ in range(8)]
+    outs = [w.communicate(timeout=600) for w in workers]
+    assert [w.returncode for w in workers] == [0] * 8, [o[1][-2000:] for o in outs]
+    calls = Counter(batch.calls_list())
+    assert sorted(calls) == obsids and set(calls.values()) == {1}       # HIPE called once per obsid
+    rows = batch.table("c").rows()
+    assert [r["state"] for r in rows] == ["done"] * 500 and {r["pipelined"] for r in rows} == {1}
+    printed = Counter(int(m) for out, _ in outs for m in re.findall(r"obsid=(\d+)\]", out))
+    assert sorted(printed) == obsids and set(printed.values()) == {1}
+    assert sum(1 for out, _ in outs if "SUMMARY" in out) == 8
+    history = batch.table("c").history()
+    assert len(history) == 500 and {h["outcome"] for h in history} == {"done"}
+
+
+def test_output_lines_launch_and_temporaries(batch):
+    batch.template("o", "import sys\nprint('out %d' % obsid)\nsys.stderr.write('err\\n')\n")
+    batch.cli("o", "new", batch.obsid_file([11, 12]))
+    r = batch.cli("o", "run")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    host = os.uname().nodename
+    assert lines[:2] == [f".....  [Slot 1/1 on {host}] [#1, obsid=11]", f".....  [Slot 1/1 on {host}] [#2, obsid=12]"]
+    assert re.fullmatch(rf"{re.escape(host)} SLOT 1 SUMMARY: 2 obsids processed in \d+\.\d\d minutes "
+                        r"\(\d+\.\d\d minutes/obsid\); 2 done, 0 failed", lines[2])
+    log = batch.root / "jobs" / "o" / "log"
+    assert (log / "11.stdout").read_text() == "out 11\n" and (log / "11.stderr").read_text() == "err\n"
+    calls = [line.split() for line in batch.calls.read_text().splitlines()]
+    assert [c[2] for c in calls] == ["512m", "512m"]                    # java.vm.memory.max
+    caches = [c[3] for c in calls]
+    assert len(set(caches)) == 2 and not any(os.path.exists(c) for c in caches)   # fresh, then removed
+    assert not any(os.path.exists(os.path.dirname(c)) for c in caches)  # the temporary script's folder too
+
+
+def test_an_earlier_attempts_logs_are_kept(batch):
+    batch.template("r", "print('attempt at %d' % obsid)\n")
+    batch.cli("r", "new", batch.obsid_file([6]))
+    batch.cli("r", "run")
+    batch.template("r", "print('second go')\n")
+    batch.cli("r", "reset")
+    assert batch.cli("r", "run").returncode == 0
+    log = batch.root / "jobs" / "r" / "log"
+    assert (log / "6.stdout").read_text() == "second go\n" and (log / "6.stdout.1").read_text() == "attempt at 6\n"
+
+
+def test_summary_of_a_worker_that_got_nothing(batch):
+    batch.template("n", OK)
+    batch.cli("n", "new", batch.obsid_file([1]))
+    batch.cli("n", "run")
+    r = batch.cli("n", "run")
+    assert r.returncode == 0
+    assert "SUMMARY: 0 obsids processed in" in r.stdout and "(no obsid); 0 done, 0 failed" in r.stdout
+
+
+@pytest.mark.parametrize("template,exit_zero,reason", [
+    ("raise ValueError('bad calibration')\n", "0", "HIPE exited with status 1: ValueError: bad calibration"),
+    ("raise ValueError('bad calibration')\n", "1",
+     "script stopped before its end though HIPE exited 0: ValueError: bad calibration"),
+    ("import sys\nsys.exit(0)\nprint('never')\n", "0", "script stopped before its end though HIPE exited 0"),
+    ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n", "0", "HIPE exited with status 137"),
+])
+def test_success_needs_exit_zero_and_the_end_of_the_script(batch, template, exit_zero, reason):
+    batch.template("f", template)
+    batch.write_cfg(run={"max_attempts": "2"})
+    batch.cli("f", "new", batch.obsid_file([5]))
+    r = batch.cli("f", "run", env=batch.env(TRIVIAL_HIPE_EXIT_ZERO=exit_zero))
+    assert r.returncode == 1
+    [row] = batch.table("f").rows()
+    assert (row["state"], row["pipelined"], row["attempts"], row["reason"]) == ("failed", 0, 2, reason)
+    assert batch.calls_list() == [5, 5]                                 # retried once, then failed
+    assert [h["outcome"] for h in batch.table("f").history(5)] == ["failed", "failed"]
+    assert "1 of 1" not in batch.cli("f", "status").stdout
+
+
+def test_hipe_killed_by_a_signal(batch):
+    batch.template("k", OK)
+    batch.write_cfg(hipe={"command": "/bin/sh -c 'kill -9 $$' hipe"}, run={"max_attempts": "1"})
+    batch.cli("k", "new", batch.obsid_file([5]))
+    assert batch.cli("k", "run").returncode == 1
+    [row] = batch.table("k").rows()
+    assert (row["state"], row["signal_no"], row["reason"]) == ("failed", 9, "HIPE killed by SIGKILL")
+
+
+GRANDCHILD = """import subprocess, sys, time
+child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
+open(outDir + 'pids', 'w').write('%d' % child.pid)
+time.sleep(600)
+"""
+
+
+def test_timeout_kills_hipe_and_its_grandchildren(batch):
+    batch.template("t", GRANDCHILD)
+    batch.write_cfg(hipe={"timeout": "2"}, run={"max_attempts": "1"})
+    batch.cli("t", "new", batch.obsid_file([3]))
+    r = batch.cli("t", "run", timeout=120)
+    assert r.returncode == 1
+    [row] = batch.table("t").rows()
+    assert row["state"] == "failed" and row["reason"] == "timeout: HIPE ran over 2 s and was killed"
+    grandchild = int((batch.root / "jobs" / "t" / "output" / "pids").read_text())
+    wait_for(lambda: not pid_alive(grandchild), 10, "the grandchild to be gone")
+
+
+SLOW = """import time
+open(outDir + '%d.started' % obsid, 'w').close()
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_stops_hipe_and_puts_the_obsid_back(batch, sig):
+    batch.template("s", SLOW)
+    batch.cli("s", "new", batch.obsid_file([8, 9]))
+    worker = batch.popen("s", "run")
+    started = batch.root / "jobs" / "s" / "output"
+    wait_for(lambda: list(started.glob("*.started")), 60, "HIPE to start")
+    hipe_pid = int(batch.calls.read_text().split()[1])
+    worker.send_signal(sig)
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 128 + sig, err
+    assert not pid_alive(hipe_pid)
+    rows = batch.table("s").rows()
+    assert [(r["state"], r["attempts"]) for r in rows] == [("pending", 0), ("pending", 0)]
+    assert [h["outcome"] for h in batch.table("s").history()] == ["stopped"]
+    assert f"stopped by {signal.Signals(sig).name}" in err
+    assert "SUMMARY: 1 obsids processed" in out
+
+
+def test_output_is_streamed_to_the_log_while_hipe_runs(batch):
+    batch.template("l", "import sys, os, time\nprint('first line')\nsys.stdout.flush()\n"
+                        "while not os.path.exists(outDir + 'go'):\n    time.sleep(0.05)\nprint('last line')\n")
+    batch.cli("l", "new", batch.obsid_file([4]))
+    worker = batch.popen("l", "run")
+    log = batch.root / "jobs" / "l" / "log" / "4.stdout"
+    wait_for(lambda: log.exists() and log.read_text() == "first line\n", 60, "the first line in the log")
+    (batch.root / "jobs" / "l" / "output" / "go").touch()
+    worker.communicate(timeout=60)
+    assert worker.returncode == 0 and log.read_text() == "first line\nlast line\n"
+
+
+def test_run_refuses_without_template_or_hipe(batch):
+    batch.cli("m", "new", batch.obsid_file([1]))
+    (batch.root / "jobs" / "m" / "m.py").unlink()
+    r = batch.cli("m", "run")
+    assert r.returncode == 2 and "template" in r.stderr and "m.py not found" in r.stderr
+    batch.template("m", OK)
+    batch.write_cfg(hipe={"command": "no-such-hipe"})
+    r = batch.cli("m", "run")
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"BatchProcess.py: error: HIPE command 'no-such-hipe' not found on PATH " \
+                               f"([hipe] command in {batch.cfg_path})"
+    assert batch.table("m").counts()["pending"] == 1
+
+
+def test_the_stand_in_runs_the_example_job_in_jython(sqlite_batch):
+    batch = sqlite_batch
+    batch.write_cfg(hipe={"command": str(STANDIN), "memory": "256m"})
+    assert batch.cli("ex", "new", batch.obsid_file([1342191755])).returncode == 0   # copies the example
+    r = batch.cli("ex", "run", timeout=300)
+    assert r.returncode == 0, r.stderr
+    product = (batch.root / "jobs" / "ex" / "output" / "1342191755.txt").read_text()
+    assert "obsid=1342191755" in product and "jython=" in product
+    out = (batch.root / "jobs" / "ex" / "log" / "1342191755.stdout").read_text()
+    assert "Reducing obsid 1342191755 (job ex), pool cache /" in out
+
+
+def test_the_stand_in_reports_script_errors_as_hipe_does(sqlite_batch):
+    batch = sqlite_batch
+    batch.template("e", "from java.lang import System\nassert System.getProperty('my.prop') == 'yes'\n"
+                        "raise RuntimeError('broken %d' % obsid)\n")
+    batch.write_cfg(hipe={"command": f"{STANDIN} --exit-zero", "memory": "256m", "properties": "my.prop=yes"},
+                    run={"max_attempts": "1"})
+    batch.cli("e", "new", batch.obsid_file([77]))
+    assert batch.cli("e", "run", timeout=300).returncode == 1
+    [row] = batch.table("e").rows()
+    assert row["exit_code"] == 0 and row["reason"] == \
+        "script stopped before its end though HIPE exited 0: RuntimeError: broken 77"
