@@ -204,3 +204,30 @@ def test_the_stand_in_reports_script_errors_as_hipe_does(sqlite_batch):
     [row] = batch.table("e").rows()
     assert row["exit_code"] == 0 and row["reason"] == \
         "script stopped before its end though HIPE exited 0: RuntimeError: broken 77"
+
+
+def test_a_jython_job_script_writes_to_mariadb_through_jdbc(mysql_batch):
+    """As in the original, scripts can write results to SQL: the stand-in puts the MariaDB JDBC driver on the class path."""
+    batch = mysql_batch
+    from mariadb_server import USER, PASSWORD
+    url = f"jdbc:mariadb://127.0.0.1:{batch.server.port}/{batch.db}"
+    batch.template("jdbc", f"""from java.sql import DriverManager
+from java.lang import Class
+Class.forName("org.mariadb.jdbc.Driver")
+conn = DriverManager.getConnection("{url}", "{USER}", "{PASSWORD}")
+st = conn.prepareStatement("INSERT INTO results (obsid, note) VALUES (?, ?)")
+st.setLong(1, obsid)
+st.setString(2, "reduced by " + jobName)
+st.executeUpdate()
+conn.close()
+""")
+    with batch.server.admin(batch.db) as c:
+        c.cursor().execute("CREATE TABLE results (obsid BIGINT PRIMARY KEY, note VARCHAR(100))")
+    batch.write_cfg(hipe={"command": str(STANDIN), "memory": "256m"})
+    batch.cli("jdbc", "new", batch.obsid_file([1342191755]))
+    r = batch.cli("jdbc", "run", timeout=300)
+    assert r.returncode == 0, (batch.root / "jobs" / "jdbc" / "log" / "1342191755.stderr").read_text()
+    with batch.server.admin(batch.db) as c:
+        cur = c.cursor()
+        cur.execute("SELECT obsid, note FROM results")
+        assert cur.fetchall() == ((1342191755, "reduced by jdbc"),)
