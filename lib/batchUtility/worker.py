@@ -19,6 +19,7 @@ from .storage import RUNNING
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+WAIT_POLL = 5.0  # seconds between looks at the table while waiting for obsids running elsewhere
 
 
 class _Context(logging.LoggerAdapter):
@@ -26,7 +27,7 @@ class _Context(logging.LoggerAdapter):
 
     def process(self, msg, kwargs):
         obsid = self.extra.get("obsid")
-        where = f"{self.extra['host']} slot {self.extra['slot']}" + (f" obsid={obsid}" if obsid else "")
+        where = f"{self.extra['host']} slot {self.extra['slot']} pid {os.getpid()}" + (f" obsid={obsid}" if obsid else "")
         return f"[{where}] {msg}", kwargs
 
 
@@ -95,7 +96,7 @@ class Worker:
             # a failure is retried): wait for them rather than leave them to a later run.
             if not run.wait_for_running or self.table.counts()[RUNNING] == 0:
                 break
-            self._sleep(run.heartbeat)
+            self._sleep(min(run.heartbeat, WAIT_POLL))
 
     def _reclaim(self) -> bool:
         taken = self.table.reclaim_stale(self.cfg.run.lease, self.cfg.run.max_attempts)
