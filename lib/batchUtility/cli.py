@@ -7,7 +7,7 @@ import sys
 
 from . import config, report
 from .errors import BadInput, BatchError
-from .obsids import read_obsids
+from .obsids import MAX_OBSID, read_obsids
 from .slot import current_slot
 from .storage import check_identifier, open_table
 from .worker import Worker
@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable")
     status.add_argument("--hosts", action="store_true", help="also per host: done, failed, busy time")
     status.add_argument("--failures", type=int, default=10, metavar="N", help="list the first N failed obsids")
+    status.add_argument("--obsid", type=int, metavar="OBSID",
+                        help="one obsid's state and every attempt at it: when, where, exit, signal, reason")
 
     wipe = commands.add_parser("wipe", parents=[common], help="drop the job's table (not its files)")
     wipe.add_argument("--yes", action="store_true", help="do not ask")
@@ -131,6 +133,15 @@ def cmd_run(cfg, args) -> int:
 def cmd_status(cfg, args) -> int:
     table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
     table.require()
+    if args.obsid is not None:  # one obsid and its attempt history
+        if not 0 < args.obsid <= MAX_OBSID:   # also keeps huge numbers away from the driver
+            raise BadInput(f"--obsid {args.obsid}: not an obsid (a positive whole number of at most 10 digits)")
+        row = table.row(args.obsid)
+        if row is None:
+            raise BadInput(f"obsid {args.obsid} is not in job '{args.job}'")
+        history = table.history(args.obsid)
+        print(report.obsid_json(row, history) if args.json else report.obsid_text(row, history))
+        return 0
     counts = table.counts()
     failures = table.failures(max(0, args.failures))
     hosts = table.by_host() if args.hosts or args.json else None

@@ -4,6 +4,7 @@ An original 2014 file (only `[sql] host user pswd db table`) keeps working and m
 """
 import configparser
 import logging
+import math
 import os
 import re
 import shlex
@@ -118,6 +119,12 @@ class _Reader:
         try:
             with open(path, encoding="utf-8-sig") as f:
                 self.parser.read_file(f)
+        # configparser quotes the faulty line itself, which may be the password's: give its number only.
+        except configparser.MissingSectionHeaderError as e:
+            raise BadInput(f"{path}:{e.lineno}: a [section] header must come before any key") from None
+        except configparser.ParsingError as e:
+            raise BadInput(f"{path}:{e.errors[0][0]}: not a 'key = value' line, [section] header "
+                           "or comment") from None
         except (configparser.Error, UnicodeDecodeError, OSError) as e:
             raise BadInput(f"{path}: cannot be read as an ini file: {_one_line(e)}") from None
         if not self.parser.has_section("sql"):
@@ -148,6 +155,8 @@ class _Reader:
             value = kind(raw)
         except ValueError:
             raise self.bad(section, key, raw, f"not {'a whole number' if kind is int else 'a number'}") from None
+        if not math.isfinite(value):  # float() takes nan, inf and 1e999: a lease of nan never runs out
+            raise self.bad(section, key, raw, "not a finite number")
         if value < low or (high is not None and value > high):
             raise self.bad(section, key, raw, f"must be between {low} and {high}" if high else f"must be at least {low}")
         return value

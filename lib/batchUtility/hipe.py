@@ -3,10 +3,12 @@
 HIPE can exit 0 after its script raised, so success needs two things: exit status 0, and a marker
 file that a line appended to the script writes when the script has run to its last line.
 """
+import errno
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -15,6 +17,8 @@ from typing import Callable, List, Optional
 
 from .storage import Outcome
 
+# Launch errors meaning HIPE is not there or not a program (as opposed to, say, EAGAIN or ENOMEM).
+_NO_HIPE = {errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR, errno.ELOOP}
 KILL_GRACE = 5.0   # seconds between SIGTERM and SIGKILL to HIPE's process group
 POLL = 0.2         # how often the wait loop looks at signals, the timeout and the lease
 
@@ -26,6 +30,7 @@ class Launch:
     seconds: float
     stopped_by: int = 0      # the signal that stopped this worker mid-launch, if any
     claim_lost: bool = False
+    not_started: bool = False  # HIPE could not be launched at all: a fault of the setup, not of the obsid
 
 
 def py2_string(text: str) -> str:
@@ -83,15 +88,19 @@ def run_obsid(hipe, template: str, job: str, obsid: int, out_dir: Path, log_dir:
             try:
                 # HIPE writes straight into the log files (nothing held in memory), in a session of
                 # its own so that a timeout or a stop can kill its whole process group.
+                # The database password is not passed on: HIPE and the job script never need it.
                 proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                        start_new_session=True)
+                                        start_new_session=True, env=_hipe_environment())
             except OSError as e:
                 return Launch(Outcome(False, f"cannot start HIPE ({command[0]}): {e.strerror}"),
-                              time.monotonic() - started)
+                              time.monotonic() - started, not_started=e.errno in _NO_HIPE)
+        watchdog = None
         try:
+            watchdog = _start_watchdog(proc.pid)
             return _wait(proc, hipe.timeout, started, marker, stderr_path, should_stop, tick, tick_every)
         finally:
             _signal_group(proc.pid, signal.SIGKILL)  # whatever HIPE left behind in its group
+            _release_watchdog(watchdog)  # before HIPE is reaped, so that its group id is still ours
             if proc.poll() is None:
                 proc.wait()
     finally:
@@ -144,6 +153,58 @@ def _last_words(stderr_path: Path) -> str:
     except OSError:
         return ""
     return f": {lines[-1][:160]}" if lines else ""
+
+
+def _hipe_environment():
+    from .config import PASSWORD_ENV
+    return {k: v for k, v in os.environ.items() if k != PASSWORD_ENV}
+
+
+# A worker killed outright (SIGKILL, OOM killer) cannot stop its HIPE, which runs in a session of its
+# own; left alone it would run on while the obsid, reclaimed after the lease, runs again elsewhere.
+# So each launch has a tiny watchdog holding the read end of a pipe that only this worker writes:
+# a line means "HIPE is finished, just exit"; end of file without a line means the worker died, and
+# the watchdog kills HIPE's whole process group.
+_WATCHDOG = ("import os, sys\n"
+             "if not sys.stdin.buffer.readline().endswith(b'\\n'):\n"
+             "    try:\n        os.killpg(int(sys.argv[1]), 9)\n"
+             "    except OSError:\n        pass\n")
+
+
+def _start_watchdog(pgid: int):
+    """Start the watchdog of HIPE's process group pgid; returns (process, pipe) or None."""
+    if not sys.executable:
+        return None
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
+        return None
+    try:
+        proc = subprocess.Popen([sys.executable, "-S", "-I", "-c", _WATCHDOG, str(pgid)], stdin=read_end,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError:
+        os.close(write_end)
+        return None
+    finally:
+        os.close(read_end)
+    return proc, write_end
+
+
+def _release_watchdog(watchdog):
+    if watchdog is None:
+        return
+    proc, write_end = watchdog
+    try:
+        os.write(write_end, b"finished\n")
+    except OSError:
+        pass
+    finally:
+        os.close(write_end)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _killed_by(code):

@@ -1,5 +1,7 @@
 """Status and summary text, in the original's words where it had them."""
 import json
+import signal
+import time
 
 from .storage import DONE, PENDING, RUNNING, STATES
 
@@ -18,6 +20,7 @@ def status_text(job, counts, failures, hosts=None) -> str:
         lines.append(f"  failed obsids (first {len(failures)}):")
         lines += [f"    {obsid}  after {attempts} attempt(s): {reason}" for obsid, attempts, reason in failures]
         lines.append(f"  retry them with: BatchProcess.py {job} reset --failed")
+        lines.append(f"  why each attempt ended: BatchProcess.py {job} status --obsid OBSID")
     if hosts is not None:
         lines.append(hosts_text(hosts))
     return "\n".join(lines)
@@ -32,6 +35,40 @@ def status_json(job, counts, failures, hosts) -> str:
         "failures": [{"obsid": o, "attempts": a, "reason": r} for o, a, r in failures],
         "hosts": [{"host": h, "done": d, "failed": f, "busy_seconds": round(s, 3)} for h, d, f, s in hosts],
     }, indent=2)
+
+
+def obsid_text(row, history) -> str:
+    """One obsid (`status --obsid`): its state, then each attempt, oldest first."""
+    head = f"obsid {row['obsid']}: {row['state']}, {row['attempts']} attempt(s) counted"
+    if row["state"] == RUNNING:
+        head += f", running on {row['host']} slot {row['worker']} pid {row['pid']}"
+    elif row["state"] != DONE and row["reason"]:
+        head += f": {row['reason']}"
+    lines = [head] + ([] if history else ["  no attempt recorded yet"])
+    for h in history:
+        took = f"{h['ended'] - h['started']:.1f} s" if h["started"] is not None and h["ended"] is not None else "?"
+        lines.append(f"  attempt {h['attempt']}  {h['outcome']:<7}  {_when(h['started'])}  {took:>9}  "
+                     f"{h['host']} slot {h['worker']} pid {h['pid']}  {_ending(h)}"
+                     + (f"  {h['reason']}" if h["reason"] else ""))
+    return "\n".join(lines)
+
+
+def obsid_json(row, history) -> str:
+    return json.dumps({"obsid": row["obsid"], "state": row["state"], "attempts": row["attempts"],
+                       "reason": row["reason"], "history": history}, indent=2, default=str)
+
+
+def _when(epoch) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch is not None else "?"
+
+
+def _ending(h) -> str:
+    if h["signal_no"]:
+        try:
+            return f"signal {h['signal_no']} ({signal.Signals(h['signal_no']).name})"
+        except ValueError:
+            return f"signal {h['signal_no']}"
+    return f"exit {h['exit_code']}" if h["exit_code"] is not None else "-"
 
 
 def hosts_text(hosts) -> str:

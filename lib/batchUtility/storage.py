@@ -486,6 +486,14 @@ class JobTable:
             return [dict(zip(names, row)) for row in cur.fetchall()]
         return self._transaction(read, "reading the job table", write=False)
 
+    def row(self, obsid: int) -> Optional[dict]:
+        """The row of one obsid, or None if it is not in the job (for `status --obsid`)."""
+        def read(cur):
+            cur.execute(self.sql("SELECT * FROM {t} WHERE obsid = {p}"), (obsid,))
+            found = cur.fetchone()
+            return dict(zip([d[0] for d in cur.description], found)) if found else None
+        return self._transaction(read, f"reading obsid {obsid}", write=False)
+
 
 def _chunks(items, size=_CHUNK):
     items = list(items)

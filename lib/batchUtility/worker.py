@@ -18,7 +18,9 @@ from .storage import RUNNING
 
 logger = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# SIGUSR2 is how bin/BatchProcess_mpi.sh stops its ranks: mpirun forwards it to every rank on every
+# host, whereas on SIGTERM or SIGINT mpirun kills them too soon for them to put their obsids back.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 WAIT_POLL = 5.0  # seconds between looks at the table while waiting for obsids running elsewhere
 
 
@@ -72,11 +74,19 @@ class Worker:
             self.log.error("%s; stopping. Nothing is lost: an obsid left running is taken back after its lease.", e)
             status = DatabaseUnavailable.exit_status
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-            print(report.slot_summary(self.slot, self.processed, self.done, self.failed,
-                                      time.monotonic() - started), file=self.out, flush=True)
+            try:  # summary first: bin/BatchProcess_mpi.sh repeats its stop signal, which must not cut it off
+                self._say(report.slot_summary(self.slot, self.processed, self.done, self.failed,
+                                              time.monotonic() - started))
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
         return 128 + self.stop_signal if self.stop_signal else status
+
+    def _say(self, line):
+        # One write per line: under mpirun many ranks share one output, and print() writes the
+        # newline separately, so with PYTHONUNBUFFERED lines of different ranks got mixed.
+        self.out.write(line + "\n")
+        self.out.flush()
 
     def _on_signal(self, signum, frame):
         # Only note it: the loop stops HIPE, puts the obsid back and leaves at a safe point.
@@ -113,12 +123,13 @@ class Worker:
     def _process(self, claim):
         self.processed += 1
         self.log.extra["obsid"] = claim.obsid
-        print(f".....  [Slot {self.slot.rank}/{self.slot.size} on {self.slot.host}] "
-              f"[#{self.processed}, obsid={claim.obsid}]", file=self.out, flush=True)
+        self._say(f".....  [Slot {self.slot.rank}/{self.slot.size} on {self.slot.host}] "
+                  f"[#{self.processed}, obsid={claim.obsid}]")
         try:
             template = self.template.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            launch = hipe.Launch(hipe.Outcome(False, f"cannot read template {self.template}: {e}"), 0.0)
+            launch = hipe.Launch(hipe.Outcome(False, f"cannot read template {self.template}: {e}"), 0.0,
+                                 not_started=True)
         else:
             launch = hipe.run_obsid(self.cfg.hipe, template, self.job, claim.obsid, self.dir / "output",
                                     self.dir / "log", lambda: self.stop_signal, lambda: self._heartbeat(claim),
@@ -151,10 +162,13 @@ class Worker:
             finally:
                 self.table.patience = saved
             return
-        if not outcome.ok:
-            self.failed += 1
+        if launch.not_started:
+            # HIPE was removed or its template deleted mid-run: not the obsid's fault. Put it back
+            # uncounted and stop, rather than fail every obsid of the job in turn in a few seconds.
+            self.table.requeue(claim, outcome.reason)
+            raise BadInput(f"{outcome.reason}; obsid {claim.obsid} put back to pending and worker stopped")
         if launch.claim_lost:
-            return
+            return  # the obsid is another worker's now: neither done nor failed by this one
         state = self.table.finish(claim, outcome, self.cfg.run.max_attempts)
         if state is None:
             self.log.error("outcome not recorded: the claim had been taken back (lease %g s)", self.cfg.run.lease)
@@ -162,6 +176,7 @@ class Worker:
             self.done += 1
             self.log.info("done in %.1f s", launch.seconds)
         else:
+            self.failed += 1
             retry = f", will be retried (attempt {claim.attempt} of {self.cfg.run.max_attempts})" if state != "failed" else ""
             self.log.error("failed after %.1f s: %s%s (log: %s)", launch.seconds, outcome.reason, retry,
                            Path(self.dir, "log", f"{claim.obsid}.stderr"))
