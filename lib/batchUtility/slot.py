@@ -28,6 +28,10 @@ def current_slot() -> Slot:
     if not any(v in os.environ for v in _MPI_MARKERS):
         return Slot(1, 1, host)
     try:
+        import mpi4py
+        if os.environ.get("MPI4PY_RC_FINALIZE", "").lower() in ("false", "no", "off", "0"):
+            # Set by bin/BatchProcess_mpi.sh (see there why); mpi4py >= 4 reads it itself, older ones not.
+            mpi4py.rc.finalize = False
         from mpi4py import MPI
     except ImportError:  # mpirun without mpi4py: Open MPI still says who we are
         rank = int(os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMIX_RANK") or os.environ.get("PMI_RANK") or 0)

@@ -1,0 +1,620 @@
+"""bin/BatchProcess_mpi.sh with real mpirun (Open MPI), mpi4py ranks and a real MariaDB.
+
+- test_eight_ranks_thousand_obsids: 8 ranks on this machine share 1,000 obsids through the table:
+  each obsid done exactly once, HIPE called once per obsid, every rank took work, the per-obsid
+  and SUMMARY lines of every rank and the job-wide summary are printed.
+- test_several_hosts: three hosts made of network namespaces (own address, own hostname in a UTS
+  namespace, own sshd), MariaDB on the bridge, a hostfile naming the hosts by name: every obsid done
+  exactly once, by workers on all three hosts.
+- test_rank_killed: a rank SIGKILLed mid-run; the others run on, take its obsid back after the
+  lease and finish everything; its interrupted attempt is recorded as lost, never as done.
+- test_host_lost: a whole host lost mid-run (everything on it SIGKILLed, Open MPI's daemon too):
+  the other hosts finish the job, and the launcher still ends, reporting the job done.
+- test_launcher_stopped: SIGTERM to the launcher, Ctrl-C (SIGINT to its process group), or SIGTERM
+  while mpirun is still starting its ranks: every worker stops, every running obsid goes back to
+  pending, nothing is left running.
+- test_launcher_errors, test_sqlite_with_other_host, test_loopback_mysql_with_other_host: one clear
+  line, and nothing started, for a missing, unreadable or empty hostfile, one without slots, and
+  for a database other hosts cannot share (SQLite, or MySQL through this machine's loopback).
+- test_hostfile_places, test_without_mpi: where the hostfile is found, what the launcher adds to
+  mpirun; a worker started without mpirun is slot 1 of 1.
+"""
+import os
+import re
+import shutil
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, BatchEnv
+from mariadb_server import MariaDB, wait_for
+
+MPI_SH = ROOT / "bin" / "BatchProcess_mpi.sh"
+SLOT_LINE = re.compile(r"^\.\.\.\.\.  \[Slot (\d+)/(\d+) on (\S+)\] \[#(\d+), obsid=(\d+)\]$", re.M)
+SUMMARY_LINE = re.compile(r"^(\S+) SLOT (\d+) SUMMARY: (\d+) obsids processed", re.M)
+FIRST = 1342190000
+
+# A HIPE stand-in without Python start-up, for the 1,000-obsid run on two cores: it records each
+# call as tests/bin/trivial-hipe does (one O_APPEND line, read by BatchEnv.calls_list) and marks the
+# script as having run to its end, without running it.
+FAST_HIPE = r"""#!/bin/sh
+for script; do :; done
+obsid=$(sed -n 's/^obsid=\([0-9]*\)$/\1/p' "$script")
+printf '%s %s\n' "$obsid" "$$" >> "$TRIVIAL_HIPE_CALLS"
+marker=$(sed -n 's/^open("\(.*\)", "w")\.close()$/\1/p' "$script" | tail -n 1)
+[ -n "$marker" ] && : > "$marker"
+"""
+
+
+def _environ_has(pid: str, markers) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        return False
+    return any(m in env for m in markers)
+
+
+def _is_mpirun_of_job(pid) -> bool:
+    """Whether pid is the launcher's mpirun starting the workers (not its `mpirun --version`)."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return os.path.basename(words[0]) == b"mpirun" and any(w.endswith(b"BatchProcess.py") for w in words)
+
+
+class Reaper:
+    """Starts launchers and, at the end of the test whatever happened, kills whatever they left:
+    every process carrying one of the test's HIPE_BATCH_ROOTs in its environment (launcher,
+    mpirun, ranks here and in the namespaces, HIPE, its watchdog)."""
+
+    def __init__(self):
+        self.procs, self.roots = [], set()
+
+    def launch(self, batch, job, *args, env=None, name="launcher"):
+        out = open(batch.root / f"{name}.out", "w")
+        err = open(batch.root / f"{name}.err", "w")
+        self.roots.add(batch.root)
+        proc = subprocess.Popen([str(MPI_SH), job, *map(str, args)], stdout=out, stderr=err, text=True,
+                                env=env or launcher_env(batch), cwd=batch.root, start_new_session=True)
+        out.close()
+        err.close()
+        proc.out_path, proc.err_path = batch.root / f"{name}.out", batch.root / f"{name}.err"
+        self.procs.append(proc)
+        return proc
+
+    def ours(self):
+        markers = {f"HIPE_BATCH_ROOT={r}".encode() for root in self.roots for r in (root, root.resolve())}
+        return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()
+                and _environ_has(p, markers)]
+
+    def cleanup(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            left = self.ours()
+            if not left:
+                break
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+@pytest.fixture
+def reaper():
+    r = Reaper()
+    try:
+        yield r
+    finally:
+        r.cleanup()
+
+
+def launcher_env(batch, **extra):
+    # The interpreter running the tests (the CI's .venv) is the one every rank must use.
+    return batch.env(HIPE_BATCH_PYTHON=sys.executable, **extra)
+
+
+def finish(proc, timeout):
+    """Wait for a launcher; returns (exit status, stdout, stderr)."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"launcher still running after {timeout} s; stdout:\n"
+                             f"{proc.out_path.read_text()[-3000:]}\nstderr:\n{proc.err_path.read_text()[-3000:]}")
+    return proc.returncode, proc.out_path.read_text(), proc.err_path.read_text()
+
+
+def make_job(batch, job, n, template, hostfile=None, **cfg):
+    obsids = list(range(FIRST, FIRST + n))
+    batch.write_cfg(**cfg)
+    batch.template(job, template)
+    r = batch.cli(job, "new", batch.obsid_file(obsids))
+    assert r.returncode == 0, r.stderr
+    if hostfile is not None:
+        (batch.root / "hostfile").write_text(hostfile)
+    return obsids
+
+
+def done_once(batch, job, obsids):
+    """Every obsid is done, and the history holds exactly one successful attempt of each."""
+    table = batch.table(job)
+    rows = table.rows()
+    assert [r["obsid"] for r in rows] == obsids
+    assert {r["state"] for r in rows} == {"done"}, table.counts()
+    done = sorted(h["obsid"] for h in table.history() if h["outcome"] == "done")
+    assert done == obsids
+    return rows
+
+
+# --------------------------------------------------------------------------- one machine
+def test_eight_ranks_thousand_obsids(mysql_batch, reaper, tmp_path):
+    batch = mysql_batch
+    fast = tmp_path / "fast-hipe"
+    fast.write_text(FAST_HIPE)
+    fast.chmod(0o755)
+    obsids = make_job(batch, "big", 1000, "pass\n", hostfile="localhost slots=8 max_slots=8\n",
+                      hipe={"command": str(fast)})
+
+    rc, out, err = finish(reaper.launch(batch, "big"), timeout=300)
+    assert rc == 0, err[-3000:]
+
+    rows = done_once(batch, "big", obsids)
+    assert sorted(batch.calls_list()) == obsids            # HIPE called once per obsid
+    assert {r["worker"] for r in rows} == {f"{k}/8" for k in range(1, 9)}  # every rank took work
+    assert all(r["attempts"] == 1 for r in rows)
+    lines = SLOT_LINE.findall(out)
+    assert sorted(int(o) for *_, o in lines) == obsids
+    assert {(int(r), int(s)) for r, s, *_ in lines} == {(k, 8) for k in range(1, 9)}
+    assert {h for _, _, h, _, _ in lines} == {socket.gethostname()}
+    summaries = SUMMARY_LINE.findall(out)
+    assert sorted(int(s) for _, s, _ in summaries) == list(range(1, 9))
+    assert sum(int(n) for *_, n in summaries) == 1000
+    assert "1000 of 1000 processed. (100.0 %, 0 remaining)" in out
+    assert re.search(rf"^  {re.escape(socket.gethostname())}\s+1000\s+0\s", out, re.M), out[-1000:]
+
+
+KILL_TEMPLATE = """import time
+time.sleep(0.4)
+f = open(outDir + "finished.txt", "a")
+f.write("%d\\n" % obsid)
+f.close()
+"""
+
+
+def test_rank_killed(mysql_batch, reaper):
+    batch = mysql_batch
+    n = 40
+    obsids = make_job(batch, "kill", n, KILL_TEMPLATE, hostfile="localhost slots=4\n",
+                      run={"lease": "5", "max_attempts": "3"})
+    launcher = reaper.launch(batch, "kill")
+    table = batch.table("kill")
+
+    def frozen_victim():
+        """Rank 2, stopped (SIGSTOP) while the table says it runs an obsid, after a few were done."""
+        rows = table.rows()
+        row = next((r for r in rows if r["state"] == "running" and r["worker"] == "2/4"), None)
+        if sum(r["state"] == "done" for r in rows) < 4 or row is None:
+            return None
+        assert row["pid"] in reaper.ours(), "the rank's pid is not one of this test's processes"
+        os.kill(row["pid"], signal.SIGSTOP)
+        now = next(r for r in table.rows() if r["obsid"] == row["obsid"])
+        if now["state"] == "running" and now["token"] == row["token"]:
+            return row
+        os.kill(row["pid"], signal.SIGCONT)  # it finished that obsid meanwhile: try again
+        return None
+    row = wait_for(lambda: launcher.poll() is not None or frozen_victim(), 120,
+                   "rank 2 running its second obsid or later")
+    assert row is not True, "launcher ended early: " + launcher.err_path.read_text()[-2000:]
+    os.kill(row["pid"], signal.SIGKILL)
+    killed_at = time.time()
+
+    rc, out, err = finish(launcher, timeout=240)
+    assert rc == 0, err[-3000:]
+    done_once(batch, "kill", obsids)
+    history = table.history()
+    # The killed rank's obsid: its attempt is recorded as lost (not done), then another rank did it.
+    attempts = [h for h in history if h["obsid"] == row["obsid"]]
+    assert (attempts[0]["worker"], attempts[0]["outcome"]) == ("2/4", "lost"), attempts
+    assert attempts[-1]["outcome"] == "done" and attempts[-1]["worker"] != "2/4", attempts
+    # Nothing was recorded for rank 2 after its death; the others ran on and finished the rest.
+    assert not [h for h in history if h["worker"] == "2/4" and h["outcome"] == "done" and h["ended"] > killed_at]
+    after = {h["worker"] for h in history if h["started"] > killed_at}
+    assert after and "2/4" not in after
+    # Every obsid ran its script to the end (for the killed one: on its second attempt).
+    finished = {int(x) for x in (batch.root / "jobs" / "kill" / "output" / "finished.txt").read_text().split()}
+    assert finished >= set(obsids)
+    assert sorted(int(s) for _, s, _ in SUMMARY_LINE.findall(out)) == [1, 3, 4]  # the dead rank printed none
+    assert f"{n} of {n} processed." in out
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C", "SIGTERM while starting"])
+def test_launcher_stopped(mysql_batch, reaper, how):
+    batch = mysql_batch
+    n = 12
+    make_job(batch, "stop", n, "import time\ntime.sleep(600)\n", hostfile="localhost slots=4\n")
+    launcher = reaper.launch(batch, "stop")
+    table = batch.table("stop")
+    if how == "SIGTERM while starting":  # as soon as mpirun runs, before its ranks took anything
+        wait_for(lambda: launcher.poll() is not None or any(map(_is_mpirun_of_job, reaper.ours())),
+                 120, "mpirun to start")
+    else:
+        wait_for(lambda: launcher.poll() is not None
+                 or (table.counts()["running"] == 4 and len(batch.calls_list()) == 4), 120,
+                 "four workers each running HIPE")
+    assert launcher.poll() is None, launcher.err_path.read_text()[-2000:]
+    running = [r["obsid"] for r in table.rows() if r["state"] == "running"]
+    if how == "Ctrl-C":  # what a terminal does: SIGINT to the foreground process group
+        os.killpg(launcher.pid, signal.SIGINT)
+    else:
+        launcher.send_signal(signal.SIGTERM)
+
+    rc, out, err = finish(launcher, timeout=120)
+    assert rc == (130 if how == "Ctrl-C" else 143), err[-3000:]
+    assert table.counts() == {"pending": n, "running": 0, "done": 0, "failed": 0}
+    history = table.history()
+    assert {h["outcome"] for h in history} <= {"stopped"}, history
+    assert "every worker puts its running obsid back to pending and stops" in err
+    assert f"0 of {n} processed." in out
+    if how != "SIGTERM while starting":
+        assert sorted(h["obsid"] for h in history) == sorted(running)
+        assert sorted(int(s) for _, s, _ in SUMMARY_LINE.findall(out)) == [1, 2, 3, 4]
+    wait_for(lambda: not reaper.ours(), 30, "every worker and HIPE to be gone")
+
+
+# --------------------------------------------------------------------------- bad input
+def _one_error_line(r):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert len(lines) == 1 and lines[0].startswith("BatchProcess_mpi.sh: error: "), r.stderr
+    assert r.stdout == ""
+    return lines[0]
+
+
+def run_launcher(batch, *args, reaper=None, timeout=120):
+    if reaper is not None:
+        reaper.roots.add(batch.root)  # should it start anything after all, it is killed at the end
+    return subprocess.run([str(MPI_SH), *map(str, args)], capture_output=True, text=True,
+                          env=launcher_env(batch), cwd=batch.root, timeout=timeout)
+
+
+@pytest.mark.parametrize("case", ["missing", "not-found", "unreadable", "empty", "no-slots", "bad-word"])
+def test_launcher_errors(sqlite_batch, reaper, case):
+    batch = sqlite_batch
+    make_job(batch, "j", 3, "pass\n")
+    hostfile = batch.root / "hostfile"
+    args = []
+    expected = {"missing": "no hostfile: looked for", "not-found": "not found (from --hostfile)",
+                "unreadable": "cannot be read", "empty": "names no host", "no-slots": "names no slots",
+                "bad-word": "'slots=two'"}[case]
+    if case == "not-found":
+        args = ["--hostfile", batch.root / "nowhere"]
+    elif case == "unreadable":
+        hostfile.mkdir()
+    elif case == "empty":
+        hostfile.write_text("# only a comment\n\n")
+    elif case == "no-slots":
+        hostfile.write_text("localhost slots=0  # none\n")
+    elif case == "bad-word":
+        hostfile.write_text("localhost slots=two\n")
+    line = _one_error_line(run_launcher(batch, "j", *args, reaper=reaper))
+    assert expected in line
+    assert batch.table("j").counts()["pending"] == 3 and batch.calls_list() == []
+
+
+def test_sqlite_with_other_host(sqlite_batch, reaper):
+    # 203.0.113.9 (TEST-NET-3) is only looked at, never contacted.
+    make_job(sqlite_batch, "j", 3, "pass\n", hostfile="localhost slots=1\n203.0.113.9 slots=2\n")
+    line = _one_error_line(run_launcher(sqlite_batch, "j", reaper=reaper))
+    assert "203.0.113.9" in line and "SQLite" in line and "cannot be shared between machines" in line
+
+
+def test_loopback_mysql_with_other_host(mysql_batch, reaper):
+    # A MySQL server reached through this machine's loopback is no better for other hosts.
+    make_job(mysql_batch, "j", 3, "pass\n", hostfile="localhost slots=1\n203.0.113.9 slots=2\n")
+    line = _one_error_line(run_launcher(mysql_batch, "j", reaper=reaper))
+    assert "203.0.113.9" in line and "host = 127.0.0.1" in line
+
+
+def test_hostfile_places(sqlite_batch, tmp_path):
+    """--hostfile FILE, else $HIPE_BATCH_ROOT/hostfile, else $HIPE_BATCH_ROOT/bin/hostfile; root adds
+    --allow-run-as-root; extra options reach mpirun; the same interpreter runs every rank."""
+    batch = sqlite_batch
+    make_job(batch, "j", 1, "pass\n")
+    (batch.root / "bin").mkdir()
+    (batch.root / "bin" / "hostfile").write_text("localhost slots=1\n")
+
+    def hostfile_of(*args):
+        r = run_launcher(batch, "j", "--dry-run", *args)
+        assert r.returncode == 0, r.stderr
+        words = shlex.split(r.stdout)
+        assert words[words.index("run") - 3:] == [sys.executable, str(ROOT / "bin" / "BatchProcess.py"), "j", "run"]
+        assert ("--allow-run-as-root" in words) == (os.geteuid() == 0)
+        return words[words.index("--hostfile") + 1], words
+    assert hostfile_of()[0] == str(batch.root / "bin" / "hostfile")
+    (batch.root / "hostfile").write_text("localhost slots=2\n")
+    assert hostfile_of()[0] == str(batch.root / "hostfile")
+    other = tmp_path / "other-hostfile"
+    other.write_text("localhost\n")
+    path, words = hostfile_of("--hostfile", other, "-x", "FOO", "--mca", "btl", "self,tcp")
+    assert path == str(other)
+    assert "--enable-recovery" in words and words[words.index("FOO") - 1] == "-x"
+    assert words[words.index("btl") - 1] == "--mca" and words[words.index("btl") + 1] == "self,tcp"
+
+
+def test_without_mpi(sqlite_batch):
+    batch = sqlite_batch
+    make_job(batch, "j", 2, "pass\n")
+    r = batch.cli("j", "run")
+    assert r.returncode == 0, r.stderr
+    assert [(s[0], s[1], s[2]) for s in SLOT_LINE.findall(r.stdout)] == [("1", "1", socket.gethostname())] * 2
+    assert SUMMARY_LINE.findall(r.stdout) == [(socket.gethostname(), "1", "2")]
+
+
+# --------------------------------------------------------------------------- several hosts
+HOSTS = ("h1", "h2", "h3")
+
+
+def _ip(*args, check=True):
+    r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if check and r.returncode != 0:
+        raise AssertionError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+    return r
+
+
+class Hosts:
+    """Three hosts on one bridge: each a network namespace with its own address, hostname (a UTS
+    namespace around its sshd, so that everything ssh starts there sees it) and sshd."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        tag = f"{os.getpid() % 100000}"
+        self.prefix = f"hbt{tag}"
+        self.bridge = f"{self.prefix}br"
+        self.netns = {h: f"{self.prefix}{h}" for h in HOSTS}
+        self.sshd = {}
+        self.server = None
+        self.made_links, self.made_netns = [], []
+
+    def setup(self):
+        probe = f"{self.prefix}probe"
+        if shutil.which("ip") is None:
+            pytest.skip("cannot create network namespaces here: no `ip` command (iproute2)")
+        r = _ip("netns", "add", probe, check=False)
+        if r.returncode != 0:
+            pytest.skip(f"cannot create network namespaces here (ip netns add: {r.stderr.strip()})")
+        _ip("netns", "del", probe, check=False)
+        # A /24 of 10.231.0.0/16 that no interface here uses (another run of this test may be on).
+        used = _ip("-o", "-4", "addr").stdout
+        first = os.getpid() % 250
+        net = next((f"10.231.{k}" for k in ((first + i) % 250 for i in range(250)) if f" 10.231.{k}." not in used),
+                   None)
+        assert net, "every 10.231.K.0/24 is in use on this machine"
+        self.net = net
+        self.address = f"{net}.1"
+        self.addresses = {h: f"{net}.1{i}" for i, h in enumerate(HOSTS, 1)}
+
+        _ip("link", "add", self.bridge, "type", "bridge")
+        self.made_links.append(self.bridge)
+        _ip("addr", "add", f"{self.address}/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        mine = [line for line in _ip("-o", "-4", "addr").stdout.splitlines() if f" {net}." in line]
+        assert len(mine) == 1, f"{net}.0/24 was taken by someone else at the same time: {mine}"
+        for i, h in enumerate(HOSTS, 1):
+            ns, outer, inner = self.netns[h], f"{self.prefix}v{i}", f"{self.prefix}p{i}"
+            _ip("netns", "add", ns)
+            self.made_netns.append(ns)
+            _ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+            self.made_links.append(outer)
+            _ip("link", "set", inner, "netns", ns)
+            _ip("link", "set", outer, "master", self.bridge)
+            _ip("link", "set", outer, "up")
+            _ip("-n", ns, "addr", "add", f"{self.addresses[h]}/24", "dev", inner)
+            _ip("-n", ns, "link", "set", inner, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+
+        keys = self.base / "keys"
+        keys.mkdir()
+        for name in ("host_key", "id"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hipe-batch-test", "-f",
+                            str(keys / name)], check=True, timeout=60)
+        shutil.copyfile(keys / "id.pub", keys / "authorized_keys")
+        self.ssh_config = self.base / "ssh_config"
+        self.ssh_config.write_text(
+            "".join(f"Host {h}\n  HostName {a}\n" for h, a in self.addresses.items())
+            + f"Host *\n  User root\n  IdentityFile {keys / 'id'}\n  IdentitiesOnly yes\n"
+              "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n"
+              "  LogLevel ERROR\n  ConnectTimeout 20\n")
+        for h in HOSTS:
+            config = self.base / f"sshd_config.{h}"
+            config.write_text(
+                f"ListenAddress {self.addresses[h]}\nPort 22\nHostKey {keys / 'host_key'}\n"
+                f"PidFile {self.base / f'sshd.{h}.pid'}\nPermitRootLogin yes\n"
+                f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPubkeyAuthentication yes\n"
+                "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+                "MaxStartups 100\nLogLevel ERROR\n")
+            # sshd needs an empty /run/sshd: it gets a private /run (a tmpfs in a mount namespace of
+            # its own) rather than a change to this machine's /run.
+            script = (f"mount -t tmpfs hipe-batch-test /run && mkdir /run/sshd && hostname {h} && "
+                      f"exec /usr/sbin/sshd -D -e -f {config}")
+            log = open(self.base / f"sshd.{h}.log", "wb")
+            self.sshd[h] = subprocess.Popen(["ip", "netns", "exec", self.netns[h], "unshare", "--uts", "--mount",
+                                             "sh", "-c", script], stdout=log, stderr=log, start_new_session=True)
+            log.close()
+        for h in HOSTS:
+            wait_for(lambda: self._answers(h), 60, f"sshd on {h}", interval=0.2)
+
+        self.server = MariaDB(self.base / "mariadb", bind=self.address).start()
+        return self
+
+    def _answers(self, h):
+        if self.sshd[h].poll() is not None:
+            raise AssertionError(f"sshd on {h} exited: {(self.base / f'sshd.{h}.log').read_text()}")
+        r = subprocess.run(["ssh", "-F", str(self.ssh_config), h, "hostname"], capture_output=True, text=True,
+                           timeout=60)
+        return r.returncode == 0 and r.stdout.strip() == h
+
+    def signal_all(self, h, sig):
+        for pid in _ip("netns", "pids", self.netns[h], check=False).stdout.split():
+            try:
+                os.kill(int(pid), sig)
+            except ProcessLookupError:
+                pass
+
+    def lose(self, h):
+        """The host is gone: SIGKILL everything in its namespace (sshd, mpirun's daemon, ranks, HIPE)."""
+        self._empty_netns(self.netns[h])
+        self.sshd[h].wait(timeout=30)
+
+    def mpirun_options(self):
+        subnet = f"{self.net}.0/24"
+        return ["--mca", "plm_rsh_agent", f"ssh -F {self.ssh_config}", "--mca", "plm_rsh_no_tree_spawn", "1",
+                "--mca", "routed", "direct", "--mca", "oob_tcp_if_include", subnet,
+                "--mca", "btl_tcp_if_include", subnet, "--mca", "btl", "self,vader,tcp"]
+
+    def cleanup(self):
+        """Undo everything setup did, each step even if an earlier one failed."""
+        errors = []
+
+        def step(what, *args):
+            try:
+                what(*args)
+            except Exception as e:  # noqa: BLE001 - go on cleaning, report at the end
+                errors.append(f"{what.__name__}{args}: {e}")
+        for h, proc in self.sshd.items():
+            step(self._stop_sshd, proc)
+        for ns in self.made_netns:  # whatever still runs in a namespace was started by this test
+            step(self._empty_netns, ns)
+        if self.server is not None:
+            step(self.server.cleanup)
+        for ns in self.made_netns:
+            step(_ip, "netns", "del", ns)
+        for link in reversed(self.made_links):
+            step(self._del_link, link)
+
+        def leftovers():
+            return ([line for line in _ip("-o", "link").stdout.splitlines() if self.prefix in line]
+                    + [ns for ns in _ip("netns", "list").stdout.split() if ns.startswith(self.prefix)])
+        step(wait_for, lambda: not leftovers(), 30, "the test's links and namespaces to be gone")
+        assert not errors, errors
+
+    @staticmethod
+    def _del_link(link):
+        r = _ip("link", "del", link, check=False)
+        # A veth goes away with its peer's namespace, possibly while we look.
+        if r.returncode != 0 and "Cannot find device" not in r.stderr:
+            raise AssertionError(f"ip link del {link}: {r.stderr.strip()}")
+
+    @staticmethod
+    def _stop_sshd(proc):
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    @staticmethod
+    def _empty_netns(ns):
+        def pids():
+            return [int(p) for p in _ip("netns", "pids", ns, check=False).stdout.split()]
+        for pid in pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_for(lambda: not pids(), 30, f"the processes in {ns} to end")
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    net = Hosts(tmp_path / "hosts")
+    net.base.mkdir()
+    try:
+        yield net.setup()
+    finally:
+        net.cleanup()
+
+
+def test_several_hosts(hosts, reaper, tmp_path):
+    db = hosts.server.create_database("multihost")
+    batch = BatchEnv(tmp_path / "root", "mysql", hosts.server, db)
+    n = 60
+    obsids = make_job(batch, "multi", n, "import time\ntime.sleep(0.2)\nprint(obsid)\n",
+                      hostfile="# three hosts, by name\nh1 slots=2\nh2 slots=2\nh3 slots=2\n")
+
+    launcher = reaper.launch(batch, "multi", *hosts.mpirun_options(), "-x", "TRIVIAL_HIPE_CALLS")
+    rc, out, err = finish(launcher, timeout=300)
+    assert rc == 0, err[-3000:]
+
+    rows = done_once(batch, "multi", obsids)
+    assert sorted(batch.calls_list()) == obsids
+    assert {r["host"] for r in rows} == set(HOSTS)  # the table records three distinct hosts
+    assert {r["worker"] for r in rows} <= {f"{k}/6" for k in range(1, 7)}
+    lines = SLOT_LINE.findall(out)
+    assert sorted(int(o) for *_, o in lines) == obsids
+    assert {h for _, _, h, _, _ in lines} == set(HOSTS)
+    assert {h for h, _, _ in SUMMARY_LINE.findall(out)} == set(HOSTS)
+    for h in HOSTS:
+        assert re.search(rf"^  {h}\s+\d+\s+0\s", out, re.M), out[-1500:]
+
+
+def test_host_lost(hosts, reaper, tmp_path):
+    """A host lost mid-run (everything on it SIGKILLed, its mpirun daemon too): the other hosts
+    run on, take back its obsids after the lease and finish the job; the launcher ends (Open MPI's
+    mpirun would wait for the lost host's ranks for good) and reports the job done."""
+    db = hosts.server.create_database("hostlost")
+    batch = BatchEnv(tmp_path / "root", "mysql", hosts.server, db)
+    n = 60
+    obsids = make_job(batch, "lost", n, "import time\ntime.sleep(0.5)\n", run={"lease": "5"},
+                      hostfile="h1 slots=2\nh2 slots=2\nh3 slots=2\n")
+    launcher = reaper.launch(batch, "lost", *hosts.mpirun_options(), "-x", "TRIVIAL_HIPE_CALLS",
+                             env=launcher_env(batch, HIPE_BATCH_MPI_GRACE="5"))
+    table = batch.table("lost")
+    wait_for(lambda: launcher.poll() is not None or (
+        table.counts()["done"] >= 6 and any(r["state"] == "running" and r["host"] == "h3" for r in table.rows())),
+        120, "h3 running an obsid after a few were done")
+    assert launcher.poll() is None, launcher.err_path.read_text()[-2000:]
+
+    def h3_frozen_running():
+        """Everything on h3 stopped (SIGSTOP) while it runs an obsid: the obsids it was running."""
+        hosts.signal_all("h3", signal.SIGSTOP)
+        running = [r["obsid"] for r in table.rows() if r["state"] == "running" and r["host"] == "h3"]
+        if not running:
+            hosts.signal_all("h3", signal.SIGCONT)
+        return running
+    on_h3 = wait_for(h3_frozen_running, 60, "h3 running an obsid")
+    hosts.lose("h3")
+    lost_at = time.time()
+
+    rc, out, err = finish(launcher, timeout=240)
+    assert rc == 0, err[-3000:]
+    done_once(batch, "lost", obsids)
+    history = table.history()
+    assert on_h3
+    for obsid in on_h3:  # recorded as lost on h3, then done elsewhere
+        attempts = [(h["host"], h["outcome"]) for h in history if h["obsid"] == obsid]
+        assert ("h3", "lost") in attempts and attempts[-1][1] == "done" and attempts[-1][0] != "h3", attempts
+    assert not [h for h in history if h["host"] == "h3" and h["started"] > lost_at]
+    assert {h["host"] for h in history if h["started"] > lost_at} == {"h1", "h2"}
+    assert f"{n} of {n} processed." in out
