@@ -109,7 +109,7 @@ python=$("$python" -c 'import sys; print(sys.executable)' 2>/dev/null) && [ -n "
   || die "Python interpreter '$python_given' does not run (set HIPE_BATCH_PYTHON)"
 export HIPE_BATCH_PYTHON=$python
 helper() {
-  PYTHONPATH="$checkout/lib${PYTHONPATH:+:$PYTHONPATH}" "$python" -m batchUtility.hostfile "$@"
+  PYTHONPATH="$checkout/lib${PYTHONPATH:+:$PYTHONPATH}" "$python" -m batchUtility.mpi_launch "$@"
 }
 
 mpirun=${HIPE_BATCH_MPIRUN:-mpirun}

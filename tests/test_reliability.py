@@ -25,13 +25,19 @@ OBSID = 1342191755
 
 
 # ----------------------------------------------------------------------------- processes
-def proc_state(pid):
-    """The state letter of a process (R, S, T, Z...), or None once it is gone."""
+def _stat(pid):
+    """The fields of /proc/PID/stat after the command name, or None once the process is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def proc_state(pid):
+    """The state letter of a process (R, S, T, Z...), or None once it is gone."""
+    fields = _stat(pid)
+    return fields[0] if fields else None
 
 
 def alive(pid):
@@ -40,11 +46,8 @@ def alive(pid):
 
 
 def _start_time(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+    fields = _stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 class Reaper:
@@ -488,6 +491,27 @@ def test_database_away_too_long_exits_3_losing_nothing(outage_env, reaper):
     assert r.returncode == 0, r.stderr
     assert [row["state"] for row in env.table("j").rows()] == ["done", "done"]
     assert [h["outcome"] for h in env.table("j").history(running)] == ["lost", "done"]
+
+
+def test_stop_signal_cuts_a_wait_for_the_database_short(outage_env, reaper):
+    """SIGTERM while the worker waits out an outage (db_patience 600 s) ends it at once, exit 143,
+    not ten minutes later; the obsid it could not record is taken back after its lease and done."""
+    env = outage_env
+    env.write_cfg(run={"lease": "2", "db_patience": "600"})
+    env.template("j", hang_template("first"))
+    new_job(env)
+    w = Worker(env, reaper, "w")
+    wait_pids(env, reaper)
+    env.server.stop()
+    (out_dir(env) / "go").touch()
+    wait_for(lambda: "database trouble while recording the outcome" in w.err(), 60, "the worker to wait for the database")
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.wait(30) == 128 + signal.SIGTERM, w.err()
+    assert "gave up recording the outcome of obsid %d after a stop signal" % OBSID in w.err()
+    env.server.start()
+    r = env.cli("j", "run", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [h["outcome"] for h in env.table("j").history(OBSID)] == ["lost", "done"]
 
 
 # ----------------------------------------------------------------------------- transient errors

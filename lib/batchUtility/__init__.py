@@ -8,7 +8,7 @@ Modules, one job each:
   slot      who this worker is (MPI rank, size, host)
   worker    the claim-launch-record loop of `run`
   report    status and summary text
-  hostfile  reading Open MPI hostfiles for the MPI launcher
+  mpi_launch  the MPI launcher's hostfile checks, lost-host watcher and job-wide summary
   cli       the command line (bin/BatchProcess.py)
 """
 __version__ = "1.0.0"

@@ -119,6 +119,8 @@ class JobTable:
         self.t = self.quote(job)
         self.h = self.quote(job + HISTORY_SUFFIX)
         self.conn = None
+        # Asked between retries: a worker told to stop must not sit out a long database outage.
+        self.interrupted: Callable[[], bool] = lambda: False
         self._transaction(lambda cur: None, "connecting")
 
     # ----------------------------------------------------------------- identifiers, transactions
@@ -156,9 +158,10 @@ class JobTable:
                     raise BatchError(f"{self.settings.describe()}: {what}: {_one_line(e)}") from None
                 if self._is_connection_error(e):
                     self.close()
-                if time.monotonic() + delay > deadline:
+                if time.monotonic() + delay > deadline or self.interrupted():
+                    waited = f"{patience:.0f} s" if not self.interrupted() else "a stop signal"
                     raise DatabaseUnavailable(f"{self.settings.describe()}: gave up {what} after "
-                                              f"{patience:.0f} s: {_one_line(e)}") from None
+                                              f"{waited}: {_one_line(e)}") from None
                 if not warned and patience > 1:
                     log.warning("database trouble while %s (%s); retrying for up to %.0f s", what, _one_line(e), patience)
                     warned = True

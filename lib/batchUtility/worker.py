@@ -4,6 +4,7 @@ One worker is one process (one MPI slot). Workers never talk to each other: the 
 only coordination. A worker that dies leaves its obsid running under a lease that stops being
 refreshed; any later worker takes it back (`JobTable.reclaim_stale`).
 """
+import contextlib
 import logging
 import os
 import shutil
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 # host, whereas on SIGTERM or SIGINT mpirun kills them too soon for them to put their obsids back.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 WAIT_POLL = 5.0  # seconds between looks at the table while waiting for obsids running elsewhere
+STOP_PATIENCE = 10.0  # seconds a stopping worker waits for the database to put its obsid back
 
 
 class _Context(logging.LoggerAdapter):
@@ -66,6 +68,7 @@ class Worker:
         """
         self.check_ready()
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        self.table.interrupted = lambda: bool(self.stop_signal)
         started = time.monotonic()
         try:
             self._loop()
@@ -139,6 +142,18 @@ class Worker:
         finally:
             self.log.extra["obsid"] = None
 
+    @contextlib.contextmanager
+    def _briefly(self, seconds):
+        """A stop should be quick: the database gets `seconds`, not the usual patience (the lease
+        takes the obsid back all the same if it is away), and the stop signal no longer cuts the
+        wait short."""
+        saved = self.table.patience, self.table.interrupted
+        self.table.patience, self.table.interrupted = min(saved[0], seconds), (lambda: False)
+        try:
+            yield
+        finally:
+            self.table.patience, self.table.interrupted = saved
+
     def _heartbeat(self, claim):
         alive = self.table.heartbeat(claim)
         if alive is None:
@@ -150,17 +165,12 @@ class Worker:
     def _record(self, claim, launch):
         outcome = launch.outcome
         if launch.stopped_by:
-            # Short patience: a stop should be quick; if the database is away, the lease runs out
-            # and the obsid is taken back all the same.
-            saved = self.table.patience
-            self.table.patience = min(saved, 10.0)
             try:
-                self.table.requeue(claim, outcome.reason)
+                with self._briefly(STOP_PATIENCE):
+                    self.table.requeue(claim, outcome.reason)
                 self.log.warning("%s: HIPE stopped, obsid back to pending", outcome.reason)
             except DatabaseUnavailable as e:
                 self.log.error("%s; obsid stays claimed until its lease runs out", e)
-            finally:
-                self.table.patience = saved
             return
         if launch.not_started:
             # HIPE was removed or its template deleted mid-run: not the obsid's fault. Put it back

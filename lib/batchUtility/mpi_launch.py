@@ -1,5 +1,5 @@
-"""Open MPI hostfiles for bin/BatchProcess_mpi.sh: where the hostfile is, what it says, and whether
-a job can run on the hosts it names.
+"""What bin/BatchProcess_mpi.sh needs from Python: the Open MPI hostfile (where it is, what it says),
+whether a job can run on the hosts it names, the lost-host watcher, and the job-wide summary.
 
 Format (Open MPI's): one host a line, `#` starts a comment, then `key=value` words:
     node01 slots=8            # eight workers on node01
@@ -9,13 +9,13 @@ A host without `slots=` gets as many slots as it has cores (Open MPI's rule). A 
 several lines without `slots=` gets one slot per line.
 
 The launcher calls, before mpirun:
-    python -m batchUtility.hostfile check JOB [--hostfile FILE]
+    python -m batchUtility.mpi_launch check JOB [--hostfile FILE]
 which prints the hostfile's absolute path on stdout (and what it holds on stderr), or one line
 `BatchProcess_mpi.sh: error: ...` and exit status 2 when the hostfile, the database or the job is
 not fit for an MPI run; and after mpirun:
-    python -m batchUtility.hostfile summary JOB
+    python -m batchUtility.mpi_launch summary JOB
 which prints `BatchProcess.py JOB status --hosts` and exits 0 only if every obsid of the job is done;
-and, while mpirun runs, `python -m batchUtility.hostfile watch JOB PID GRACE` (see watch()).
+and, while mpirun runs, `python -m batchUtility.mpi_launch watch JOB PID GRACE` (see watch()).
 """
 import argparse
 import importlib.util
@@ -268,7 +268,7 @@ def watch(job: str, pid: int, grace: float, config_file: Optional[str] = None, p
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m batchUtility.hostfile",
+    parser = argparse.ArgumentParser(prog="python -m batchUtility.mpi_launch",
                                      description="Checks and summaries for bin/BatchProcess_mpi.sh.")
     commands = parser.add_subparsers(dest="command", required=True)
     c = commands.add_parser("check", help="check hostfile, database and job; print the hostfile's path")
