@@ -210,7 +210,9 @@ class JobTable:
         raise NotImplementedError
 
     def _pick_pending(self, cur) -> Optional[Tuple[int, int]]:
-        """Lock and return (obsid, attempts) of the next pending row no other transaction holds."""
+        """Lock and return (obsid, attempts) of the next pending row no other transaction holds.
+
+        SQLite needs no row lock: its BEGIN IMMEDIATE already holds the database's only write lock."""
         cur.execute(self.sql("SELECT obsid, attempts FROM {t} WHERE state = 'pending'"
                              " ORDER BY expected DESC, obsid LIMIT 1{skip_locked}"))
         return cur.fetchone()
@@ -541,12 +543,6 @@ class SQLiteJobTable(JobTable):
         cur.execute("SELECT name FROM pragma_table_info(?)", (table,))
         names = [r[0].lower() for r in cur.fetchall()]
         return names or None
-
-    def _pick_pending(self, cur):
-        # BEGIN IMMEDIATE already holds the only write lock, so the plain SELECT is safe.
-        cur.execute(self.sql("SELECT obsid, attempts FROM {t} WHERE state = 'pending'"
-                             " ORDER BY expected DESC, obsid LIMIT 1"))
-        return cur.fetchone()
 
 
 class MySQLJobTable(JobTable):
