@@ -7,7 +7,7 @@ import sys
 
 from . import config, report
 from .errors import BadInput, BatchError
-from .obsids import MAX_OBSID, read_obsids
+from .obsids import MAX_OBSID, WHAT_AN_OBSID_IS, read_obsids
 from .slot import current_slot
 from .storage import check_identifier, open_table
 from .worker import Worker
@@ -78,7 +78,7 @@ def cmd_new(cfg, args) -> int:
     if obsids is None and not cfg.sql.table:
         raise BadInput(f"{cfg.path}: [sql] table is missing: `new` without FILE takes every obsid of that master table")
     table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE, create=True)
-    existed = table.exists()
+    existed = args.add and table.exists()   # without --add, create() refuses an existing job
     added = table.create(obsids, cfg.sql.table, add=args.add)
     try:
         template = _make_job_dir(cfg, args.job)
@@ -135,7 +135,7 @@ def cmd_status(cfg, args) -> int:
     table.require()
     if args.obsid is not None:  # one obsid and its attempt history
         if not 0 < args.obsid <= MAX_OBSID:   # also keeps huge numbers away from the driver
-            raise BadInput(f"--obsid {args.obsid}: not an obsid (a positive whole number of at most 10 digits)")
+            raise BadInput(f"--obsid {args.obsid}: not an obsid ({WHAT_AN_OBSID_IS})")
         row = table.row(args.obsid)
         if row is None:
             raise BadInput(f"obsid {args.obsid} is not in job '{args.job}'")

@@ -199,17 +199,15 @@ def _line(hosts, name):
 
 
 def summary(job: str, config_file: Optional[str] = None) -> int:
-    """Print the job-wide summary (`status --hosts`); 0 if every obsid is done, else 1."""
-    from . import cli, config
+    """Print the job-wide summary (what `status --hosts` prints); 0 if every obsid is done, else 1."""
+    from . import cli, config, report
     from .storage import DONE, open_table
 
-    argv = [job, "status", "--hosts"] + (["--config", config_file] if config_file else [])
-    status = cli.main(argv)
-    if status != 0:
-        return status
     table = open_table(config.load(config_file).sql, job, cli.INTERACTIVE_PATIENCE)
     try:
+        table.require()
         counts = table.counts()
+        print(report.status_text(job, counts, table.failures(), table.by_host()), flush=True)
     finally:
         table.close()
     return 0 if counts[DONE] == sum(counts.values()) else 1

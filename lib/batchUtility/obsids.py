@@ -8,6 +8,7 @@ from .errors import BadInput
 # Herschel obsids are 10-digit numbers such as 1342191755; anything longer is a typo, not an obsid.
 MAX_OBSID = 9_999_999_999
 _OBSID = re.compile(r"[0-9]{1,10}\Z")
+WHAT_AN_OBSID_IS = "a positive whole number of at most 10 digits"
 
 
 def read_obsids(path) -> List[int]:
@@ -33,8 +34,7 @@ def read_obsids(path) -> List[int]:
         if not field or (not seen and field.lower() == "obsid"):  # blank, comment, or a CSV header
             continue
         if not _OBSID.match(field) or int(field) == 0:
-            shown = line.strip()
-            shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            raise BadInput(f"{path}:{number}: {shown!r} is not an obsid (a positive whole number of at most 10 digits)")
+            shown = line.strip() if len(line.strip()) <= 60 else line.strip()[:57] + "..."
+            raise BadInput(f"{path}:{number}: {shown!r} is not an obsid ({WHAT_AN_OBSID_IS})")
         seen.setdefault(int(field), None)
     return list(seen)
