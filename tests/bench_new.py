@@ -3,7 +3,6 @@ finish throughput, on SQLite and on a private MariaDB server.
 
     .venv/bin/python tests/bench_new.py [N]
 """
-import subprocess
 import sys
 import tempfile
 import time

@@ -1,5 +1,4 @@
 """A real, private MariaDB server for tests: its own data directory, port and socket."""
-import os
 import shutil
 import signal
 import socket

@@ -242,7 +242,8 @@ CASES = [
     Case("template_missing", ("j", "run"), ("template {root}/jobs/j/j.py not found",), remove("jobs/j/j.py")),
     Case("template_not_utf8", ("j", "run"), ("template {root}/jobs/j/j.py cannot be read",),
          lambda env: (env.root / "jobs/j/j.py").write_bytes(b"print('\xff')\n") and None),
-    Case("hipe_not_on_path", ("j", "run"), ("HIPE command 'no-such-hipe' not found on PATH ([hipe] command in {root}/batch.cfg)",),
+    Case("hipe_not_on_path", ("j", "run"),
+         ("HIPE command 'no-such-hipe' not found on PATH ([hipe] command in {root}/batch.cfg)",),
          cfg(hipe={"command": "no-such-hipe"})),
     Case("hipe_not_executable", ("j", "run"), ("HIPE command '{root}/not hipe.txt' not found on PATH",),
          lambda env: (env.root / "not hipe.txt").write_text("hipe\n") and env.write_cfg(
@@ -258,7 +259,8 @@ def test_bad_input(batch, case):
     make_job(batch)
     file = case.setup(batch) if case.setup else None
     before = snapshot(batch)
-    fill = lambda s: s.replace("{root}", str(batch.root)).replace("{file}", str(file))
+    def fill(s):
+        return s.replace("{root}", str(batch.root)).replace("{file}", str(file))
     r = batch.cli(*[fill(a) for a in case.args], input=case.stdin, timeout=60)
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert r.stdout == ""

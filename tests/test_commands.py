@@ -1,7 +1,5 @@
 """new / reset / status / wipe on both backends, through the command line as users run it."""
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 

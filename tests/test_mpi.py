@@ -500,7 +500,7 @@ class Hosts:
                 what(*args)
             except Exception as e:  # noqa: BLE001 - go on cleaning, report at the end
                 errors.append(f"{what.__name__}{args}: {e}")
-        for h, proc in self.sshd.items():
+        for _h, proc in self.sshd.items():
             step(self._stop_sshd, proc)
         for ns in self.made_netns:  # whatever still runs in a namespace was started by this test
             step(self._empty_netns, ns)

@@ -507,7 +507,7 @@ def test_stop_signal_cuts_a_wait_for_the_database_short(outage_env, reaper):
     wait_for(lambda: "database trouble while recording the outcome" in w.err(), 60, "the worker to wait for the database")
     w.proc.send_signal(signal.SIGTERM)
     assert w.wait(30) == 128 + signal.SIGTERM, w.err()
-    assert "gave up recording the outcome of obsid %d after a stop signal" % OBSID in w.err()
+    assert f"gave up recording the outcome of obsid {OBSID} after a stop signal" in w.err()
     env.server.start()
     r = env.cli("j", "run", timeout=120)
     assert r.returncode == 0, r.stderr

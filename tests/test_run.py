@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import STANDIN, ROOT
+from conftest import STANDIN
 from mariadb_server import wait_for
 
 OK = "x = obsid * 2\n"

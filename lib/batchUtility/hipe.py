@@ -149,7 +149,7 @@ def _last_words(stderr_path: Path) -> str:
     try:
         with open(stderr_path, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-            lines = [l.strip() for l in f.read().decode("utf-8", "replace").splitlines() if l.strip()]
+            lines = [line.strip() for line in f.read().decode("utf-8", "replace").splitlines() if line.strip()]
     except OSError:
         return ""
     return f": {lines[-1][:160]}" if lines else ""

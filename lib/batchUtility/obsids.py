@@ -15,8 +15,8 @@ def read_obsids(path) -> List[int]:
     """The obsids of a file, in file order, duplicates collapsed.
 
     Blank lines and `#` comments are skipped; a BOM and CRLF line ends are accepted; on a CSV
-    line only the first column counts, and a first line `obsid` is a header. Any other line raises BadInput naming file, line and text,
-    so that a caller can check the whole file before changing anything.
+    line only the first column counts, and a first line `obsid` is a header. Any other line raises
+    BadInput naming file, line and text, so that a caller can check the whole file before changing anything.
     """
     path = Path(path)
     try:

@@ -568,10 +568,10 @@ class MySQLJobTable(JobTable):
     def _connect(self):
         from MySQLdb.constants import CLIENT
         s = self.settings
-        options = dict(host=s.host, user=s.user, database=s.db, charset="utf8mb4",
-                       connect_timeout=10, autocommit=False,
-                       client_flag=CLIENT.FOUND_ROWS,  # rowcount = rows matched, so repeated writes still count
-                       init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        options = {"host": s.host, "user": s.user, "database": s.db, "charset": "utf8mb4",
+                       "connect_timeout": 10, "autocommit": False,
+                       "client_flag": CLIENT.FOUND_ROWS,  # rowcount = rows matched, so repeated writes still count
+                       "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"}
         if s.port:
             options["port"] = s.port
         if s.socket:
