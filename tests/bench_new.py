@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import BatchEnv  # noqa: E402
 from mariadb_server import MariaDB  # noqa: E402
 
-from batchUtility.storage import Outcome  # noqa: E402
+from batchUtility.model import Outcome  # noqa: E402
 
 
 def bench(env: BatchEnv, n: int):

@@ -16,7 +16,7 @@ import pytest
 from conftest import BatchEnv, wait_for
 from mariadb_server import PASSWORD
 
-from batchUtility.storage import Outcome
+from batchUtility.model import Outcome
 
 PREFIX = "BatchProcess.py: error: "
 OBSIDS = [1342191755, 1342191756, 1342191757]

@@ -5,6 +5,8 @@ import pytest
 
 from conftest import ROOT, SHARED_DATA
 
+from batchUtility.model import Lease
+
 SAMPLE = ROOT / "sql" / "sample_master.sql"
 
 
@@ -130,7 +132,7 @@ def test_bad_job_names_are_refused(batch, job):
 def test_status_line_counts_and_failures(batch):
     batch.cli("s", "new", batch.obsid_file(range(1, 11)))
     table = batch.table("s")
-    outcome = __import__("batchUtility.storage", fromlist=["Outcome"]).Outcome
+    outcome = __import__("batchUtility.model", fromlist=["Outcome"]).Outcome
     for i in range(4):
         c = table.claim("h", "1/1", 1)
         table.finish(c, outcome(i < 3, "" if i < 3 else "HIPE exited with status 1: boom"), max_attempts=1)
@@ -162,7 +164,7 @@ def test_status_of_a_missing_job(batch):
 def test_reset_all_failed_and_listed(batch):
     batch.cli("r", "new", batch.obsid_file([1, 2, 3, 4]))
     table = batch.table("r")
-    from batchUtility.storage import Outcome
+    from batchUtility.model import Outcome
     table.finish(table.claim("h", "1/1", 1), Outcome(True), 3)
     table.finish(table.claim("h", "1/1", 1), Outcome(False, "bad"), 1)
     running = table.claim("h", "1/1", 1)            # live lease: reset must leave it alone
@@ -183,7 +185,7 @@ def test_reset_all_failed_and_listed(batch):
     assert r.returncode == 0 and "1 obsids are running under live workers and were left alone" in r.stdout
     assert table.counts()["running"] == 1
     assert [row["attempts"] for row in table.rows() if row["state"] == "pending"] == [0, 0, 0]
-    assert table.heartbeat(running) is True
+    assert table.heartbeat(running) is Lease.HELD
 
 
 def test_wipe_drops_only_the_job(batch):

@@ -19,7 +19,7 @@ from conftest import TRIVIAL_HIPE, BatchEnv
 from fault_soak import soak
 from mariadb_server import PASSWORD, MariaDB, wait_for
 
-from batchUtility.storage import Outcome
+from batchUtility.model import Outcome
 
 OBSID = 1342191755
 

@@ -4,16 +4,17 @@ import argparse
 import logging
 import shutil
 import sys
+from typing import Optional, Sequence
 
 from . import config, report
-from .errors import BadInput, BatchError
+from .errors import BadInput, BatchError, JobExists, JobMissing, TemplateMissing
+from .model import INTERACTIVE_PATIENCE, check_identifier
 from .obsids import MAX_OBSID, WHAT_AN_OBSID_IS, read_obsids
 from .slot import current_slot
-from .storage import check_identifier, open_table
+from .storage import open_table
 from .worker import Worker
 
 PROG = "BatchProcess.py"
-INTERACTIVE_PATIENCE = 10.0  # seconds a status/reset/new waits through database trouble
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
     try:
@@ -61,8 +62,21 @@ def main(argv=None) -> int:
         cfg = config.load(getattr(args, "config", None))
         return COMMANDS[args.command](cfg, args)
     except BatchError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {error_line(e)}", file=sys.stderr)
         return e.exit_status
+
+
+def error_line(e: BatchError) -> str:
+    """The error as the user reads it: the domain errors get what to type next."""
+    if isinstance(e, JobMissing) and e.database_missing:
+        return f"{e} (create a job with: {PROG} {e.job} new [FILE])"
+    if isinstance(e, JobMissing):
+        return f"{e}: create it with: {PROG} {e.job} new [FILE]"
+    if isinstance(e, JobExists):
+        return f"{e}: use --add to add new obsids, or `{PROG} {e.job} wipe` first"
+    if isinstance(e, TemplateMissing):
+        return f"{e} (`{PROG} {e.job} new` copies the example)"
+    return str(e)
 
 
 def _setup_logging(verbose, quiet):

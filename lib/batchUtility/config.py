@@ -11,9 +11,10 @@ import shlex
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from .errors import BadInput
+from .model import check_identifier
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class SqlSettings:
     path: Optional[Path] = None  # the SQLite database file
     option_file: str = ""        # a MySQL option file such as ~/.my.cnf
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         where = self.path if self.backend == "sqlite" else f"{self.user}@{self.host}:{self.port}/{self.db}"
         return f"SqlSettings({self.backend} {where})"
 
@@ -80,9 +81,9 @@ class SqlSettings:
 
 @dataclass(frozen=True)
 class HipeSettings:
-    command: tuple
+    command: Tuple[str, ...]
     memory: str
-    properties: tuple
+    properties: Tuple[str, ...]
     timeout: float   # seconds per obsid; 0 means none
 
 
@@ -94,7 +95,7 @@ class RunSettings:
     wait_for_running: bool  # when nothing is pending, wait for running obsids (they may be reclaimed)
 
     @property
-    def heartbeat(self) -> float:
+    def heartbeat(self) -> float:  # seconds between lease refreshes
         return max(0.5, self.lease / 5)
 
 
@@ -193,7 +194,6 @@ def load(explicit: Optional[str] = None) -> Config:
         if sql.option_file and not Path(sql.option_file).is_file():
             raise r.bad("sql", "option_file", sql.option_file, "no such file")
     if sql.table:
-        from .storage import check_identifier  # the one place identifiers are judged
         try:
             check_identifier(sql.table, "master table name")
         except BadInput as e:

@@ -1,4 +1,10 @@
-"""The errors a user sees: each carries the one line to print and the exit status to leave with."""
+"""The errors a user sees: each carries its facts, a one-line message and the exit status to leave with.
+
+The domain errors (JobMissing, JobExists, NotAJobTable, TemplateMissing) carry data; their message
+names no command. The command line words them, adding what to type next (`cli.error_line`).
+"""
+from pathlib import Path
+from typing import Sequence
 
 
 class BatchError(Exception):
@@ -17,3 +23,50 @@ class DatabaseUnavailable(BatchError):
     """The database could not be reached for longer than we were willing to wait."""
 
     exit_status = 3
+
+
+class JobMissing(BadInput):
+    """The job's table is not there (or, with SQLite, not even the database file)."""
+
+    def __init__(self, job: str, database: str, database_missing: bool = False):
+        self.job, self.database, self.database_missing = job, database, database_missing
+        super().__init__(f"no job '{job}': {database} does not exist yet" if database_missing
+                         else f"no job '{job}' in {database}")
+
+
+class JobExists(BadInput):
+    """`new` without add found the job there already."""
+
+    def __init__(self, job: str, total: int):
+        self.job, self.total = job, total
+        super().__init__(f"job '{job}' exists already ({total} obsids)")
+
+
+class NotAJobTable(BadInput):
+    """A table of the job's name exists but is not a job table of this tool; it is left untouched."""
+
+    def __init__(self, table: str, database: str, columns: Sequence[str]):
+        self.table, self.database, self.columns = table, database, tuple(columns)
+        super().__init__(f"table '{table}' in {database} is not a job table of this tool "
+                         f"(columns: {', '.join(self.columns)}); it was left untouched")
+
+
+class TemplateMissing(BadInput):
+    """The job's HIPE script template is not where the job's folder says."""
+
+    def __init__(self, job: str, path: Path):
+        self.job, self.path = job, path
+        super().__init__(f"template {path} not found: write the job's HIPE script there")
+
+
+class SetupBroken(BatchError):
+    """HIPE or the job's template vanished mid-run: the obsid was put back (uncounted), the worker stops.
+
+    Unlike BadInput, something did change: the obsid was claimed and put back to pending.
+    """
+
+    exit_status = 2
+
+    def __init__(self, reason: str, obsid: int):
+        self.reason, self.obsid = reason, obsid
+        super().__init__(f"{reason}; obsid {obsid} put back to pending and worker stopped")

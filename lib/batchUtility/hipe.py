@@ -13,9 +13,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List
 
-from .storage import Outcome
+from .config import PASSWORD_ENV, HipeSettings
+from .model import LaunchEnd, Lease, Outcome
 
 # Launch errors meaning HIPE is not there or not a program (as opposed to, say, EAGAIN or ENOMEM).
 _NO_HIPE = {errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR, errno.ELOOP}
@@ -25,12 +26,22 @@ POLL = 0.2         # how often the wait loop looks at signals, the timeout and t
 
 @dataclass(frozen=True)
 class Launch:
-    """What became of one launch: its outcome, and whether it was cut short by us."""
+    """What became of one launch: its outcome, how long it took, and how it ended."""
     outcome: Outcome
     seconds: float
-    stopped_by: int = 0      # the signal that stopped this worker mid-launch, if any
-    claim_lost: bool = False
-    not_started: bool = False  # HIPE could not be launched at all: a fault of the setup, not of the obsid
+    end: LaunchEnd = LaunchEnd.FINISHED
+    stop_signal: int = 0     # with STOPPED: the signal that stopped this worker mid-launch
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Everything one launch of HIPE needs to know: what to run on which obsid, and where its files go."""
+    hipe: HipeSettings
+    template: str        # the job's script, as read at claim time
+    job: str
+    obsid: int
+    out_dir: Path        # the job's output folder (the script's outDir)
+    log_dir: Path        # where OBSID.stdout and OBSID.stderr go
 
 
 def py2_string(text: str) -> str:
@@ -50,13 +61,13 @@ def script_text(template: str, obsid: int, out_dir: Path, job: str, marker: Path
             f"open({py2_string(str(marker))}, \"w\").close()\n")
 
 
-def hipe_command(hipe, cache_dir: Path, script: Path) -> List[str]:
+def hipe_command(hipe: HipeSettings, cache_dir: Path, script: Path) -> List[str]:
     """HIPE's command line, as the original built it, plus any extra properties."""
     return [*hipe.command, "-properties", f"java.vm.memory.max={hipe.memory}",
             f"hcss.ia.pal.pool.cache.dir={cache_dir}", *hipe.properties, str(script)]
 
 
-def keep_previous(path: Path):
+def keep_previous(path: Path) -> None:
     """Move an earlier attempt's log aside (OBSID.stdout -> OBSID.stdout.1, .2, ...) so none is lost."""
     if path.exists() and path.stat().st_size > 0:
         n = 1
@@ -65,15 +76,17 @@ def keep_previous(path: Path):
         path.rename(path.with_name(f"{path.name}.{n}"))
 
 
-def run_obsid(hipe, template: str, job: str, obsid: int, out_dir: Path, log_dir: Path,
-              should_stop: Callable[[], int], tick: Callable[[], Optional[bool]], tick_every: float) -> Launch:
-    """Run HIPE once for obsid, streaming its output to log_dir/OBSID.stdout and .stderr.
+def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], tick: Callable[[], Lease],
+              tick_every: float) -> Launch:
+    """Run HIPE once for the request's obsid, streaming its output to log_dir/OBSID.stdout and .stderr.
 
-    Waits for HIPE while calling tick() every tick_every seconds (the lease heartbeat; False means
-    our claim was taken, and HIPE is stopped so that the obsid never runs twice at once) and
+    Waits for HIPE while calling tick() every tick_every seconds (the lease heartbeat; Lease.LOST
+    means our claim was taken, and HIPE is stopped so that the obsid never runs twice at once) and
     should_stop() every POLL seconds (a signal number: stop HIPE and return). Temporaries are
     removed whatever happens.
     """
+    hipe, template, job, obsid = request.hipe, request.template, request.job, request.obsid
+    out_dir, log_dir = request.out_dir, request.log_dir
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix=f"hipe-batch-{job}-{obsid}-"))
     try:
@@ -93,7 +106,8 @@ def run_obsid(hipe, template: str, job: str, obsid: int, out_dir: Path, log_dir:
                                         start_new_session=True, env=_hipe_environment())
             except OSError as e:
                 return Launch(Outcome(False, f"cannot start HIPE ({command[0]}): {e.strerror}"),
-                              time.monotonic() - started, not_started=e.errno in _NO_HIPE)
+                              time.monotonic() - started,
+                              LaunchEnd.NOT_STARTED if e.errno in _NO_HIPE else LaunchEnd.FINISHED)
         watchdog = None
         try:
             watchdog = _start_watchdog(proc.pid)
@@ -119,17 +133,18 @@ def _wait(proc, timeout, started, marker, stderr_path, should_stop, tick, tick_e
         stop = should_stop()
         if stop:
             _stop(proc)
-            return Launch(Outcome(False, f"stopped by {signal.Signals(stop).name}"), now - started, stopped_by=stop)
+            return Launch(Outcome(False, f"stopped by {signal.Signals(stop).name}"), now - started,
+                          LaunchEnd.STOPPED, stop)
         if timeout and now - started >= timeout:
             _stop(proc)
             return Launch(Outcome(False, f"timeout: HIPE ran over {timeout:g} s and was killed", None,
                                   _killed_by(proc.returncode)), now - started)
         if now >= next_tick:
             next_tick = now + tick_every
-            if tick() is False:
+            if tick() is Lease.LOST:
                 _stop(proc)
                 return Launch(Outcome(False, "claim lost to another worker; HIPE stopped"), now - started,
-                              claim_lost=True)
+                              LaunchEnd.CLAIM_LOST)
     seconds = time.monotonic() - started
     return Launch(_verdict(code, marker.exists(), stderr_path), seconds)
 
@@ -155,8 +170,7 @@ def _last_words(stderr_path: Path) -> str:
     return f": {lines[-1][:160]}" if lines else ""
 
 
-def _hipe_environment():
-    from .config import PASSWORD_ENV
+def _hipe_environment() -> Dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != PASSWORD_ENV}
 
 

@@ -161,7 +161,8 @@ def check(job: str, explicit_hostfile: Optional[str] = None, config_file: Option
     """Everything the launcher checks before mpirun; returns the hostfile. BadInput says what is wrong."""
     from . import config
     from .slot import Slot
-    from .storage import check_identifier, open_table
+    from .model import check_identifier
+    from .storage import open_table
     from .worker import Worker
 
     check_identifier(job)
@@ -201,7 +202,8 @@ def _line(hosts, name):
 def summary(job: str, config_file: Optional[str] = None) -> int:
     """Print the job-wide summary (what `status --hosts` prints); 0 if every obsid is done, else 1."""
     from . import cli, config, report
-    from .storage import DONE, open_table
+    from .model import DONE
+    from .storage import open_table
 
     table = open_table(config.load(config_file).sql, job, cli.INTERACTIVE_PATIENCE)
     try:
@@ -226,7 +228,8 @@ def watch(job: str, pid: int, grace: float, config_file: Optional[str] = None, p
     it did so, else 0 when mpirun ended by itself.
     """
     from . import config
-    from .storage import PENDING, RUNNING, open_table
+    from .model import PENDING, RUNNING
+    from .storage import open_table
 
     def alive():
         try:

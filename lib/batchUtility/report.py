@@ -3,7 +3,7 @@ import json
 import signal
 import time
 
-from .storage import DONE, PENDING, RUNNING, STATES
+from .model import DONE, PENDING, RUNNING, STATES
 
 
 def progress_line(counts) -> str:

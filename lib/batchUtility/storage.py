@@ -1,9 +1,10 @@
 """The job table: one row per obsid and what became of it, on MySQL/MariaDB or SQLite.
 
 `JobTable` states what each operation guarantees; `MySQLJobTable` and `SQLiteJobTable` are two
-dialects of the same idea, differing only in how they connect, which errors are passing ones, and a
-few SQL fragments. All the project's SQL is in this file. Identifiers are judged and quoted here and
-nowhere else (`check_identifier`, `quote`); every value is a parameter.
+dialects of the same idea. All the project's SQL is in this file, each statement whole and named
+below, with named parameters (`:obsid`; MySQL's driver gets `%(obsid)s`). Every difference between
+the dialects is in its class's block of attributes. Identifiers are judged and quoted here and
+nowhere else (`model.check_identifier`, `JobTable.quote`); every value is a parameter.
 
 Row life: pending -> running (claimed, with a fresh token) -> done | failed | pending (a retry).
 `pipelined` is kept for the original's users: 1 means done, nothing else.
@@ -18,47 +19,23 @@ import re
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .errors import BadInput, BatchError, DatabaseUnavailable
+from .errors import BadInput, BatchError, DatabaseUnavailable, JobExists, JobMissing, NotAJobTable
+from .model import (DONE, FAILED, HISTORY_SUFFIX, INTERACTIVE_PATIENCE, PENDING, SQL_NAME, STATES, Claim, Lease,
+                    Outcome, check_identifier)
 
 log = logging.getLogger(__name__)
 
-PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
-STATES = (PENDING, RUNNING, DONE, FAILED)
-HISTORY_SUFFIX = "__attempts"   # job names may not contain "__", so this never names a job
-MAX_JOB_NAME = 48
-_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}\Z")
 _CHUNK = 500                    # obsids per IN (...) list
+_PARAMETER = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
 
+# ----------------------------------------------------------------------------- the statements
+# Braces name identifiers and dialect fragments, filled by JobTable.statement(); colons name values.
+# {job_table} is the job's table, {history_table} its attempts, {now} the database's clock.
 
-def check_identifier(name, what="job name") -> str:
-    """Return `name` if it may name a job (or a master table); else raise BadInput saying why."""
-    if not isinstance(name, str) or not _NAME.match(name) or len(name) > MAX_JOB_NAME or "__" in name:
-        raise BadInput(f"{what} {name!r} is not valid: use at most {MAX_JOB_NAME} letters, digits and "
-                       "single underscores, starting with a letter")
-    return name
-
-
-@dataclass(frozen=True)
-class Claim:
-    """An obsid this worker owns until it finishes, requeues, or its lease runs out."""
-    obsid: int
-    token: str
-    attempt: int     # 1 on the first try
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one launch of HIPE."""
-    ok: bool
-    reason: str = ""
-    exit_code: Optional[int] = None
-    signal: Optional[int] = None
-
-
-_ROW_COLUMNS = """
+CREATE_JOB_TABLE = """CREATE TABLE IF NOT EXISTS {job_table} (
+  obsid {obsid_type} NOT NULL PRIMARY KEY,
   pipelined TINYINT NOT NULL DEFAULT 0,
   state VARCHAR(7) NOT NULL DEFAULT 'pending',
   expected INT NULL,
@@ -72,8 +49,10 @@ _ROW_COLUMNS = """
   ended DOUBLE NULL,
   exit_code INT NULL,
   signal_no INT NULL,
-  reason VARCHAR(255) NULL"""
-_HISTORY_COLUMNS = """
+  reason VARCHAR(255) NULL
+){table_options}"""
+
+CREATE_HISTORY_TABLE = """CREATE TABLE IF NOT EXISTS {history_table} (
   token CHAR(32) NOT NULL PRIMARY KEY,
   obsid BIGINT NOT NULL,
   attempt INT NOT NULL,
@@ -85,13 +64,92 @@ _HISTORY_COLUMNS = """
   exit_code INT NULL,
   signal_no INT NULL,
   outcome VARCHAR(8) NOT NULL,
-  reason VARCHAR(255) NULL"""
-# Copies the job row of a claim into the history; parameters: attempt, outcome, obsid, token.
-_HISTORY_FROM_ROW = ("{insert_ignore} INTO {h} (token, obsid, attempt, host, worker, pid, started, ended,"
-                     " exit_code, signal_no, outcome, reason) SELECT token, obsid, {p}, host, worker, pid,"
-                     " started, ended, exit_code, signal_no, {p}, reason FROM {t} WHERE obsid = {p} AND token = {p}")
-_CLEARED = ("pipelined = 0, attempts = 0, token = NULL, host = NULL, worker = NULL, pid = NULL, started = NULL,"
-            " heartbeat = NULL, ended = NULL, exit_code = NULL, signal_no = NULL, reason = NULL")
+  reason VARCHAR(255) NULL
+){table_options}"""
+
+CREATE_CLAIM_INDEX = "{create_index} {index} ON {job_table} (state, expected DESC, obsid)"
+CREATE_HISTORY_INDEX = "{create_index} {index} ON {history_table} (obsid)"
+DROP_HISTORY_TABLE = "DROP TABLE IF EXISTS {history_table}"
+DROP_JOB_TABLE = "DROP TABLE IF EXISTS {job_table}"
+
+INSERT_FROM_MASTER = """{insert_ignore} INTO {job_table} (obsid, expected)
+  SELECT obsid, {expected} FROM {master_table} WHERE obsid IS NOT NULL"""
+INSERT_OBSID = "{insert_ignore} INTO {job_table} (obsid) VALUES (:obsid)"
+EXPECTED_FROM_MASTER = """UPDATE {job_table}
+  SET expected = (SELECT m.pipetime FROM {master_table} m WHERE m.obsid = {job_table}.obsid)
+  WHERE expected IS NULL"""
+
+DB_NOW = "SELECT {now}"
+COUNT_ALL = "SELECT COUNT(*) FROM {job_table}"
+
+# Lock (MySQL: skipping rows other claimers hold) the next pending row, longest expected first.
+PICK_PENDING = """SELECT obsid, attempts FROM {job_table} WHERE state = 'pending'
+  ORDER BY expected DESC, obsid LIMIT 1{skip_locked}"""
+CLAIM = """UPDATE {job_table}
+  SET state = 'running', pipelined = 0, token = :token, host = :host, worker = :worker, pid = :pid,
+      started = {now}, heartbeat = {now}, ended = NULL, exit_code = NULL, signal_no = NULL
+  WHERE obsid = :obsid AND state = 'pending'"""
+HEARTBEAT = """UPDATE {job_table} SET heartbeat = {now}
+  WHERE obsid = :obsid AND token = :token AND state = 'running'"""
+FINISH = """UPDATE {job_table}
+  SET state = :state, pipelined = :pipelined, attempts = :attempt, ended = {now}, heartbeat = NULL,
+      exit_code = :exit_code, signal_no = :signal_no, reason = :reason
+  WHERE obsid = :obsid AND token = :token"""
+REQUEUE = """UPDATE {job_table} SET state = 'pending', ended = {now}, heartbeat = NULL, reason = :reason
+  WHERE obsid = :obsid AND token = :token"""
+# Copies the job row of a claim into the history, as attempt :attempt that ended as :outcome.
+HISTORY_FROM_ROW = """{insert_ignore} INTO {history_table}
+  (token, obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason)
+  SELECT token, obsid, :attempt, host, worker, pid, started, ended, exit_code, signal_no, :outcome, reason
+  FROM {job_table} WHERE obsid = :obsid AND token = :token"""
+
+STALE = """SELECT obsid FROM {job_table} WHERE state = 'running' AND heartbeat < :cutoff
+  ORDER BY obsid{lock_rows}"""
+LOST_MARK = "UPDATE {job_table} SET ended = {now}, reason = :reason WHERE obsid IN ({obsids})"
+LOST_TO_HISTORY = """{insert_ignore} INTO {history_table}
+  (token, obsid, attempt, host, worker, pid, started, ended, outcome, reason)
+  SELECT token, obsid, attempts + 1, host, worker, pid, started, ended, 'lost', reason
+  FROM {job_table} WHERE obsid IN ({obsids})"""
+LOST_RELEASE = """UPDATE {job_table}
+  SET state = CASE WHEN attempts + 1 >= :max_attempts THEN 'failed' ELSE 'pending' END,
+      attempts = attempts + 1, token = NULL, heartbeat = NULL
+  WHERE obsid IN ({obsids})"""
+
+# Rows under a live lease (heartbeat at or after :alive) are never reset: they would run twice at once.
+RESET_ALL = """UPDATE {job_table}
+  SET state = 'pending', pipelined = 0, attempts = 0, token = NULL, host = NULL, worker = NULL, pid = NULL,
+      started = NULL, heartbeat = NULL, ended = NULL, exit_code = NULL, signal_no = NULL, reason = NULL
+  WHERE (state <> 'running' OR heartbeat IS NULL OR heartbeat < :alive)
+    AND (:only_failed = 0 OR state = 'failed')"""
+RESET_LISTED = """UPDATE {job_table}
+  SET state = 'pending', pipelined = 0, attempts = 0, token = NULL, host = NULL, worker = NULL, pid = NULL,
+      started = NULL, heartbeat = NULL, ended = NULL, exit_code = NULL, signal_no = NULL, reason = NULL
+  WHERE (state <> 'running' OR heartbeat IS NULL OR heartbeat < :alive)
+    AND (:only_failed = 0 OR state = 'failed') AND obsid IN ({obsids})"""
+COUNT_LIVE_RUNNING = "SELECT COUNT(*) FROM {job_table} WHERE state = 'running' AND heartbeat >= :alive"
+PRESENT = "SELECT obsid FROM {job_table} WHERE obsid IN ({obsids})"
+
+COUNT_BY_STATE = "SELECT state, COUNT(*) FROM {job_table} GROUP BY state"
+FIRST_FAILURES = """SELECT obsid, attempts, reason FROM {job_table} WHERE state = 'failed'
+  ORDER BY obsid LIMIT :limit"""
+BY_HOST = """SELECT host, SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END),
+       SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END), SUM(ended - started)
+  FROM {job_table} WHERE state IN ('done', 'failed') GROUP BY host ORDER BY host"""
+HISTORY_ALL = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason
+  FROM {history_table} ORDER BY started, obsid"""
+HISTORY_OF_OBSID = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason
+  FROM {history_table} WHERE obsid = :obsid ORDER BY started, obsid"""
+ALL_ROWS = "SELECT * FROM {job_table} ORDER BY obsid"
+ONE_ROW = "SELECT * FROM {job_table} WHERE obsid = :obsid"
+
+
+def in_list(obsids: Sequence[int], size: int = _CHUNK) -> Iterator[Tuple[str, Dict[str, int]]]:
+    """The one way an `IN ({obsids})` list is written: per chunk of `size` obsids, the list of named
+    parameters (':obsid_0, :obsid_1, ...') and their values."""
+    obsids = list(obsids)
+    for start in range(0, len(obsids), size):
+        names = [f"obsid_{i}" for i in range(len(obsids[start:start + size]))]
+        yield ", ".join(":" + name for name in names), dict(zip(names, obsids[start:start + size]))
 
 
 class JobTable:
@@ -100,45 +158,65 @@ class JobTable:
     Every operation is one transaction, retried whole on passing errors (deadlock, lock wait,
     lost connection, SQLITE_BUSY) for up to `patience` seconds, after which DatabaseUnavailable
     is raised; anything else raises BatchError naming the database and what was being done.
+    The operations a worker calls take `patience=` and `interrupted=` (asked between retries:
+    a worker told to stop must not sit out a long outage); the constructor's are the defaults.
     """
 
-    # Dialect fragments, set by each subclass.
-    p = "%s"                 # parameter placeholder
-    now = ""                 # the database's clock, epoch seconds
-    insert_ignore = ""       # INSERT that skips rows whose key exists
-    pk_type = "BIGINT"       # obsid primary key type
+    # The dialect: every difference between the databases, set by each subclass.
+    parameter = r":\1"             # how a named parameter is written for the driver
+    quote_char = '"'
+    now = ""                       # the database's clock, epoch seconds
+    insert_ignore = ""             # INSERT that skips rows whose key exists
+    obsid_type = "BIGINT"          # obsid primary key type
     table_options = ""
-    skip_locked = ""         # appended to a SELECT that locks rows for update, skipping locked ones
-    Error = Exception        # the driver's base error class
+    create_index = "CREATE INDEX IF NOT EXISTS"
+    index_exists: Optional[str] = None   # a query for an index, where CREATE INDEX has no IF NOT EXISTS
+    skip_locked = ""               # makes PICK_PENDING lock its row, skipping rows others hold
+    lock_rows = ""                 # makes STALE lock the rows it reads
+    columns_of = ""                # the column names of table :name, lower case, in order
+    Error: Any = Exception         # the driver's base error class
 
-    def __init__(self, job: str, settings, patience: float = 10.0, create: bool = False):
+    def __init__(self, job: str, settings: Any, patience: float = INTERACTIVE_PATIENCE, create: bool = False,
+                 interrupted: Optional[Callable[[], bool]] = None):
         self.job = check_identifier(job)
         self.settings = settings
         self.patience = patience
+        self.interrupted: Callable[[], bool] = interrupted or _never
         self.create_database = create
-        self.t = self.quote(job)
-        self.h = self.quote(job + HISTORY_SUFFIX)
-        self.conn = None
-        # Asked between retries: a worker told to stop must not sit out a long database outage.
-        self.interrupted: Callable[[], bool] = lambda: False
+        self.job_table = self.quote(job)
+        self.history_table = self.quote(job + HISTORY_SUFFIX)
+        self.conn: Any = None
         self._transaction(lambda cur: None, "connecting")
 
-    # ----------------------------------------------------------------- identifiers, transactions
+    # ----------------------------------------------------------------- identifiers, statements, transactions
     @classmethod
     def quote(cls, name: str) -> str:
         """The one place an identifier enters SQL: validated, then quoted."""
-        if not _NAME.match(name):
+        if not SQL_NAME.match(name):
             raise BadInput(f"{name!r} is not a valid SQL name")
-        return cls._quote_char + name + cls._quote_char
+        return cls.quote_char + name + cls.quote_char
 
-    def sql(self, text: str, **names) -> str:
-        """Fill a statement's table names and dialect fragments (never values)."""
-        return text.format(t=self.t, h=self.h, p=self.p, now=self.now, insert_ignore=self.insert_ignore,
-                           skip_locked=self.skip_locked, **names)
+    def statement(self, text: str, **names: str) -> str:
+        """One of the statements above, ready for the driver: identifiers and dialect fragments filled
+        in (never values), named parameters written the driver's way."""
+        filled = text.format(job_table=self.job_table, history_table=self.history_table, now=self.now,
+                             insert_ignore=self.insert_ignore, skip_locked=self.skip_locked,
+                             lock_rows=self.lock_rows, create_index=self.create_index,
+                             obsid_type=self.obsid_type, table_options=self.table_options, **names)
+        return _PARAMETER.sub(self.parameter, filled)
 
-    def _transaction(self, work: Callable, what: str, patience: Optional[float] = None, write: bool = True):
+    def _execute(self, cur: Any, text: str, params: Optional[Dict[str, Any]] = None, **names: str) -> Any:
+        if params is None:
+            cur.execute(self.statement(text, **names))
+        else:
+            cur.execute(self.statement(text, **names), params)
+        return cur
+
+    def _transaction(self, work: Callable[[Any], Any], what: str, write: bool = True,
+                     patience: Optional[float] = None, interrupted: Optional[Callable[[], bool]] = None) -> Any:
         """Run work(cursor) as one transaction and commit; retry it whole on passing errors."""
         patience = self.patience if patience is None else patience
+        interrupted = self.interrupted if interrupted is None else interrupted
         deadline = time.monotonic() + patience
         delay, warned = 0.05, False
         while True:
@@ -158,8 +236,9 @@ class JobTable:
                     raise BatchError(f"{self.settings.describe()}: {what}: {_one_line(e)}") from None
                 if self._is_connection_error(e):
                     self.close()
-                if time.monotonic() + delay > deadline or self.interrupted():
-                    waited = f"{patience:.0f} s" if not self.interrupted() else "a stop signal"
+                stopping = interrupted()
+                if time.monotonic() + delay > deadline or stopping:
+                    waited = "a stop signal" if stopping else f"{patience:.0f} s"
                     raise DatabaseUnavailable(f"{self.settings.describe()}: gave up {what} after "
                                               f"{waited}: {_one_line(e)}") from None
                 if not warned and patience > 1:
@@ -171,14 +250,15 @@ class JobTable:
                 self._rollback()  # e.g. BadInput found half-way: leave nothing changed
                 raise
 
-    def _rollback(self):
+    def _rollback(self) -> None:
         try:
             if self.conn is not None:
                 self.conn.rollback()
         except Exception:  # the connection may be the thing that broke; it is re-opened next time
             self.close()
 
-    def close(self):
+    def close(self) -> None:
+        """Close the connection (the next operation opens a new one)."""
         conn, self.conn = self.conn, None
         if conn is not None:
             try:
@@ -186,61 +266,55 @@ class JobTable:
             except Exception:
                 pass
 
-    def _db_now(self, cur) -> float:
-        cur.execute("SELECT " + self.now)
-        return float(cur.fetchone()[0])
+    def _db_now(self, cur: Any) -> float:
+        return float(self._execute(cur, DB_NOW).fetchone()[0])
 
-    # ----------------------------------------------------------------- dialect hooks
-    _quote_char = '"'
+    def _columns(self, cur: Any, table: str) -> Optional[List[str]]:
+        """The column names of `table`, lower case, or None if there is no such table."""
+        names = [r[0].lower() for r in self._execute(cur, self.columns_of, {"name": table}).fetchall()]
+        return names or None
 
-    def _connect(self):
+    def _create_index(self, cur: Any, text: str, index: str, table: str) -> None:
+        # Where CREATE INDEX has no IF NOT EXISTS, a retried create may find the index there already.
+        exists = self.index_exists and self._execute(cur, self.index_exists, {"table": table, "index": index}).fetchone()
+        if not exists:
+            self._execute(cur, text, index=self.quote(index))
+
+    # ----------------------------------------------------------------- dialect hooks (connections, errors)
+    def _connect(self) -> Any:
         raise NotImplementedError
 
-    def _begin(self, cur, write: bool):
+    def _begin(self, cur: Any, write: bool) -> None:
         pass
 
-    def _is_transient(self, e) -> bool:
+    def _is_transient(self, e: Exception) -> bool:
         raise NotImplementedError
 
-    def _is_connection_error(self, e) -> bool:
+    def _is_connection_error(self, e: Exception) -> bool:
         return False
-
-    def _columns(self, cur, table: str) -> Optional[List[str]]:
-        """The column names of `table`, lower case, or None if there is no such table."""
-        raise NotImplementedError
-
-    def _pick_pending(self, cur) -> Optional[Tuple[int, int]]:
-        """Lock and return (obsid, attempts) of the next pending row no other transaction holds.
-
-        SQLite needs no row lock: its BEGIN IMMEDIATE already holds the database's only write lock."""
-        cur.execute(self.sql("SELECT obsid, attempts FROM {t} WHERE state = 'pending'"
-                             " ORDER BY expected DESC, obsid LIMIT 1{skip_locked}"))
-        return cur.fetchone()
 
     # ----------------------------------------------------------------- the job table's life
     def exists(self) -> bool:
         """Whether the job's table exists (whatever its shape)."""
         return self._transaction(lambda cur: self._columns(cur, self.job) is not None, "looking for the job", write=False)
 
-    def require(self):
-        """Raise BadInput unless the job's table exists and is a job table of this tool."""
+    def require(self) -> None:
+        """Raise JobMissing or NotAJobTable unless the job's table exists and is a job table of this tool."""
         def check(cur):
             columns = self._columns(cur, self.job)
             if columns is None:
-                raise BadInput(f"no job '{self.job}' in {self.settings.describe()}: "
-                               f"create it with: BatchProcess.py {self.job} new [FILE]")
+                raise JobMissing(self.job, self.settings.describe())
             if "token" not in columns or self._columns(cur, self.job + HISTORY_SUFFIX) is None:
-                raise BadInput(f"table '{self.job}' in {self.settings.describe()} is not a job table of this tool "
-                               f"(columns: {', '.join(columns)}); it was left untouched")
+                raise NotAJobTable(self.job, self.settings.describe(), columns)
         self._transaction(check, "looking for the job", write=False)
 
     def create(self, obsids: Optional[Sequence[int]] = None, master: str = "", add: bool = False) -> int:
         """Create the job's table holding `obsids`, or every obsid of table `master` when obsids is None.
 
-        With add, the job may exist already, and only obsids not yet in it are inserted. When the
-        master table exists, its pipetime becomes each obsid's expected duration, so that long
-        obsids are claimed first. All or nothing: on any error a table this call created is
-        dropped again. Returns how many obsids were added.
+        With add, the job may exist already, and only obsids not yet in it are inserted (without
+        add, an existing job raises JobExists). When the master table exists, its pipetime becomes
+        each obsid's expected duration, so that long obsids are claimed first. All or nothing: on
+        any error a table this call created is dropped again. Returns how many obsids were added.
         """
         if master:
             check_identifier(master, "master table name")
@@ -248,30 +322,27 @@ class JobTable:
                 raise BadInput(f"job name '{self.job}' is the master table's name; choose another")
         existed = self.exists()
         if existed and not add:
-            raise BadInput(f"job '{self.job}' exists already ({self.total()} obsids): use --add to add new "
-                           f"obsids, or `BatchProcess.py {self.job} wipe` first")
+            raise JobExists(self.job, self.total())
         if existed:
             self.require()
         master_columns = self._transaction(lambda cur: self._columns(cur, master), "reading the master table",
                                            write=False) if master else None
         if obsids is None and (master_columns is None or "obsid" not in master_columns):
-            raise BadInput(f"master table '{master}' " + ("has no column 'obsid'" if master_columns else "not found")
-                           + f" in {self.settings.describe()} ([sql] table in batch.cfg)")
+            why = "has no column 'obsid'" if master_columns else "not found"
+            raise BadInput(f"master table '{master}' {why} in {self.settings.describe()} ([sql] table in batch.cfg)")
         expected = "pipetime" if master_columns and "pipetime" in master_columns else None
-        q = self.quote(master) if master else None
+        master_table = self.quote(master) if master else ""
 
         def fill(cur):
             before = self._count(cur)
             if obsids is None:
-                cur.execute(self.sql("{insert_ignore} INTO {t} (obsid, expected) SELECT obsid, {e} FROM {m}"
-                                     " WHERE obsid IS NOT NULL", m=q, e=expected or "NULL"))
+                self._execute(cur, INSERT_FROM_MASTER, master_table=master_table, expected=expected or "NULL")
             else:
-                insert = self.sql("{insert_ignore} INTO {t} (obsid) VALUES ({p})")
-                for i in range(0, len(obsids), 50_000):
-                    cur.executemany(insert, [(o,) for o in obsids[i:i + 50_000]])
+                insert = self.statement(INSERT_OBSID)
+                for start in range(0, len(obsids), 50_000):
+                    cur.executemany(insert, [{"obsid": o} for o in obsids[start:start + 50_000]])
                 if expected:
-                    cur.execute(self.sql("UPDATE {t} SET expected = (SELECT m.pipetime FROM {m} m"
-                                         " WHERE m.obsid = {t}.obsid) WHERE expected IS NULL", m=q))
+                    self._execute(cur, EXPECTED_FROM_MASTER, master_table=master_table)
             return self._count(cur) - before
 
         if not existed:
@@ -283,65 +354,57 @@ class JobTable:
                 self.drop()
             raise
 
-    def _create_tables(self, cur):
-        claim_index = self.quote(self.job + "__claim")
-        history_index = self.quote(self.job + "__attempts_obsid")
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {self.t} (\n  obsid {self.pk_type} NOT NULL PRIMARY KEY,"
-                    f"{_ROW_COLUMNS}\n){self.table_options}")
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {self.h} ({_HISTORY_COLUMNS}\n){self.table_options}")
-        self._create_index(cur, claim_index, self.t, "state, expected DESC, obsid")
-        self._create_index(cur, history_index, self.h, "obsid")
+    def _create_tables(self, cur: Any) -> None:
+        self._execute(cur, CREATE_JOB_TABLE)
+        self._execute(cur, CREATE_HISTORY_TABLE)
+        self._create_index(cur, CREATE_CLAIM_INDEX, self.job + "__claim", self.job)
+        self._create_index(cur, CREATE_HISTORY_INDEX, self.job + "__attempts_obsid", self.job + HISTORY_SUFFIX)
 
-    def _create_index(self, cur, name, table, columns):
-        cur.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})")
-
-    def drop(self):
+    def drop(self) -> None:
         """Drop the job's table and its history, and nothing else."""
         def drop(cur):
-            cur.execute(self.sql("DROP TABLE IF EXISTS {h}"))
-            cur.execute(self.sql("DROP TABLE IF EXISTS {t}"))
+            self._execute(cur, DROP_HISTORY_TABLE)
+            self._execute(cur, DROP_JOB_TABLE)
         self._transaction(drop, "dropping the job table")
 
     # ----------------------------------------------------------------- what workers do
-    def claim(self, host: str, worker: str, pid: int) -> Optional[Claim]:
+    def claim(self, host: str, worker: str, pid: int, *, interrupted: Optional[Callable[[], bool]] = None) -> Optional[Claim]:
         """Atomically take the next pending obsid for this worker, longest expected first.
 
         No two callers, in any process or on any host, ever get the same row: the row is locked
         (MySQL: FOR UPDATE SKIP LOCKED, so claimers pass each other instead of queueing; SQLite:
-        one writer at a time) and marked running with a token that only this claim knows.
-        Returns None when nothing is pending.
+        BEGIN IMMEDIATE holds the database's only write lock) and marked running with a token
+        that only this claim knows. Returns None when nothing is pending.
         """
         token = uuid.uuid4().hex
 
         def take(cur):
-            row = self._pick_pending(cur)
+            row = self._execute(cur, PICK_PENDING).fetchone()
             if row is None:
                 return None
             obsid, attempts = int(row[0]), int(row[1])
-            cur.execute(self.sql("UPDATE {t} SET state = 'running', pipelined = 0, token = {p}, host = {p},"
-                                 " worker = {p}, pid = {p}, started = {now}, heartbeat = {now}, ended = NULL,"
-                                 " exit_code = NULL, signal_no = NULL WHERE obsid = {p} AND state = 'pending'"),
-                        (token, host[:255], worker[:32], pid, obsid))
+            self._execute(cur, CLAIM, {"token": token, "host": host[:255], "worker": worker[:32], "pid": pid,
+                                       "obsid": obsid})
             if cur.rowcount != 1:
                 raise BatchError(f"claim of obsid {obsid} lost a race it cannot lose; please report this")
             return Claim(obsid, token, attempts + 1)
-        return self._transaction(take, "claiming an obsid")
+        return self._transaction(take, "claiming an obsid", interrupted=interrupted)
 
-    def heartbeat(self, claim: Claim) -> Optional[bool]:
-        """Refresh the claim's lease. True: still ours; False: taken from us; None: database unreachable.
+    def heartbeat(self, claim: Claim) -> Lease:
+        """Refresh the claim's lease: HELD (still ours), LOST (taken from us) or UNKNOWN (database unreachable).
 
         Never waits: a worker keeps its HIPE running through a database outage.
         """
         def beat(cur):
-            cur.execute(self.sql("UPDATE {t} SET heartbeat = {now} WHERE obsid = {p} AND token = {p}"
-                                 " AND state = 'running'"), (claim.obsid, claim.token))
-            return cur.rowcount == 1
+            self._execute(cur, HEARTBEAT, {"obsid": claim.obsid, "token": claim.token})
+            return Lease.HELD if cur.rowcount == 1 else Lease.LOST
         try:
             return self._transaction(beat, "refreshing a lease", patience=0)
         except DatabaseUnavailable:
-            return None
+            return Lease.UNKNOWN
 
-    def finish(self, claim: Claim, outcome: Outcome, max_attempts: int) -> Optional[str]:
+    def finish(self, claim: Claim, outcome: Outcome, max_attempts: int, *, patience: Optional[float] = None,
+               interrupted: Optional[Callable[[], bool]] = None) -> Optional[str]:
         """Record an outcome for a claim, if the claim is still ours (else nothing changes).
 
         Success makes the obsid done; a failure makes it pending again while attempts remain,
@@ -349,35 +412,39 @@ class JobTable:
         or None if the claim had been taken from us. Safe to repeat after a lost connection.
         """
         state = DONE if outcome.ok else (FAILED if claim.attempt >= max_attempts else PENDING)
+        row = {"obsid": claim.obsid, "token": claim.token}
 
         def record(cur):
-            cur.execute(self.sql("UPDATE {t} SET state = {p}, pipelined = {p}, attempts = {p}, ended = {now},"
-                                 " heartbeat = NULL, exit_code = {p}, signal_no = {p}, reason = {p}"
-                                 " WHERE obsid = {p} AND token = {p}"),
-                        (state, int(state == DONE), claim.attempt, outcome.exit_code, outcome.signal,
-                         outcome.reason[:255] or None, claim.obsid, claim.token))
+            self._execute(cur, FINISH, {**row, "state": state, "pipelined": int(state == DONE), "attempt": claim.attempt,
+                                        "exit_code": outcome.exit_code, "signal_no": outcome.signal,
+                                        "reason": outcome.reason[:255] or None})
             if cur.rowcount != 1:
                 return None
-            cur.execute(self.sql(_HISTORY_FROM_ROW),
-                        (claim.attempt, DONE if outcome.ok else FAILED, claim.obsid, claim.token))
+            self._execute(cur, HISTORY_FROM_ROW, {**row, "attempt": claim.attempt,
+                                                  "outcome": DONE if outcome.ok else FAILED})
             return state
-        return self._transaction(record, f"recording the outcome of obsid {claim.obsid}")
+        return self._transaction(record, f"recording the outcome of obsid {claim.obsid}", patience=patience,
+                                 interrupted=interrupted)
 
-    def requeue(self, claim: Claim, reason: str) -> bool:
+    def requeue(self, claim: Claim, reason: str, *, patience: Optional[float] = None,
+                interrupted: Optional[Callable[[], bool]] = None) -> bool:
         """Put a claimed obsid back to pending without counting an attempt (the worker was stopped).
 
         Returns False if the claim had been taken from us already.
         """
+        row = {"obsid": claim.obsid, "token": claim.token}
+
         def put_back(cur):
-            cur.execute(self.sql("UPDATE {t} SET state = 'pending', ended = {now}, heartbeat = NULL, reason = {p}"
-                                 " WHERE obsid = {p} AND token = {p}"), (reason[:255], claim.obsid, claim.token))
+            self._execute(cur, REQUEUE, {**row, "reason": reason[:255]})
             if cur.rowcount != 1:
                 return False
-            cur.execute(self.sql(_HISTORY_FROM_ROW), (claim.attempt, "stopped", claim.obsid, claim.token))
+            self._execute(cur, HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": "stopped"})
             return True
-        return self._transaction(put_back, f"putting obsid {claim.obsid} back")
+        return self._transaction(put_back, f"putting obsid {claim.obsid} back", patience=patience,
+                                 interrupted=interrupted)
 
-    def reclaim_stale(self, lease: float, max_attempts: int) -> List[int]:
+    def reclaim_stale(self, lease: float, max_attempts: int, *,
+                      interrupted: Optional[Callable[[], bool]] = None) -> List[int]:
         """Take back every running obsid whose lease ran out (its worker is dead or cut off).
 
         Each costs an attempt and goes back to pending, or to failed once max_attempts are used;
@@ -386,24 +453,14 @@ class JobTable:
         """
         def reclaim(cur):
             cutoff = self._db_now(cur) - lease
-            cur.execute(self.sql("SELECT obsid FROM {t} WHERE state = 'running' AND heartbeat < {p}"
-                                 " ORDER BY obsid{lock}", lock=self._lock_rows), (cutoff,))
-            stale = [int(r[0]) for r in cur.fetchall()]
+            stale = [int(r[0]) for r in self._execute(cur, STALE, {"cutoff": cutoff}).fetchall()]
             reason = f"worker lost: no heartbeat for {lease:g} s"
-            for part in _chunks(stale):
-                marks = ", ".join([self.p] * len(part))
-                cur.execute(self.sql("UPDATE {t} SET ended = {now}, reason = {p} WHERE obsid IN (" + marks + ")"),
-                            (reason, *part))
-                cur.execute(self.sql("{insert_ignore} INTO {h} (token, obsid, attempt, host, worker, pid, started,"
-                                     " ended, outcome, reason) SELECT token, obsid, attempts + 1, host, worker, pid,"
-                                     " started, ended, 'lost', reason FROM {t} WHERE obsid IN (" + marks + ")"), part)
-                cur.execute(self.sql("UPDATE {t} SET state = CASE WHEN attempts + 1 >= {p} THEN 'failed'"
-                                     " ELSE 'pending' END, attempts = attempts + 1, token = NULL, heartbeat = NULL"
-                                     " WHERE obsid IN (" + marks + ")"), (max_attempts, *part))
+            for obsids, params in in_list(stale):
+                self._execute(cur, LOST_MARK, {**params, "reason": reason}, obsids=obsids)
+                self._execute(cur, LOST_TO_HISTORY, params, obsids=obsids)
+                self._execute(cur, LOST_RELEASE, {**params, "max_attempts": max_attempts}, obsids=obsids)
             return stale
-        return self._transaction(reclaim, "reclaiming obsids of lost workers")
-
-    _lock_rows = ""  # how reclaim_stale locks the rows it reads (MySQL: FOR UPDATE)
+        return self._transaction(reclaim, "reclaiming obsids of lost workers", interrupted=interrupted)
 
     # ----------------------------------------------------------------- what users do
     def reset(self, lease: float, only_failed: bool = False, obsids: Optional[Sequence[int]] = None) -> Tuple[int, int]:
@@ -415,116 +472,109 @@ class JobTable:
         """
         def reset(cur):
             alive = self._db_now(cur) - lease
-            where = "(state <> 'running' OR heartbeat IS NULL OR heartbeat < {p})"
-            if only_failed:
-                where += " AND state = 'failed'"
+            which = {"alive": alive, "only_failed": int(only_failed)}
             if obsids is None:
-                cur.execute(self.sql("UPDATE {t} SET state = 'pending', " + _CLEARED + " WHERE " + where), (alive,))
-                changed = cur.rowcount
+                changed = self._execute(cur, RESET_ALL, which).rowcount
             else:
                 missing = [o for o in obsids if o not in self._present(cur, obsids)]
                 if missing:
                     raise BadInput(f"{len(missing)} obsid(s) not in job '{self.job}', e.g. {missing[0]}; nothing was reset")
                 changed = 0
-                for part in _chunks(obsids):
-                    cur.execute(self.sql("UPDATE {t} SET state = 'pending', " + _CLEARED + " WHERE " + where
-                                         + " AND obsid IN (" + ", ".join([self.p] * len(part)) + ")"), (alive, *part))
-                    changed += cur.rowcount
-            cur.execute(self.sql("SELECT COUNT(*) FROM {t} WHERE state = 'running' AND heartbeat >= {p}"), (alive,))
-            return changed, int(cur.fetchone()[0])
+                for listed, params in in_list(obsids):
+                    changed += self._execute(cur, RESET_LISTED, {**which, **params}, obsids=listed).rowcount
+            running = self._execute(cur, COUNT_LIVE_RUNNING, {"alive": alive}).fetchone()[0]
+            return changed, int(running)
         return self._transaction(reset, "resetting obsids")
 
-    def _present(self, cur, obsids) -> set:
+    def _present(self, cur: Any, obsids: Sequence[int]) -> set:
         found = set()
-        for part in _chunks(list(obsids)):
-            cur.execute(self.sql("SELECT obsid FROM {t} WHERE obsid IN (" + ", ".join([self.p] * len(part)) + ")"), part)
-            found.update(int(r[0]) for r in cur.fetchall())
+        for listed, params in in_list(obsids):
+            found.update(int(r[0]) for r in self._execute(cur, PRESENT, params, obsids=listed).fetchall())
         return found
 
-    def _count(self, cur) -> int:
-        cur.execute(self.sql("SELECT COUNT(*) FROM {t}"))
-        return int(cur.fetchone()[0])
+    def _count(self, cur: Any) -> int:
+        return int(self._execute(cur, COUNT_ALL).fetchone()[0])
 
     def total(self) -> int:
+        """How many obsids the job holds."""
         return self._transaction(self._count, "counting obsids", write=False)
 
-    def counts(self) -> Dict[str, int]:
+    def counts(self, *, interrupted: Optional[Callable[[], bool]] = None) -> Dict[str, int]:
         """How many obsids are in each state (every state present, zero or not)."""
         def count(cur):
-            cur.execute(self.sql("SELECT state, COUNT(*) FROM {t} GROUP BY state"))
-            return {**dict.fromkeys(STATES, 0), **{s: int(n) for s, n in cur.fetchall()}}
-        return self._transaction(count, "counting obsids", write=False)
+            found = {state: int(n) for state, n in self._execute(cur, COUNT_BY_STATE).fetchall()}
+            return {**dict.fromkeys(STATES, 0), **found}
+        return self._transaction(count, "counting obsids", write=False, interrupted=interrupted)
 
     def failures(self, limit: int = 10) -> List[Tuple[int, int, str]]:
         """The first failed obsids: (obsid, attempts, reason)."""
         def first(cur):
-            cur.execute(self.sql("SELECT obsid, attempts, reason FROM {t} WHERE state = 'failed'"
-                                 " ORDER BY obsid LIMIT {p}"), (limit,))
-            return [(int(o), int(a), r or "") for o, a, r in cur.fetchall()]
+            rows = self._execute(cur, FIRST_FAILURES, {"limit": limit}).fetchall()
+            return [(int(obsid), int(attempts), reason or "") for obsid, attempts, reason in rows]
         return self._transaction(first, "reading failures", write=False)
 
     def by_host(self) -> List[Tuple[str, int, int, float]]:
         """Per host that finished obsids: (host, done, failed, seconds its final attempts took)."""
         def hosts(cur):
-            cur.execute(self.sql("SELECT host, SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END),"
-                                 " SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END), SUM(ended - started)"
-                                 " FROM {t} WHERE state IN ('done', 'failed') GROUP BY host ORDER BY host"))
-            return [(h or "?", int(d), int(f), float(s or 0)) for h, d, f, s in cur.fetchall()]
+            rows = self._execute(cur, BY_HOST).fetchall()
+            return [(host or "?", int(done), int(failed), float(busy or 0)) for host, done, failed, busy in rows]
         return self._transaction(hosts, "summarising hosts", write=False)
 
-    def history(self, obsid: Optional[int] = None) -> List[dict]:
+    def history(self, obsid: Optional[int] = None) -> List[Dict[str, Any]]:
         """Every recorded attempt (of one obsid, or all), oldest first."""
         def read(cur):
-            where = " WHERE obsid = {p}" if obsid is not None else ""
-            cur.execute(self.sql("SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no,"
-                                 " outcome, reason FROM {h}" + where + " ORDER BY started, obsid"),
-                        (obsid,) if obsid is not None else ())
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            if obsid is None:
+                return _dicts(self._execute(cur, HISTORY_ALL))
+            return _dicts(self._execute(cur, HISTORY_OF_OBSID, {"obsid": obsid}))
         return self._transaction(read, "reading the history", write=False)
 
-    def rows(self) -> List[dict]:
+    def rows(self) -> List[Dict[str, Any]]:
         """Every row of the job table, by obsid (for reports and tests)."""
-        def read(cur):
-            cur.execute(self.sql("SELECT * FROM {t} ORDER BY obsid"))
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
-        return self._transaction(read, "reading the job table", write=False)
+        return self._transaction(lambda cur: _dicts(self._execute(cur, ALL_ROWS)), "reading the job table", write=False)
 
-    def row(self, obsid: int) -> Optional[dict]:
+    def row(self, obsid: int) -> Optional[Dict[str, Any]]:
         """The row of one obsid, or None if it is not in the job (for `status --obsid`)."""
         def read(cur):
-            cur.execute(self.sql("SELECT * FROM {t} WHERE obsid = {p}"), (obsid,))
-            found = cur.fetchone()
-            return dict(zip([d[0] for d in cur.description], found)) if found else None
+            found = _dicts(self._execute(cur, ONE_ROW, {"obsid": obsid}))
+            return found[0] if found else None
         return self._transaction(read, f"reading obsid {obsid}", write=False)
 
 
-def _chunks(items, size=_CHUNK):
-    items = list(items)
-    return [items[i:i + size] for i in range(0, len(items), size)]
+def _dicts(cur: Any) -> List[Dict[str, Any]]:
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
-def _one_line(e) -> str:
+def _never() -> bool:
+    return False
+
+
+def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
 class SQLiteJobTable(JobTable):
     """The embedded default: one database file on one machine, many worker processes."""
 
-    p = "?"
+    parameter = r":\1"
+    quote_char = '"'
     now = "((julianday('now') - 2440587.5) * 86400.0)"
     insert_ignore = "INSERT OR IGNORE"
-    pk_type = "INTEGER"          # INTEGER PRIMARY KEY is SQLite's rowid: no second index
+    obsid_type = "INTEGER"          # INTEGER PRIMARY KEY is SQLite's rowid: no second index
+    table_options = ""
+    create_index = "CREATE INDEX IF NOT EXISTS"
+    index_exists = None
+    skip_locked = ""                # no row locks: BEGIN IMMEDIATE holds the database's only write lock
+    lock_rows = ""
+    columns_of = "SELECT name FROM pragma_table_info(:name)"
     Error = sqlite3.Error
 
-    def _connect(self):
+    def _connect(self) -> sqlite3.Connection:
         path = self.settings.path
         if not path.parent.is_dir():
             raise BadInput(f"cannot use {self.settings.describe()}: folder {path.parent} does not exist")
         if not self.create_database and not path.exists():
-            raise BadInput(f"no job '{self.job}': {self.settings.describe()} does not exist yet "
-                           f"(create a job with: BatchProcess.py {self.job} new [FILE])")
+            raise JobMissing(self.job, self.settings.describe(), database_missing=True)
         # isolation_level=None: transactions are begun explicitly, so a claim's write lock is taken
         # at BEGIN IMMEDIATE and not half-way through (which could deadlock two claimers).
         conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
@@ -533,45 +583,46 @@ class SQLiteJobTable(JobTable):
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
-    def _begin(self, cur, write):
+    def _begin(self, cur: Any, write: bool) -> None:
         cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
-    def _is_transient(self, e):
+    def _is_transient(self, e: Exception) -> bool:
         return isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
-
-    def _columns(self, cur, table):
-        cur.execute("SELECT name FROM pragma_table_info(?)", (table,))
-        names = [r[0].lower() for r in cur.fetchall()]
-        return names or None
 
 
 class MySQLJobTable(JobTable):
     """MySQL or MariaDB, shared by every worker on every host."""
 
-    p = "%s"
+    parameter = r"%(\1)s"
+    quote_char = "`"
     now = "UNIX_TIMESTAMP(NOW(6))"
     insert_ignore = "INSERT IGNORE"
+    obsid_type = "BIGINT"
     table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+    create_index = "CREATE INDEX"   # no IF NOT EXISTS: index_exists is asked first
+    index_exists = """SELECT 1 FROM information_schema.statistics
+  WHERE table_schema = DATABASE() AND table_name = :table AND index_name = :index"""
     skip_locked = " FOR UPDATE SKIP LOCKED"
-    _lock_rows = " FOR UPDATE"
-    _quote_char = "`"
+    lock_rows = " FOR UPDATE"
+    columns_of = """SELECT LOWER(column_name) FROM information_schema.columns
+  WHERE table_schema = DATABASE() AND table_name = :name ORDER BY ordinal_position"""
     # Lock wait, deadlock, server shutting down / gone / unreachable / lost, too many connections.
     TRANSIENT = {1205, 1213, 1053, 1040, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
     CONNECTION = {1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any):
         import MySQLdb  # imported here so that SQLite users need no MySQL client library
         self._driver = MySQLdb
         self.Error = MySQLdb.Error
         super().__init__(*args, **kwargs)
 
-    def _connect(self):
+    def _connect(self) -> Any:
         from MySQLdb.constants import CLIENT
         s = self.settings
         options = {"host": s.host, "user": s.user, "database": s.db, "charset": "utf8mb4",
-                       "connect_timeout": 10, "autocommit": False,
-                       "client_flag": CLIENT.FOUND_ROWS,  # rowcount = rows matched, so repeated writes still count
-                       "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"}
+                   "connect_timeout": 10, "autocommit": False,
+                   "client_flag": CLIENT.FOUND_ROWS,  # rowcount = rows matched, so repeated writes still count
+                   "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"}
         if s.port:
             options["port"] = s.port
         if s.socket:
@@ -585,30 +636,18 @@ class MySQLJobTable(JobTable):
             options["read_default_file"] = option_file
         return self._driver.connect(**options)
 
-    def _code(self, e):
+    def _code(self, e: Exception) -> Optional[int]:
         return e.args[0] if e.args and isinstance(e.args[0], int) else None
 
-    def _is_transient(self, e):
+    def _is_transient(self, e: Exception) -> bool:
         return self._code(e) in self.TRANSIENT or isinstance(e, self._driver.InterfaceError)
 
-    def _is_connection_error(self, e):
+    def _is_connection_error(self, e: Exception) -> bool:
         return self._code(e) in self.CONNECTION or isinstance(e, self._driver.InterfaceError)
 
-    def _columns(self, cur, table):
-        cur.execute("SELECT LOWER(column_name) FROM information_schema.columns WHERE table_schema = DATABASE()"
-                    " AND table_name = %s ORDER BY ordinal_position", (table,))
-        names = [r[0] for r in cur.fetchall()]
-        return names or None
 
-    def _create_index(self, cur, name, table, columns):
-        # MySQL has no CREATE INDEX IF NOT EXISTS; a retried create finds the index there already.
-        cur.execute("SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE()"
-                    " AND table_name = %s AND index_name = %s", (table.strip("`"), name.strip("`")))
-        if cur.fetchone() is None:
-            cur.execute(f"CREATE INDEX {name} ON {table} ({columns})")
-
-
-def open_table(settings, job: str, patience: float = 10.0, create: bool = False) -> JobTable:
+def open_table(settings: Any, job: str, patience: float = INTERACTIVE_PATIENCE, create: bool = False,
+               interrupted: Optional[Callable[[], bool]] = None) -> JobTable:
     """The job table of `job` on the backend `settings` names ([sql] of batch.cfg)."""
     cls = SQLiteJobTable if settings.backend == "sqlite" else MySQLJobTable
-    return cls(job, settings, patience=patience, create=create)
+    return cls(job, settings, patience=patience, create=create, interrupted=interrupted)

@@ -4,7 +4,6 @@ One worker is one process (one MPI slot). Workers never talk to each other: the 
 only coordination. A worker that dies leaves its obsid running under a lease that stops being
 refreshed; any later worker takes it back (`JobTable.reclaim_stale`).
 """
-import contextlib
 import logging
 import os
 import shutil
@@ -12,10 +11,14 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any, Optional, TextIO
 
 from . import hipe, report
-from .errors import BadInput, DatabaseUnavailable
-from .storage import RUNNING
+from .config import Config
+from .errors import BadInput, DatabaseUnavailable, SetupBroken, TemplateMissing
+from .model import FAILED, INTERACTIVE_PATIENCE, RUNNING, Claim, LaunchEnd, Lease, Outcome
+from .slot import Slot
+from .storage import JobTable
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +26,7 @@ logger = logging.getLogger(__name__)
 # host, whereas on SIGTERM or SIGINT mpirun kills them too soon for them to put their obsids back.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 WAIT_POLL = 5.0  # seconds between looks at the table while waiting for obsids running elsewhere
-STOP_PATIENCE = 10.0  # seconds a stopping worker waits for the database to put its obsid back
+STOP_PATIENCE = INTERACTIVE_PATIENCE  # seconds a stopping worker waits for the database to put its obsid back
 
 
 class _Context(logging.LoggerAdapter):
@@ -35,30 +38,47 @@ class _Context(logging.LoggerAdapter):
         return f"[{where}] {msg}", kwargs
 
 
+def template_path(cfg: Config, job: str) -> Path:
+    """The job's HIPE script template: jobs/JOB/JOB.py."""
+    return cfg.job_dir(job) / f"{job}.py"
+
+
+def check_ready(cfg: Config, job: str) -> None:
+    """Raise BadInput (changing nothing but creating the job's log and output folders) unless the
+    job's template and HIPE can be used."""
+    template = template_path(cfg, job)
+    if not template.is_file():
+        raise TemplateMissing(job, template)
+    try:
+        template.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"template {template} cannot be read: {e}") from None
+    command = cfg.hipe.command[0] if cfg.hipe.command else ""
+    if not command or not shutil.which(command):
+        raise BadInput(f"HIPE command {command!r} not found on PATH ([hipe] command in {cfg.path})")
+    for sub in ("log", "output"):
+        (cfg.job_dir(job) / sub).mkdir(parents=True, exist_ok=True)
+
+
 class Worker:
-    def __init__(self, cfg, table, job: str, slot, out=None):
+    """One worker process: claims obsids of one job, launches HIPE on each, records what became of it."""
+
+    def __init__(self, cfg: Config, table: Optional[JobTable], job: str, slot: Slot, out: Optional[TextIO] = None):
         self.cfg, self.table, self.job, self.slot = cfg, table, job, slot
         self.out = out or sys.stdout
         self.dir = cfg.job_dir(job)
-        self.template = self.dir / f"{job}.py"
+        self.template = template_path(cfg, job)
         self.log = _Context(logger, {"host": slot.host, "slot": slot.name, "obsid": None})
         self.stop_signal = 0
         self.processed = self.done = self.failed = 0
 
-    def check_ready(self):
-        """Raise BadInput (changing nothing) unless the job's template and HIPE can be used."""
-        if not self.template.is_file():
-            raise BadInput(f"template {self.template} not found: write the job's HIPE script there "
-                           f"(`BatchProcess.py {self.job} new` copies the example)")
-        try:
-            self.template.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise BadInput(f"template {self.template} cannot be read: {e}") from None
-        command = self.cfg.hipe.command[0] if self.cfg.hipe.command else ""
-        if not command or not shutil.which(command):
-            raise BadInput(f"HIPE command {command!r} not found on PATH ([hipe] command in {self.cfg.path})")
-        for sub in ("log", "output"):
-            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+    def check_ready(self) -> None:
+        """See check_ready()."""
+        check_ready(self.cfg, self.job)
+
+    def _stopping(self) -> bool:
+        """Asked by the table between retries: a worker told to stop does not sit out an outage."""
+        return bool(self.stop_signal)
 
     def run(self) -> int:
         """Process obsids until none is left or a stop signal arrives.
@@ -68,7 +88,6 @@ class Worker:
         """
         self.check_ready()
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
-        self.table.interrupted = lambda: bool(self.stop_signal)
         started = time.monotonic()
         try:
             self._loop()
@@ -85,21 +104,21 @@ class Worker:
                     signal.signal(s, handler)
         return 128 + self.stop_signal if self.stop_signal else status
 
-    def _say(self, line):
+    def _say(self, line: str) -> None:
         # One write per line: under mpirun many ranks share one output, and print() writes the
         # newline separately, so with PYTHONUNBUFFERED lines of different ranks got mixed.
         self.out.write(line + "\n")
         self.out.flush()
 
-    def _on_signal(self, signum, frame):
+    def _on_signal(self, signum: int, frame: Any) -> None:
         # Only note it: the loop stops HIPE, puts the obsid back and leaves at a safe point.
         self.stop_signal = signum
 
-    def _loop(self):
+    def _loop(self) -> None:
         run = self.cfg.run
         self._reclaim()
         while not self.stop_signal:
-            claim = self.table.claim(self.slot.host, self.slot.name, os.getpid())
+            claim = self.table.claim(self.slot.host, self.slot.name, os.getpid(), interrupted=self._stopping)
             if claim is not None:
                 self._process(claim)
                 continue
@@ -107,23 +126,23 @@ class Worker:
                 continue
             # Nothing pending. Obsids still running elsewhere may yet come back (a worker dies,
             # a failure is retried): wait for them rather than leave them to a later run.
-            if not run.wait_for_running or self.table.counts()[RUNNING] == 0:
+            if not run.wait_for_running or self.table.counts(interrupted=self._stopping)[RUNNING] == 0:
                 break
             self._sleep(min(run.heartbeat, WAIT_POLL))
 
     def _reclaim(self) -> bool:
-        taken = self.table.reclaim_stale(self.cfg.run.lease, self.cfg.run.max_attempts)
+        taken = self.table.reclaim_stale(self.cfg.run.lease, self.cfg.run.max_attempts, interrupted=self._stopping)
         if taken:
             self.log.warning("took back %d obsid(s) of lost workers: %s", len(taken),
                              " ".join(map(str, taken[:10])) + (" ..." if len(taken) > 10 else ""))
         return bool(taken)
 
-    def _sleep(self, seconds):
+    def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while not self.stop_signal and time.monotonic() < end:
             time.sleep(min(hipe.POLL, end - time.monotonic()))
 
-    def _process(self, claim):
+    def _process(self, claim: Claim) -> None:
         self.processed += 1
         self.log.extra["obsid"] = claim.obsid
         self._say(f".....  [Slot {self.slot.rank}/{self.slot.size} on {self.slot.host}] "
@@ -131,55 +150,53 @@ class Worker:
         try:
             template = self.template.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            launch = hipe.Launch(hipe.Outcome(False, f"cannot read template {self.template}: {e}"), 0.0,
-                                 not_started=True)
+            launch = hipe.Launch(Outcome(False, f"cannot read template {self.template}: {e}"), 0.0,
+                                 LaunchEnd.NOT_STARTED)
         else:
-            launch = hipe.run_obsid(self.cfg.hipe, template, self.job, claim.obsid, self.dir / "output",
-                                    self.dir / "log", lambda: self.stop_signal, lambda: self._heartbeat(claim),
+            request = hipe.LaunchRequest(self.cfg.hipe, template, self.job, claim.obsid, self.dir / "output",
+                                         self.dir / "log")
+            launch = hipe.run_obsid(request, lambda: self.stop_signal, lambda: self._heartbeat(claim),
                                     self.cfg.run.heartbeat)
         try:
             self._record(claim, launch)
         finally:
             self.log.extra["obsid"] = None
 
-    @contextlib.contextmanager
-    def _briefly(self, seconds):
-        """A stop should be quick: the database gets `seconds`, not the usual patience (the lease
-        takes the obsid back all the same if it is away), and the stop signal no longer cuts the
-        wait short."""
-        saved = self.table.patience, self.table.interrupted
-        self.table.patience, self.table.interrupted = min(saved[0], seconds), (lambda: False)
-        try:
-            yield
-        finally:
-            self.table.patience, self.table.interrupted = saved
-
-    def _heartbeat(self, claim):
-        alive = self.table.heartbeat(claim)
-        if alive is None:
+    def _heartbeat(self, claim: Claim) -> Lease:
+        lease = self.table.heartbeat(claim)
+        if lease is Lease.UNKNOWN:
             self.log.warning("database unreachable; HIPE keeps running, the lease will be refreshed when it is back")
-        elif alive is False:
+        elif lease is Lease.LOST:
             self.log.error("claim was taken back (lease of %g s ran out); stopping HIPE", self.cfg.run.lease)
-        return alive
+        return lease
 
-    def _record(self, claim, launch):
-        outcome = launch.outcome
-        if launch.stopped_by:
-            try:
-                with self._briefly(STOP_PATIENCE):
-                    self.table.requeue(claim, outcome.reason)
-                self.log.warning("%s: HIPE stopped, obsid back to pending", outcome.reason)
-            except DatabaseUnavailable as e:
-                self.log.error("%s; obsid stays claimed until its lease runs out", e)
-            return
-        if launch.not_started:
+    def _record(self, claim: Claim, launch: hipe.Launch) -> None:
+        """Tell the table what became of the claim, according to how the launch ended."""
+        if launch.end is LaunchEnd.STOPPED:
+            self._put_back_stopped(claim, launch)
+        elif launch.end is LaunchEnd.NOT_STARTED:
             # HIPE was removed or its template deleted mid-run: not the obsid's fault. Put it back
             # uncounted and stop, rather than fail every obsid of the job in turn in a few seconds.
-            self.table.requeue(claim, outcome.reason)
-            raise BadInput(f"{outcome.reason}; obsid {claim.obsid} put back to pending and worker stopped")
-        if launch.claim_lost:
-            return  # the obsid is another worker's now: neither done nor failed by this one
-        state = self.table.finish(claim, outcome, self.cfg.run.max_attempts)
+            self.table.requeue(claim, launch.outcome.reason, interrupted=self._stopping)
+            raise SetupBroken(launch.outcome.reason, claim.obsid)
+        elif launch.end is LaunchEnd.CLAIM_LOST:
+            pass  # the obsid is another worker's now: neither done nor failed by this one
+        else:
+            self._finish(claim, launch)
+
+    def _put_back_stopped(self, claim: Claim, launch: hipe.Launch) -> None:
+        # A stop should be quick: the database gets STOP_PATIENCE, not the run's patience (the lease
+        # takes the obsid back all the same if it is away), and the stop signal no longer cuts the wait short.
+        reason = launch.outcome.reason
+        try:
+            self.table.requeue(claim, reason, patience=min(self.table.patience, STOP_PATIENCE), interrupted=_never)
+            self.log.warning("%s: HIPE stopped, obsid back to pending", reason)
+        except DatabaseUnavailable as e:
+            self.log.error("%s; obsid stays claimed until its lease runs out", e)
+
+    def _finish(self, claim: Claim, launch: hipe.Launch) -> None:
+        outcome = launch.outcome
+        state = self.table.finish(claim, outcome, self.cfg.run.max_attempts, interrupted=self._stopping)
         if state is None:
             self.log.error("outcome not recorded: the claim had been taken back (lease %g s)", self.cfg.run.lease)
         elif outcome.ok:
@@ -187,6 +204,10 @@ class Worker:
             self.log.info("done in %.1f s", launch.seconds)
         else:
             self.failed += 1
-            retry = f", will be retried (attempt {claim.attempt} of {self.cfg.run.max_attempts})" if state != "failed" else ""
+            retry = f", will be retried (attempt {claim.attempt} of {self.cfg.run.max_attempts})" if state != FAILED else ""
             self.log.error("failed after %.1f s: %s%s (log: %s)", launch.seconds, outcome.reason, retry,
                            Path(self.dir, "log", f"{claim.obsid}.stderr"))
+
+
+def _never() -> bool:
+    return False

@@ -1,0 +1,61 @@
+"""The words worker, HIPE launch and storage share: obsid states, a claim, an outcome, how a launch
+ended, what a heartbeat found, and which names may name a job.
+
+No I/O here and no imports of the project's other modules, so that every module can import this one.
+"""
+import enum
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from .errors import BadInput
+
+# Row life: pending -> running (claimed, with a fresh token) -> done | failed | pending (a retry).
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+STATES = (PENDING, RUNNING, DONE, FAILED)
+
+HISTORY_SUFFIX = "__attempts"   # job names may not contain "__", so this never names a job
+MAX_JOB_NAME = 48
+SQL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}\Z")   # what storage agrees to quote as an identifier
+
+INTERACTIVE_PATIENCE = 10.0  # seconds a command a person waits for (status, reset, new, a stop) bears database trouble
+
+
+def check_identifier(name: object, what: str = "job name") -> str:
+    """Return `name` if it may name a job (or a master table); else raise BadInput saying why."""
+    if not isinstance(name, str) or not SQL_NAME.match(name) or len(name) > MAX_JOB_NAME or "__" in name:
+        raise BadInput(f"{what} {name!r} is not valid: use at most {MAX_JOB_NAME} letters, digits and "
+                       "single underscores, starting with a letter")
+    return name
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An obsid this worker owns until it finishes, requeues, or its lease runs out."""
+    obsid: int
+    token: str
+    attempt: int     # 1 on the first try
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one launch of HIPE."""
+    ok: bool
+    reason: str = ""
+    exit_code: Optional[int] = None
+    signal: Optional[int] = None
+
+
+class LaunchEnd(enum.Enum):
+    """How one launch of HIPE ended; exactly one of these is true of every launch."""
+    FINISHED = "finished"        # HIPE exited (or timed out and was killed): the outcome says ok or not
+    STOPPED = "stopped"          # this worker got a stop signal and stopped HIPE: not the obsid's fault
+    CLAIM_LOST = "claim lost"    # the lease was taken back: the obsid is another worker's now
+    NOT_STARTED = "not started"  # HIPE could not be launched at all: a fault of the setup, not of the obsid
+
+
+class Lease(enum.Enum):
+    """What refreshing a claim's lease found."""
+    HELD = "held"          # still ours
+    LOST = "lost"          # taken back (reclaimed or reset): stop HIPE, record nothing
+    UNKNOWN = "unknown"    # the database could not be reached: keep going, try again next beat
