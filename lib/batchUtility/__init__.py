@@ -3,8 +3,10 @@
 Modules, one job each:
   config    reading batch.cfg
   obsids    reading obsid lists
+  errors    the errors a user sees, with their exit statuses; domain errors carry data, cli words them
+  model     what the others share: states, Claim, Outcome, LaunchEnd, Lease, job name rules
   storage   the job table (MySQL/MariaDB or SQLite): claim, heartbeat, finish, requeue, counts
-  hipe      launching HIPE for one obsid and judging whether it succeeded
+  hipe      launching HIPE for one obsid (a LaunchRequest) and judging whether it succeeded
   slot      who this worker is (MPI rank, size, host)
   worker    the claim-launch-record loop of `run`
   report    status and summary text

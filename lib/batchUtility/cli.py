@@ -4,6 +4,7 @@ import argparse
 import logging
 import shutil
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from . import config, report
@@ -79,7 +80,7 @@ def error_line(e: BatchError) -> str:
     return str(e)
 
 
-def _setup_logging(verbose, quiet):
+def _setup_logging(verbose: bool, quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     root = logging.getLogger()
@@ -87,7 +88,7 @@ def _setup_logging(verbose, quiet):
     root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
-def cmd_new(cfg, args) -> int:
+def cmd_new(cfg: config.Config, args: argparse.Namespace) -> int:
     obsids = read_obsids(args.file) if args.file else None   # the whole file is checked first
     if obsids is None and not cfg.sql.table:
         raise BadInput(f"{cfg.path}: [sql] table is missing: `new` without FILE takes every obsid of that master table")
@@ -105,7 +106,7 @@ def cmd_new(cfg, args) -> int:
     return 0
 
 
-def _make_job_dir(cfg, job):
+def _make_job_dir(cfg: config.Config, job: str) -> Path:
     """jobs/JOB/log, jobs/JOB/output, and the template jobs/JOB/JOB.py copied from the example if absent."""
     job_dir = cfg.job_dir(job)
     for sub in ("log", "output"):
@@ -122,7 +123,7 @@ def _make_job_dir(cfg, job):
     return template
 
 
-def cmd_reset(cfg, args) -> int:
+def cmd_reset(cfg: config.Config, args: argparse.Namespace) -> int:
     obsids = read_obsids(args.obsids) if args.obsids else None
     table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
     table.require()
@@ -137,14 +138,14 @@ def cmd_reset(cfg, args) -> int:
     return 0
 
 
-def cmd_run(cfg, args) -> int:
+def cmd_run(cfg: config.Config, args: argparse.Namespace) -> int:
     slot = current_slot()
     table = open_table(cfg.sql, args.job, cfg.run.db_patience)
     table.require()
     return Worker(cfg, table, args.job, slot).run()
 
 
-def cmd_status(cfg, args) -> int:
+def cmd_status(cfg: config.Config, args: argparse.Namespace) -> int:
     table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
     table.require()
     if args.obsid is not None:  # one obsid and its attempt history
@@ -164,7 +165,7 @@ def cmd_status(cfg, args) -> int:
     return 0
 
 
-def cmd_wipe(cfg, args) -> int:
+def cmd_wipe(cfg: config.Config, args: argparse.Namespace) -> int:
     table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
     table.require()  # only ever drops a job table of this tool
     total = table.total()

@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 from .config import PASSWORD_ENV, HipeSettings
 from .model import LaunchEnd, Lease, Outcome
@@ -121,7 +121,8 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], tick: Call
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _wait(proc, timeout, started, marker, stderr_path, should_stop, tick, tick_every) -> Launch:
+def _wait(proc: subprocess.Popen, timeout: float, started: float, marker: Path, stderr_path: Path,
+          should_stop: Callable[[], int], tick: Callable[[], Lease], tick_every: float) -> Launch:
     next_tick = started + tick_every
     while True:
         try:
@@ -221,18 +222,18 @@ def _release_watchdog(watchdog):
         proc.wait()
 
 
-def _killed_by(code):
+def _killed_by(code: Optional[int]) -> Optional[int]:
     return -code if code is not None and code < 0 else None
 
 
-def _signal_group(pgid: int, sig: int):
+def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def _stop(proc):
+def _stop(proc: subprocess.Popen) -> None:
     """SIGTERM HIPE's whole process group, SIGKILL it if it has not gone after KILL_GRACE."""
     _signal_group(proc.pid, signal.SIGTERM)
     try:
