@@ -5,14 +5,14 @@ import logging
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from . import config, report
 from .errors import BadInput, BatchError, JobExists, JobMissing, TemplateMissing
 from .model import INTERACTIVE_PATIENCE, check_identifier
 from .obsids import MAX_OBSID, WHAT_AN_OBSID_IS, read_obsids
 from .slot import current_slot
-from .storage import open_table
+from .storage import JobTable, open_table
 from .worker import Worker
 
 PROG = "BatchProcess.py"
@@ -157,12 +157,19 @@ def cmd_status(cfg: config.Config, args: argparse.Namespace) -> int:
         history = table.history(args.obsid)
         print(report.obsid_json(row, history) if args.json else report.obsid_text(row, history))
         return 0
-    counts = table.counts()
-    failures = table.failures(max(0, args.failures))
-    hosts = table.by_host() if args.hosts or args.json else None
-    print(report.status_json(args.job, counts, failures, hosts) if args.json
-          else report.status_text(args.job, counts, failures, hosts))
+    print_status(table, args.job, args.failures, args.hosts, args.json)
     return 0
+
+
+def print_status(table: JobTable, job: str, failures: int = 10, hosts: bool = False,
+                 as_json: bool = False) -> Dict[str, int]:
+    """Print what `status` prints (also the MPI launcher's job-wide summary); returns the counts."""
+    counts = table.counts()
+    failed = table.failures(max(0, failures))
+    by_host = table.by_host() if hosts or as_json else None
+    print(report.status_json(job, counts, failed, by_host) if as_json
+          else report.status_text(job, counts, failed, by_host), flush=True)
+    return counts
 
 
 def cmd_wipe(cfg: config.Config, args: argparse.Namespace) -> int:

@@ -1,148 +1,142 @@
-"""What bin/BatchProcess_mpi.sh needs from Python: the Open MPI hostfile (where it is, what it says),
-whether a job can run on the hosts it names, the lost-host watcher, and the job-wide summary.
+"""The MPI launcher behind bin/BatchProcess_mpi.sh: checks, mpirun's command line, and one loop that
+supervises mpirun (stop signals, a lost host) until it ends, then the job-wide summary.
 
-Format (Open MPI's): one host a line, `#` starts a comment, then `key=value` words:
-    node01 slots=8            # eight workers on node01
-    node02 slots=4 max_slots=4
-    localhost slots=2
-A host without `slots=` gets as many slots as it has cores (Open MPI's rule). A host listed on
-several lines without `slots=` gets one slot per line.
+    python -m batchUtility.mpi_launch JOB [--hostfile FILE] [--config FILE] [--dry-run] [mpirun options...]
 
-The launcher calls, before mpirun:
-    python -m batchUtility.mpi_launch check JOB [--hostfile FILE]
-which prints the hostfile's absolute path on stdout (and what it holds on stderr), or one line
-`BatchProcess_mpi.sh: error: ...` and exit status 2 when the hostfile, the database or the job is
-not fit for an MPI run; and after mpirun:
-    python -m batchUtility.mpi_launch summary JOB
-which prints `BatchProcess.py JOB status --hosts` and exits 0 only if every obsid of the job is done;
-and, while mpirun runs, `python -m batchUtility.mpi_launch watch JOB PID GRACE` (see watch()).
+(bin/BatchProcess_mpi.sh runs exactly that; see USAGE.) The hostfile itself is read by `hostfile`.
 """
-import argparse
 import importlib.util
 import ipaddress
 import logging
 import os
 import re
+import shlex
+import shutil
 import signal
-import socket
+import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
+from . import cli, config, hostfile, worker
 from .errors import BadInput, BatchError
+from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
+from .storage import open_table
 
 PROG = "BatchProcess_mpi.sh"
-_SLOTS = {"slots", "slot", "count", "cpu"}
-_MAX_SLOTS = {"max_slots", "max-slots", "slots_max", "slots-max"}
-# Further keys Open MPI's hostfile reader knows; accepted and passed on untouched.
-_OTHER = {"username", "user", "user_name", "port", "boards", "sockets", "sockets_per_board",
-          "cores", "cores_per_socket"}
+USAGE = f"""\
+{PROG} JOB [--hostfile FILE] [--config FILE] [--dry-run] [mpirun options...]
+
+One `BatchProcess.py JOB run` worker per hostfile slot, started by Open MPI's mpirun on every host
+the hostfile names; the job's SQL table is the only coordination. See README.md.
+
+  hostfile   --hostfile FILE, else $HIPE_BATCH_ROOT/hostfile, else $HIPE_BATCH_ROOT/bin/hostfile
+  python     $HIPE_BATCH_PYTHON, else this checkout's .venv/bin/python, else python3; by absolute
+             path, which must be the same on every host
+  mpirun     $HIPE_BATCH_MPIRUN, else mpirun from PATH (Open MPI 4.x)
+  --dry-run  print the mpirun command line and exit
+  $HIPE_BATCH_MPI_GRACE  seconds mpirun may go on once the job has nothing pending or running
+             (it waits for good for the ranks of a lost host); default 30
+Every other argument goes to mpirun, e.g. `-x JAVA_HOME` or `--mca plm_rsh_agent "ssh -p 2222"`.
+SIGTERM, SIGINT (Ctrl-C) or SIGHUP: every worker puts its running obsid back to pending and stops.
+Exit status: 0 when every obsid of the job is done; 1 when some failed or are unfinished; 2 for
+bad input (nothing started); mpirun's status when mpirun itself failed; 128+N after signal N.
+"""
+CHECKOUT = Path(__file__).resolve().parents[2]   # lib/batchUtility/mpi_launch.py -> the checkout
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+REPEAT = 2.0       # seconds between SIGUSR2s to mpirun once stopping (see Stop)
+WATCH_POLL = 5.0   # seconds between looks at the job table for a lost host (see LostHostWatch)
+TICK = 0.2         # the supervising loop's longest nap: how late a stop signal is passed on at most
+END_PATIENCE = 15.0  # seconds an mpirun that outlived its job gets after SIGTERM, then after SIGKILL
 
 
-@dataclass(frozen=True)
-class Host:
-    name: str            # as written, without any user@
-    slots: Optional[int]  # None: not given (Open MPI then uses the host's cores, or one a line)
-    line: int
+# --------------------------------------------------------------------------- arguments
+@dataclass
+class Options:
+    job: str
+    hostfile: Optional[str] = None
+    config: Optional[str] = None
+    dry_run: bool = False
+    extra: List[str] = field(default_factory=list)  # passed to mpirun untouched
 
 
-def default_paths(root: Path) -> List[Path]:
-    """Where the hostfile is looked for without --hostfile: $HIPE_BATCH_ROOT/hostfile, then bin/hostfile."""
-    return [root / "hostfile", root / "bin" / "hostfile"]
+class Usage(Exception):
+    """Print USAGE and leave with `status` (--help: 0 on stdout; no arguments: 2 on stderr)."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
 
 
-def find(explicit: Optional[str], root: Path) -> Path:
-    """The hostfile to use: --hostfile FILE if given, else the first default that exists."""
-    if explicit:
-        path = Path(explicit)
-        if not path.exists():
-            raise BadInput(f"hostfile {explicit} not found (from --hostfile)")
-        return path.resolve()
-    for path in default_paths(root):
-        if path.exists():
-            return path.resolve()
-    raise BadInput(f"no hostfile: looked for {' and '.join(map(str, default_paths(root)))} "
-                   "(write one, e.g. `localhost slots=2`, or give --hostfile FILE)")
+def parse_args(argv: List[str]) -> Options:
+    """The launcher's arguments, by hand: anything it does not know is mpirun's (argparse would
+    take `-x FOO` apart, or `--host` for an abbreviation of --hostfile)."""
+    if not argv:
+        raise Usage(2)
+    if argv[0] in ("-h", "--help"):
+        raise Usage(0)
+    if argv[0].startswith("-"):
+        raise BadInput(f"the first argument must be the job's name (usage: {PROG} JOB [--hostfile FILE] "
+                       "[mpirun options...])")
+    options, rest = Options(argv[0]), list(argv[1:])
+    while rest:
+        word = rest.pop(0)
+        if word in ("--hostfile", "-hostfile", "--machinefile", "-machinefile", "--config"):
+            if not rest:
+                raise BadInput(f"{word} needs a FILE")
+            setattr(options, "config" if word == "--config" else "hostfile", rest.pop(0))
+        elif word.startswith(("--hostfile=", "-hostfile=")):
+            options.hostfile = word.split("=", 1)[1]
+        elif word.startswith("--config="):
+            options.config = word.split("=", 1)[1]
+        elif word == "--dry-run":
+            options.dry_run = True
+        elif word == "--":
+            options.extra += rest
+            break
+        else:
+            options.extra.append(word)
+    return options
 
 
-def parse(path: Path) -> List[Host]:
-    """The hosts a hostfile names, in order; BadInput naming file and line for anything wrong."""
+# --------------------------------------------------------------------------- the checks
+def prepare_environment(options: Options) -> None:
+    """Root, configuration and interpreter, exported so that every rank on every host sees them."""
+    root = Path(os.environ.get("HIPE_BATCH_ROOT") or CHECKOUT)
+    if not root.is_dir():
+        raise BadInput(f"HIPE_BATCH_ROOT={root} is not a folder")
+    os.environ["HIPE_BATCH_ROOT"] = str(root.resolve())
+    if options.config:
+        if not Path(options.config).is_file():
+            raise BadInput(f"{options.config}: configuration file not found (from --config)")
+        os.environ["HIPE_BATCH_CONFIG"] = str(Path(options.config).resolve())
+    # The same interpreter on every host, by absolute path: bin/BatchProcess_mpi.sh chose it, and
+    # sys.executable is that interpreter resolved (a pyenv shim or a bare `python3` to the real
+    # one), keeping a venv's own path (so that its packages are used).
+    os.environ["HIPE_BATCH_PYTHON"] = sys.executable
+
+
+def find_mpirun() -> str:
+    mpirun = os.environ.get("HIPE_BATCH_MPIRUN") or "mpirun"
+    if shutil.which(mpirun) is None:
+        raise BadInput(f"{mpirun} not found on PATH (install Open MPI, e.g. apt-get install openmpi-bin)")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise BadInput(f"hostfile {path} cannot be read: {why}") from None
-    hosts = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = re.sub(r"\s*=\s*", "=", raw.split("#", 1)[0]).strip()
-        if not line:
-            continue
-        words = line.split()
-        name, slots = words[0], None
-        if "=" in name:
-            raise BadInput(f"{path}:{number}: a line must start with a host name, not {name!r}")
-        name = name.rsplit("@", 1)[-1]
-        for word in words[1:]:
-            key, eq, value = word.partition("=")
-            key = key.lower()
-            if not eq or key not in _SLOTS | _MAX_SLOTS | _OTHER:
-                raise BadInput(f"{path}:{number}: {word!r} is not understood "
-                               "(expected e.g. `node01 slots=4 max_slots=4`)")
-            if key in _SLOTS | _MAX_SLOTS:
-                if not value.isdigit():
-                    raise BadInput(f"{path}:{number}: {word!r}: {key} must be a whole number")
-                if key in _SLOTS:
-                    slots = int(value)
-        hosts.append(Host(name, slots, number))
-    return hosts
+        version = subprocess.run([mpirun, "--version"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True, errors="replace").stdout
+    except OSError:
+        version = ""
+    if "Open MPI" not in version and "Open RTE" not in version:
+        raise BadInput(f"{mpirun} is not Open MPI's mpirun, which this launcher needs (set HIPE_BATCH_MPIRUN)")
+    return mpirun
 
 
-def slot_count(hosts: List[Host]) -> Optional[int]:
-    """Total slots, or None when some host leaves its count to Open MPI (its number of cores)."""
-    if any(h.slots is None for h in hosts):
-        return None
-    return sum(h.slots for h in hosts)
-
-
-def describe(hosts: List[Host]) -> str:
-    merged = {}
-    for h in hosts:
-        before = merged.get(h.name, 0)
-        merged[h.name] = None if before is None or h.slots is None else before + h.slots
-    total = slot_count(hosts)
-    parts = [f"{name} {'cores' if n is None else n}" for name, n in merged.items()]
-    return (f"{len(merged)} host(s), {'?' if total is None else total} slot(s): " + ", ".join(parts))
-
-
-def is_this_host(name: str) -> bool:
-    """Whether `name` is this machine: localhost, its host name, or an address of its own."""
-    name = name.strip("[]")
-    if name.lower() == "localhost":
-        return True
-    try:
-        if ipaddress.ip_address(name).is_loopback:
-            return True
-    except ValueError:
-        pass
-    here = socket.gethostname()
-    if name in (here, here.split(".")[0], socket.getfqdn()):
-        return True
-    try:
-        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError, OSError):
-        return False
-    for family, _, _, _, address in infos:
-        if ipaddress.ip_address(address[0].split("%")[0]).is_loopback:
-            return True
-        try:
-            with socket.socket(family, socket.SOCK_STREAM) as s:
-                s.bind((address[0], 0))  # succeeds only for an address of one of this machine's interfaces
-            return True
-        except OSError:
-            continue
-    return False
+def grace_seconds() -> float:
+    grace = os.environ.get("HIPE_BATCH_MPI_GRACE", "30")
+    if not re.fullmatch(r"[0-9]+([.][0-9]*)?", grace):
+        raise BadInput(f"HIPE_BATCH_MPI_GRACE={grace} is not a number of seconds")
+    return float(grace)
 
 
 def _is_loopback_server(sql) -> bool:
@@ -157,144 +151,293 @@ def _is_loopback_server(sql) -> bool:
         return False
 
 
-def check(job: str, explicit_hostfile: Optional[str] = None, config_file: Optional[str] = None) -> Path:
-    """Everything the launcher checks before mpirun; returns the hostfile. BadInput says what is wrong."""
-    from . import config
-    from .slot import Slot
-    from .model import check_identifier
-    from .storage import open_table
-    from .worker import Worker
-
+def check(job: str, explicit_hostfile: Optional[str] = None) -> Path:
+    """Hostfile, database, job, template and HIPE, checked here once rather than failing in every
+    rank; returns the hostfile. BadInput says what is wrong."""
     check_identifier(job)
-    cfg = config.load(config_file)
-    path = find(explicit_hostfile, cfg.root)
-    hosts = parse(path)
+    cfg = config.load(None)  # --config reaches it (and every rank) as $HIPE_BATCH_CONFIG
+    path = hostfile.find(explicit_hostfile, cfg.root)
+    hosts = hostfile.parse(path)
     if not hosts:
         raise BadInput(f"hostfile {path} names no host (write e.g. `localhost slots=2`)")
-    if slot_count(hosts) == 0:
+    if hostfile.slot_count(hosts) == 0:
         raise BadInput(f"hostfile {path} names no slots (every host has slots=0)")
-    remote = [h.name for h in hosts if h.slots != 0 and not is_this_host(h.name)]
+    remote = [h for h in hosts if h.slots != 0 and not hostfile.is_this_host(h.name)]
     if remote and cfg.sql.backend == "sqlite":
-        raise BadInput(f"hostfile {path} names host {remote[0]} (line {_line(hosts, remote[0])}), but the "
+        raise BadInput(f"hostfile {path} names host {remote[0].name} (line {remote[0].line}), but the "
                        f"database is SQLite ({cfg.sql.path}), which cannot be shared between machines: "
                        f"use [sql] backend = mysql in {cfg.path}, or only this host in the hostfile")
     if remote and _is_loopback_server(cfg.sql):
         where = f"socket = {cfg.sql.socket}" if cfg.sql.socket else f"host = {cfg.sql.host}"
-        raise BadInput(f"hostfile {path} names host {remote[0]}, but [sql] {where} in {cfg.path} is this machine "
-                       "only, so other hosts would not reach the database: give the server's network name")
-    table = open_table(cfg.sql, job, 10.0)
+        raise BadInput(f"hostfile {path} names host {remote[0].name}, but [sql] {where} in {cfg.path} is this "
+                       "machine only, so other hosts would not reach the database: give the server's network name")
+    table = open_table(cfg.sql, job, INTERACTIVE_PATIENCE)
     try:
         table.require()
     finally:
         table.close()
-    Worker(cfg, None, job, Slot(1, 1, socket.gethostname())).check_ready()
+    worker.check_ready(cfg, job)
     if importlib.util.find_spec("mpi4py") is None:
         logging.warning("mpi4py is not installed for %s: each worker takes its rank and size from "
                         "Open MPI's environment instead", sys.executable)
-    print(f"{PROG}: hostfile {path}: {describe(hosts)}", file=sys.stderr)
+    print(f"{PROG}: hostfile {path}: {hostfile.describe(hosts)}", file=sys.stderr)
     return path
 
 
-def _line(hosts, name):
-    return next(h.line for h in hosts if h.name == name)
+# --------------------------------------------------------------------------- mpirun's command line
+def mpirun_command(mpirun: str, path: Path, options: Options) -> List[str]:
+    opts = ["--hostfile", str(path)]
+    if os.geteuid() == 0:
+        opts.append("--allow-run-as-root")
+    # Why these options (Open MPI 4.1, mpi4py 4.1; each was seen to matter on this setup):
+    #  --enable-recovery  without it, a rank that dies (kill -9, lost node) makes mpirun kill all the
+    #      others. With it the other ranks run on, and take the dead rank's obsid back after its lease.
+    #      (mpirun's own exit status is then 0 whatever the ranks did, and it prints
+    #      "PMIX ERROR: BAD-PARAM" for each rank that ends abnormally: harmless. The launcher's exit
+    #      status comes from the job table instead.)
+    #  MPI4PY_RC_FINALIZE=false and orte_allowed_exit_without_sync  MPI_Finalize is a collective in
+    #      Open MPI 4.1 (a PMIx fence): a rank that has finished would wait in it for every other
+    #      rank, and a rank on a lost node could keep it waiting for good. The ranks never talk to each
+    #      other, so they skip MPI_Finalize and just exit; the MCA option tells mpirun that exiting
+    #      without MPI_Finalize is no failure (without --enable-recovery it would abort the job).
+    #  --bind-to none  Open MPI binds each rank to a core (or socket) by default; HIPE is a child of
+    #      the rank and would inherit that binding: one Java VM squeezed onto one core.
+    #  --stdin none  nothing reads the terminal.
+    opts += ["--enable-recovery", "--mca", "orte_allowed_exit_without_sync", "1", "--bind-to", "none",
+             "--stdin", "none", "-x", "MPI4PY_RC_FINALIZE=false"]
+    # The environment every rank needs, also on hosts reached by ssh: PATH (HIPE, java, python), the
+    # library and Python paths, and every HIPE_* variable (HIPE_BATCH_ROOT, _CONFIG, _PASSWORD, ...).
+    # mpirun sends these values to its daemons itself: none appears on any command line.
+    names = ["PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV"] + sorted(n for n in os.environ if n.startswith("HIPE_"))
+    for name in names:
+        if name in os.environ:
+            opts += ["-x", name]
+    return [mpirun, *opts, *options.extra, sys.executable, str(CHECKOUT / "bin" / "BatchProcess.py"),
+            options.job, "run"]
 
 
-def summary(job: str, config_file: Optional[str] = None) -> int:
+# --------------------------------------------------------------------------- supervising mpirun
+class Stop:
+    """What SIGTERM, SIGINT and SIGHUP do, caught from the start so that no stop is lost.
+
+    mpirun cannot pass SIGTERM or SIGINT on: on either it kills the ranks itself (SIGKILL one
+    second later, too soon for them to put their obsids back), and ess_base_forward_signals
+    refuses SIGTERM. So mpirun runs in a process group of its own (a Ctrl-C in the terminal
+    reaches the launcher only), and the launcher turns TERM, INT and HUP into SIGUSR2 to mpirun,
+    which mpirun forwards to every rank on every host; the worker treats SIGUSR2 as it treats
+    SIGTERM. A stop that comes before mpirun is being started means mpirun never starts.
+
+    The handler only takes note (and says so with one os.write, which cannot collide with a print
+    it interrupted): the supervising loop does the signalling, so that no Popen method is ever
+    entered twice at once.
+    """
+
+    def __init__(self):
+        self.status = 0           # 128+N once stop signal N came (the last one counts)
+        self.launching = False    # from just before mpirun is started: stop it rather than exit
+
+    def install(self):
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def uninstall(self):
+        # As the shell's `trap - TERM INT HUP`: from here on a stop signal ends the launcher at once.
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+
+    def _on_signal(self, signum, frame):
+        self.status = 128 + signum
+        name = signal.Signals(signum).name
+        if not self.launching:
+            _say(f"{PROG}: {name}: stopped before any worker was started")
+            raise SystemExit(self.status)
+        _say(f"{PROG}: {name}: every worker puts its running obsid back to pending and stops")
+
+
+def _say(line: str) -> None:
+    os.write(sys.stderr.fileno(), (line + "\n").encode(errors="replace"))
+
+
+class LostHostWatch:
+    """Ends an mpirun that outlives its job.
+
+    Open MPI 4.1 with --enable-recovery lets the other ranks run on when a host is lost (its daemon
+    killed or cut off), but mpirun then waits for that host's ranks for good, even once the other
+    ranks have finished the job. So once the job has had nothing pending or running for `grace`
+    seconds (the workers leave within seconds of that) and mpirun is still there, it is ended.
+    """
+
+    def __init__(self, job: str, grace: float, interrupted):
+        self.job, self.grace, self.interrupted = job, grace, interrupted
+        self.table = None
+        self.idle_since: Optional[float] = None
+        self.next_look = time.monotonic()
+
+    def outlived(self, now: float) -> bool:
+        """Whether mpirun has outlived the job by `grace` seconds; looks at the table every WATCH_POLL s."""
+        if now < self.next_look:
+            return False
+        self.next_look = now + WATCH_POLL
+        counts = self._counts()
+        if counts is None or counts[PENDING] or counts[RUNNING]:
+            self.idle_since = None
+            return False
+        self.idle_since = now if self.idle_since is None else self.idle_since
+        return now - self.idle_since >= self.grace
+
+    def _counts(self):
+        # One try a look (patience 0), never the retry loop: the supervising loop must not sit in a
+        # database outage while a stop signal waits to be passed on. The database away is no reason
+        # to end mpirun: the workers wait for it.
+        try:
+            if self.table is None:
+                self.table = open_table(config.load(None).sql, self.job, 0.0)
+                self.table.interrupted = self.interrupted
+            return self.table.counts()
+        except BatchError as e:
+            logging.debug("lost-host watch: %s", e)
+            self.close()
+            return None
+
+    def close(self):
+        if self.table is not None:
+            self.table.close()
+            self.table = None
+
+
+def _own_process_group() -> dict:
+    # mpirun gets a process group of its own (as `set -m` gave it in the shell): a Ctrl-C in the
+    # terminal goes to the launcher's group only, and the launcher decides what mpirun gets.
+    if sys.version_info >= (3, 11):
+        return {"process_group": 0}
+    return {"preexec_fn": os.setpgrp}  # the launcher has no threads, so preexec_fn is safe here
+
+
+def _status_of(returncode: int) -> int:
+    """A child's exit status as the shell gave it: 128+N when signal N ended it."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def supervise(mpirun: subprocess.Popen, job: str, grace: float, stop: Stop) -> int:
+    """Wait for mpirun, passing stop signals on and ending it if it outlives the job; its status
+    (0 when the launcher ended it because the job itself was finished)."""
+    watch = LostHostWatch(job, grace, interrupted=lambda: bool(stop.status))
+    next_usr2 = None  # when SIGUSR2 is due (again), once stopping
+    try:
+        while mpirun.poll() is None:
+            now = time.monotonic()
+            if stop.status and (next_usr2 is None or now >= next_usr2):
+                # Ranks still starting have no handler yet (SIGUSR2 ends them before they claim
+                # anything) or do not exist yet (mpirun forwards a signal only to the ranks it has
+                # started): so the signal is repeated every REPEAT s until mpirun ends, and no rank
+                # goes on to run the job.
+                mpirun.send_signal(signal.SIGUSR2)
+                next_usr2 = now + REPEAT
+            elif not stop.status and watch.outlived(now):
+                print(f"{PROG}: job {job} has nothing left to run, yet mpirun still waits {grace:g} s later "
+                      "for workers that are gone (a lost host?): ending mpirun", file=sys.stderr, flush=True)
+                end(mpirun)
+                return 0
+            try:
+                mpirun.wait(timeout=TICK)
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        watch.close()
+    return _status_of(mpirun.returncode)
+
+
+def end(mpirun: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL, END_PATIENCE s apart; returns once mpirun is gone (reaped)."""
+    for send in (mpirun.terminate, mpirun.kill):
+        send()  # a no-op once Popen has reaped mpirun: never a signal to a reused pid
+        try:
+            mpirun.wait(timeout=END_PATIENCE)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    mpirun.wait()  # SIGKILL always ends it in the end; no zombie left behind
+
+
+def stop_and_wait(mpirun: subprocess.Popen) -> None:
+    """Stop the workers as a stop signal would and wait for mpirun: for when the launcher itself
+    fails while mpirun runs, which must not leave mpirun and the ranks running unsupervised."""
+    while mpirun.poll() is None:
+        mpirun.send_signal(signal.SIGUSR2)
+        try:
+            mpirun.wait(timeout=REPEAT)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def run_mpirun(command: List[str], job: str, grace: float, stop: Stop) -> int:
+    """Start mpirun and supervise it to its end; mpirun's status as supervise() gives it."""
+    stop.launching = True  # from here on a stop signal stops the workers: mpirun is (being) started
+    try:
+        mpirun = subprocess.Popen(command, stdin=subprocess.DEVNULL, **_own_process_group())
+    except OSError as e:  # as the shell had it: mpirun's status is 127 (not found) or 126 (not runnable)
+        print(f"{PROG}: {command[0]}: {e.strerror}", file=sys.stderr, flush=True)
+        return 127 if isinstance(e, FileNotFoundError) else 126
+    try:
+        return supervise(mpirun, job, grace, stop)  # a stop that came while mpirun was being started is
+    except BaseException:                            # passed on at its first turn
+        stop_and_wait(mpirun)
+        raise
+
+
+# --------------------------------------------------------------------------- the end
+def summary(job: str) -> int:
     """Print the job-wide summary (what `status --hosts` prints); 0 if every obsid is done, else 1."""
-    from . import cli, config, report
-    from .model import DONE
-    from .storage import open_table
-
-    table = open_table(config.load(config_file).sql, job, cli.INTERACTIVE_PATIENCE)
+    table = open_table(config.load(None).sql, job, INTERACTIVE_PATIENCE)
     try:
         table.require()
-        counts = table.counts()
-        print(report.status_text(job, counts, table.failures(), table.by_host()), flush=True)
+        counts = cli.print_status(table, job, hosts=True)
     finally:
         table.close()
     return 0 if counts[DONE] == sum(counts.values()) else 1
 
 
-ENDED_MPIRUN = 10  # watch's exit status when it ended an mpirun that outlived its job
+def finish(job: str, status: int, stop: Stop) -> int:
+    """The job-wide summary, then the launcher's exit status (see USAGE)."""
+    print(f"{PROG}: job-wide summary of job {job}:", flush=True)
+    try:
+        done = summary(job)
+    except BatchError as e:
+        print(f"{PROG}: error: {cli.error_line(e)}", file=sys.stderr, flush=True)
+        done = e.exit_status
+    if stop.status:
+        return stop.status
+    if status != 0:
+        print(f"{PROG}: mpirun ended with status {status}", file=sys.stderr, flush=True)
+        return status
+    return done
 
 
-def watch(job: str, pid: int, grace: float, config_file: Optional[str] = None, poll: float = 5.0) -> int:
-    """Watch the job while mpirun (pid) runs, and end mpirun if it outlives the job.
-
-    Open MPI 4.1 with --enable-recovery lets the other ranks run on when a host is lost (its
-    daemon killed or cut off), but mpirun then waits for that host's ranks for good. So once the
-    job has nothing pending or running for `grace` seconds (the workers leave within seconds of
-    that) and mpirun is still there, mpirun gets SIGTERM, then SIGKILL. Returns ENDED_MPIRUN if
-    it did so, else 0 when mpirun ended by itself.
-    """
-    from . import config
-    from .model import PENDING, RUNNING
-    from .storage import open_table
-
-    def alive():
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-
-    def nap(seconds):
-        end = time.monotonic() + seconds
-        while alive() and time.monotonic() < end:
-            time.sleep(min(0.5, max(0.0, end - time.monotonic())))
-
-    table = open_table(config.load(config_file).sql, job, 5.0)
-    idle_since = None
-    while alive():
-        try:
-            counts = table.counts()
-        except BatchError:  # the database away: the workers wait for it, and so does this
-            counts = None
-        if counts is not None and counts[PENDING] == 0 and counts[RUNNING] == 0:
-            idle_since = idle_since if idle_since is not None else time.monotonic()
-            if time.monotonic() - idle_since >= grace:
-                print(f"{PROG}: job {job} has nothing left to run, yet mpirun still waits {grace:g} s later "
-                      "for workers that are gone (a lost host?): ending mpirun", file=sys.stderr, flush=True)
-                for sig, patience in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 15.0)):
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        break
-                    nap(patience)
-                return ENDED_MPIRUN
-        else:
-            idle_since = None
-        nap(poll)
-    return 0
+def launch(argv: List[str]) -> int:
+    stop = Stop()
+    stop.install()
+    options = parse_args(argv)
+    prepare_environment(options)
+    mpirun = find_mpirun()
+    grace = grace_seconds()
+    command = mpirun_command(mpirun, check(options.job, options.hostfile), options)
+    if options.dry_run:
+        print(shlex.join(command))
+        return 0
+    status = run_mpirun(command, options.job, grace, stop)
+    stop.uninstall()
+    return finish(options.job, status, stop)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m batchUtility.mpi_launch",
-                                     description="Checks and summaries for bin/BatchProcess_mpi.sh.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    c = commands.add_parser("check", help="check hostfile, database and job; print the hostfile's path")
-    c.add_argument("job")
-    c.add_argument("--hostfile")
-    c.add_argument("--config")
-    s = commands.add_parser("summary", help="the job-wide summary after mpirun; 0 if every obsid is done")
-    s.add_argument("job")
-    s.add_argument("--config")
-    w = commands.add_parser("watch", help="end mpirun PID if it outlives the job by GRACE seconds")
-    w.add_argument("job")
-    w.add_argument("pid", type=int)
-    w.add_argument("grace", type=float)
-    w.add_argument("--config")
-    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        if args.command == "check":
-            print(check(args.job, args.hostfile, args.config))
-            return 0
-        if args.command == "watch":
-            return watch(args.job, args.pid, args.grace, args.config)
-        return summary(args.job, args.config)
+        return launch(sys.argv[1:] if argv is None else list(argv))
+    except Usage as u:
+        print(USAGE, end="", file=sys.stdout if u.status == 0 else sys.stderr)
+        return u.status
     except BatchError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {cli.error_line(e)}", file=sys.stderr)
         return e.exit_status
 
 
