@@ -14,10 +14,12 @@ if [ -z "$python" ]; then
   if [ -x "$checkout/.venv/bin/python" ]; then python=$checkout/.venv/bin/python; else python=python3; fi
 fi
 # exec: the launcher is this very process, so signals sent to it (kill, Ctrl-C, Slurm) reach it.
-# The package is found through sys.path, not PYTHONPATH, which the ranks are given unchanged.
+# The package is found through sys.path, not PYTHONPATH, which the ranks are given unchanged. Stop
+# signals are held (blocked) until the launcher's handlers are in place, so that none is lost.
 shopt -s execfail
 command -v "$python" >/dev/null 2>&1 && exec "$python" -c '
-import sys
+import signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
 sys.path.insert(0, sys.argv.pop(1))
 from batchUtility.mpi_launch import main
 sys.exit(main())' "$checkout/lib" "$@"

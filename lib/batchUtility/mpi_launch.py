@@ -239,6 +239,9 @@ class Stop:
     def install(self):
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
+        # bin/BatchProcess_mpi.sh holds these signals back while Python starts: one that came
+        # meanwhile is delivered now, to the handler. (Unblocked before any child inherits the mask.)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def uninstall(self):
         # As the shell's `trap - TERM INT HUP`: from here on a stop signal ends the launcher at once.
