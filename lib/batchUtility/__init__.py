@@ -10,7 +10,8 @@ Modules, one job each:
   slot      who this worker is (MPI rank, size, host)
   worker    the claim-launch-record loop of `run`
   report    status and summary text
-  mpi_launch  the MPI launcher's hostfile checks, lost-host watcher and job-wide summary
+  hostfile  the Open MPI hostfile: where it is, its hosts and slots
+  mpi_launch  the MPI launcher (bin/BatchProcess_mpi.sh): checks, mpirun, its supervision, the summary
   cli       the command line (bin/BatchProcess.py)
 """
 __version__ = "1.0.0"

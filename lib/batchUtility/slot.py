@@ -30,7 +30,7 @@ def current_slot() -> Slot:
     try:
         import mpi4py
         if os.environ.get("MPI4PY_RC_FINALIZE", "").lower() in ("false", "no", "off", "0"):
-            # Set by bin/BatchProcess_mpi.sh (see there why); mpi4py >= 4 reads it itself, older ones not.
+            # Set by the MPI launcher (mpi_launch.py says why); mpi4py >= 4 reads it itself, older ones not.
             mpi4py.rc.finalize = False
         from mpi4py import MPI
     except ImportError:  # mpirun without mpi4py: Open MPI still says who we are
