@@ -7,6 +7,9 @@
 #   python  $HIPE_BATCH_PYTHON, else this checkout's .venv/bin/python, else python3; the same
 #           interpreter then runs every rank, by absolute path (which must be the same on every host)
 set -u
+for sig in TERM:143 INT:130 HUP:129; do  # until the launcher takes over: nothing started yet
+  trap "echo 'BatchProcess_mpi.sh: SIG${sig%:*}: stopped before any worker was started' >&2; exit ${sig#*:}" "${sig%:*}"
+done
 
 checkout=$(dirname "$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd -P)")
 python=${HIPE_BATCH_PYTHON:-}
