@@ -151,11 +151,10 @@ def _is_loopback_server(sql) -> bool:
         return False
 
 
-def check(job: str, explicit_hostfile: Optional[str] = None) -> Path:
+def check(cfg, job: str, explicit_hostfile: Optional[str] = None) -> Path:
     """Hostfile, database, job, template and HIPE, checked here once rather than failing in every
     rank; returns the hostfile. BadInput says what is wrong."""
     check_identifier(job)
-    cfg = config.load(None)  # --config reaches it (and every rank) as $HIPE_BATCH_CONFIG
     path = hostfile.find(explicit_hostfile, cfg.root)
     hosts = hostfile.parse(path)
     if not hosts:
@@ -270,8 +269,8 @@ class LostHostWatch:
     seconds (the workers leave within seconds of that) and mpirun is still there, it is ended.
     """
 
-    def __init__(self, job: str, grace: float, interrupted):
-        self.job, self.grace, self.interrupted = job, grace, interrupted
+    def __init__(self, sql, job: str, grace: float):
+        self.sql, self.job, self.grace = sql, job, grace
         self.table = None
         self.idle_since: Optional[float] = None
         self.next_look = time.monotonic()
@@ -294,8 +293,7 @@ class LostHostWatch:
         # to end mpirun: the workers wait for it.
         try:
             if self.table is None:
-                self.table = open_table(config.load(None).sql, self.job, 0.0)
-                self.table.interrupted = self.interrupted
+                self.table = open_table(self.sql, self.job, 0.0)
             return self.table.counts()
         except BatchError as e:
             logging.debug("lost-host watch: %s", e)
@@ -321,10 +319,10 @@ def _status_of(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def supervise(mpirun: subprocess.Popen, job: str, grace: float, stop: Stop) -> int:
+def supervise(mpirun: subprocess.Popen, watch: LostHostWatch, stop: Stop) -> int:
     """Wait for mpirun, passing stop signals on and ending it if it outlives the job; its status
     (0 when the launcher ended it because the job itself was finished)."""
-    watch = LostHostWatch(job, grace, interrupted=lambda: bool(stop.status))
+    job, grace = watch.job, watch.grace
     next_usr2 = None  # when SIGUSR2 is due (again), once stopping
     try:
         while mpirun.poll() is None:
@@ -373,7 +371,7 @@ def stop_and_wait(mpirun: subprocess.Popen) -> None:
             pass
 
 
-def run_mpirun(command: List[str], job: str, grace: float, stop: Stop) -> int:
+def run_mpirun(command: List[str], watch: LostHostWatch, stop: Stop) -> int:
     """Start mpirun and supervise it to its end; mpirun's status as supervise() gives it."""
     stop.launching = True  # from here on a stop signal stops the workers: mpirun is (being) started
     try:
@@ -381,17 +379,18 @@ def run_mpirun(command: List[str], job: str, grace: float, stop: Stop) -> int:
     except OSError as e:  # as the shell had it: mpirun's status is 127 (not found) or 126 (not runnable)
         print(f"{PROG}: {command[0]}: {e.strerror}", file=sys.stderr, flush=True)
         return 127 if isinstance(e, FileNotFoundError) else 126
+    # A stop that came while mpirun was being started is passed on at supervise's first turn.
     try:
-        return supervise(mpirun, job, grace, stop)  # a stop that came while mpirun was being started is
-    except BaseException:                            # passed on at its first turn
+        return supervise(mpirun, watch, stop)
+    except BaseException:
         stop_and_wait(mpirun)
         raise
 
 
 # --------------------------------------------------------------------------- the end
-def summary(job: str) -> int:
+def summary(sql, job: str) -> int:
     """Print the job-wide summary (what `status --hosts` prints); 0 if every obsid is done, else 1."""
-    table = open_table(config.load(None).sql, job, INTERACTIVE_PATIENCE)
+    table = open_table(sql, job, INTERACTIVE_PATIENCE)
     try:
         table.require()
         counts = cli.print_status(table, job, hosts=True)
@@ -400,11 +399,11 @@ def summary(job: str) -> int:
     return 0 if counts[DONE] == sum(counts.values()) else 1
 
 
-def finish(job: str, status: int, stop: Stop) -> int:
+def finish(sql, job: str, status: int, stop: Stop) -> int:
     """The job-wide summary, then the launcher's exit status (see USAGE)."""
     print(f"{PROG}: job-wide summary of job {job}:", flush=True)
     try:
-        done = summary(job)
+        done = summary(sql, job)
     except BatchError as e:
         print(f"{PROG}: error: {cli.error_line(e)}", file=sys.stderr, flush=True)
         done = e.exit_status
@@ -423,13 +422,14 @@ def launch(argv: List[str]) -> int:
     prepare_environment(options)
     mpirun = find_mpirun()
     grace = grace_seconds()
-    command = mpirun_command(mpirun, check(options.job, options.hostfile), options)
+    cfg = config.load(None)  # --config reaches it (and every rank) as $HIPE_BATCH_CONFIG
+    command = mpirun_command(mpirun, check(cfg, options.job, options.hostfile), options)
     if options.dry_run:
         print(shlex.join(command))
         return 0
-    status = run_mpirun(command, options.job, grace, stop)
+    status = run_mpirun(command, LostHostWatch(cfg.sql, options.job, grace), stop)
     stop.uninstall()
-    return finish(options.job, status, stop)
+    return finish(cfg.sql, options.job, status, stop)
 
 
 def main(argv=None) -> int:
