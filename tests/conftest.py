@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mariadb_server import MariaDB, wait_for  # noqa: F401  (wait_for is re-exported to tests)
+from mariadb_server import MariaDB
+from support import Reaper, wait_for  # noqa: F401  (wait_for is re-exported to tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
@@ -22,6 +23,16 @@ BIN = ROOT / "bin" / "BatchProcess.py"
 TRIVIAL_HIPE = ROOT / "tests" / "bin" / "trivial-hipe"
 STANDIN = ROOT / "bin" / "hipe-standin"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def reaper():
+    """Kills whatever the test registered with it when the test ends, passed or failed."""
+    r = Reaper()
+    try:
+        yield r
+    finally:
+        r.cleanup()
 
 
 @pytest.fixture(scope="session")

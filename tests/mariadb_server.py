@@ -3,10 +3,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import MySQLdb
+
+from support import wait_for   # its home is support.py; still importable from here
 
 USER, PASSWORD = "hipeuser", "s3cret-pw"
 
@@ -15,18 +16,6 @@ def free_port(host="127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def wait_for(condition, timeout, what, interval=0.05):
-    """Poll condition() until it is true; fail naming `what` after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 class MariaDB:

@@ -13,8 +13,9 @@ from typing import Callable, Optional, Tuple
 
 import pytest
 
-from conftest import BatchEnv, wait_for
+from conftest import BatchEnv
 from mariadb_server import PASSWORD
+from support import environ, wait_for
 
 from batchUtility.model import Outcome
 
@@ -329,11 +330,7 @@ def _cmdlines():
 
 
 def _environ(pid):
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+    return b"\0".join(environ(pid)).decode("utf-8", "replace")
 
 
 @pytest.mark.parametrize("where", ["batch.cfg", "environment"])

@@ -4,25 +4,11 @@ import json
 import pytest
 
 from conftest import ROOT, SHARED_DATA
+from support import tables
 
 from batchUtility.model import Lease
 
 SAMPLE = ROOT / "sql" / "sample_master.sql"
-
-
-def tables(batch):
-    """Names of the tables in the env's database."""
-    if batch.backend == "sqlite":
-        import sqlite3
-        path = batch.root / "batch.sqlite"
-        if not path.exists():
-            return set()
-        with sqlite3.connect(path) as db:
-            return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    with batch.server.admin(batch.db) as c:
-        cur = c.cursor()
-        cur.execute("SHOW TABLES")
-        return {r[0] for r in cur.fetchall()}
 
 
 def obsids_of(batch, job):

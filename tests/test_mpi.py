@@ -33,7 +33,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, BatchEnv
-from mariadb_server import MariaDB, wait_for
+from mariadb_server import MariaDB
+from support import Reaper, new_job, wait_for
 
 MPI_SH = ROOT / "bin" / "BatchProcess_mpi.sh"
 SLOT_LINE = re.compile(r"^\.\.\.\.\.  \[Slot (\d+)/(\d+) on (\S+)\] \[#(\d+), obsid=(\d+)\]$", re.M)
@@ -52,15 +53,6 @@ marker=$(sed -n 's/^open("\(.*\)", "w")\.close()$/\1/p' "$script" | tail -n 1)
 """
 
 
-def _environ_has(pid: str, markers) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            env = f.read().split(b"\0")
-    except OSError:
-        return False
-    return any(m in env for m in markers)
-
-
 def _is_mpirun_of_job(pid) -> bool:
     """Whether pid is the launcher's mpirun starting the workers (not its `mpirun --version`)."""
     try:
@@ -70,13 +62,10 @@ def _is_mpirun_of_job(pid) -> bool:
     return os.path.basename(words[0]) == b"mpirun" and any(w.endswith(b"BatchProcess.py") for w in words)
 
 
-class Reaper:
+class LauncherReaper(Reaper):
     """Starts launchers and, at the end of the test whatever happened, kills whatever they left:
     every process carrying one of the test's HIPE_BATCH_ROOTs in its environment (launcher,
     mpirun, ranks here and in the namespaces, HIPE, its watchdog)."""
-
-    def __init__(self):
-        self.procs, self.roots = [], set()
 
     def launch(self, batch, job, *args, env=None, name="launcher"):
         out = open(batch.root / f"{name}.out", "w")
@@ -87,42 +76,12 @@ class Reaper:
         out.close()
         err.close()
         proc.out_path, proc.err_path = batch.root / f"{name}.out", batch.root / f"{name}.err"
-        self.procs.append(proc)
-        return proc
-
-    def ours(self):
-        markers = {f"HIPE_BATCH_ROOT={r}".encode() for root in self.roots for r in (root, root.resolve())}
-        return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()
-                and _environ_has(p, markers)]
-
-    def cleanup(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            left = self.ours()
-            if not left:
-                break
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.1)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+        return self.popen(proc, group=True)
 
 
 @pytest.fixture
 def reaper():
-    r = Reaper()
+    r = LauncherReaper()
     try:
         yield r
     finally:
@@ -145,11 +104,8 @@ def finish(proc, timeout):
 
 
 def make_job(batch, job, n, template, hostfile=None, **cfg):
-    obsids = list(range(FIRST, FIRST + n))
     batch.write_cfg(**cfg)
-    batch.template(job, template)
-    r = batch.cli(job, "new", batch.obsid_file(obsids))
-    assert r.returncode == 0, r.stderr
+    obsids = new_job(batch, range(FIRST, FIRST + n), job, template)
     if hostfile is not None:
         (batch.root / "hostfile").write_text(hostfile)
     return obsids

@@ -17,71 +17,13 @@ import pytest
 
 from conftest import TRIVIAL_HIPE, BatchEnv
 from fault_soak import soak
-from mariadb_server import PASSWORD, MariaDB, wait_for
+from mariadb_server import PASSWORD, MariaDB
+from support import OBSID, new_job, pid_alive, proc_state, wait_for
 
 from batchUtility.model import Outcome
 
-OBSID = 1342191755
-
 
 # ----------------------------------------------------------------------------- processes
-def _stat(pid):
-    """The fields of /proc/PID/stat after the command name, or None once the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def proc_state(pid):
-    """The state letter of a process (R, S, T, Z...), or None once it is gone."""
-    fields = _stat(pid)
-    return fields[0] if fields else None
-
-
-def alive(pid):
-    """Running or stopped; a zombie (dead, not yet reaped: PID 1 here reaps no orphans) is dead."""
-    return proc_state(pid) not in (None, "Z", "X")
-
-
-def _start_time(pid):
-    fields = _stat(pid)
-    return fields[19] if fields and len(fields) > 19 else None
-
-
-class Reaper:
-    """Everything a test starts; `cleanup` SIGKILLs what is left (pids are checked against reuse)."""
-
-    def __init__(self):
-        self.popens, self.pids = [], {}
-
-    def popen(self, proc):
-        self.popens.append(proc)
-        return proc
-
-    def watch(self, *pids):
-        for pid in pids:
-            self.pids.setdefault(pid, _start_time(pid))
-        return pids
-
-    def cleanup(self):
-        for pid, started in self.pids.items():
-            if alive(pid) and _start_time(pid) == started:
-                os.kill(pid, signal.SIGKILL)
-        for proc in self.popens:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=30)
-
-
-@pytest.fixture
-def reaper():
-    r = Reaper()
-    yield r
-    r.cleanup()
-
-
 class Worker:
     """One `BatchProcess.py JOB run` in the background, its output going to files."""
 
@@ -158,12 +100,7 @@ def hipe_pids(env, obsid=OBSID):
 
 
 def wait_dead(pids, timeout, what):
-    wait_for(lambda: not any(alive(p) for p in pids), timeout, what)
-
-
-def new_job(env, obsids=(OBSID,), job="j"):
-    r = env.cli(job, "new", env.obsid_file(obsids))
-    assert r.returncode == 0, r.stderr
+    wait_for(lambda: not any(pid_alive(p) for p in pids), timeout, what)
 
 
 def state_of(env, job="j"):
@@ -453,7 +390,7 @@ def test_database_restart_mid_run(outage_env, reaper, how):
     hipe_pid = hipe_pids(env, running)[0]
     env.server.stop(how)
     wait_for(lambda: "database unreachable; HIPE keeps running" in w.err(), 30, "a failed heartbeat")
-    assert alive(hipe_pid), "HIPE was stopped because the database went away"
+    assert pid_alive(hipe_pid), "HIPE was stopped because the database went away"
     (out_dir(env) / "go").touch()
     wait_for(lambda: "database trouble while recording the outcome" in w.err(), 30, "the outcome to wait")
     assert w.proc.poll() is None

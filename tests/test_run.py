@@ -7,22 +7,9 @@ from collections import Counter
 import pytest
 
 from conftest import STANDIN
-from mariadb_server import wait_for
+from support import pid_alive, wait_for
 
 OK = "x = obsid * 2\n"
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_eight_concurrent_workers_do_every_obsid_exactly_once(batch):
