@@ -292,6 +292,7 @@ def test_batch_cfg_with_bom_and_crlf_works(batch):
 
 
 @pytest.mark.parametrize("job", ["select", "order", "table"])
+@pytest.mark.slow
 def test_job_names_that_are_sql_keywords_are_quoted_not_refused(batch, job):
     """The original failed on them; here they are quoted like every identifier, and just work."""
     batch.template(job, "print(obsid)\n")
@@ -302,6 +303,7 @@ def test_job_names_that_are_sql_keywords_are_quoted_not_refused(batch, job):
     assert batch.cli(job, "wipe", "--yes").returncode == 0
 
 
+@pytest.mark.slow
 def test_paths_with_spaces_and_quotes(tmp_path):
     """A root folder, an obsid file and the output folder whose names hold spaces and both kinds
     of quotes: HIPE's preamble, the command line and the database path all survive them."""
@@ -334,6 +336,7 @@ def _environ(pid):
 
 
 @pytest.mark.parametrize("where", ["batch.cfg", "environment"])
+@pytest.mark.slow
 def test_password_never_shown(mysql_batch, where, tmp_path):
     """The password is in no process's command line while workers and HIPE run, not in HIPE's
     environment, not in any output of any command (errors included), nor in any log."""

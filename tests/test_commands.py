@@ -83,6 +83,7 @@ def test_new_without_file_and_no_master_table_is_a_clear_error(batch):
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "blkr_v11_1.sql.gz").exists(), reason="../shared/data/blkr_v11_1.sql.gz absent")
+@pytest.mark.slow
 def test_new_from_the_2014_dump(mysql_batch):
     """The published dump loads 1,701 rows before its cut-off INSERT; `new` takes exactly those."""
     batch = mysql_batch

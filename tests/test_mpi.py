@@ -123,6 +123,8 @@ def done_once(batch, job, obsids):
 
 
 # --------------------------------------------------------------------------- one machine
+@pytest.mark.slow
+@pytest.mark.mpi
 def test_eight_ranks_thousand_obsids(mysql_batch, reaper, tmp_path):
     batch = mysql_batch
     fast = tmp_path / "fast-hipe"
@@ -157,6 +159,8 @@ f.close()
 """
 
 
+@pytest.mark.slow
+@pytest.mark.mpi
 def test_rank_killed(mysql_batch, reaper):
     batch = mysql_batch
     n = 40
@@ -204,6 +208,8 @@ def test_rank_killed(mysql_batch, reaper):
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C", "SIGTERM while starting"])
+@pytest.mark.slow
+@pytest.mark.mpi
 def test_launcher_stopped(mysql_batch, reaper, how):
     batch = mysql_batch
     n = 12
@@ -254,6 +260,7 @@ def run_launcher(batch, *args, reaper=None, timeout=120):
 
 
 @pytest.mark.parametrize("case", ["missing", "not-found", "unreadable", "empty", "no-slots", "bad-word"])
+@pytest.mark.mpi
 def test_launcher_errors(sqlite_batch, reaper, case):
     batch = sqlite_batch
     make_job(batch, "j", 3, "pass\n")
@@ -277,6 +284,7 @@ def test_launcher_errors(sqlite_batch, reaper, case):
     assert batch.table("j").counts()["pending"] == 3 and batch.calls_list() == []
 
 
+@pytest.mark.mpi
 def test_sqlite_with_other_host(sqlite_batch, reaper):
     # 203.0.113.9 (TEST-NET-3) is only looked at, never contacted.
     make_job(sqlite_batch, "j", 3, "pass\n", hostfile="localhost slots=1\n203.0.113.9 slots=2\n")
@@ -284,6 +292,7 @@ def test_sqlite_with_other_host(sqlite_batch, reaper):
     assert "203.0.113.9" in line and "SQLite" in line and "cannot be shared between machines" in line
 
 
+@pytest.mark.mpi
 def test_loopback_mysql_with_other_host(mysql_batch, reaper):
     # A MySQL server reached through this machine's loopback is no better for other hosts.
     make_job(mysql_batch, "j", 3, "pass\n", hostfile="localhost slots=1\n203.0.113.9 slots=2\n")
@@ -291,6 +300,7 @@ def test_loopback_mysql_with_other_host(mysql_batch, reaper):
     assert "203.0.113.9" in line and "host = 127.0.0.1" in line
 
 
+@pytest.mark.mpi
 def test_hostfile_places(sqlite_batch, tmp_path):
     """--hostfile FILE, else $HIPE_BATCH_ROOT/hostfile, else $HIPE_BATCH_ROOT/bin/hostfile; root adds
     --allow-run-as-root; extra options reach mpirun; the same interpreter runs every rank."""
@@ -512,6 +522,9 @@ def hosts(tmp_path):
         net.cleanup()
 
 
+@pytest.mark.slow
+@pytest.mark.mpi
+@pytest.mark.netns
 def test_several_hosts(hosts, reaper, tmp_path):
     db = hosts.server.create_database("multihost")
     batch = BatchEnv(tmp_path / "root", "mysql", hosts.server, db)
@@ -535,6 +548,9 @@ def test_several_hosts(hosts, reaper, tmp_path):
         assert re.search(rf"^  {h}\s+\d+\s+0\s", out, re.M), out[-1500:]
 
 
+@pytest.mark.slow
+@pytest.mark.mpi
+@pytest.mark.netns
 def test_host_lost(hosts, reaper, tmp_path):
     """A host lost mid-run (everything on it SIGKILLed, its mpirun daemon too): the other hosts
     run on, take back its obsids after the lease and finish the job; the launcher ends (Open MPI's

@@ -146,6 +146,7 @@ def stop_between_transactions(env, proc, timeout=30):
 
 
 # ----------------------------------------------------------------------------- the soak
+@pytest.mark.slow
 def test_kill_soak(batch, capsys):
     """16 workers, 2,000 obsids, a third of the workers SIGKILLed at random moments; a new run
     finishes the job: every obsid done once, none lost, none run twice at once, and nothing
@@ -160,6 +161,7 @@ def test_kill_soak(batch, capsys):
 
 
 # ----------------------------------------------------------------------------- workers killed
+@pytest.mark.slow
 def test_killed_worker_takes_hipe_down_and_loses_its_obsid(batch, reaper):
     """SIGKILL to a worker: its HIPE's whole process group dies with it (no orphan keeps running
     while the obsid runs again elsewhere); after the lease, `reset --stale` takes the obsid back,
@@ -196,6 +198,7 @@ def test_killed_worker_takes_hipe_down_and_loses_its_obsid(batch, reaper):
     assert len(hipe_pids(batch)) == 2
 
 
+@pytest.mark.slow
 def test_crash_loop_is_capped(batch, reaper):
     """An obsid whose workers die max_attempts times is failed, with the reason, not retried forever."""
     batch.write_cfg(run={"lease": "2", "max_attempts": "2"})
@@ -221,6 +224,7 @@ def test_crash_loop_is_capped(batch, reaper):
 
 # ----------------------------------------------------------------------------- fencing
 @pytest.mark.parametrize("late", ["finishes_while_stopped", "resumes_while_hipe_runs"])
+@pytest.mark.slow
 def test_worker_that_lost_its_claim_changes_nothing(batch, reaper, late):
     """A worker frozen (SIGSTOP) past its lease loses its obsid, which another worker reclaims and
     finishes. Thawed, the first worker can change nothing: its late outcome is refused by the
@@ -259,6 +263,7 @@ def test_worker_that_lost_its_claim_changes_nothing(batch, reaper, late):
 
 
 # ----------------------------------------------------------------------------- HIPE faults
+@pytest.mark.slow
 def test_hipe_killed_is_a_failed_attempt_then_retried(batch, reaper):
     """HIPE killed with SIGKILL: the attempt fails with the signal recorded, HIPE's leftover
     children are killed with its group, and the obsid is retried and done."""
@@ -280,6 +285,7 @@ def test_hipe_killed_is_a_failed_attempt_then_retried(batch, reaper):
 
 
 @pytest.mark.parametrize("deaf", [False, True], ids=["hangs", "hangs_deaf_to_SIGTERM"])
+@pytest.mark.slow
 def test_hanging_hipe_is_killed_with_its_children(batch, reaper, tmp_path, deaf):
     """[hipe] timeout: a hanging HIPE and everything it started are killed (SIGTERM to the group,
     SIGKILL after the grace period if they ignore it); no process is left behind; the obsid fails
@@ -330,6 +336,7 @@ def test_hipe_gone_mid_run_stops_the_worker_without_failing_obsids(batch, reaper
     assert "SUMMARY: 2 obsids processed" in w.out()
 
 
+@pytest.mark.slow
 def test_sigterm_to_worker_requeues_without_counting(batch, reaper):
     """SIGTERM to a worker: it stops HIPE (whole group), puts the obsid back to pending without
     counting an attempt, prints its summary and exits 128+15; a new run finishes the obsid."""
@@ -375,6 +382,7 @@ def outage_env(own_server, tmp_path):
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["shutdown", "crash"])
+@pytest.mark.slow
 def test_database_restart_mid_run(outage_env, reaper, how):
     """The server goes away while HIPE runs: HIPE keeps running, the worker retries with backoff,
     records the outcome once the server is back (same port and data) and finishes the job;
@@ -404,6 +412,7 @@ def test_database_restart_mid_run(outage_env, reaper, how):
     assert PASSWORD not in w.err() + w.out()
 
 
+@pytest.mark.slow
 def test_database_away_too_long_exits_3_losing_nothing(outage_env, reaper):
     """The server stays away past [run] db_patience: the worker exits 3 with one clear error and
     no traceback; nothing is lost: once the server is back a new run takes the obsid back after
@@ -430,6 +439,7 @@ def test_database_away_too_long_exits_3_losing_nothing(outage_env, reaper):
     assert [h["outcome"] for h in env.table("j").history(running)] == ["lost", "done"]
 
 
+@pytest.mark.slow
 def test_stop_signal_cuts_a_wait_for_the_database_short(outage_env, reaper):
     """SIGTERM while the worker waits out an outage (db_patience 600 s) ends it at once, exit 143,
     not ten minutes later; the obsid it could not record is taken back after its lease and done."""
@@ -452,6 +462,7 @@ def test_stop_signal_cuts_a_wait_for_the_database_short(outage_env, reaper):
 
 
 # ----------------------------------------------------------------------------- transient errors
+@pytest.mark.slow
 def test_lock_wait_timeout_is_retried(outage_env, reaper):
     """Error 1205 (lock wait timeout) while recording an outcome is retried, never shown as a
     failed obsid: a test transaction holds the obsid's row while HIPE finishes."""
@@ -535,6 +546,7 @@ def test_deadlock_is_retried(mysql_batch, caplog):
     assert reasons[a] == "ours" and reasons[b] == "ours" and reasons[obsids[2]] == "other"
 
 
+@pytest.mark.slow
 def test_lost_connections_are_retried(mysql_batch, reaper):
     """Connections killed by the server again and again mid-run (error 2013/2006): every
     transaction is retried on a new connection; every obsid ends done exactly once."""

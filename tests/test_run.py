@@ -12,6 +12,7 @@ from support import pid_alive, wait_for
 OK = "x = obsid * 2\n"
 
 
+@pytest.mark.slow
 def test_eight_concurrent_workers_do_every_obsid_exactly_once(batch):
     obsids = list(range(1342190000, 1342190500))
     batch.template("c", OK)
@@ -105,6 +106,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_timeout_kills_hipe_and_its_grandchildren(batch):
     batch.template("t", GRANDCHILD)
     batch.write_cfg(hipe={"timeout": "2"}, run={"max_attempts": "1"})
