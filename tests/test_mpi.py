@@ -301,6 +301,7 @@ def test_loopback_mysql_with_other_host(mysql_batch, reaper):
 
 
 @pytest.mark.mpi
+@pytest.mark.slow
 def test_hostfile_places(sqlite_batch, tmp_path):
     """--hostfile FILE, else $HIPE_BATCH_ROOT/hostfile, else $HIPE_BATCH_ROOT/bin/hostfile; root adds
     --allow-run-as-root; extra options reach mpirun; the same interpreter runs every rank."""

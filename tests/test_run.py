@@ -170,6 +170,7 @@ def test_run_refuses_without_template_or_hipe(batch):
     assert batch.table("m").counts()["pending"] == 1
 
 
+@pytest.mark.slow
 def test_the_stand_in_runs_the_example_job_in_jython(sqlite_batch):
     batch = sqlite_batch
     batch.write_cfg(hipe={"command": str(STANDIN), "memory": "256m"})
@@ -182,6 +183,7 @@ def test_the_stand_in_runs_the_example_job_in_jython(sqlite_batch):
     assert "Reducing obsid 1342191755 (job ex), pool cache /" in out
 
 
+@pytest.mark.slow
 def test_the_stand_in_reports_script_errors_as_hipe_does(sqlite_batch):
     batch = sqlite_batch
     batch.template("e", "from java.lang import System\nassert System.getProperty('my.prop') == 'yes'\n"
@@ -195,6 +197,7 @@ def test_the_stand_in_reports_script_errors_as_hipe_does(sqlite_batch):
         "script stopped before its end though HIPE exited 0: RuntimeError: broken 77"
 
 
+@pytest.mark.slow
 def test_a_jython_job_script_writes_to_mariadb_through_jdbc(mysql_batch):
     """As in the original, scripts can write results to SQL: the stand-in puts the MariaDB JDBC driver on the class path."""
     batch = mysql_batch
