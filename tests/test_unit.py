@@ -5,10 +5,13 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from support import Reaper, pid_alive, wait_for
 
 from batchUtility import config, report
 from batchUtility.errors import BadInput
@@ -368,3 +371,31 @@ def test_slot_without_mpi(monkeypatch):
     slot = current_slot()
     assert (slot.rank, slot.size, slot.name) == (1, 1, "1/1")
     assert Slot(3, 8, "h").name == "3/8"
+
+
+# ----------------------------------------------------------------------------- tests/support.py
+def test_reaper_kills_what_it_was_given_and_nothing_else(tmp_path):
+    """The Reaper every process test relies on: popen'd processes, watched pids and processes
+    carrying a registered HIPE_BATCH_ROOT are killed; a watched pid reused by another process is not."""
+    def sleeper(**env):
+        return subprocess.Popen(["sleep", "60"], env=dict(os.environ, **env))
+    reaper, bystander = Reaper(), sleeper()
+    try:
+        popened = reaper.popen(sleeper())
+        watched = sleeper()
+        reaper.watch(watched.pid)
+        rooted = sleeper(HIPE_BATCH_ROOT=str(tmp_path))
+        reaper.roots.add(tmp_path)
+        reused = sleeper()
+        reaper.pids[reused.pid] = "another start time"   # as if the watched process had died and its pid been reused
+        assert reaper.ours() == [rooted.pid]
+        reaper.cleanup()
+        for proc in (watched, rooted):
+            wait_for(lambda: proc.poll() is not None, 10, f"pid {proc.pid} to be killed")
+        assert [p.returncode for p in (popened, watched, rooted)] == [-signal.SIGKILL] * 3
+        assert bystander.poll() is None and reused.poll() is None
+        assert pid_alive(bystander.pid) and not pid_alive(watched.pid) and not pid_alive(2 ** 22 + 1)
+    finally:
+        for proc in (bystander, reused):
+            proc.kill()
+            proc.wait()
