@@ -156,3 +156,8 @@ def tables(env):
         cur = c.cursor()
         cur.execute("SHOW TABLES")
         return {r[0] for r in cur.fetchall()}
+
+
+def obsids_of(env, job):
+    """The obsids of a job's table, in table order."""
+    return [r["obsid"] for r in env.table(job).rows()]

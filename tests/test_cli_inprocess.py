@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from support import tables
+from support import obsids_of, tables
 
 from batchUtility import cli
 from batchUtility.storage import Outcome
@@ -53,10 +53,6 @@ def main(batch, capsys, monkeypatch):
         return Result(code, out, err)
     yield call
     root.handlers[:], root.level = handlers, level
-
-
-def obsids_of(batch, job):
-    return [r["obsid"] for r in batch.table(job).rows()]
 
 
 # ----------------------------------------------------------------------------- new

@@ -4,15 +4,11 @@ import json
 import pytest
 
 from conftest import ROOT, SHARED_DATA
-from support import tables
+from support import obsids_of, tables
 
 from batchUtility.model import Lease
 
 SAMPLE = ROOT / "sql" / "sample_master.sql"
-
-
-def obsids_of(batch, job):
-    return [r["obsid"] for r in batch.table(job).rows()]
 
 
 def test_new_from_file_skips_blanks_comments_duplicates_and_makes_the_job_folder(batch):
