@@ -9,11 +9,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from conftest import ROOT
 from support import obsids_of, tables
 
 from batchUtility import cli
 from batchUtility.storage import Outcome
 
+SAMPLE = ROOT / "sql" / "sample_master.sql"
 PREFIX = "BatchProcess.py: error: "
 WHAT_AN_OBSID_IS = "a positive whole number of at most 10 digits"
 NOT_OBSID = f"is not an obsid ({WHAT_AN_OBSID_IS})"
@@ -81,6 +83,22 @@ def test_new_with_a_bad_line_creates_nothing(batch, main):
     f.write_text("1342191755\n0x4f\n")
     assert main("j", "new", f).error() == f"{f}:2: '0x4f' {NOT_OBSID}"
     assert "j" not in tables(batch) and not (batch.root / "jobs").exists()
+
+
+def test_new_without_a_file_takes_the_master_table(batch, main):
+    batch.load_master(SAMPLE)
+    r = main("all", "new")
+    assert r.code == 0 and r.out.startswith("job all: 40 obsids added, 40 in all, in "), r.err
+    rows = batch.table("all").rows()
+    assert len(rows) == 40 and all(row["expected"] for row in rows)
+    r = main("all", "new", "--add")
+    assert r.code == 0 and r.out.startswith("job all: 0 obsids added, 40 in all, in ")
+
+
+def test_new_with_add_creates_a_missing_job(batch, main):
+    r = main("j", "new", batch.obsid_file([5]), "--add")
+    assert r.code == 0 and "1 obsids added, 1 in all" in r.out
+    assert obsids_of(batch, "j") == [5]
 
 
 def test_new_without_a_file_needs_a_master_table(batch, main):
