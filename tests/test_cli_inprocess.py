@@ -13,7 +13,7 @@ from conftest import ROOT
 from support import obsids_of, tables
 
 from batchUtility import cli
-from batchUtility.storage import Outcome
+from batchUtility.model import Outcome
 
 SAMPLE = ROOT / "sql" / "sample_master.sql"
 PREFIX = "BatchProcess.py: error: "

@@ -1,10 +1,12 @@
 """Unit tests of the pure functions: obsid files, batch.cfg, the status texts, the worker's file-level
-helpers (HIPE's script and command line, log rotation, the verdict) and the slot. No database, no
-subprocess: the whole file runs in well under a second."""
+helpers (HIPE's script and command line, log rotation, the verdict), the slot, and storage's named
+statements and IN-list helper on an in-memory SQLite. No server and, but for the Reaper's own test,
+no subprocess: the whole file runs in about a second."""
 import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -13,12 +15,13 @@ import pytest
 
 from support import Reaper, pid_alive, wait_for
 
-from batchUtility import config, report
+from batchUtility import config, report, storage
 from batchUtility.errors import BadInput
 from batchUtility.hipe import _last_words, _verdict, hipe_command, keep_previous, py2_string, script_text
 from batchUtility.obsids import read_obsids
 from batchUtility.slot import Slot, current_slot
-from batchUtility.storage import Outcome, check_identifier
+from batchUtility.model import Outcome, check_identifier
+from batchUtility.storage import in_list
 
 NOT_OBSID = "is not an obsid (a positive whole number of at most 10 digits)"
 
@@ -371,6 +374,69 @@ def test_slot_without_mpi(monkeypatch):
     slot = current_slot()
     assert (slot.rank, slot.size, slot.name) == (1, 1, "1/1")
     assert Slot(3, 8, "h").name == "3/8"
+
+
+# ----------------------------------------------------------------------------- SQL statements
+def test_in_list_chunks_obsids_into_named_parameters():
+    assert list(in_list([11, 12, 13, 14, 15], size=2)) == [
+        (":obsid_0, :obsid_1", {"obsid_0": 11, "obsid_1": 12}),
+        (":obsid_0, :obsid_1", {"obsid_0": 13, "obsid_1": 14}),
+        (":obsid_0", {"obsid_0": 15})]
+    assert list(in_list([])) == []
+    chunks = list(in_list(range(1, 1202)))   # 500 a chunk by default (SQLite's limit on parameters is far)
+    assert [len(values) for _, values in chunks] == [500, 500, 201]
+    assert [v for _, values in chunks for v in values.values()] == list(range(1, 1202))
+
+
+
+def test_the_mysql_dialect_without_a_server():
+    """The same statements in MySQL's words: backquotes, %(name)s parameters, SKIP LOCKED, INSERT IGNORE.
+    (The object is built without its constructor, which would connect.)"""
+    table = object.__new__(storage.MySQLJobTable)
+    table.job_table, table.history_table = storage.MySQLJobTable.quote("j"), storage.MySQLJobTable.quote("j__attempts")
+    assert table.statement(storage.INSERT_OBSID) == "INSERT IGNORE INTO `j` (obsid) VALUES (%(obsid)s)"
+    assert table.statement(storage.PICK_PENDING).endswith("LIMIT 1 FOR UPDATE SKIP LOCKED")
+    assert table.statement(storage.HEARTBEAT) == ("UPDATE `j` SET heartbeat = UNIX_TIMESTAMP(NOW(6))\n"
+                                                   "  WHERE obsid = %(obsid)s AND token = %(token)s AND state = 'running'")
+    with pytest.raises(BadInput, match="is not a valid SQL name"):
+        storage.MySQLJobTable.quote("j`; DROP TABLE x; --")
+
+@pytest.fixture
+def memory(tmp_path):
+    """(statement, db): a job table `j` of the SQLite dialect to fill statements in, and an
+    in-memory SQLite database holding j and j__attempts made by the named CREATE statements."""
+    settings = config.SqlSettings("sqlite", "", 0, "", "", path=tmp_path / "batch.sqlite")
+    table = storage.SQLiteJobTable("j", settings, create=True)
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    for create in (storage.CREATE_JOB_TABLE, storage.CREATE_HISTORY_TABLE):
+        db.execute(table.statement(create))
+    yield table.statement, db
+    db.close()
+    table.close()
+
+
+def test_statements_fill_identifiers_and_keep_values_as_parameters(memory):
+    statement, _ = memory
+    assert statement(storage.COUNT_ALL) == 'SELECT COUNT(*) FROM "j"'
+    assert statement(storage.INSERT_OBSID) == 'INSERT OR IGNORE INTO "j" (obsid) VALUES (:obsid)'
+    assert statement(storage.PRESENT, obsids=":obsid_0, :obsid_1") == \
+        'SELECT obsid FROM "j" WHERE obsid IN (:obsid_0, :obsid_1)'
+    assert '"j__attempts"' in statement(storage.HISTORY_ALL)
+
+
+def test_named_statements_on_an_in_memory_sqlite(memory):
+    statement, db = memory
+    for obsid in (5, 6, 7, 5):
+        db.execute(statement(storage.INSERT_OBSID), {"obsid": obsid})   # INSERT OR IGNORE: 5 once
+    assert db.execute(statement(storage.COUNT_ALL)).fetchone() == (3,)
+    db.execute(statement(storage.CLAIM), {"obsid": 6, "token": "t" * 32, "host": "h", "worker": "1/1", "pid": 42})
+    assert sorted(db.execute(statement(storage.COUNT_BY_STATE)).fetchall()) == [("pending", 2), ("running", 1)]
+    assert db.execute(statement(storage.HEARTBEAT), {"obsid": 6, "token": "x" * 32}).rowcount == 0   # fenced
+    assert db.execute(statement(storage.HEARTBEAT), {"obsid": 6, "token": "t" * 32}).rowcount == 1
+    [(marks, values)] = in_list([6, 7, 99])
+    assert sorted(db.execute(statement(storage.PRESENT, obsids=marks), values).fetchall()) == [(6,), (7,)]
+    db.execute(statement(storage.HISTORY_FROM_ROW), {"attempt": 1, "outcome": "done", "obsid": 6, "token": "t" * 32})
+    assert db.execute(statement(storage.HISTORY_OF_OBSID), {"obsid": 6}).fetchall()[0][:5] == (6, 1, "h", "1/1", 42)
 
 
 # ----------------------------------------------------------------------------- tests/support.py
