@@ -136,19 +136,21 @@ fi
 
 # The database and the job, checked once here rather than failing in every task.
 batch status >/dev/null || exit $?
-[ "$stop" = 0 ] || exit "$stop"
 
 # srun does not pass the allocation's --cpus-per-task on to its tasks (Slurm 22.05): say it again,
 # or each task (and HIPE under it) may be bound to one core.
 step=(--mpi=none --kill-on-bad-exit=0 --no-kill)
 [ -n "${SLURM_CPUS_PER_TASK:-}" ] && step+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
 echo "$prog: job $job: ${SLURM_NTASKS:-?} worker(s) on ${SLURM_JOB_NODELIST} (Slurm job $SLURM_JOB_ID)" >&2
-set -m  # job control: srun gets a process group of its own
-srun "${step[@]}" "$python" "$bin_dir/BatchProcess.py" "$job" run "${config[@]}" </dev/null &
-pid=$!
-set +m
-[ "$stop" = 0 ] || kill -USR2 "$pid" 2>/dev/null  # a stop that came while srun was being started
-while :; do  # wait for srun through any trapped signal; its exit status in $status
+status=0
+if [ "$stop" = 0 ]; then  # else stopped before any worker was started: only the summary
+  set -m  # job control: srun gets a process group of its own
+  srun "${step[@]}" "$python" "$bin_dir/BatchProcess.py" "$job" run "${config[@]}" </dev/null &
+  pid=$!
+  set +m
+  [ "$stop" = 0 ] || kill -USR2 "$pid" 2>/dev/null  # a stop that came while srun was being started
+fi
+while [ -n "$pid" ]; do  # wait for srun through any trapped signal; its exit status in $status
   wait "$pid"
   status=$?
   kill -0 "$pid" 2>/dev/null || break  # else wait returned early (>128) for a trapped signal

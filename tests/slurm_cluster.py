@@ -35,6 +35,20 @@ def missing_commands() -> List[str]:
             if shutil.which(c) is None and not Path("/usr/sbin", c).exists()]
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _command(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
 
@@ -202,9 +216,9 @@ MessageTimeout=10
                  interval=0.3)
 
     # ------------------------------------------------------------------ teardown
-    def ours(self) -> List[int]:
+    def ours(self, daemons=False) -> List[int]:
         """Processes Slurm started for this cluster (slurmstepd, tasks): SLURM_CONF=<ours> in their
-        environment, or anything left in our nodes' namespaces."""
+        environment, or anything left in our nodes' namespaces; the daemons too if `daemons`."""
         marker = f"SLURM_CONF={self.conf}".encode()
         pids = set()
         for p in os.listdir("/proc"):
@@ -219,7 +233,20 @@ MessageTimeout=10
         for ns in self.netns.values():
             r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=30)
             pids.update(int(p) for p in r.stdout.split())
+        if not daemons:  # the daemons, and slurmctld's helper (slurmscriptd)
+            live = {proc.pid for proc in self.procs.values() if proc.poll() is None}
+            pids = {p for p in pids - live if _parent(p) not in live or not _name(p).startswith("slurmctld")}
         return sorted(pids)
+
+    def wait_no_job_processes(self, timeout=30):
+        """Wait until no slurmstepd, task or HIPE of this cluster's jobs is left."""
+        try:
+            wait_for(lambda: not self.ours(), timeout, "every task and HIPE of the jobs to be gone", interval=0.2)
+        except AssertionError as e:
+            left = self.ours()
+            ps = subprocess.run(["ps", "-o", "pid,ppid,args", "-p", ",".join(map(str, left))], capture_output=True,
+                                text=True).stdout if left else ""
+            raise AssertionError(f"{e}:\n{ps}") from None
 
     def kill_node(self, node):
         """The node is lost: SIGKILL its slurmd and everything in its namespace (slurmstepd, tasks, HIPE)."""
@@ -252,7 +279,7 @@ MessageTimeout=10
                     proc.wait(timeout=15)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            left = self.ours()
+            left = self.ours(daemons=True)
             if not left:
                 break
             for pid in left:
@@ -261,7 +288,7 @@ MessageTimeout=10
                 except ProcessLookupError:
                     pass
             time.sleep(0.2)
-        return self.ours()
+        return self.ours(daemons=True)
 
 
 def _ip(*args, check=True):
