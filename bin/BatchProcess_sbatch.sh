@@ -10,6 +10,8 @@
 #                                                           (mpirun) on the allocation's nodes instead
 # Options on sbatch's command line override the #SBATCH lines below. Also $HIPE_BATCH_LAUNCHER=mpi
 # for --mpi. Python: $HIPE_BATCH_PYTHON, else the checkout's .venv/bin/python, else python3.
+# $HIPE_BATCH_SLURM_GRACE: seconds srun may go on once the job has nothing pending or running (it
+# waits for good for the tasks of a lost node); default 60.
 #
 # Stopping: SIGTERM, SIGINT or SIGHUP to this script make every worker put its running obsid back
 # to pending (not counted as an attempt) and stop; submit the script again to go on. That is what
@@ -22,14 +24,14 @@
 #
 #SBATCH --job-name=hipe-batch
 #SBATCH --output=%x-%j.out
-#SBATCH --ntasks=8
 #SBATCH --cpus-per-task=2
 #SBATCH --mem-per-cpu=2G
 #SBATCH --signal=B:TERM@600
 #SBATCH --no-kill
 # Why these: --cpus-per-task=2 and --mem-per-cpu=2G give each worker two cores and 4 GB, room for
 # one HIPE of [hipe] memory = 2048m (the Java VM needs more than its heap, and more than one core
-# for its collector and compiler). --no-kill: a node lost does not end the allocation; the other
+# for its collector and compiler). No --ntasks: give it, or --nodes with --ntasks-per-node (a
+# default here would clash with the latter), else one worker. --no-kill: a node lost does not end the allocation; the other
 # workers take back its obsids after the lease. No --time: your site's default applies; give one.
 set -u
 
@@ -103,6 +105,8 @@ case $launcher in
   *) die "HIPE_BATCH_LAUNCHER=$launcher: must be srun or mpi" ;;
 esac
 [ -n "${SLURM_JOB_ID:-}" ] || die "not inside a Slurm job: submit this script with sbatch (or run it in salloc)"
+grace=${HIPE_BATCH_SLURM_GRACE:-60}
+[[ $grace =~ ^[0-9]+$ ]] || die "HIPE_BATCH_SLURM_GRACE=$grace is not a whole number of seconds"
 
 python=${HIPE_BATCH_PYTHON:-}
 if [ -z "$python" ]; then
@@ -150,16 +154,43 @@ if [ "$stop" = 0 ]; then  # else stopped before any worker was started: only the
   set +m
   [ "$stop" = 0 ] || kill -USR2 "$pid" 2>/dev/null  # a stop that came while srun was being started
 fi
-while [ -n "$pid" ]; do  # wait for srun through any trapped signal; its exit status in $status
-  wait "$pid"
-  status=$?
-  kill -0 "$pid" 2>/dev/null || break  # else wait returned early (>128) for a trapped signal
+# Waiting for srun, which also waits for good for the tasks of a node that was lost: they are not
+# "terminated" for it (--no-kill, which lets the other nodes' workers run on). So once the job has
+# had nothing pending or running for $grace seconds (the workers leave within seconds of that) and
+# srun is still there, srun is ended. Polled by short naps, which a trapped signal cuts short.
+ended="" tick=0 idle_since=""
+nothing_left() {
+  batch status --json 2>/dev/null | "$python" -c \
+    'import json, sys; d = json.load(sys.stdin); sys.exit(d["pending"] + d["running"] != 0)' 2>/dev/null
+}
+while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; do
+  sleep 1 &
+  nap=$!
+  wait "$nap" 2>/dev/null
+  kill "$nap" 2>/dev/null
+  tick=$((tick + 1))
   if [ "$stop" != 0 ]; then
-    sleep 2 &
-    wait $! 2>/dev/null
-    kill -USR2 "$pid" 2>/dev/null
+    [ $((tick % 2)) = 0 ] && kill -USR2 "$pid" 2>/dev/null
+  elif [ -n "$ended" ]; then
+    [ $((SECONDS - ended)) -ge 30 ] && kill -KILL "$pid" 2>/dev/null
+  elif [ $((tick % 5)) = 0 ]; then
+    if ! nothing_left; then
+      idle_since=""
+    elif [ -z "$idle_since" ]; then
+      idle_since=$SECONDS
+    elif [ $((SECONDS - idle_since)) -ge "$grace" ]; then
+      echo "$prog: job $job has had nothing left to run for $((SECONDS - idle_since)) s, yet srun still" \
+           "waits for tasks that are gone (a lost node?): ending srun" >&2
+      kill -TERM "$pid" 2>/dev/null
+      ended=$SECONDS
+    fi
   fi
 done
+if [ -n "$pid" ]; then
+  wait "$pid"
+  status=$?
+  [ -n "$ended" ] && status=0
+fi
 trap - TERM INT HUP
 
 echo "$prog: job-wide summary of job $job:"

@@ -123,8 +123,8 @@ MessageTimeout=10
 
     def _spawn(self, name, argv, netns=None):
         log = open(self.base / "log" / f"{name}.out", "ab")
-        if netns:
-            argv = ["ip", "netns", "exec", netns, *argv]
+        if netns:  # (not `ip netns exec`: its fresh /sys has no cgroup file system, which slurmd wants)
+            argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                             env=self.env(), start_new_session=True)
         log.close()
@@ -148,6 +148,7 @@ MessageTimeout=10
         return self
 
     def start_slurmd(self, node):
+        (self.base / "spool" / node).mkdir(parents=True, exist_ok=True)
         self._spawn(f"slurmd.{node}", [_command("slurmd"), "-D", "-N", node, "-f", str(self.conf)],
                     self.netns.get(node))
 

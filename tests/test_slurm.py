@@ -155,7 +155,7 @@ def done_once(batch, job, obsids):
 def submit(cluster, batch, args, name="slurm"):
     """sbatch from the batch root; its output in ROOT/NAME.out (%a added for arrays)."""
     out = batch.root / (f"{name}-%a.out" if any(str(a).startswith("--array") for a in args) else f"{name}.out")
-    env = batch.env(HIPE_BATCH_PYTHON=sys.executable)
+    env = batch.env(HIPE_BATCH_PYTHON=sys.executable, HIPE_BATCH_SLURM_GRACE=5)
     return cluster.sbatch([f"--output={out}", f"--chdir={batch.root}", *args], env=env, cwd=batch.root)
 
 
