@@ -11,8 +11,11 @@
   - test_sbatch_mpi: the same script with --mpi (mpirun inside the allocation), 40 obsids;
   - test_array: bin/BatchProcess_array.sh with 8 array tasks, 300 obsids; the job-wide summary
     printed once;
-  - test_scancel_full: `scancel --signal=TERM --full` mid-run: every running obsid back to pending,
-    `stopped` in its history, no attempt counted; a resubmission finishes the job;
+  - test_scancel_full: `scancel --signal=TERM --full` mid-run, workers started by srun or (--mpi)
+    by mpirun: every running obsid back to pending, `stopped` in its history, no attempt counted;
+    a resubmission finishes the job;
+  - test_plain_scancel: a plain `scancel` mid-run: nothing done, nothing failed; the next run
+    (after the lease) finishes every obsid, each done once;
   - test_time_limit: `--time=1 --signal=B:TERM@30` on a job that cannot finish in a minute: when it
     ends nothing is running, nothing lost or failed, stopped obsids uncounted; a resubmission
     finishes;
@@ -266,10 +269,12 @@ SLEEPY = "import time\ntime.sleep(600)\n"
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_scancel_full(cluster, sqlite_batch):
+@pytest.mark.parametrize("launcher", ["srun", "mpi"])
+def test_scancel_full(cluster, sqlite_batch, launcher):
     batch = sqlite_batch
     obsids = make_job(batch, "stop", 12, SLEEPY)
-    job = submit(cluster, batch, ["--ntasks=4", *SMALL, SBATCH_SH, "stop"], name="first")
+    job = submit(cluster, batch, ["--ntasks=4", *SMALL, SBATCH_SH, "stop", *(["--mpi"] if launcher == "mpi" else [])],
+                 name="first")
     table = batch.table("stop")
     wait_for(lambda: (table.counts()["running"] == 4 and len(batch.calls_list()) == 4)
              or cluster.job(job).get("JobState") not in ("PENDING", "RUNNING"), 120, "four workers each running HIPE")
@@ -293,6 +298,34 @@ def test_scancel_full(cluster, sqlite_batch):
     assert all(r["attempts"] == 1 for r in rows)   # the stopped attempts were not counted
     assert sorted(batch.calls_list()) == sorted(obsids + running)
     assert "12 of 12 processed." in output(batch, "second")
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_plain_scancel(cluster, sqlite_batch):
+    """A plain scancel (SIGTERM to every process of the job, SIGKILL KillWait seconds later): nothing
+    is lost; whatever was left running is taken back by the next run after the lease."""
+    batch = sqlite_batch
+    obsids = make_job(batch, "plain", 12, SLEEPY, run={"lease": "3"})
+    job = submit(cluster, batch, ["--ntasks=4", *SMALL, SBATCH_SH, "plain"], name="first")
+    table = batch.table("plain")
+    wait_for(lambda: (table.counts()["running"] == 4 and len(batch.calls_list()) == 4)
+             or cluster.job(job).get("JobState") not in ("PENDING", "RUNNING"), 120, "four workers each running HIPE")
+    running = sorted(r["obsid"] for r in table.rows() if r["state"] == "running")
+    assert len(running) == 4, output(batch, "first")
+    cluster.run(["scancel", str(job)])
+    assert cluster.wait_ended(job, 120) == ["CANCELLED"]
+    cluster.wait_no_job_processes()
+    counts = table.counts()
+    assert counts["done"] == 0 and counts["failed"] == 0 and counts["pending"] + counts["running"] == 12, counts
+
+    batch.write_cfg(hipe={"command": fast_hipe(batch)}, run={"lease": "3"})
+    again = submit(cluster, batch, ["--ntasks=2", *SMALL, SBATCH_SH, "plain"], name="second")
+    assert cluster.wait_ended(again, 120) == ["COMPLETED"], output(batch, "second")
+    done_once(batch, "plain", obsids)
+    history = table.history()
+    assert {h["outcome"] for h in history} <= {"done", "stopped", "lost"}, history
+    assert sorted(h["obsid"] for h in history if h["outcome"] in ("stopped", "lost")) == running
 
 
 @pytest.mark.slow
