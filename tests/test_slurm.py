@@ -66,16 +66,17 @@ def test_slot_of_batch_script_is_no_step():
     assert slurm_slot({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "7"}, "n01") is None
 
 
-@pytest.mark.parametrize("task, first, step, count, expected", [
-    ("1", "1", "1", "64", (1, 64)),
-    ("64", "1", "1", "64", (64, 64)),
-    ("0", "0", "1", "8", (1, 8)),       # --array=0-7
-    ("7", "0", "1", "8", (8, 8)),
-    ("9", "1", "4", "3", (3, 3)),       # --array=1-9:4 is 1, 5, 9
+@pytest.mark.parametrize("task, first, last, step, count, expected", [
+    ("1", "1", "64", "1", "64", (1, 64)),
+    ("64", "1", "64", "1", "64", (64, 64)),
+    ("0", "0", "7", "1", "8", (1, 8)),       # --array=0-7
+    ("7", "0", "7", "1", "8", (8, 8)),
+    ("11", "2", "20", "9", "3", (2, 3)),     # --array=2-20:9 is 2, 11, 20 (as Slurm 22.05 sets it)
+    ("17", "3", "40", "1", "3", (15, 38)),   # --array=3,17,40: a list, its place in 3..40
 ])
-def test_slot_of_array_task(task, first, step, count, expected):
-    env = {"SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_MIN": first, "SLURM_ARRAY_TASK_STEP": step,
-           "SLURM_ARRAY_TASK_COUNT": count, "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}
+def test_slot_of_array_task(task, first, last, step, count, expected):
+    env = {"SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_MIN": first, "SLURM_ARRAY_TASK_MAX": last,
+           "SLURM_ARRAY_TASK_STEP": step, "SLURM_ARRAY_TASK_COUNT": count, "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}
     assert slurm_slot(env, "n02") == Slot(*expected, "n02")
 
 

@@ -5,8 +5,8 @@ Where the slot comes from, first match wins:
 2. A Slurm job step started by srun: SLURM_PROCID + 1 of SLURM_NTASKS (SLURM_STEP_ID marks a step;
    the batch script itself has SLURM_PROCID=0 too, but is no step).
 3. A Slurm job array task: its place in the array, (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) /
-   SLURM_ARRAY_TASK_STEP + 1, of SLURM_ARRAY_TASK_COUNT. (A one-task srun step inside an array task
-   is the array task's worker, so it gets the array slot.)
+   SLURM_ARRAY_TASK_STEP + 1, of SLURM_ARRAY_TASK_COUNT (of the range MIN..MAX for a list).
+   (A one-task srun step inside an array task is the array task's worker: it gets the array slot.)
 4. Otherwise slot 1 of 1.
 The host is SLURMD_NODENAME under Slurm (the node's name in the cluster, which is what squeue and
 sinfo show), else the machine's host name.
@@ -79,12 +79,13 @@ def _array_slot(env, host) -> Optional[Slot]:
     if task is None or not count:
         return None
     first = _int(env, "SLURM_ARRAY_TASK_MIN")
+    first = task if first is None or first > task else first
     step = _int(env, "SLURM_ARRAY_TASK_STEP") or 1
-    if first is None or first > task or (task - first) % step:
-        # An array given as a list (--array=3,17,40) has no single step: the place is unknown,
-        # but the task id still tells the workers apart.
-        return Slot(task, max(count, task), host)
-    return Slot((task - first) // step + 1, max(count, (task - first) // step + 1), host)
+    last = max(_int(env, "SLURM_ARRAY_TASK_MAX") or task, task)
+    rank = (task - first) // step + 1
+    # An array given as a list (--array=3,17,40: Slurm says step 1) has gaps: the place in the range
+    # MIN..MAX, of the range's length, still tells the workers apart.
+    return Slot(rank, max(count, (last - first) // step + 1), host)
 
 
 def _mpi_slot(env, host) -> Slot:
