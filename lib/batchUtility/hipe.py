@@ -149,11 +149,11 @@ def _wait(proc: subprocess.Popen, timeout: float, started: float, marker: Path, 
     seconds = time.monotonic() - started
     stop = _stopped_with(code, should_stop)
     if stop:
-        return Launch(Outcome(False, f"stopped by {signal.Signals(stop).name}"), seconds, stopped_by=stop)
+        return Launch(Outcome(False, f"stopped by {signal.Signals(stop).name}"), seconds, LaunchEnd.STOPPED, stop)
     return Launch(_verdict(code, marker.exists(), stderr_path), seconds)
 
 
-def _stopped_with(code, should_stop) -> int:
+def _stopped_with(code: int, should_stop: Callable[[], int]) -> int:
     """The stop signal, if HIPE was killed by a signal as this worker was being stopped.
 
     Slurm signals every process of a job step (srun passing a signal on, scancel, the time
