@@ -102,10 +102,10 @@ if [ -z "$python" ]; then
   if [ -x "$checkout/.venv/bin/python" ]; then python=$checkout/.venv/bin/python; else python=python3; fi
 fi
 "$python" -c '' 2>/dev/null || die "Python interpreter '$python' does not run (set HIPE_BATCH_PYTHON)"
-batch() { "$python" "$bin_dir/BatchProcess.py" "$job" "$@" "${config[@]}"; }
+batch() { "$python" "$bin_dir/BatchProcess.py" "$job" "$@" ${config[@]+"${config[@]}"}; }
 
 [ "$stop" = 0 ] || exit "$stop"
-"$python" "$bin_dir/BatchProcess.py" "$job" run "${config[@]}" </dev/null &
+"$python" "$bin_dir/BatchProcess.py" "$job" run ${config[@]+"${config[@]}"} </dev/null &
 pid=$!
 [ "$stop" = 0 ] || kill -TERM "$pid" 2>/dev/null  # a stop that came while the worker was being started
 while :; do  # wait for the worker through any trapped signal; its exit status in $status

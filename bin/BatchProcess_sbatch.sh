@@ -16,9 +16,9 @@
 # Stopping: SIGTERM, SIGINT or SIGHUP to this script make every worker put its running obsid back
 # to pending (not counted as an attempt) and stop; submit the script again to go on. That is what
 #   --signal=B:TERM@600          (below: 10 minutes before the time limit, SIGTERM to this script)
-#   scancel --batch --signal=TERM JOBID    or    scancel --full --signal=TERM JOBID
-# do. A plain `scancel JOBID` signals every task as well: the workers put their obsids back if
-# they can within Slurm's KillWait, and an obsid left running is taken back after its lease.
+#   scancel JOBID,  scancel --full --signal=TERM JOBID,  scancel --batch --signal=TERM JOBID
+# do. (After a plain scancel or a time limit, Slurm sends SIGKILL KillWait seconds later: an obsid
+# still running then is taken back by the next run after its lease.)
 # Exit status: 0 when every obsid of the job is done, 1 when some failed or are left, 2 for bad
 # input (nothing started), 128+N after stop signal N.
 #
@@ -30,9 +30,10 @@
 #SBATCH --no-kill
 # Why these: --cpus-per-task=2 and --mem-per-cpu=2G give each worker two cores and 4 GB, room for
 # one HIPE of [hipe] memory = 2048m (the Java VM needs more than its heap, and more than one core
-# for its collector and compiler). No --ntasks: give it, or --nodes with --ntasks-per-node (a
-# default here would clash with the latter), else one worker. --no-kill: a node lost does not end the allocation; the other
-# workers take back its obsids after the lease. No --time: your site's default applies; give one.
+# for its collector and compiler). --no-kill: a node lost does not end the allocation; the other
+# nodes' workers take its obsids back after the lease. No --ntasks: give it, or --nodes with
+# --ntasks-per-node (a default here would clash with those), else one worker. No --time: your
+# site's default applies; give one.
 set -u
 
 prog=BatchProcess_sbatch.sh
@@ -116,7 +117,7 @@ python_given=$python
 python=$("$python" -c 'import sys; print(sys.executable)' 2>/dev/null) && [ -n "$python" ] \
   || die "Python interpreter '$python_given' does not run (set HIPE_BATCH_PYTHON)"
 export HIPE_BATCH_PYTHON=$python
-batch() { "$python" "$bin_dir/BatchProcess.py" "$job" "$@" "${config[@]}"; }
+batch() { "$python" "$bin_dir/BatchProcess.py" "$job" "$@" ${config[@]+"${config[@]}"}; }
 
 if [ "$launcher" != srun ]; then
   # mpirun on the allocation's nodes, one slot per task: BatchProcess_mpi.sh does the rest (its
@@ -135,7 +136,7 @@ if [ "$launcher" != srun ]; then
   for i in "${!nodes[@]}"; do echo "${nodes[$i]} slots=${counts[$i]:-1}" >> "$hostfile"; done
   trap - TERM INT HUP
   [ "$stop" = 0 ] || exit "$stop"
-  exec "$bin_dir/BatchProcess_mpi.sh" "$job" --hostfile "$hostfile" "${config[@]}"
+  exec "$bin_dir/BatchProcess_mpi.sh" "$job" --hostfile "$hostfile" ${config[@]+"${config[@]}"}
 fi
 
 # The database and the job, checked once here rather than failing in every task.
@@ -149,7 +150,7 @@ echo "$prog: job $job: ${SLURM_NTASKS:-?} worker(s) on ${SLURM_JOB_NODELIST} (Sl
 status=0
 if [ "$stop" = 0 ]; then  # else stopped before any worker was started: only the summary
   set -m  # job control: srun gets a process group of its own
-  srun "${step[@]}" "$python" "$bin_dir/BatchProcess.py" "$job" run "${config[@]}" </dev/null &
+  srun "${step[@]}" "$python" "$bin_dir/BatchProcess.py" "$job" run ${config[@]+"${config[@]}"} </dev/null &
   pid=$!
   set +m
   [ "$stop" = 0 ] || kill -USR2 "$pid" 2>/dev/null  # a stop that came while srun was being started

@@ -10,7 +10,7 @@
     job-wide summary;
   - test_sbatch_mpi: the same script with --mpi (mpirun inside the allocation), 40 obsids;
   - test_array: bin/BatchProcess_array.sh with 8 array tasks, 300 obsids; the job-wide summary
-    printed once;
+    printed once; test_array_stopped: `scancel --signal=TERM --full` to a running array;
   - test_scancel_full: `scancel --signal=TERM --full` mid-run, workers started by srun or (--mpi)
     by mpirun: every running obsid back to pending, `stopped` in its history, no attempt counted;
     a resubmission finishes the job;
@@ -266,6 +266,28 @@ def test_array(cluster, sqlite_batch):
 
 
 SLEEPY = "import time\ntime.sleep(600)\n"
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_array_stopped(cluster, sqlite_batch):
+    """`scancel --signal=TERM --full` to a running array: every task's worker puts its obsid back."""
+    batch = sqlite_batch
+    obsids = make_job(batch, "arrstop", 8, SLEEPY)
+    job = submit(cluster, batch, ["--array=1-3", "--cpus-per-task=1", "--mem=200M", ARRAY_SH, "arrstop"])
+    table = batch.table("arrstop")
+    wait_for(lambda: (table.counts()["running"] == 3 and len(batch.calls_list()) == 3)
+             or cluster.array_states(job).count("RUNNING") < 3 and "PENDING" not in cluster.array_states(job),
+             120, "three array tasks each running HIPE")
+    running = sorted(r["obsid"] for r in table.rows() if r["state"] == "running")
+    assert len(running) == 3, output(batch)
+    cluster.run(["scancel", "--signal=TERM", "--full", str(job)])
+    cluster.wait_ended(job, 120)
+    out = output(batch)
+    assert sorted(stopped_cleanly(batch, "arrstop", obsids)) == running
+    assert table.counts()["pending"] == 8
+    assert sorted(int(s) for _, s, _ in SUMMARY_LINE.findall(out)) == [1, 2, 3]
+    assert "job-wide summary" not in out   # the job is not finished
 
 
 @pytest.mark.slow
