@@ -357,7 +357,7 @@ def test_time_limit(cluster, sqlite_batch):
     """A job that needs minutes, given one (Slurm's time limits are in minutes; it sends the
     --signal up to a minute early, as its manual says): stopped in time, nothing lost."""
     batch = sqlite_batch
-    obsids = make_job(batch, "late", 200, "import time\ntime.sleep(2)\n")
+    obsids = make_job(batch, "late", 120, "import time\ntime.sleep(2)\n")   # two workers: 60 a minute at most
     started = time.monotonic()
     job = submit(cluster, batch, ["--ntasks=2", *SMALL, "--time=1", "--signal=B:TERM@10", SBATCH_SH, "late"],
                  name="first")
@@ -413,7 +413,7 @@ def two_nodes(tmp_path):
 def test_node_lost(two_nodes, tmp_path):
     cluster, server = two_nodes
     batch = BatchEnv(tmp_path / "root", "mysql", server, server.create_database("nodelost"))
-    n = 60
+    n = 40
     obsids = make_job(batch, "lost", n, "import time\ntime.sleep(0.5)\n", run={"lease": "5"})
     job = submit(cluster, batch, ["--nodes=2", "--ntasks-per-node=2", *SMALL, SBATCH_SH, "lost"])
     table = batch.table("lost")
