@@ -147,7 +147,25 @@ def _wait(proc: subprocess.Popen, timeout: float, started: float, marker: Path, 
                 return Launch(Outcome(False, "claim lost to another worker; HIPE stopped"), now - started,
                               LaunchEnd.CLAIM_LOST)
     seconds = time.monotonic() - started
+    stop = _stopped_with(code, should_stop)
+    if stop:
+        return Launch(Outcome(False, f"stopped by {signal.Signals(stop).name}"), seconds, LaunchEnd.STOPPED, stop)
     return Launch(_verdict(code, marker.exists(), stderr_path), seconds)
+
+
+def _stopped_with(code: int, should_stop: Callable[[], int]) -> int:
+    """The stop signal, if HIPE was killed by a signal as this worker was being stopped.
+
+    Slurm signals every process of a job step (srun passing a signal on, scancel, the time
+    limit), HIPE included: it may die of the signal that stops its worker a moment before the
+    worker's handler runs. That is a stop (the obsid goes back, uncounted), not a failure.
+    """
+    if code >= 0:
+        return 0
+    deadline = time.monotonic() + 2 * POLL
+    while not should_stop() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return should_stop()
 
 
 def _verdict(code: int, completed: bool, stderr_path: Path) -> Outcome:

@@ -1,7 +1,20 @@
-"""Who this worker is: its MPI rank and size (1-based, as the original printed them) and its host."""
+"""Who this worker is: its slot (rank and size, 1-based as the original printed them) and its host.
+
+Where the slot comes from, first match wins:
+1. MPI: started by mpirun (also mpirun inside an sbatch allocation): the MPI rank and size.
+2. A Slurm job step started by srun: SLURM_PROCID + 1 of SLURM_NTASKS (SLURM_STEP_ID marks a step;
+   the batch script itself has SLURM_PROCID=0 too, but is no step).
+3. A Slurm job array task: its place in the array, (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) /
+   SLURM_ARRAY_TASK_STEP + 1, of SLURM_ARRAY_TASK_COUNT (of the range MIN..MAX for a list).
+   (A one-task srun step inside an array task is the array task's worker: it gets the array slot.)
+4. Otherwise slot 1 of 1.
+The host is SLURMD_NODENAME under Slurm (the node's name in the cluster, which is what squeue and
+sinfo show), else the machine's host name.
+"""
 import os
 import socket
 from dataclasses import dataclass
+from typing import Mapping, Optional
 
 # Set by mpirun (Open MPI, MPICH/Hydra, PMIx) in every rank it starts.
 _MPI_MARKERS = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
@@ -19,23 +32,72 @@ class Slot:
 
 
 def current_slot() -> Slot:
-    """This process's slot: from mpi4py when started by mpirun, else rank 1 of 1.
+    """This process's slot, from its environment (see the module's doc for the order).
 
     MPI is used only to learn rank and size: ranks never talk to each other (the database is the
     only coordination), so no rank can hang waiting for a dead one.
     """
-    host = socket.gethostname()
-    if not any(v in os.environ for v in _MPI_MARKERS):
-        return Slot(1, 1, host)
+    env = os.environ
+    host = host_name(env)
+    if any(v in env for v in _MPI_MARKERS):
+        return _mpi_slot(env, host)
+    return slurm_slot(env, host) or Slot(1, 1, host)
+
+
+def host_name(env: Mapping[str, str]) -> str:
+    return env.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def slurm_slot(env: Mapping[str, str], host: str) -> Optional[Slot]:
+    """The slot Slurm gives: of an srun step, else of a job array task; None outside Slurm."""
+    step = _step_slot(env, host)
+    array = _array_slot(env, host)
+    if step is not None and (step.size > 1 or array is None):
+        return step
+    return array
+
+
+def _int(env: Mapping[str, str], name: str) -> Optional[int]:
+    try:
+        return int(env[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def _step_slot(env, host) -> Optional[Slot]:
+    if "SLURM_STEP_ID" not in env and "SLURM_STEPID" not in env:
+        return None
+    rank = _int(env, "SLURM_PROCID")
+    size = _int(env, "SLURM_STEP_NUM_TASKS") or _int(env, "SLURM_NTASKS")
+    if rank is None or not size or not 0 <= rank < size:
+        return None
+    return Slot(rank + 1, size, host)
+
+
+def _array_slot(env, host) -> Optional[Slot]:
+    task, count = _int(env, "SLURM_ARRAY_TASK_ID"), _int(env, "SLURM_ARRAY_TASK_COUNT")
+    if task is None or not count:
+        return None
+    first = _int(env, "SLURM_ARRAY_TASK_MIN")
+    first = task if first is None or first > task else first
+    step = _int(env, "SLURM_ARRAY_TASK_STEP") or 1
+    last = max(_int(env, "SLURM_ARRAY_TASK_MAX") or task, task)
+    rank = (task - first) // step + 1
+    # An array given as a list (--array=3,17,40: Slurm says step 1) has gaps: the place in the range
+    # MIN..MAX, of the range's length, still tells the workers apart.
+    return Slot(rank, max(count, (last - first) // step + 1), host)
+
+
+def _mpi_slot(env, host) -> Slot:
     try:
         import mpi4py
-        if os.environ.get("MPI4PY_RC_FINALIZE", "").lower() in ("false", "no", "off", "0"):
+        if env.get("MPI4PY_RC_FINALIZE", "").lower() in ("false", "no", "off", "0"):
             # Set by the MPI launcher (mpi_launch.py says why); mpi4py >= 4 reads it itself, older ones not.
             mpi4py.rc.finalize = False
         from mpi4py import MPI
     except ImportError:  # mpirun without mpi4py: Open MPI still says who we are
-        rank = int(os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMIX_RANK") or os.environ.get("PMI_RANK") or 0)
-        size = int(os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("PMI_SIZE") or 1)
+        rank = int(env.get("OMPI_COMM_WORLD_RANK") or env.get("PMIX_RANK") or env.get("PMI_RANK") or 0)
+        size = int(env.get("OMPI_COMM_WORLD_SIZE") or env.get("PMI_SIZE") or 1)
         return Slot(rank + 1, size, host)
     comm = MPI.COMM_WORLD
     return Slot(comm.Get_rank() + 1, comm.Get_size(), host)
