@@ -12,7 +12,8 @@
   the other hosts finish the job, and the launcher still ends, reporting the job done.
 - test_launcher_stopped: SIGTERM to the launcher, Ctrl-C (SIGINT to its process group), or SIGTERM
   while mpirun is still starting its ranks: every worker stops, every running obsid goes back to
-  pending, nothing is left running.
+  pending, nothing is left running. test_launcher_stopped_mpirun_hung: a stop while mpirun hangs
+  (as Open MPI's can when a rank dies in MPI_Init): the launcher still ends.
 - test_launcher_errors, test_sqlite_with_other_host, test_loopback_mysql_with_other_host: one clear
   line, and nothing started, for a missing, unreadable or empty hostfile, one without slots, and
   for a database other hosts cannot share (SQLite, or MySQL through this machine's loopback).
@@ -241,6 +242,45 @@ def test_launcher_stopped(mysql_batch, reaper, how):
         assert sorted(h["obsid"] for h in history) == sorted(running)
         assert sorted(int(s) for _, s, _ in SUMMARY_LINE.findall(out)) == [1, 2, 3, 4]
     wait_for(lambda: not reaper.ours(), 30, "every worker and HIPE to be gone")
+
+
+# What Open MPI 4.1's mpirun can become when a rank dies while connecting to it (see
+# mpi_launch.HangWatch): no rank left, deaf to every signal but SIGKILL, never ending.
+HUNG_MPIRUN = """#!{python}
+import os, signal, sys, time
+if sys.argv[1:] == ["--version"]:
+    print("mpirun (Open MPI) 4.1.4")
+    sys.exit(0)
+for sig in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(sig, signal.SIG_IGN)
+open(os.path.join(os.environ["HIPE_BATCH_ROOT"], "mpirun.hung"), "w").close()
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_launcher_stopped_mpirun_hung(sqlite_batch, reaper, tmp_path):
+    """A stop while mpirun hangs with no worker left: the launcher kills it and ends (it used to
+    wait for good), reporting the stop."""
+    batch = sqlite_batch
+    n = 3
+    make_job(batch, "hung", n, "pass\n", hostfile="localhost slots=2\n")
+    fake = tmp_path / "mpirun"
+    fake.write_text(HUNG_MPIRUN.format(python=sys.executable))
+    fake.chmod(0o755)
+    launcher = reaper.launch(batch, "hung", env=launcher_env(batch, HIPE_BATCH_MPIRUN=str(fake)))
+    wait_for(lambda: launcher.poll() is not None or (batch.root / "mpirun.hung").exists(), 120,
+             "the hung mpirun to start")
+    assert launcher.poll() is None, launcher.err_path.read_text()[-2000:]
+    launcher.send_signal(signal.SIGTERM)
+
+    rc, out, err = finish(launcher, timeout=60)
+    assert rc == 143, err[-3000:]
+    assert "mpirun has had no worker left for 10 s yet does not end" in err
+    assert batch.table("hung").counts() == {"pending": n, "running": 0, "done": 0, "failed": 0}
+    assert f"0 of {n} processed." in out
+    wait_for(lambda: not reaper.ours(), 30, "the hung mpirun to be gone")
 
 
 # --------------------------------------------------------------------------- bad input

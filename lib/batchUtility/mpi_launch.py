@@ -50,6 +50,8 @@ REPEAT = 2.0       # seconds between SIGUSR2s to mpirun once stopping (see Stop)
 WATCH_POLL = 5.0   # seconds between looks at the job table for a lost host (see LostHostWatch)
 TICK = 0.2         # the supervising loop's longest nap: how late a stop signal is passed on at most
 END_PATIENCE = 15.0  # seconds an mpirun that outlived its job gets after SIGTERM, then after SIGKILL
+HUNG_AFTER = 10.0  # seconds a stopping mpirun with no process left under it gets, then SIGKILL (see HangWatch)
+STOP_DEADLINE = 60.0  # seconds a stopping mpirun gets to end at all, then it is ended (see HangWatch)
 
 
 # --------------------------------------------------------------------------- arguments
@@ -306,6 +308,78 @@ class LostHostWatch:
             self.table = None
 
 
+class HangWatch:
+    """Ends an mpirun that hangs once stopping.
+
+    Open MPI 4.1's mpirun can deadlock for good when a rank dies while it connects to mpirun's PMIx
+    server (in MPI_Init): SIGUSR2 kills a rank that has no handler yet, so a stop that comes while
+    the ranks start can do that. Seen: mpirun's main thread waits in the PMIx server's
+    deregister_client while the PMIx thread waits for a lock, with no rank left ("PMIX ERROR:
+    UNREACHABLE in ptl_base_connection_hdlr.c"); mpirun then ignores every signal but SIGKILL. So a
+    stopping mpirun with no process left under it for HUNG_AFTER s is killed (nothing of it is left
+    to orphan), and one still there STOP_DEADLINE s after the stop is ended as `end` does (the
+    workers have long had time to put their obsids back: a HIPE stop and a database wait).
+    """
+
+    def __init__(self, mpirun: subprocess.Popen):
+        self.mpirun = mpirun
+        self.stopping_since: Optional[float] = None
+        self.childless_since: Optional[float] = None
+
+    def hung(self, now: float) -> Optional[str]:
+        """Why mpirun is to be ended now, else None; called every REPEAT s once stopping."""
+        self.stopping_since = now if self.stopping_since is None else self.stopping_since
+        if now - self.stopping_since >= STOP_DEADLINE:
+            return f"still running {STOP_DEADLINE:g} s after the stop"
+        if _has_children(self.mpirun.pid):
+            self.childless_since = None
+            return None
+        self.childless_since = now if self.childless_since is None else self.childless_since
+        if now - self.childless_since >= HUNG_AFTER:
+            return f"has had no worker left for {HUNG_AFTER:g} s yet does not end (Open MPI hangs so at times)"
+        return None
+
+
+def _has_children(pid: int) -> bool:
+    """Whether any live process (not a zombie: a hung mpirun reaps no dead rank) has `pid` as its
+    parent (Linux /proc; True where that cannot be told)."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return True
+    for name in names:
+        state, parent = _stat(name) if name.isdigit() else (None, None)
+        if parent == pid and state != "Z":
+            return True
+    return False
+
+
+def _stat(pid) -> tuple:
+    """(state, parent pid) of a process, (None, None) if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None, None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'
+    state, parent = stat[stat.rindex(b")") + 2:].split()[:2]
+    return state.decode(), int(parent)
+
+
+def _frozen_childless(mpirun: subprocess.Popen) -> bool:
+    """Whether mpirun, stopped (SIGSTOP: it cannot start a rank meanwhile), has no child: then
+    SIGKILL orphans nothing. Else it is let go on (SIGCONT)."""
+    if mpirun.poll() is not None:
+        return True  # gone and reaped: its pid may be another process's by now
+    mpirun.send_signal(signal.SIGSTOP)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and _stat(mpirun.pid)[0] not in ("T", "Z", None):
+        time.sleep(0.01)
+    if _stat(mpirun.pid)[0] == "T" and not _has_children(mpirun.pid):
+        return True
+    mpirun.send_signal(signal.SIGCONT)
+    return False
+
+
 def _own_process_group() -> dict:
     # mpirun gets a process group of its own (as `set -m` gave it in the shell): a Ctrl-C in the
     # terminal goes to the launcher's group only, and the launcher decides what mpirun gets.
@@ -323,11 +397,17 @@ def supervise(mpirun: subprocess.Popen, watch: LostHostWatch, stop: Stop) -> int
     """Wait for mpirun, passing stop signals on and ending it if it outlives the job; its status
     (0 when the launcher ended it because the job itself was finished)."""
     job, grace = watch.job, watch.grace
+    hang = HangWatch(mpirun)
     next_usr2 = None  # when SIGUSR2 is due (again), once stopping
     try:
         while mpirun.poll() is None:
             now = time.monotonic()
             if stop.status and (next_usr2 is None or now >= next_usr2):
+                why = hang.hung(now)
+                if why:
+                    print(f"{PROG}: mpirun {why}: ending it", file=sys.stderr, flush=True)
+                    end(mpirun, term=not _frozen_childless(mpirun))
+                    break
                 # Ranks still starting have no handler yet (SIGUSR2 ends them before they claim
                 # anything) or do not exist yet (mpirun forwards a signal only to the ranks it has
                 # started): so the signal is repeated every REPEAT s until mpirun ends, and no rank
@@ -348,9 +428,10 @@ def supervise(mpirun: subprocess.Popen, watch: LostHostWatch, stop: Stop) -> int
     return _status_of(mpirun.returncode)
 
 
-def end(mpirun: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL, END_PATIENCE s apart; returns once mpirun is gone (reaped)."""
-    for send in (mpirun.terminate, mpirun.kill):
+def end(mpirun: subprocess.Popen, term: bool = True) -> None:
+    """SIGTERM (unless term is false), then SIGKILL, END_PATIENCE s apart; returns once mpirun is
+    gone (reaped)."""
+    for send in (mpirun.terminate, mpirun.kill)[0 if term else 1:]:
         send()  # a no-op once Popen has reaped mpirun: never a signal to a reused pid
         try:
             mpirun.wait(timeout=END_PATIENCE)
