@@ -1,9 +1,17 @@
 """Status and summary text, in the original's words where it had them."""
+import csv
 import json
 import signal
 import time
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, TextIO
 
-from .model import DONE, PENDING, RUNNING, STATES
+from .eta import Estimate
+from .model import DONE, FAILED, PENDING, RUNNING, STATES
+
+RATE_WINDOW = 600.0     # seconds the rate is measured over
+WORKERS_WINDOW = 300.0  # a worker counts as present if it was heard from this recently
+BAR_WIDTH = 60          # cells: with its frame and percentage the bar takes 72 columns
 
 
 def progress_line(counts) -> str:
@@ -14,8 +22,10 @@ def progress_line(counts) -> str:
     return f"{done} of {total} processed. ({percent:.1f} %, {counts[PENDING] + counts[RUNNING]} remaining)"
 
 
-def status_text(job, counts, failures, hosts=None) -> str:
+def status_text(job, counts, failures, hosts=None, pace=None) -> str:
     lines = [progress_line(counts), "  " + ", ".join(f"{s} {counts[s]}" for s in STATES)]
+    if pace is not None:
+        lines += pace_lines(counts, pace)
     if failures:
         lines.append(f"  failed obsids (first {len(failures)}):")
         lines += [f"    {obsid}  after {attempts} attempt(s): {reason}" for obsid, attempts, reason in failures]
@@ -26,15 +36,18 @@ def status_text(job, counts, failures, hosts=None) -> str:
     return "\n".join(lines)
 
 
-def status_json(job, counts, failures, hosts) -> str:
+def status_json(job, counts, failures, hosts, pace=None) -> str:
     total = sum(counts.values())
-    return json.dumps({
+    data = {
         "job": job, "total": total, **counts,
         "remaining": counts[PENDING] + counts[RUNNING],
         "percent_done": round(100.0 * counts[DONE] / total, 3) if total else 0.0,
         "failures": [{"obsid": o, "attempts": a, "reason": r} for o, a, r in failures],
         "hosts": [{"host": h, "done": d, "failed": f, "busy_seconds": round(s, 3)} for h, d, f, s in hosts],
-    }, indent=2)
+    }
+    if pace is not None:
+        data.update(pace_json(counts, pace))
+    return json.dumps(data, indent=2)
 
 
 def obsid_text(row, history) -> str:
@@ -88,3 +101,176 @@ def slot_summary(slot, processed, done, failed, seconds) -> str:
     return (f"{slot.host} SLOT {slot.rank} SUMMARY: {processed} obsids processed in {minutes:.2f} minutes "
             f"({per}); {done} done, {failed} failed")
 
+
+
+# ----------------------------------------------------------------- progress, rate and ETA
+@dataclass(frozen=True)
+class Pace:
+    """How fast a job goes, as storage measured it: the status block's second half."""
+    finished: int            # obsids that ended done or failed within the last `window` seconds
+    window: float            # seconds the rate covers (RATE_WINDOW, or less for a job that just began)
+    workers: int             # distinct workers heard from within WORKERS_WINDOW
+    estimate: Estimate       # seconds until the last obsid ends, or unknown
+    now: float               # epoch seconds (the database's clock)
+
+    @property
+    def per_hour(self) -> Optional[float]:
+        return 3600.0 * self.finished / self.window if self.window > 0 else None
+
+
+def progress_bar(counts, width: int = BAR_WIDTH) -> str:
+    """`[###x>>>.....]  45.2 %`: done #, failed x, running >, pending . (each present state gets a cell)."""
+    total = sum(counts.values())
+    order = ((DONE, "#"), (FAILED, "x"), (RUNNING, ">"), (PENDING, "."))
+    cells = _apportion([counts[s] for s, _ in order], width) if total else [0, 0, 0, width]
+    bar = "".join(mark * n for (_, mark), n in zip(order, cells))
+    percent = 100.0 * counts[DONE] / total if total else 0.0
+    return f"[{bar}] {percent:5.1f} %"
+
+
+def _apportion(amounts: List[int], width: int) -> List[int]:
+    """Split width cells in proportion to amounts (largest remainder), at least one per non-zero amount."""
+    total = sum(amounts)
+    exact = [a * width / total for a in amounts]
+    cells = [int(x) for x in exact]
+    for i in sorted(range(len(amounts)), key=lambda i: exact[i] - cells[i], reverse=True)[:width - sum(cells)]:
+        cells[i] += 1
+    for i, a in enumerate(amounts):
+        if a and not cells[i]:
+            cells[i] = 1
+            cells[cells.index(max(cells))] -= 1
+    return cells
+
+
+def pace_lines(counts, pace: Pace) -> List[str]:
+    """The status block after the original's lines: bar, rate and workers, ETA."""
+    rate = pace.per_hour
+    rate_text = "rate unknown" if rate is None else f"{_rate_words(rate)} over the last {pace.window / 60:.0f} min"
+    return ["  " + progress_bar(counts),
+            f"  {rate_text}; {pace.workers} worker(s) seen in the last {WORKERS_WINDOW / 60:.0f} min",
+            "  " + eta_line(pace)]
+
+
+def _rate_words(per_hour: float) -> str:
+    return f"{per_hour / 60:.1f} obsids/min" if per_hour >= 600 else f"{per_hour:.1f} obsids/h"
+
+
+def eta_line(pace: Pace) -> str:
+    est = pace.estimate
+    if est.seconds is None:
+        return f"ETA unknown: {est.basis}"
+    if est.seconds == 0:
+        return "ETA: nothing pending or running"
+    return (f"ETA {duration_words(est.seconds)} (about {_clock(pace.now + est.seconds, pace.now)});"
+            f" {est.basis}")
+
+
+def duration_words(seconds: float) -> str:
+    """3725 -> '1 h 02 min'; 75 -> '1 min 15 s'; 2 days and more in days and hours."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    if s < 2 * 86400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def _clock(epoch: float, now: float) -> str:
+    same_day = time.localtime(epoch)[:3] == time.localtime(now)[:3]
+    return time.strftime("%H:%M" if same_day else "%a %d %b %H:%M", time.localtime(epoch))
+
+
+def pace_json(counts, pace: Pace) -> dict:
+    total = sum(counts.values())
+    rate = pace.per_hour
+    return {
+        "progress": round(counts[DONE] / total, 6) if total else 0.0,
+        "rate": {"per_hour": None if rate is None else round(rate, 3), "window_seconds": round(pace.window, 3),
+                 "finished": pace.finished},
+        "eta_seconds": None if pace.estimate.seconds is None else round(pace.estimate.seconds, 3),
+        "eta_basis": pace.estimate.basis,
+        "workers": pace.workers,
+        "now": round(pace.now, 3),
+    }
+
+
+# ----------------------------------------------------------------- status --running
+def running_text(rows: Iterable[dict], now: float, heartbeat_every: float, lease: float) -> str:
+    """One line per running obsid; a heartbeat older than two beats is LATE, older than the lease STALE.
+
+    rows: obsid, host, worker (the slot), pid, started, heartbeat, expected (seconds, or None).
+    """
+    lines = [f"{'obsid':>12}  {'host':<20} {'slot':>7} {'pid':>8} {'elapsed':>11} {'expected':>11} {'heartbeat':>10}"]
+    count = 0
+    for r in rows:
+        count += 1
+        age = now - r["heartbeat"] if r["heartbeat"] is not None else None
+        mark = "" if age is None or age <= 2 * heartbeat_every else (
+            "  STALE: lease ran out" if age > lease else "  LATE")
+        lines.append(f"{r['obsid']:>12}  {str(r['host'] or '?')[:20]:<20} {str(r['worker'] or '?'):>7} "
+                     f"{r['pid'] if r['pid'] is not None else '?':>8} "
+                     f"{_short(now - r['started'] if r['started'] is not None else None):>11} "
+                     f"{_short(r.get('expected')):>11} {_short(age) + ' ago' if age is not None else '?':>10}{mark}")
+    if not count:
+        return "no obsid is running"
+    return "\n".join(lines)
+
+
+def _short(seconds) -> str:
+    return "?" if seconds is None else duration_words(max(0.0, float(seconds)))
+
+
+# ----------------------------------------------------------------- history --csv / --json
+# GNU parallel's --joblog names where they mean the same, then ours.
+HISTORY_COLUMNS = ("Seq", "Host", "Starttime", "JobRuntime", "Exitval", "Signal",
+                   "obsid", "attempt", "slot", "pid", "end", "outcome", "reason")
+
+
+def history_record(seq: int, h: dict) -> dict:
+    """One attempt as a history row (h: the attempts table's columns)."""
+    started, ended = h["started"], h["ended"]
+    return {"Seq": seq, "Host": h["host"], "Starttime": _round(started),
+            "JobRuntime": _round(ended - started) if started is not None and ended is not None else None,
+            "Exitval": h["exit_code"], "Signal": h["signal_no"] or 0,
+            "obsid": h["obsid"], "attempt": h["attempt"], "slot": h["worker"], "pid": h["pid"],
+            "end": _round(ended), "outcome": h["outcome"], "reason": h["reason"] or ""}
+
+
+def _round(x):
+    return None if x is None else round(float(x), 3)
+
+
+def write_history_csv(attempts: Iterable[dict], out: TextIO) -> int:
+    """Stream attempts as CSV with a header; returns how many rows were written."""
+    writer = csv.DictWriter(out, HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    n = 0
+    for n, h in enumerate(attempts, 1):
+        writer.writerow(history_record(n, h))
+    return n
+
+
+def write_history_json(attempts: Iterable[dict], out: TextIO) -> int:
+    """Stream attempts as one JSON array, a row a line, without holding them all."""
+    out.write("[")
+    n = 0
+    for n, h in enumerate(attempts, 1):
+        out.write(("\n" if n == 1 else ",\n") + json.dumps(history_record(n, h)))
+    out.write("\n]\n" if n else "]\n")
+    return n
+
+
+def history_text(attempts: Iterable[dict], out: TextIO) -> int:
+    """A terminal's view of the history: one attempt a line, oldest first."""
+    n = 0
+    for n, h in enumerate(attempts, 1):
+        r = history_record(n, h)
+        took = f"{r['JobRuntime']:.1f} s" if r["JobRuntime"] is not None else "?"
+        out.write(f"{n:>7}  {_when(h['started'])}  {took:>9}  {h['obsid']:>12} #{h['attempt']:<2} {h['outcome']:<7} "
+                  f"{h['host']} slot {h['worker']} pid {h['pid']}  {_ending(h)}"
+                  + (f"  {h['reason']}" if h["reason"] else "") + "\n")
+    if not n:
+        out.write("no attempt recorded\n")
+    return n

@@ -1,0 +1,183 @@
+"""A picture of a run: one self-contained HTML page (`report FILE.html`) or its SVG timeline alone.
+
+No network, no scripts: the page is read as it is, years later, from an archive. The timeline has
+one lane per host and slot and one bar per attempt, coloured by outcome; hovering a bar shows its
+obsid and reason through SVG <title>. Sized to stay readable at 10,000 attempts on 64 lanes.
+Standard library only.
+"""
+import html
+import re
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+# Colours told apart also by people with red-green colour blindness (Okabe-Ito), by outcome.
+COLOURS = {"done": "#009e73", "failed": "#d55e00", "lost": "#e69f00", "stopped": "#999999", "running": "#0072b2"}
+OTHER_COLOUR = "#cc79a7"
+WIDTH = 1280          # pixels of the whole SVG
+LABEL_WIDTH = 190     # the lane labels on the left
+RIGHT_MARGIN = 24
+TOP = 34              # legend
+AXIS = 34             # time labels under the lanes
+MAX_PLOT_HEIGHT = 960
+# Tick steps (seconds) the time axis chooses from, so that it gets about 6 to 12 labels.
+_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200,
+          86400, 172800, 604800)
+_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _text(value) -> str:
+    """Any value as text fit for XML and HTML: escaped, without the control characters XML forbids."""
+    return html.escape(_XML_BAD.sub("?", "" if value is None else str(value)), quote=True)
+
+
+def lane_key(host, worker) -> Tuple:
+    """Lanes sort by host, then slot number (slot 10/16 after 9/16)."""
+    slot = str(worker or "")
+    digits = re.match(r"\d+", slot)
+    return (str(host or "?"), int(digits.group()) if digits else 0, slot)
+
+
+def lanes_of(attempts: Sequence[dict]) -> List[Tuple[str, str]]:
+    return sorted({(str(a["host"] or "?"), str(a["worker"] or "?")) for a in attempts}, key=lambda hw: lane_key(*hw))
+
+
+def tick_step(span: float, most: int = 12) -> int:
+    for step in _STEPS:
+        if span / step <= most:
+            return step
+    return int(span / most) + 1
+
+
+def _tick_label(epoch: float, step: int, first: bool, previous: Optional[float]) -> str:
+    t = time.localtime(epoch)
+    clock = "%H:%M:%S" if step < 60 else "%H:%M"
+    new_day = first or previous is None or time.localtime(previous)[:3] != t[:3]
+    return time.strftime(("%d %b " if new_day and step < 86400 else "") + (clock if step < 86400 else "%d %b"), t)
+
+
+def svg(attempts: Sequence[dict], now: float, title: str = "") -> str:
+    """The timeline as one <svg> element.
+
+    attempts: dicts with obsid, attempt, host, worker (slot), started, ended (None while running:
+    drawn up to now), outcome, reason. Attempts without a start are not drawn.
+    """
+    attempts = [a for a in attempts if a.get("started") is not None]
+    lanes = lanes_of(attempts)
+    lane_h = max(6.0, min(22.0, MAX_PLOT_HEIGHT / max(1, len(lanes))))
+    plot_w = WIDTH - LABEL_WIDTH - RIGHT_MARGIN
+    height = TOP + lane_h * max(1, len(lanes)) + AXIS
+    t0 = min((a["started"] for a in attempts), default=now)
+    t1 = max([now if a["ended"] is None else a["ended"] for a in attempts] + [t0 + 1.0])
+    scale = plot_w / (t1 - t0)
+
+    def x(t):
+        return LABEL_WIDTH + (t - t0) * scale
+
+    row = {lane: i for i, lane in enumerate(lanes)}
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0f}" '
+           f'viewBox="0 0 {WIDTH} {height:.0f}" font-family="sans-serif" font-size="12">',
+           f"<title>{_text(title or 'timeline')}</title>",
+           f'<rect x="0" y="0" width="{WIDTH}" height="{height:.0f}" fill="#ffffff"/>']
+    out += _legend(attempts)
+    font = max(6.0, min(12.0, lane_h - 2))
+    for (host, worker), i in row.items():
+        y = TOP + i * lane_h
+        if i % 2:
+            out.append(f'<rect class="lane" x="{LABEL_WIDTH}" y="{y:.1f}" width="{plot_w}" '
+                       f'height="{lane_h:.1f}" fill="#f2f2f2"/>')
+        out.append(f'<text x="{LABEL_WIDTH - 6}" y="{y + lane_h / 2:.1f}" text-anchor="end" dominant-baseline="central" '
+                   f'font-size="{font:.1f}">{_text(host)} slot {_text(worker)}</text>')
+    out += _axis(t0, t1, x, TOP + lane_h * max(1, len(lanes)))
+    pad = 1.0 if lane_h >= 8 else 0.5
+    for a in attempts:
+        y = TOP + row[(str(a["host"] or "?"), str(a["worker"] or "?"))] * lane_h + pad
+        end = now if a["ended"] is None else a["ended"]
+        left = x(a["started"])
+        colour = COLOURS.get(a["outcome"], OTHER_COLOUR)
+        took = f"{end - a['started']:.1f} s" + (" so far" if a["ended"] is None else "")
+        tip = f"obsid {a['obsid']} attempt {a['attempt']}: {a['outcome']}, {took}, {a['host']} slot {a['worker']}"
+        if a.get("reason"):
+            tip += f"; {a['reason']}"
+        out.append(f'<rect class="bar {_text(a["outcome"])}" x="{left:.2f}" y="{y:.1f}" '
+                   f'width="{max(1.0, x(end) - left):.2f}" height="{lane_h - 2 * pad:.1f}" fill="{colour}">'
+                   f"<title>{_text(tip)}</title></rect>")
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _legend(attempts) -> List[str]:
+    counts: Dict[str, int] = {}
+    for a in attempts:
+        counts[a["outcome"]] = counts.get(a["outcome"], 0) + 1
+    out, left = [], LABEL_WIDTH
+    for outcome in [*COLOURS, *sorted(set(counts) - set(COLOURS))]:
+        label = f"{outcome} ({counts.get(outcome, 0)})"
+        out.append(f'<g class="legend"><rect x="{left}" y="10" width="14" height="14" '
+                   f'fill="{COLOURS.get(outcome, OTHER_COLOUR)}"/>'
+                   f'<text x="{left + 19}" y="21">{_text(label)}</text></g>')
+        left += 28 + 7.5 * len(label)
+    return out
+
+
+def _axis(t0, t1, x, bottom) -> List[str]:
+    step = tick_step(t1 - t0)
+    # Ticks at whole steps of local time (the hour, the minute), not at the first start.
+    offset = time.localtime(t0).tm_gmtoff if step >= 3600 else 0
+    first = (int((t0 + offset) // step) + 1) * step - offset
+    out, previous, t = [], None, first
+    while t <= t1:
+        out.append(f'<line x1="{x(t):.1f}" y1="{TOP}" x2="{x(t):.1f}" y2="{bottom + 4:.1f}" stroke="#c8c8c8"/>')
+        out.append(f'<text class="tick" x="{x(t):.1f}" y="{bottom + 18:.1f}" text-anchor="middle">'
+                   f"{_text(_tick_label(t, step, previous is None, previous))}</text>")
+        previous, t = t, t + step
+    out.append(f'<line x1="{LABEL_WIDTH}" y1="{bottom:.1f}" x2="{WIDTH - RIGHT_MARGIN}" y2="{bottom:.1f}" stroke="#555555"/>')
+    return out
+
+
+_CSS = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
+pre { background: #f6f6f6; padding: .8em; border: 1px solid #ddd; overflow-x: auto; }
+table { border-collapse: collapse; } td, th { padding: .25em .7em; border-bottom: 1px solid #ddd; text-align: left; }
+td.n, th.n { text-align: right; } .timeline { overflow-x: auto; }
+"""
+
+
+def page(job: str, status_block: str, hosts: Iterable[Tuple[str, int, int, float]], failures: Iterable[Tuple],
+         attempts: Sequence[dict], now: float, log_dir: Path) -> str:
+    """The whole report as one HTML document.
+
+    hosts: (host, done, failed, busy seconds); failures: (obsid, attempts, reason).
+    """
+    written = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now))
+    slots: Dict[str, set] = {}
+    tries: Dict[str, int] = {}
+    for a in attempts:
+        slots.setdefault(str(a["host"] or "?"), set()).add(a["worker"])
+        tries[str(a["host"] or "?")] = tries.get(str(a["host"] or "?"), 0) + 1
+    host_rows = "".join(
+        f'<tr><td>{_text(h)}</td><td class="n">{len(slots.get(h, ()))}</td><td class="n">{tries.get(h, 0)}</td>'
+        f'<td class="n">{d}</td><td class="n">{f}</td><td class="n">{s / 3600:.2f}</td></tr>' for h, d, f, s in hosts)
+    failure_rows = "".join(
+        f'<tr><td class="n">{o}</td><td class="n">{n}</td><td>{_text(r)}</td>'
+        f"<td><code>{_text(log_dir / f'{o}.stderr')}</code></td></tr>" for o, n, r in failures)
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_text(job)}: batch report</title><style>{_CSS}</style></head><body>",
+        f"<h1>Job {_text(job)}</h1><p>Report written {_text(written)}.</p>",
+        f"<h2>Status</h2><pre>{_text(status_block)}</pre>",
+        "<h2>Hosts</h2><table><tr><th>host</th><th class=\"n\">slots used</th><th class=\"n\">attempts</th>"
+        "<th class=\"n\">done</th><th class=\"n\">failed</th><th class=\"n\">busy (h)</th></tr>"
+        f"{host_rows}</table>",
+        "<h2>Timeline</h2><p>One lane per host and slot, one bar per attempt; hover a bar for its obsid and reason.</p>",
+        f'<div class="timeline">{svg(attempts, now, f"job {job}: attempts over time")}</div>',
+        "<h2>Failed obsids</h2>" + (
+            "<table><tr><th class=\"n\">obsid</th><th class=\"n\">attempts</th><th>reason</th><th>log</th></tr>"
+            f"{failure_rows}</table>" if failure_rows else "<p>None.</p>"),
+        "</body></html>", ""])
+
+
+def standalone_svg(attempts: Sequence[dict], now: float, job: str) -> str:
+    """The timeline alone, as an SVG file."""
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + svg(attempts, now, f"job {job}: attempts over time") + "\n"
