@@ -238,3 +238,12 @@ def test_the_report_page_renders_in_chromium(tmp_path):
     assert len(colours) > 20 and not_white > len(pixels) // 20
     outcome_colours = {bytes.fromhex(c[1:]) for c in timeline.COLOURS.values()}
     assert len(outcome_colours & colours) >= 4   # the bars were drawn, in their colours
+
+
+def test_workers_sharing_a_slot_name_get_a_lane_each():
+    """Workers started without mpirun are all slot 1/1: their overlapping attempts are split by pid."""
+    a = [{"obsid": o, "attempt": 1, "host": "h", "worker": "1/1", "pid": pid, "started": s, "ended": e,
+          "outcome": "done", "reason": ""} for o, pid, s, e in [(1, 10, 0, 100), (2, 10, 101, 120), (3, 11, 30, 40)]]
+    assert sorted(set(timeline.lanes_of(a).values())) == [("h", "1/1", 10), ("h", "1/1", 11)]
+    a[2]["started"], a[2]["ended"] = 121, 130       # one after the other: one lane
+    assert set(timeline.lanes_of(a).values()) == {("h", "1/1", None)}

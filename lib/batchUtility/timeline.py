@@ -31,15 +31,38 @@ def _text(value) -> str:
     return html.escape(_XML_BAD.sub("?", "" if value is None else str(value)), quote=True)
 
 
-def lane_key(host, worker) -> Tuple:
-    """Lanes sort by host, then slot number (slot 10/16 after 9/16)."""
-    slot = str(worker or "")
+def lane_key(lane) -> Tuple:
+    """Lanes sort by host, then slot number (slot 10/16 after 9/16), then pid."""
+    host, slot, pid = lane
     digits = re.match(r"\d+", slot)
-    return (str(host or "?"), int(digits.group()) if digits else 0, slot)
+    return (host, int(digits.group()) if digits else 0, slot, pid or 0)
 
 
-def lanes_of(attempts: Sequence[dict]) -> List[Tuple[str, str]]:
-    return sorted({(str(a["host"] or "?"), str(a["worker"] or "?")) for a in attempts}, key=lambda hw: lane_key(*hw))
+def lanes_of(attempts: Sequence[dict]) -> Dict[int, Tuple[str, str, Optional[int]]]:
+    """The lane of each attempt (by index): its host and slot; and its pid too where several
+    processes share one slot name at once (workers started without mpirun are all slot 1/1)."""
+    by_slot: Dict[Tuple[str, str], List[int]] = {}
+    for i, a in enumerate(attempts):
+        by_slot.setdefault((str(a["host"] or "?"), str(a["worker"] or "?")), []).append(i)
+    lane_of = {}
+    for (host, slot), members in by_slot.items():
+        shared = _overlap(attempts, members)
+        for i in members:
+            lane_of[i] = (host, slot, attempts[i].get("pid") if shared else None)
+    return lane_of
+
+
+def _overlap(attempts, members) -> bool:
+    """Whether attempts of different processes in one slot ran at the same time."""
+    reach, holder = float("-inf"), None
+    for i in sorted(members, key=lambda i: attempts[i]["started"]):
+        a = attempts[i]
+        if a["started"] < reach and a.get("pid") != holder:
+            return True
+        end = float("inf") if a["ended"] is None else a["ended"]
+        if end > reach:
+            reach, holder = end, a.get("pid")
+    return False
 
 
 def tick_step(span: float, most: int = 12) -> int:
@@ -63,7 +86,8 @@ def svg(attempts: Sequence[dict], now: float, title: str = "") -> str:
     drawn up to now), outcome, reason. Attempts without a start are not drawn.
     """
     attempts = [a for a in attempts if a.get("started") is not None]
-    lanes = lanes_of(attempts)
+    lane_of = lanes_of(attempts)
+    lanes = sorted(set(lane_of.values()), key=lane_key)
     lane_h = max(6.0, min(22.0, MAX_PLOT_HEIGHT / max(1, len(lanes))))
     plot_w = WIDTH - LABEL_WIDTH - RIGHT_MARGIN
     height = TOP + lane_h * max(1, len(lanes)) + AXIS
@@ -81,17 +105,17 @@ def svg(attempts: Sequence[dict], now: float, title: str = "") -> str:
            f'<rect x="0" y="0" width="{WIDTH}" height="{height:.0f}" fill="#ffffff"/>']
     out += _legend(attempts)
     font = max(6.0, min(12.0, lane_h - 2))
-    for (host, worker), i in row.items():
+    for (host, worker, pid), i in row.items():
         y = TOP + i * lane_h
         if i % 2:
             out.append(f'<rect class="lane" x="{LABEL_WIDTH}" y="{y:.1f}" width="{plot_w}" '
                        f'height="{lane_h:.1f}" fill="#f2f2f2"/>')
         out.append(f'<text x="{LABEL_WIDTH - 6}" y="{y + lane_h / 2:.1f}" text-anchor="end" dominant-baseline="central" '
-                   f'font-size="{font:.1f}">{_text(host)} slot {_text(worker)}</text>')
+                   f'font-size="{font:.1f}">{_text(host)} slot {_text(worker)}{"" if pid is None else f" pid {pid}"}</text>')
     out += _axis(t0, t1, x, TOP + lane_h * max(1, len(lanes)))
     pad = 1.0 if lane_h >= 8 else 0.5
-    for a in attempts:
-        y = TOP + row[(str(a["host"] or "?"), str(a["worker"] or "?"))] * lane_h + pad
+    for n, a in enumerate(attempts):
+        y = TOP + row[lane_of[n]] * lane_h + pad
         end = now if a["ended"] is None else a["ended"]
         left = x(a["started"])
         colour = COLOURS.get(a["outcome"], OTHER_COLOUR)
