@@ -4,19 +4,29 @@ The first half tests the pure functions (report, eta, timeline) on made-up runs;
 the commands on both backends.
 """
 import csv
+import gzip
 import heapq
 import io
 import json
+import os
+import pty
 import random
+import re
+import select
 import shutil
+import signal
+import sqlite3
 import struct
 import subprocess
+import time
 import xml.etree.ElementTree as ET
 import zlib
 
 import pytest
 
 from batchUtility import eta, report, timeline
+from conftest import SHARED_DATA
+from mariadb_server import wait_for
 
 SVG = "{http://www.w3.org/2000/svg}"
 COUNTS = {"pending": 300, "running": 16, "done": 1380, "failed": 5}
@@ -247,3 +257,250 @@ def test_workers_sharing_a_slot_name_get_a_lane_each():
     assert sorted(set(timeline.lanes_of(a).values())) == [("h", "1/1", 10), ("h", "1/1", 11)]
     a[2]["started"], a[2]["ended"] = 121, 130       # one after the other: one lane
     assert set(timeline.lanes_of(a).values()) == {("h", "1/1", None)}
+
+
+# ----------------------------------------------------------------- the commands, on both backends
+GATE = "import os, time\nwhile not os.path.exists({gate!r}):\n    time.sleep(0.05)\n"
+
+
+def new_job(batch, job, obsids, template):
+    batch.template(job, template)
+    r = batch.cli(job, "new", batch.obsid_file(obsids, f"{job}.txt"))
+    assert r.returncode == 0, r.stderr
+
+
+def status_json(batch, job, *more):
+    r = batch.cli(job, "status", "--json", *more)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_status_json_has_the_new_fields(batch):
+    new_job(batch, "s", [1, 2, 3, 4], "x = obsid\nif obsid == 4:\n    raise ValueError('four')\n")
+    before = status_json(batch, "s")
+    assert before["progress"] == 0 and before["eta_seconds"] is None and before["workers"] == 0
+    assert before["rate"]["finished"] == 0
+    assert batch.cli("s", "run").returncode == 1
+    data = status_json(batch, "s")
+    assert {"progress", "rate", "eta_seconds", "eta_basis", "workers", "now"} <= set(data)
+    assert data["progress"] == 0.75 and data["eta_seconds"] == 0
+    assert data["workers"] == 1 and data["rate"]["finished"] == 4 and data["rate"]["per_hour"] > 0
+    assert isinstance(data["now"], float) and data["rate"]["window_seconds"] <= 600
+    text = batch.cli("s", "status").stdout.splitlines()
+    assert text[0] == "3 of 4 processed. (75.0 %, 0 remaining)" and text[2].strip().startswith("[###")
+    assert "ETA: nothing pending or running" in text[4]
+
+
+def test_history_csv_has_one_row_per_attempt(batch):
+    batch.write_cfg(run={"max_attempts": "2"})
+    new_job(batch, "h", [1, 2, 3, 4, 5], "if obsid % 2:\n    raise ValueError('odd')\n")
+    batch.cli("h", "run")
+    attempts = batch.table("h").history()
+    assert len(attempts) == 2 * 3 + 2
+    r = batch.cli("h", "history", "--csv")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert len(rows) == len(attempts)
+    assert sorted((int(x["obsid"]), int(x["attempt"])) for x in rows) == sorted((a["obsid"], a["attempt"]) for a in attempts)
+    assert {x["outcome"] for x in rows} == {"done", "failed"} and {x["Exitval"] for x in rows} == {"0", "1"}
+    assert [int(x["Seq"]) for x in rows] == list(range(1, len(rows) + 1))
+    data = json.loads(batch.cli("h", "history", "--json").stdout)
+    assert len(data) == len(attempts) and data[0]["Host"]
+    assert len(batch.cli("h", "history").stdout.splitlines()) == len(attempts)
+    assert json.loads(batch.cli("h", "history", "--json", "--since", "2099-01-01").stdout) == []
+    recent = batch.cli("h", "history", "--csv", "--since", "1 hour ago")
+    assert recent.returncode == 0 and len(recent.stdout.splitlines()) == len(attempts) + 1
+    bad = batch.cli("h", "history", "--since", "yesterday-ish")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--since" in bad.stderr
+
+
+def test_status_running_lists_what_runs_where(batch, tmp_path):
+    gate = tmp_path / "gate"
+    new_job(batch, "r", [7, 8], GATE.format(gate=str(gate)))
+    worker = batch.popen("r", "run")
+    try:
+        wait_for(lambda: "7" in batch.cli("r", "status", "--running").stdout, 60, "obsid 7 running")
+        lines = batch.cli("r", "status", "--running").stdout.splitlines()
+        assert len(lines) == 2 and lines[1].split()[:4] == ["7", os.uname().nodename[:20], "1/1", str(worker.pid)]
+        assert "LATE" not in lines[1]
+    finally:
+        gate.touch()
+        worker.communicate(timeout=60)
+    assert batch.cli("r", "status", "--running").stdout.strip() == "no obsid is running"
+
+
+def read_pty(fd, until, timeout):
+    """Read a pseudo-terminal until `until(text)` or EOF; returns what was read."""
+    out, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline and not until(out.decode(errors="replace")):
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:   # EIO: the other side closed
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out.decode(errors="replace")
+
+
+def test_watch_redraws_in_place_on_a_terminal_and_ends_with_the_job(batch, tmp_path):
+    gate = tmp_path / "gate"
+    new_job(batch, "w", [1, 2, 3], GATE.format(gate=str(gate)))
+    worker = batch.popen("w", "run")
+    master, slave = pty.openpty()
+    watch = batch.popen("w", "status", "--watch", "0.3", stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    try:
+        seen = read_pty(master, lambda t: t.count("processed.") >= 3, 60)
+        assert seen.count("processed.") >= 3 and "\x1b[" in seen          # redrawn, with ANSI cursor moves
+        gate.touch()
+        seen += read_pty(master, lambda t: False, 60)
+        assert watch.wait(timeout=60) == 0
+        assert "3 of 3 processed." in seen
+    finally:
+        gate.touch()
+        os.close(master)
+        worker.communicate(timeout=60)
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    plain = batch.cli("w", "status", "--watch", "0.3")        # not a terminal: one plain block, and it ends
+    assert plain.returncode == 0 and "\x1b" not in plain.stdout and plain.stdout.startswith("3 of 3 processed.")
+
+
+def test_watch_stops_on_ctrl_c_with_130_and_no_traceback(batch):
+    new_job(batch, "c", [1, 2], "x = 1\n")
+    watch = batch.popen("c", "status", "--watch", "0.2")
+    wait_for(lambda: watch.stdout.readline().startswith("0 of 2 processed."), 30, "a first block")
+    watch.send_signal(signal.SIGINT)
+    out, err = watch.communicate(timeout=30)
+    assert watch.returncode == 130 and "Traceback" not in err
+
+
+RESULTS = ("batchResult('double', obsid * 2)\nbatchResult('label', 'obs%d' % obsid)\n"
+           "if obsid == 3:\n    raise ValueError('three')\n")
+
+
+def query(batch, sql):
+    """Rows of one query, straight from the env's database."""
+    if batch.backend == "sqlite":
+        with sqlite3.connect(batch.root / "batch.sqlite") as db:
+            return [tuple(r) for r in db.execute(sql)]
+    with batch.server.admin(batch.db) as c:
+        cur = c.cursor()
+        cur.execute(sql)
+        return [tuple(r) for r in cur.fetchall()]
+
+
+def results_of(batch, job):
+    return query(batch, f"SELECT obsid, name, value, number FROM {job}__results ORDER BY obsid, name")
+
+
+def test_results_are_written_only_on_success(batch):
+    batch.write_cfg(run={"max_attempts": "1"})
+    new_job(batch, "res", [1, 2, 3], RESULTS)
+    assert batch.cli("res", "run").returncode == 1
+    assert results_of(batch, "res") == [(1, "double", "2", 2.0), (1, "label", "obs1", None),
+                                        (2, "double", "4", 4.0), (2, "label", "obs2", None)]
+    out = batch.root / "res.csv"
+    r = batch.cli("res", "results", "--csv", out)
+    assert r.returncode == 0, r.stderr
+    assert out.read_text() == "obsid,double,label\n1,2,obs1\n2,4,obs2\n"
+    assert batch.cli("res", "results").stdout == out.read_text()
+
+
+def test_results_are_replaced_on_rerun(batch):
+    new_job(batch, "rr", [1, 2], RESULTS)
+    batch.cli("rr", "run")
+    batch.template("rr", "batchResult('triple', obsid * 3.5)\n")
+    assert batch.cli("rr", "reset", "--obsids", batch.obsid_file([2], "two.txt")).returncode == 0
+    assert [r[0] for r in results_of(batch, "rr")] == [1, 1]              # a reset obsid has none
+    assert batch.cli("rr", "run").returncode == 0
+    assert results_of(batch, "rr")[2:] == [(2, "triple", "7.0", 7.0)]
+    assert batch.cli("rr", "results").stdout == "obsid,double,label,triple\n1,2,obs1,\n2,,,7.0\n"
+
+
+def test_report_writes_a_page_and_an_svg(batch):
+    batch.write_cfg(run={"max_attempts": "2"})
+    new_job(batch, "p", [1, 2, 3], "if obsid == 2:\n    raise ValueError('two & <b>')\n")
+    batch.cli("p", "run")
+    page, picture = batch.root / "p.html", batch.root / "p.svg"
+    r = batch.cli("p", "report", page, "--svg", picture)
+    assert r.returncode == 0, r.stderr
+    text = page.read_text()
+    assert "<svg" in text and "<script" not in text and "two &amp; &lt;b&gt;" in text
+    assert str(batch.root / "jobs" / "p" / "log" / "2.stderr") in text
+    bars = [e for e in ET.parse(picture).getroot().iter(SVG + "rect") if "bar" in e.get("class", "").split()]
+    assert len(bars) == len(batch.table("p").history()) == 4
+
+
+# ----------------------------------------------------------------- the ETA on the 2014 run, replayed
+DUMP = SHARED_DATA / "blkr_v11_1.sql.gz"
+SCALE = 1000.0          # a 2014 pipetime of 3,663 s takes 3.7 s here
+REPLAY_WORKERS = 16
+_SQL_VALUE = re.compile(r"'(?:[^'\\]|\\.)*'|[^,()\s]+")
+
+
+def blkr_pipetimes():
+    """(obsid, pipetime) of the 1,701 rows the 2014 dump loads: its first INSERT (the second is cut off)."""
+    rows, inside = [], False
+    with gzip.open(DUMP, "rt", encoding="latin-1") as f:
+        for line in f:
+            if line.startswith("INSERT"):
+                if inside:
+                    break
+                inside = True
+            elif inside and line.startswith("\t("):
+                fields = _SQL_VALUE.findall(line.strip().rstrip(",;"))
+                rows.append((int(fields[0]), int(fields[7])))
+                if line.rstrip().endswith(";"):
+                    break
+    return rows
+
+
+def load_blkr(batch):
+    """The master table v11_1 as the 2014 dump loads it (on MySQL, the dump itself)."""
+    if batch.backend == "mysql":
+        batch.load_master(DUMP)
+        return
+    batch.load_master()
+    with sqlite3.connect(batch.root / "batch.sqlite") as db:
+        db.executemany("INSERT INTO v11_1 (obsid, pipetime) VALUES (?, ?)", blkr_pipetimes())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DUMP.exists(), reason="../shared/data/blkr_v11_1.sql.gz absent (the 2014 dump)")
+def test_eta_is_within_15_percent_on_the_2014_run_replayed(batch):
+    """1,701 obsids, each sleeping its 2014 pipetime / SCALE, on 16 workers, longest first. The job
+    table keeps the real pipetimes, so the ETA has to learn the speed from the first finishes."""
+    pipetimes = blkr_pipetimes()
+    assert len(pipetimes) == 1701 and sum(p for _, p in pipetimes) == 1286374
+    load_blkr(batch)
+    table = ", ".join(f"{o}: {p}" for o, p in pipetimes)
+    batch.template("replay", f"import time\nP = {{{table}}}\ntime.sleep(P[obsid] / {SCALE!r})\n")
+    assert batch.cli("replay", "new").returncode == 0
+    workers = [batch.popen("replay", "run", stdout=subprocess.DEVNULL) for _ in range(REPLAY_WORKERS)]
+    samples = {}
+    try:
+        for mark in (0.1, 0.5, 0.9):
+            samples[mark] = wait_for(lambda: (lambda d: d if d["progress"] >= mark else None)(
+                status_json(batch, "replay")), 600, f"{mark:.0%} done", interval=0.3)
+        for w in workers:
+            w.communicate(timeout=600)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    assert [w.returncode for w in workers] == [0] * REPLAY_WORKERS
+    end = query(batch, "SELECT MAX(ended) FROM replay")[0][0]
+    report_lines = []
+    for data in samples.values():
+        real = end - data["now"]
+        report_lines.append(f"at {data['progress']:.1%}: ETA {data['eta_seconds']:.1f} s, real {real:.1f} s, "
+                            f"{data['workers']} workers, {data['eta_basis']}")
+    print("\n".join(report_lines))
+    for data, line in zip(samples.values(), report_lines):
+        assert abs(data["eta_seconds"] - (end - data["now"])) <= 0.15 * (end - data["now"]), line
