@@ -1,21 +1,26 @@
-"""The command line, `BatchProcess.py JOB new [FILE] | reset | run | status | wipe`: a thin layer
-over config, storage and worker, which tests call directly."""
+"""The command line, `BatchProcess.py JOB new [FILE] | reset | run | status | history | report |
+results | wipe`: a thin layer over config, storage and worker, which tests call directly."""
 import argparse
+import datetime
 import logging
+import os
+import re
 import shutil
 import sys
+import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
-from . import config, report
+from . import config, report, results, timeline
 from .errors import BadInput, BatchError, JobExists, JobMissing, TemplateMissing
-from .model import INTERACTIVE_PATIENCE, check_identifier
+from .model import INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
 from .obsids import MAX_OBSID, WHAT_AN_OBSID_IS, read_obsids
 from .slot import current_slot
 from .storage import JobTable, open_table
 from .worker import Worker
 
 PROG = "BatchProcess.py"
+WATCH_EVERY = 5.0   # seconds between redraws of `status --watch`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--failures", type=int, default=10, metavar="N", help="list the first N failed obsids")
     status.add_argument("--obsid", type=int, metavar="OBSID",
                         help="one obsid's state and every attempt at it: when, where, exit, signal, reason")
+    status.add_argument("--running", action="store_true",
+                        help="one line per running obsid: host, slot, pid, elapsed, expected, heartbeat age")
+    status.add_argument("--watch", type=float, nargs="?", const=WATCH_EVERY, metavar="SECONDS",
+                        help=f"redraw every SECONDS (default {WATCH_EVERY:g}) until nothing is pending or running")
+
+    history = commands.add_parser("history", parents=[common], help="every attempt: where, when, how long, how it ended")
+    form = history.add_mutually_exclusive_group()
+    form.add_argument("--csv", action="store_true", help="CSV with a header (columns as GNU parallel's --joblog)")
+    form.add_argument("--json", action="store_true", help="a JSON array")
+    history.add_argument("--since", metavar="TIME",
+                         help="only attempts started since TIME: 2026-11-26 14:00, an epoch, or '2 hours ago'")
+
+    page = commands.add_parser("report", parents=[common], help="a self-contained HTML page of the run, with a timeline")
+    page.add_argument("file", metavar="FILE.html", nargs="?", help="the page to write")
+    page.add_argument("--svg", metavar="FILE.svg", help="also (or only) the timeline alone, as SVG")
+
+    found = commands.add_parser("results", parents=[common], help="what scripts recorded with batchResult: "
+                                "one row per done obsid, one column per name")
+    found.add_argument("--csv", metavar="FILE", help="write CSV to FILE instead of standard output")
 
     wipe = commands.add_parser("wipe", parents=[common], help="drop the job's table (not its files)")
     wipe.add_argument("--yes", action="store_true", help="do not ask")
@@ -157,18 +181,142 @@ def cmd_status(cfg: config.Config, args: argparse.Namespace) -> int:
         history = table.history(args.obsid)
         print(report.obsid_json(row, history) if args.json else report.obsid_text(row, history))
         return 0
+    if args.running:
+        figures = table.pace_figures(report.RATE_WINDOW, report.WORKERS_WINDOW)
+        rows = [{**r, "expected": report.expected_now(figures, r["expected"])} for r in figures["running"]]
+        print(report.running_text(rows, figures["now"], cfg.run.heartbeat, cfg.run.lease))
+        return 0
+    if args.watch is not None:
+        return _watch(table, args)
     print_status(table, args.job, args.failures, args.hosts, args.json)
+    return 0
+
+
+def _status(table: JobTable, job: str, failures: int = 10, hosts: bool = False,
+            as_json: bool = False) -> Tuple[str, Dict[str, int]]:
+    """The status block (or JSON), and the counts it rests on."""
+    counts = table.counts()
+    first_failures = table.failures(max(0, failures))
+    by_host = table.by_host() if hosts or as_json else None
+    pace = report.pace_of(table.pace_figures(report.RATE_WINDOW, report.WORKERS_WINDOW))
+    text = (report.status_json(job, counts, first_failures, by_host, pace) if as_json
+            else report.status_text(job, counts, first_failures, by_host, pace))
+    return text, counts
+
+
+def _watch(table, args: argparse.Namespace) -> int:
+    """Redraw the status every args.watch seconds until nothing is pending or running; in place on
+    a terminal (ANSI: cursor up, clear), as plain blocks one after the other elsewhere."""
+    if not args.watch > 0:
+        raise BadInput(f"--watch {args.watch:g}: give a number of seconds above 0")
+    terminal = sys.stdout.isatty()
+    drawn = 0
+    try:
+        while True:
+            text, counts = _status(table, args.job, args.failures, args.hosts)
+            if terminal:
+                width = shutil.get_terminal_size().columns - 1   # no line may wrap, or the redraw drifts
+                text = "\n".join(line[:width] for line in text.splitlines())
+                sys.stdout.write((f"\x1b[{drawn}F\x1b[J" if drawn else "") + text + "\n")
+            else:
+                sys.stdout.write(("\n" if drawn else "") + text + "\n")
+            sys.stdout.flush()
+            drawn = text.count("\n") + 1
+            if counts[PENDING] + counts[RUNNING] == 0:
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return 130
+
+
+def cmd_history(cfg: config.Config, args: argparse.Namespace) -> int:
+    table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
+    table.require()
+    since = parse_since(args.since, table.clock) if args.since else None
+    write = report.write_history_csv if args.csv else report.write_history_json if args.json else report.history_text
+    return _to_stdout(lambda: write(table.iter_history(since), sys.stdout))
+
+
+def _to_stdout(write) -> int:
+    """Run write(); a reader that went away (`| head`) is not an error."""
+    try:
+        write()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit
+    return 0
+
+
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?|d|days?)(?:\s+ago)?\Z")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, clock) -> float:
+    """--since TIME as epoch seconds: an epoch, a local date and time (ISO), or 'N minutes/hours/days ago'
+    (counted back from clock(), the database's)."""
+    value = text.strip().lower()
+    if re.fullmatch(r"\d{9,}(\.\d+)?", value):
+        return float(value)
+    relative = _RELATIVE.match(value)
+    if relative:
+        return clock() - float(relative.group(1)) * _UNIT[relative.group(2)[0]]
+    try:
+        return datetime.datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise BadInput(f"--since {text!r}: not a time (give e.g. '2026-11-26 14:00', '90 min ago', "
+                       "or epoch seconds)") from None
+
+
+def cmd_report(cfg: config.Config, args: argparse.Namespace) -> int:
+    if not args.file and not args.svg:
+        raise BadInput("report: give the page to write (FILE.html), --svg FILE.svg, or both")
+    table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
+    table.require()
+    now, running = table.running()
+    attempts = list(table.iter_history()) + [{**r, "ended": None, "outcome": RUNNING, "exit_code": None,
+                                             "signal_no": None, "reason": ""} for r in running]
+    written = []
+    if args.svg:
+        written.append(_write(args.svg, timeline.standalone_svg(attempts, now, args.job)))
+    if args.file:
+        block, _ = _status(table, args.job)
+        page = timeline.page(args.job, block, table.by_host(), table.failures(10_000), attempts, now,
+                             cfg.job_dir(args.job) / "log")
+        written.append(_write(args.file, page))
+    print(f"{len(attempts)} attempts drawn: {', '.join(written)}")
+    return 0
+
+
+def _write(path: str, text: str) -> str:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise BadInput(f"cannot write {path}: {e.strerror}") from None
+    return path
+
+
+def cmd_results(cfg: config.Config, args: argparse.Namespace) -> int:
+    table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
+    table.require()
+    names = table.result_names()
+    rows = ((r["obsid"], r["name"], r["value"]) for r in table.iter_results())
+    if not args.csv:
+        return _to_stdout(lambda: results.write_table(names, rows, sys.stdout))
+    try:
+        with open(args.csv, "w", encoding="utf-8", newline="") as out:
+            count = results.write_table(names, rows, out)
+    except OSError as e:
+        raise BadInput(f"cannot write {args.csv}: {e.strerror}") from None
+    print(f"{count} done obsids, {len(names)} result names, written to {args.csv}")
     return 0
 
 
 def print_status(table: JobTable, job: str, failures: int = 10, hosts: bool = False,
                  as_json: bool = False) -> Dict[str, int]:
     """Print what `status` prints (also the MPI launcher's job-wide summary); returns the counts."""
-    counts = table.counts()
-    failed = table.failures(max(0, failures))
-    by_host = table.by_host() if hosts or as_json else None
-    print(report.status_json(job, counts, failed, by_host) if as_json
-          else report.status_text(job, counts, failed, by_host), flush=True)
+    text, counts = _status(table, job, failures, hosts, as_json)
+    print(text, flush=True)
     return counts
 
 
@@ -188,4 +336,5 @@ def cmd_wipe(cfg: config.Config, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"new": cmd_new, "reset": cmd_reset, "run": cmd_run, "status": cmd_status, "wipe": cmd_wipe}
+COMMANDS = {"new": cmd_new, "reset": cmd_reset, "run": cmd_run, "status": cmd_status, "history": cmd_history,
+            "report": cmd_report, "results": cmd_results, "wipe": cmd_wipe}

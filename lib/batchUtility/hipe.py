@@ -11,10 +11,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from . import results
 from .config import PASSWORD_ENV, HipeSettings
 from .model import LaunchEnd, Lease, Outcome
 
@@ -31,6 +33,7 @@ class Launch:
     seconds: float
     end: LaunchEnd = LaunchEnd.FINISHED
     stop_signal: int = 0     # with STOPPED: the signal that stopped this worker mid-launch
+    results: Optional[dict] = None   # what the script recorded with batchResult, if it succeeded
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,15 @@ def py2_string(text: str) -> str:
     return f'"{escaped}"'
 
 
-def script_text(template: str, obsid: int, out_dir: Path, job: str, marker: Path) -> str:
-    """The template with the original's preamble (obsid, outDir; plus jobName) and the completion line."""
+def script_text(template: str, obsid: int, out_dir: Path, job: str, marker: Path,
+                results_file: Optional[Path] = None) -> str:
+    """The template with the original's preamble (obsid, outDir; plus jobName; plus batchResult)
+    and the completion line."""
     return ("# -*- coding: utf-8 -*-\n"
             f"obsid={obsid}\n"
             f"outDir={py2_string(str(out_dir) + os.sep)}\n"
             f"jobName={py2_string(job)}\n"
+            + (results.preamble(py2_string(str(results_file))) if results_file else "") +
             f"{template.rstrip()}\n"
             "\n# Appended by batchUtility: reached only if the script ran to its end.\n"
             f"open({py2_string(str(marker))}, \"w\").close()\n")
@@ -91,8 +97,9 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], tick: Call
     tmp = Path(tempfile.mkdtemp(prefix=f"hipe-batch-{job}-{obsid}-"))
     try:
         script, marker, cache = tmp / f"{job}_{obsid}.py", tmp / "completed", tmp / "pool-cache"
+        results_file = tmp / "results.jsonl"
         cache.mkdir()
-        script.write_text(script_text(template, obsid, out_dir, job, marker), encoding="utf-8")
+        script.write_text(script_text(template, obsid, out_dir, job, marker, results_file), encoding="utf-8")
         stdout_path, stderr_path = log_dir / f"{obsid}.stdout", log_dir / f"{obsid}.stderr"
         keep_previous(stdout_path)
         keep_previous(stderr_path)
@@ -111,7 +118,8 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], tick: Call
         watchdog = None
         try:
             watchdog = _start_watchdog(proc.pid)
-            return _wait(proc, hipe.timeout, started, marker, stderr_path, should_stop, tick, tick_every)
+            return _with_results(_wait(proc, hipe.timeout, started, marker, stderr_path, should_stop, tick, tick_every),
+                                 results_file)
         finally:
             _signal_group(proc.pid, signal.SIGKILL)  # whatever HIPE left behind in its group
             _release_watchdog(watchdog)  # before HIPE is reaped, so that its group id is still ours
@@ -166,6 +174,16 @@ def _stopped_with(code: int, should_stop: Callable[[], int]) -> int:
     while not should_stop() and time.monotonic() < deadline:
         time.sleep(0.02)
     return should_stop()
+
+
+def _with_results(launch: Launch, results_file: Path) -> Launch:
+    """A successful launch with the results its script recorded; a failed one keeps none."""
+    if not launch.outcome.ok:
+        return launch
+    try:
+        return dataclasses.replace(launch, results=results.read(results_file))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return dataclasses.replace(launch, outcome=Outcome(False, f"results of batchResult unreadable: {e}", 0))
 
 
 def _verdict(code: int, completed: bool, stderr_path: Path) -> Outcome:

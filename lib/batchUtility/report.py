@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, TextIO
 
+from . import eta
 from .eta import Estimate
 from .model import DONE, FAILED, PENDING, RUNNING, STATES
 
@@ -116,6 +117,31 @@ class Pace:
     @property
     def per_hour(self) -> Optional[float]:
         return 3600.0 * self.finished / self.window if self.window > 0 else None
+
+
+def pace_of(figures: dict) -> Pace:
+    """The rate, workers and ETA from what storage measured (`JobTable.pace_figures`)."""
+    now = figures["now"]
+    starts = [s for s in [figures["first_start"], *(r["started"] for r in figures["running"])] if s is not None]
+    # A job that began less than RATE_WINDOW ago is measured over its own age, not diluted.
+    window = min(RATE_WINDOW, max(1.0, now - min(starts))) if starts else RATE_WINDOW
+    speed, mean = _speed(figures)
+    running = [(r["expected"], now - r["started"]) for r in figures["running"] if r["started"] is not None]
+    estimate = eta.estimate(figures["pending"], running, speed, mean, figures["workers"])
+    return Pace(figures["finished"], window, figures["workers"], estimate, now)
+
+
+def _speed(figures: dict):
+    """The speed fitted to recent finishes, and their mean duration (None if none finished)."""
+    recent = [(e, s) for e, s in figures["recent"] if s is not None]
+    speed = eta.fit_speed([(e, s) for e, s in recent if e is not None])
+    return speed, (sum(s for _, s in recent) / len(recent) if recent else None)
+
+
+def expected_now(figures: dict, expected) -> Optional[float]:
+    """An obsid's expected duration as this job's finishes suggest (None: nothing to go on)."""
+    speed, mean = _speed(figures)
+    return speed.of(float(expected)) if expected is not None else mean
 
 
 def progress_bar(counts, width: int = BAR_WIDTH) -> str:

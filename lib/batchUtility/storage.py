@@ -19,15 +19,18 @@ import re
 import sqlite3
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import BadInput, BatchError, DatabaseUnavailable, JobExists, JobMissing, NotAJobTable
 from .model import (DONE, FAILED, HISTORY_SUFFIX, INTERACTIVE_PATIENCE, PENDING, SQL_NAME, STATES, Claim, Lease,
                     Outcome, check_identifier)
+from .results import as_row as result_row
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 500                    # obsids per IN (...) list
+RESULTS_SUFFIX = "__results"    # the job's results table (job names may not contain "__")
+STREAM_ROWS = 2000              # rows fetched at a time when streaming (history, results)
 _PARAMETER = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
 
 # ----------------------------------------------------------------------------- the statements
@@ -142,6 +145,45 @@ HISTORY_OF_OBSID = """SELECT obsid, attempt, host, worker, pid, started, ended, 
 ALL_ROWS = "SELECT * FROM {job_table} ORDER BY obsid"
 ONE_ROW = "SELECT * FROM {job_table} WHERE obsid = :obsid"
 
+# ----------------------------------------------------------------------------- the operator's view
+# Results of done obsids (`batchResult` in job scripts): value as text, number for SQL's sums.
+CREATE_RESULTS_TABLE = """CREATE TABLE IF NOT EXISTS {results_table} (
+  obsid BIGINT NOT NULL,
+  name VARCHAR(64) NOT NULL,
+  value TEXT NOT NULL,
+  number DOUBLE NULL,
+  PRIMARY KEY (obsid, name)
+){table_options}"""
+DROP_RESULTS_TABLE = "DROP TABLE IF EXISTS {results_table}"
+# Recent finishes (the rate, the speed, the workers seen) and the history in time order, fast on
+# a million rows: each reads a range of one of these indexes.
+CREATE_ENDED_INDEX = "{create_index} {index} ON {job_table} (ended)"
+CREATE_HISTORY_STARTED_INDEX = "{create_index} {index} ON {history_table} (started, obsid)"
+
+RESULTS_DELETE = "DELETE FROM {results_table} WHERE obsid = :obsid"
+RESULTS_DELETE_LISTED = "DELETE FROM {results_table} WHERE obsid IN ({obsids})"
+RESULTS_DELETE_ALL = "DELETE FROM {results_table}"
+RESULTS_INSERT = """INSERT INTO {results_table} (obsid, name, value, number)
+  VALUES (:obsid, :name, :value, :number)"""
+RESULT_NAMES = """SELECT DISTINCT r.name FROM {results_table} r JOIN {job_table} j ON j.obsid = r.obsid
+  WHERE j.state = 'done' ORDER BY r.name"""
+# One row per done obsid and result (name NULL: a done obsid without results), by obsid.
+RESULTS_OF_DONE = """SELECT j.obsid, r.name, r.value FROM {job_table} j
+  LEFT JOIN {results_table} r ON r.obsid = j.obsid WHERE j.state = 'done' ORDER BY j.obsid, r.name"""
+
+PENDING_BY_EXPECTED = "SELECT expected, COUNT(*) FROM {job_table} WHERE state = 'pending' GROUP BY expected"
+RUNNING_NOW = """SELECT obsid, attempts + 1 AS attempt, host, worker, pid, started, heartbeat, expected, reason
+  FROM {job_table} WHERE state = 'running' ORDER BY host, worker, pid, obsid"""
+RECENT_DONE = """SELECT expected, ended - started FROM {job_table}
+  WHERE ended IS NOT NULL AND state = 'done' ORDER BY ended DESC LIMIT :limit"""
+FINISHED_SINCE = """SELECT COUNT(*), MIN(started) FROM {job_table}
+  WHERE ended >= :since AND state IN ('done', 'failed')"""
+WORKERS_SEEN = """SELECT COUNT(*) FROM (
+  SELECT host, worker, pid FROM {job_table} WHERE state = 'running' AND heartbeat >= :since
+  UNION SELECT host, worker, pid FROM {job_table} WHERE ended >= :since) seen"""
+HISTORY_SINCE = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason
+  FROM {history_table} WHERE started >= :since ORDER BY started, obsid"""
+
 
 def in_list(obsids: Sequence[int], size: int = _CHUNK) -> Iterator[Tuple[str, Dict[str, int]]]:
     """The one way an `IN ({obsids})` list is written: per chunk of `size` obsids, the list of named
@@ -185,6 +227,7 @@ class JobTable:
         self.create_database = create
         self.job_table = self.quote(job)
         self.history_table = self.quote(job + HISTORY_SUFFIX)
+        self.results_table = self.quote(job + RESULTS_SUFFIX)
         self.conn: Any = None
         self._transaction(lambda cur: None, "connecting")
 
@@ -199,7 +242,8 @@ class JobTable:
     def statement(self, text: str, **names: str) -> str:
         """One of the statements above, ready for the driver: identifiers and dialect fragments filled
         in (never values), named parameters written the driver's way."""
-        filled = text.format(job_table=self.job_table, history_table=self.history_table, now=self.now,
+        filled = text.format(job_table=self.job_table, history_table=self.history_table,
+                             results_table=self.results_table, now=self.now,
                              insert_ignore=self.insert_ignore, skip_locked=self.skip_locked,
                              lock_rows=self.lock_rows, create_index=self.create_index,
                              obsid_type=self.obsid_type, table_options=self.table_options, **names)
@@ -306,7 +350,15 @@ class JobTable:
                 raise JobMissing(self.job, self.settings.describe())
             if "token" not in columns or self._columns(cur, self.job + HISTORY_SUFFIX) is None:
                 raise NotAJobTable(self.job, self.settings.describe(), columns)
-        self._transaction(check, "looking for the job", write=False)
+            return self._columns(cur, self.job + RESULTS_SUFFIX) is not None
+        if not self._transaction(check, "looking for the job", write=False):
+            # A job made before results and the operator's indexes existed: add them, once.
+            self._transaction(self._create_operator_tables, "adding the results table")
+
+    def _create_operator_tables(self, cur: Any) -> None:
+        self._execute(cur, CREATE_RESULTS_TABLE)
+        self._create_index(cur, CREATE_ENDED_INDEX, self.job + "__ended", self.job)
+        self._create_index(cur, CREATE_HISTORY_STARTED_INDEX, self.job + "__attempts_started", self.job + HISTORY_SUFFIX)
 
     def create(self, obsids: Optional[Sequence[int]] = None, master: str = "", add: bool = False) -> int:
         """Create the job's table holding `obsids`, or every obsid of table `master` when obsids is None.
@@ -359,10 +411,12 @@ class JobTable:
         self._execute(cur, CREATE_HISTORY_TABLE)
         self._create_index(cur, CREATE_CLAIM_INDEX, self.job + "__claim", self.job)
         self._create_index(cur, CREATE_HISTORY_INDEX, self.job + "__attempts_obsid", self.job + HISTORY_SUFFIX)
+        self._create_operator_tables(cur)
 
     def drop(self) -> None:
-        """Drop the job's table and its history, and nothing else."""
+        """Drop the job's table, its history and its results, and nothing else."""
         def drop(cur):
+            self._execute(cur, DROP_RESULTS_TABLE)
             self._execute(cur, DROP_HISTORY_TABLE)
             self._execute(cur, DROP_JOB_TABLE)
         self._transaction(drop, "dropping the job table")
@@ -404,12 +458,15 @@ class JobTable:
             return Lease.UNKNOWN
 
     def finish(self, claim: Claim, outcome: Outcome, max_attempts: int, *, patience: Optional[float] = None,
-               interrupted: Optional[Callable[[], bool]] = None) -> Optional[str]:
+               interrupted: Optional[Callable[[], bool]] = None,
+               results: Optional[Mapping[str, Any]] = None) -> Optional[str]:
         """Record an outcome for a claim, if the claim is still ours (else nothing changes).
 
-        Success makes the obsid done; a failure makes it pending again while attempts remain,
-        failed when they are used up. The attempt is added to the history. Returns the new state,
-        or None if the claim had been taken from us. Safe to repeat after a lost connection.
+        Success makes the obsid done and replaces its results with `results` (name: number or
+        string), in the same transaction; a failure makes it pending again while attempts remain,
+        failed when they are used up, and writes no result. The attempt is added to the history.
+        Returns the new state, or None if the claim had been taken from us. Safe to repeat after a
+        lost connection.
         """
         state = DONE if outcome.ok else (FAILED if claim.attempt >= max_attempts else PENDING)
         row = {"obsid": claim.obsid, "token": claim.token}
@@ -422,6 +479,11 @@ class JobTable:
                 return None
             self._execute(cur, HISTORY_FROM_ROW, {**row, "attempt": claim.attempt,
                                                   "outcome": DONE if outcome.ok else FAILED})
+            if state == DONE:
+                self._execute(cur, RESULTS_DELETE, {"obsid": claim.obsid})
+                if results:
+                    cur.executemany(self.statement(RESULTS_INSERT),
+                                    [result_row(claim.obsid, name, value) for name, value in results.items()])
             return state
         return self._transaction(record, f"recording the outcome of obsid {claim.obsid}", patience=patience,
                                  interrupted=interrupted)
@@ -473,8 +535,11 @@ class JobTable:
         def reset(cur):
             alive = self._db_now(cur) - lease
             which = {"alive": alive, "only_failed": int(only_failed)}
+            # A reset obsid is no longer done, so it has no results; obsids left running have none.
             if obsids is None:
                 changed = self._execute(cur, RESET_ALL, which).rowcount
+                if not only_failed:
+                    self._execute(cur, RESULTS_DELETE_ALL)
             else:
                 missing = [o for o in obsids if o not in self._present(cur, obsids)]
                 if missing:
@@ -482,6 +547,8 @@ class JobTable:
                 changed = 0
                 for listed, params in in_list(obsids):
                     changed += self._execute(cur, RESET_LISTED, {**which, **params}, obsids=listed).rowcount
+                    if not only_failed:
+                        self._execute(cur, RESULTS_DELETE_LISTED, params, obsids=listed)
             running = self._execute(cur, COUNT_LIVE_RUNNING, {"alive": alive}).fetchone()[0]
             return changed, int(running)
         return self._transaction(reset, "resetting obsids")
@@ -538,6 +605,83 @@ class JobTable:
             found = _dicts(self._execute(cur, ONE_ROW, {"obsid": obsid}))
             return found[0] if found else None
         return self._transaction(read, f"reading obsid {obsid}", write=False)
+
+
+    # ----------------------------------------------------------------- the operator's view
+    def pace_figures(self, rate_window: float, workers_window: float, samples: int = 500) -> Dict[str, Any]:
+        """What the status block's rate and ETA rest on, read in one transaction from indexes only.
+
+        now (the database's clock); finished (obsids that ended done or failed since now -
+        rate_window) and first_start (the earliest start among them); workers (distinct host,
+        slot and pid heard from since now - workers_window); pending ((expected, count) groups);
+        running (rows as `running()` gives them); recent ((expected, seconds) of the last
+        `samples` done obsids, newest first).
+        """
+        def read(cur):
+            now = self._db_now(cur)
+            finished, first_start = self._execute(cur, FINISHED_SINCE, {"since": now - rate_window}).fetchone()
+            workers = self._execute(cur, WORKERS_SEEN, {"since": now - workers_window}).fetchone()[0]
+            pending = [(e, int(n)) for e, n in self._execute(cur, PENDING_BY_EXPECTED).fetchall()]
+            running = _dicts(self._execute(cur, RUNNING_NOW))
+            recent = [(e, s) for e, s in self._execute(cur, RECENT_DONE, {"limit": samples}).fetchall()]
+            return {"now": now, "finished": int(finished or 0), "first_start": first_start, "workers": int(workers),
+                    "pending": pending, "running": running, "recent": recent}
+        return self._transaction(read, "measuring the pace", write=False)
+
+    def running(self) -> Tuple[float, List[Dict[str, Any]]]:
+        """The database's clock, and the running obsids: obsid, attempt, host, worker (slot), pid,
+        started, heartbeat, expected, reason."""
+        def read(cur):
+            return self._db_now(cur), _dicts(self._execute(cur, RUNNING_NOW))
+        return self._transaction(read, "listing running obsids", write=False)
+
+    def iter_history(self, since: Optional[float] = None) -> Iterator[Dict[str, Any]]:
+        """Every attempt (started at or after `since`), oldest first, streamed: a million rows are
+        never held at once (MySQL: a server-side cursor)."""
+        if since is None:
+            return self._stream(HISTORY_ALL, None, "reading the history")
+        return self._stream(HISTORY_SINCE, {"since": since}, "reading the history")
+
+    def result_names(self) -> List[str]:
+        """The names of the results of done obsids, sorted."""
+        return self._transaction(lambda cur: [r[0] for r in self._execute(cur, RESULT_NAMES).fetchall()],
+                                 "reading result names", write=False)
+
+    def iter_results(self) -> Iterator[Dict[str, Any]]:
+        """(obsid, name, value) of every done obsid's results by obsid, name None for a done obsid
+        without results; streamed."""
+        return self._stream(RESULTS_OF_DONE, None, "reading results")
+
+    def clock(self) -> float:
+        """The database's clock, epoch seconds."""
+        return self._transaction(self._db_now, "reading the clock", write=False)
+
+    def _stream(self, text: str, params: Optional[Dict[str, Any]], what: str) -> Iterator[Dict[str, Any]]:
+        # The connection is made (with the usual patience) before the first row; once rows have
+        # been handed out, an error cannot be retried without repeating them, so it is raised.
+        self._transaction(lambda cur: None, what, write=False)
+        cur = self._stream_cursor()
+        try:
+            self._execute(cur, text, params)
+            names = [d[0] for d in cur.description]
+            while True:
+                rows = cur.fetchmany(STREAM_ROWS)
+                if not rows:
+                    break
+                for row in rows:
+                    yield dict(zip(names, row))
+        except self.Error as e:
+            self.close()
+            raise BatchError(f"{self.settings.describe()}: {what}: {_one_line(e)}") from None
+        finally:
+            try:
+                cur.close()
+            except self.Error:
+                self.close()
+        self._rollback()   # ends the read transaction
+
+    def _stream_cursor(self) -> Any:
+        return self.conn.cursor()
 
 
 def _dicts(cur: Any) -> List[Dict[str, Any]]:
@@ -644,6 +788,10 @@ class MySQLJobTable(JobTable):
 
     def _is_connection_error(self, e: Exception) -> bool:
         return self._code(e) in self.CONNECTION or isinstance(e, self._driver.InterfaceError)
+
+    def _stream_cursor(self) -> Any:
+        import MySQLdb.cursors
+        return self.conn.cursor(MySQLdb.cursors.SSCursor)   # rows stay on the server until fetched
 
 
 def open_table(settings: Any, job: str, patience: float = INTERACTIVE_PATIENCE, create: bool = False,

@@ -196,7 +196,8 @@ class Worker:
 
     def _finish(self, claim: Claim, launch: hipe.Launch) -> None:
         outcome = launch.outcome
-        state = self.table.finish(claim, outcome, self.cfg.run.max_attempts, interrupted=self._stopping)
+        state = self.table.finish(claim, outcome, self.cfg.run.max_attempts, interrupted=self._stopping,
+                                  results=launch.results)
         if state is None:
             self.log.error("outcome not recorded: the claim had been taken back (lease %g s)", self.cfg.run.lease)
         elif outcome.ok:
