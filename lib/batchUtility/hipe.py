@@ -11,8 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -181,9 +180,9 @@ def _with_results(launch: Launch, results_file: Path) -> Launch:
     if not launch.outcome.ok:
         return launch
     try:
-        return dataclasses.replace(launch, results=results.read(results_file))
+        return replace(launch, results=results.read(results_file))
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        return dataclasses.replace(launch, outcome=Outcome(False, f"results of batchResult unreadable: {e}", 0))
+        return replace(launch, outcome=Outcome(False, f"results of batchResult unreadable: {e}", 0))
 
 
 def _verdict(code: int, completed: bool, stderr_path: Path) -> Outcome:
