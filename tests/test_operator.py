@@ -26,6 +26,7 @@ import zlib
 import pytest
 
 from batchUtility import eta, report, timeline
+from batchUtility.model import Outcome
 from conftest import SHARED_DATA
 from mariadb_server import wait_for
 
@@ -523,3 +524,19 @@ def test_eta_is_within_15_percent_on_the_2014_run_replayed(batch):
     print("\n".join(report_lines))
     for data, line in zip(samples.values(), report_lines):
         assert abs(data["eta_seconds"] - (end - data["now"])) <= 0.15 * (end - data["now"]), line
+
+
+def test_killed_or_fenced_attempts_leave_no_result(batch):
+    batch.write_cfg(hipe={"timeout": "2"}, run={"max_attempts": "1"})
+    new_job(batch, "k", [1, 2], "batchResult('early', 1)\nif obsid == 1:\n    import time\n    time.sleep(60)\n"
+                                "else:\n    raise ValueError('after recording')\n")
+    env = batch.env(TRIVIAL_HIPE_EXIT_ZERO="1")      # HIPE says 0 though the script raised
+    assert batch.cli("k", "run", env=env).returncode == 1
+    assert [r["state"] for r in batch.table("k").rows()] == ["failed", "failed"]
+    assert results_of(batch, "k") == []
+    table = batch.table("k")                           # fenced: the claim was taken back before finish
+    assert table.reset(lease=30) == (2, 0)
+    claim = table.claim("h", "1/1", 1)
+    assert table.reclaim_stale(lease=-1, max_attempts=3) == [claim.obsid]
+    assert table.finish(claim, Outcome(True, "", 0), 3, results={"late": 2}) is None
+    assert results_of(batch, "k") == []
