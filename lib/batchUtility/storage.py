@@ -133,13 +133,13 @@ COUNT_LIVE_RUNNING = "SELECT COUNT(*) FROM {job_table} WHERE state = 'running' A
 PRESENT = "SELECT obsid FROM {job_table} WHERE obsid IN ({obsids})"
 
 COUNT_BY_STATE = "SELECT state, COUNT(*) FROM {job_table} GROUP BY state"
-FIRST_FAILURES = """SELECT obsid, attempts, reason FROM {job_table} WHERE state = 'failed'
+FIRST_FAILURES = """SELECT obsid, attempts, reason FROM {job_table}{by_state} WHERE state = 'failed'
   ORDER BY obsid LIMIT :limit"""
 BY_HOST = """SELECT host, SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END),
        SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END), SUM(ended - started)
   FROM {job_table} WHERE state IN ('done', 'failed') GROUP BY host ORDER BY host"""
 HISTORY_ALL = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason
-  FROM {history_table} ORDER BY started, obsid"""
+  FROM {history_table}{in_start_order} ORDER BY started, obsid"""
 HISTORY_OF_OBSID = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason
   FROM {history_table} WHERE obsid = :obsid ORDER BY started, obsid"""
 ALL_ROWS = "SELECT * FROM {job_table} ORDER BY obsid"
@@ -182,7 +182,7 @@ WORKERS_SEEN = """SELECT COUNT(*) FROM (
   SELECT host, worker, pid FROM {job_table} WHERE state = 'running' AND heartbeat >= :since
   UNION SELECT host, worker, pid FROM {job_table} WHERE ended >= :since) seen"""
 HISTORY_SINCE = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason
-  FROM {history_table} WHERE started >= :since ORDER BY started, obsid"""
+  FROM {history_table}{in_start_order} WHERE started >= :since ORDER BY started, obsid"""
 
 
 def in_list(obsids: Sequence[int], size: int = _CHUNK) -> Iterator[Tuple[str, Dict[str, int]]]:
@@ -215,6 +215,9 @@ class JobTable:
     index_exists: Optional[str] = None   # a query for an index, where CREATE INDEX has no IF NOT EXISTS
     skip_locked = ""               # makes PICK_PENDING lock its row, skipping rows others hold
     lock_rows = ""                 # makes STALE lock the rows it reads
+    # Index hints ({index} is the index meant), where the planner would read a million rows:
+    in_start_order = ""            # the history in start order, streamed from its first row (no sort first)
+    by_state = ""                  # FIRST_FAILURES: the failed rows by the claim index, not all rows by obsid
     columns_of = ""                # the column names of table :name, lower case, in order
     Error: Any = Exception         # the driver's base error class
 
@@ -246,7 +249,9 @@ class JobTable:
                              results_table=self.results_table, now=self.now,
                              insert_ignore=self.insert_ignore, skip_locked=self.skip_locked,
                              lock_rows=self.lock_rows, create_index=self.create_index,
-                             obsid_type=self.obsid_type, table_options=self.table_options, **names)
+                             obsid_type=self.obsid_type, table_options=self.table_options,
+                             in_start_order=self.in_start_order.format(index=self.quote(self.job + "__attempts_started")),
+                             by_state=self.by_state.format(index=self.quote(self.job + "__claim")), **names)
         return _PARAMETER.sub(self.parameter, filled)
 
     def _execute(self, cur: Any, text: str, params: Optional[Dict[str, Any]] = None, **names: str) -> Any:
@@ -660,7 +665,7 @@ class JobTable:
         # The connection is made (with the usual patience) before the first row; once rows have
         # been handed out, an error cannot be retried without repeating them, so it is raised.
         self._transaction(lambda cur: None, what, write=False)
-        cur = self._stream_cursor()
+        cur, finished = self._stream_cursor(), False
         try:
             self._execute(cur, text, params)
             names = [d[0] for d in cur.description]
@@ -670,15 +675,17 @@ class JobTable:
                     break
                 for row in rows:
                     yield dict(zip(names, row))
+            finished = True
         except self.Error as e:
-            self.close()
             raise BatchError(f"{self.settings.describe()}: {what}: {_one_line(e)}") from None
         finally:
-            try:
+            if finished:
                 cur.close()
-            except self.Error:
+                self._rollback()   # ends the read transaction
+            else:
+                # Left half-read (an error, or `| head`): drop the connection rather than read
+                # the rest of a million rows the server still holds for us.
                 self.close()
-        self._rollback()   # ends the read transaction
 
     def _stream_cursor(self) -> Any:
         return self.conn.cursor()
@@ -710,6 +717,8 @@ class SQLiteJobTable(JobTable):
     index_exists = None
     skip_locked = ""                # no row locks: BEGIN IMMEDIATE holds the database's only write lock
     lock_rows = ""
+    in_start_order = ""             # SQLite reads the index in order by itself
+    by_state = ""
     columns_of = "SELECT name FROM pragma_table_info(:name)"
     Error = sqlite3.Error
 
@@ -748,6 +757,8 @@ class MySQLJobTable(JobTable):
   WHERE table_schema = DATABASE() AND table_name = :table AND index_name = :index"""
     skip_locked = " FOR UPDATE SKIP LOCKED"
     lock_rows = " FOR UPDATE"
+    in_start_order = " FORCE INDEX ({index})"
+    by_state = " FORCE INDEX ({index})"
     columns_of = """SELECT LOWER(column_name) FROM information_schema.columns
   WHERE table_schema = DATABASE() AND table_name = :name ORDER BY ordinal_position"""
     # Lock wait, deadlock, server shutting down / gone / unreachable / lost, too many connections.
