@@ -280,7 +280,7 @@ def cmd_report(cfg: config.Config, args: argparse.Namespace) -> int:
     if args.svg:
         written.append(_write(args.svg, timeline.standalone_svg(attempts, now, args.job)))
     if args.file:
-        block, _ = _status(table, args.job)
+        block, _ = _status(table, args.job, failures=0)   # the page lists every failed obsid below
         page = timeline.page(args.job, block, table.by_host(), table.failures(10_000), attempts, now,
                              cfg.job_dir(args.job) / "log")
         written.append(_write(args.file, page))

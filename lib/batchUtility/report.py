@@ -192,7 +192,9 @@ def eta_line(pace: Pace) -> str:
 
 
 def duration_words(seconds: float) -> str:
-    """3725 -> '1 h 02 min'; 75 -> '1 min 15 s'; 2 days and more in days and hours."""
+    """3725 -> '1 h 02 min'; 75 -> '1 min 15 s'; 2.5 -> '2.5 s'; 2 days and more in days and hours."""
+    if seconds < 9.95:
+        return f"{seconds:.1f} s"
     s = int(round(seconds))
     if s < 60:
         return f"{s} s"

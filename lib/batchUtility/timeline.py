@@ -175,13 +175,13 @@ def page(job: str, status_block: str, hosts: Iterable[Tuple[str, int, int, float
     hosts: (host, done, failed, busy seconds); failures: (obsid, attempts, reason).
     """
     written = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now))
-    slots: Dict[str, set] = {}
+    workers: Dict[str, set] = {}
     tries: Dict[str, int] = {}
     for a in attempts:
-        slots.setdefault(str(a["host"] or "?"), set()).add(a["worker"])
+        workers.setdefault(str(a["host"] or "?"), set()).add((a["worker"], a.get("pid")))
         tries[str(a["host"] or "?")] = tries.get(str(a["host"] or "?"), 0) + 1
     host_rows = "".join(
-        f'<tr><td>{_text(h)}</td><td class="n">{len(slots.get(h, ()))}</td><td class="n">{tries.get(h, 0)}</td>'
+        f'<tr><td>{_text(h)}</td><td class="n">{len(workers.get(h, ()))}</td><td class="n">{tries.get(h, 0)}</td>'
         f'<td class="n">{d}</td><td class="n">{f}</td><td class="n">{s / 3600:.2f}</td></tr>' for h, d, f, s in hosts)
     failure_rows = "".join(
         f'<tr><td class="n">{o}</td><td class="n">{n}</td><td>{_text(r)}</td>'
@@ -191,7 +191,7 @@ def page(job: str, status_block: str, hosts: Iterable[Tuple[str, int, int, float
         f"<title>{_text(job)}: batch report</title><style>{_CSS}</style></head><body>",
         f"<h1>Job {_text(job)}</h1><p>Report written {_text(written)}.</p>",
         f"<h2>Status</h2><pre>{_text(status_block)}</pre>",
-        "<h2>Hosts</h2><table><tr><th>host</th><th class=\"n\">slots used</th><th class=\"n\">attempts</th>"
+        "<h2>Hosts</h2><table><tr><th>host</th><th class=\"n\">workers</th><th class=\"n\">attempts</th>"
         "<th class=\"n\">done</th><th class=\"n\">failed</th><th class=\"n\">busy (h)</th></tr>"
         f"{host_rows}</table>",
         "<h2>Timeline</h2><p>One lane per host and slot, one bar per attempt; hover a bar for its obsid and reason.</p>",
