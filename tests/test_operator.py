@@ -277,6 +277,7 @@ def status_json(batch, job, *more):
     return json.loads(r.stdout)
 
 
+@pytest.mark.slow
 def test_status_json_has_the_new_fields(batch):
     new_job(batch, "s", [1, 2, 3, 4], "x = obsid\nif obsid == 4:\n    raise ValueError('four')\n")
     before = status_json(batch, "s")
@@ -293,6 +294,7 @@ def test_status_json_has_the_new_fields(batch):
     assert "ETA: nothing pending or running" in text[4]
 
 
+@pytest.mark.slow
 def test_history_csv_has_one_row_per_attempt(batch):
     batch.write_cfg(run={"max_attempts": "2"})
     new_job(batch, "h", [1, 2, 3, 4, 5], "if obsid % 2:\n    raise ValueError('odd')\n")
@@ -316,6 +318,7 @@ def test_history_csv_has_one_row_per_attempt(batch):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--since" in bad.stderr
 
 
+@pytest.mark.slow
 def test_status_running_lists_what_runs_where(batch, tmp_path):
     gate = tmp_path / "gate"
     new_job(batch, "r", [7, 8], GATE.format(gate=str(gate)))
@@ -347,6 +350,7 @@ def read_pty(fd, until, timeout):
     return out.decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_watch_redraws_in_place_on_a_terminal_and_ends_with_the_job(batch, tmp_path):
     gate = tmp_path / "gate"
     new_job(batch, "w", [1, 2, 3], GATE.format(gate=str(gate)))
@@ -400,6 +404,7 @@ def results_of(batch, job):
     return query(batch, f"SELECT obsid, name, value, number FROM {job}__results ORDER BY obsid, name")
 
 
+@pytest.mark.slow
 def test_results_are_written_only_on_success(batch):
     batch.write_cfg(run={"max_attempts": "1"})
     new_job(batch, "res", [1, 2, 3], RESULTS)
@@ -413,6 +418,7 @@ def test_results_are_written_only_on_success(batch):
     assert batch.cli("res", "results").stdout == out.read_text()
 
 
+@pytest.mark.slow
 def test_results_are_replaced_on_rerun(batch):
     new_job(batch, "rr", [1, 2], RESULTS)
     batch.cli("rr", "run")
@@ -424,6 +430,7 @@ def test_results_are_replaced_on_rerun(batch):
     assert batch.cli("rr", "results").stdout == "obsid,double,label,triple\n1,2,obs1,\n2,,,7.0\n"
 
 
+@pytest.mark.slow
 def test_report_writes_a_page_and_an_svg(batch):
     batch.write_cfg(run={"max_attempts": "2"})
     new_job(batch, "p", [1, 2, 3], "if obsid == 2:\n    raise ValueError('two & <b>')\n")
@@ -526,6 +533,7 @@ def test_eta_is_within_15_percent_on_the_2014_run_replayed(batch):
         assert abs(data["eta_seconds"] - (end - data["now"])) <= 0.15 * (end - data["now"]), line
 
 
+@pytest.mark.slow
 def test_killed_or_fenced_attempts_leave_no_result(batch):
     batch.write_cfg(hipe={"timeout": "2"}, run={"max_attempts": "1"})
     new_job(batch, "k", [1, 2], "batchResult('early', 1)\nif obsid == 1:\n    import time\n    time.sleep(60)\n"
