@@ -245,14 +245,23 @@ class JobTable:
     def statement(self, text: str, **names: str) -> str:
         """One of the statements above, ready for the driver: identifiers and dialect fragments filled
         in (never values), named parameters written the driver's way."""
-        filled = text.format(job_table=self.job_table, history_table=self.history_table,
-                             results_table=self.results_table, now=self.now,
+        filled = text.format(job_table=self.job_table, history_table=self.history_table, now=self.now,
                              insert_ignore=self.insert_ignore, skip_locked=self.skip_locked,
                              lock_rows=self.lock_rows, create_index=self.create_index,
                              obsid_type=self.obsid_type, table_options=self.table_options,
-                             in_start_order=self.in_start_order.format(index=self.quote(self.job + "__attempts_started")),
-                             by_state=self.by_state.format(index=self.quote(self.job + "__claim")), **names)
+                             **self._operator_names(text), **names)
         return _PARAMETER.sub(self.parameter, filled)
+
+    def _operator_names(self, text: str) -> Dict[str, str]:
+        """The results table and the index hints, for the statements that name them."""
+        names = {}
+        if "{results_table}" in text:
+            names["results_table"] = self.results_table
+        if "{in_start_order}" in text:
+            names["in_start_order"] = self.in_start_order.format(index=self.quote(self.job + "__attempts_started"))
+        if "{by_state}" in text:
+            names["by_state"] = self.by_state.format(index=self.quote(self.job + "__claim"))
+        return names
 
     def _execute(self, cur: Any, text: str, params: Optional[Dict[str, Any]] = None, **names: str) -> Any:
         if params is None:
