@@ -7,7 +7,7 @@ one attempt each in the history), 1 % failed, 64 running, the rest pending, pipe
 `history --csv` (to the first row, and to the last), in this process (what the database and the
 arithmetic cost) and as commands (with the interpreter's start).
 
-    .venv/bin/python tests/bench_status.py [N]
+    .venv/bin/python tests/bench_status.py [N] [sqlite | mysql]
 """
 import io
 import os
@@ -103,8 +103,12 @@ def bench(env: BatchEnv, n: int):
 
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    backends = sys.argv[2:] or ["sqlite", "mysql"]
     with tempfile.TemporaryDirectory() as tmp:
-        bench(BatchEnv(Path(tmp) / "sqlite", "sqlite"), n)
+        if "sqlite" in backends:
+            bench(BatchEnv(Path(tmp) / "sqlite", "sqlite"), n)
+        if "mysql" not in backends:
+            return
         server = MariaDB(Path(tmp) / "mariadb").start()
         try:
             server.create_database("bench")
