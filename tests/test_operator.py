@@ -548,3 +548,14 @@ def test_killed_or_fenced_attempts_leave_no_result(batch):
     assert table.reclaim_stale(lease=-1, max_attempts=3) == [claim.obsid]
     assert table.finish(claim, Outcome(True, "", 0), 3, results={"late": 2}) is None
     assert results_of(batch, "k") == []
+
+
+@pytest.mark.slow
+def test_bad_operator_input_is_one_line_and_exit_2(batch):
+    new_job(batch, "b", [1], "x = 1\n")
+    for args, words in ((["report"], "FILE.html"), (["status", "--watch", "0"], "--watch 0"),
+                        (["results", "--csv", batch.root / "no" / "such" / "dir.csv"], "cannot write"),
+                        (["report", batch.root / "no" / "page.html"], "cannot write"),
+                        (["history", "--since", "last tuesday"], "--since 'last tuesday'")):
+        r = batch.cli("b", *args)
+        assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1 and words in r.stderr, (args, r)
