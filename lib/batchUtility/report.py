@@ -171,7 +171,8 @@ def _apportion(amounts: List[int], width: int) -> List[int]:
 def pace_lines(counts, pace: Pace) -> List[str]:
     """The status block after the original's lines: bar, rate and workers, ETA."""
     rate = pace.per_hour
-    rate_text = "rate unknown" if rate is None else f"{_rate_words(rate)} over the last {pace.window / 60:.0f} min"
+    window = f"{pace.window:.0f} s" if pace.window < 120 else f"{pace.window / 60:.0f} min"
+    rate_text = "rate unknown" if rate is None else f"{_rate_words(rate)} over the last {window}"
     return ["  " + progress_bar(counts),
             f"  {rate_text}; {pace.workers} worker(s) seen in the last {WORKERS_WINDOW / 60:.0f} min",
             "  " + eta_line(pace)]
