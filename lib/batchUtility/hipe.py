@@ -2,6 +2,8 @@
 
 HIPE can exit 0 after its script raised, so success needs two things: exit status 0, and a marker
 file that a line appended to the script writes when the script has run to its last line.
+What the script records with batchResult (a block of the preamble, `results.py`) goes to a file
+beside it, read only when the launch succeeded.
 """
 import errno
 import os
