@@ -18,7 +18,7 @@ import pytest
 
 from conftest import TRIVIAL_HIPE, BatchEnv
 from mariadb_server import MariaDB, wait_for
-from test_reliability import Reaper, Worker, alive, hipe_pids, in_transaction, proc_state
+from test_reliability import Reaper, Worker, alive, in_transaction, proc_state
 
 OBSID = 1342191755
 FAST_HIPE = f"{sys.executable} -S {TRIVIAL_HIPE}"
@@ -192,6 +192,18 @@ def stop_past_lease(worker, seconds):
     time.sleep(seconds)
 
 
+def wait_unrenewed(env, obsid, seconds):
+    """Wait until obsid's lease has gone unrenewed for `seconds` (by the row's heartbeat)."""
+    def old_enough():
+        table = env.table("j")
+        try:
+            row = table.row(obsid)
+        finally:
+            table.close()
+        return row["state"] == "running" and time.time() - row["heartbeat"] > seconds
+    wait_for(old_enough, 30, f"obsid {obsid}'s lease to go {seconds} s unrenewed", interval=0.1)
+
+
 # ----------------------------------------------------------------------------- the probe itself
 def test_the_probe_sees_two_runs_of_one_obsid_at_once(sqlite_batch, reaper):
     """The probe can fail: two runs of one obsid at the same time log an overlap; one after the
@@ -317,19 +329,19 @@ def test_a_reclaimer_uses_the_owners_lease_not_its_own(batch, reaper, tmp_path):
     the one that counts; `reset --stale` and a worker with lease 1 s leave its obsid alone."""
     env = batch
     env.write_cfg(run={"lease": "30"})
-    short = tmp_path / "short.cfg"
+    short = env.root / "short.cfg"
     short.write_text(env.cfg_path.read_text().replace("lease = 30", "lease = 1"))
     short.chmod(0o600)
     env.template("j", probe(first=None))
     new_job(env, [OBSID, OBSID + 1])
     a = Worker(env, reaper, "a")
     wait_first_run(env, reaper, obsid=OBSID)
-    time.sleep(2.5)   # past the short lease, well within the owner's
+    wait_unrenewed(env, OBSID, 1.5)   # past the short lease, well within the owner's
     r = env.cli("j", "reset", "--stale", "--config", short)
     assert r.returncode == 0 and r.stdout.startswith("0 obsids"), r.stdout + r.stderr
     b = Worker(env, reaper, "b", HIPE_BATCH_CONFIG=short)
     wait_for(lambda: (env.root / "jobs" / "j" / "output" / f"run-{OBSID + 1}.1").exists(), 60, "b to run the other obsid")
-    time.sleep(2.5)
+    wait_unrenewed(env, OBSID, 1.5)
     assert not (env.root / "jobs" / "j" / "output" / f"run-{OBSID}.2").exists(), "the short lease reclaimed a live claim"
     go(env)
     assert a.wait(60) == 0, a.err()

@@ -98,6 +98,13 @@ class RunSettings:
     def heartbeat(self) -> float:  # seconds between lease refreshes
         return max(0.5, self.lease / 5)
 
+    @property
+    def call_timeout(self) -> float:
+        """Seconds one database call of a worker may block: a third of the lease, so that a heartbeat
+        stuck in a frozen server gives up well before the lease's safety margin, and never more
+        than db_patience."""
+        return max(1.0, min(self.lease / 3, self.db_patience or self.lease / 3))
+
 
 @dataclass(frozen=True)
 class Config:

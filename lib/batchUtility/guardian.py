@@ -199,10 +199,16 @@ class Guardian:
         """Send before HIPE is reaped: while it is a zombie its group id cannot be reused."""
         self._send(f"finished {pgid}\n")
 
-    def was_fenced(self, pgid: int) -> bool:
-        """Whether the guardian killed group pgid because its deadline passed."""
-        self._read_replies()
-        return pgid in self.fenced
+    def was_fenced(self, pgid: int, wait: float = 0.0) -> bool:
+        """Whether the guardian killed group pgid because its deadline passed; waits up to `wait`
+        seconds for it to say so (HIPE's death may be seen before the guardian's answer)."""
+        end = time.monotonic() + wait
+        while True:
+            self._read_replies()
+            left = end - time.monotonic()
+            if pgid in self.fenced or left <= 0 or self._replies is None:
+                return pgid in self.fenced
+            select.select([self._replies], [], [], left)
 
     def _read_replies(self):
         while self._replies is not None:

@@ -15,10 +15,12 @@ from typing import Any, Optional, TextIO
 
 from . import hipe, report
 from .config import Config
-from .errors import BadInput, DatabaseUnavailable, SetupBroken, TemplateMissing
-from .model import FAILED, INTERACTIVE_PATIENCE, RUNNING, Claim, LaunchEnd, Lease, Outcome
+from .errors import BadInput, BatchError, DatabaseUnavailable, SetupBroken, TemplateMissing
+from .guardian import Guardian, GuardianLost
+from .lease import LeaseKeeper
+from .model import FAILED, INTERACTIVE_PATIENCE, RUNNING, Claim, LaunchEnd, Outcome
 from .slot import Slot
-from .storage import JobTable
+from .storage import JobTable, open_table
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,8 @@ class Worker:
         self.log = _Context(logger, {"host": slot.host, "slot": slot.name, "obsid": None})
         self.stop_signal = 0
         self.processed = self.done = self.failed = 0
+        self.guardian: Optional[Guardian] = None
+        self.keeper: Optional[LeaseKeeper] = None
 
     def check_ready(self) -> None:
         """See check_ready()."""
@@ -90,6 +94,7 @@ class Worker:
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         started = time.monotonic()
         try:
+            self._start_guard()
             self._loop()
             status = 1 if self.failed else 0
         except DatabaseUnavailable as e:
@@ -100,15 +105,37 @@ class Worker:
                 self._say(report.slot_summary(self.slot, self.processed, self.done, self.failed,
                                               time.monotonic() - started))
             finally:
+                self._stop_guard()
                 for s, handler in previous.items():
                     signal.signal(s, handler)
         return 128 + self.stop_signal if self.stop_signal else status
 
+    def _start_guard(self) -> None:
+        """The guardian (kills HIPE if this worker dies or cannot renew its lease in time) and the
+        heartbeat thread, on a database connection of its own."""
+        try:
+            self.guardian = Guardian()
+        except GuardianLost as e:
+            raise BadInput(f"cannot run: {e}") from None
+        cfg = self.cfg
+        self.keeper = LeaseKeeper(lambda: open_table(cfg.sql, self.job, patience=0, call_timeout=cfg.run.call_timeout),
+                                  self.guardian, cfg.run.heartbeat, say=self.log)
+
+    def _stop_guard(self) -> None:
+        if self.keeper is not None:
+            self.keeper.close()
+        if self.guardian is not None:
+            self.guardian.close()
+
     def _say(self, line: str) -> None:
         # One write per line: under mpirun many ranks share one output, and print() writes the
         # newline separately, so with PYTHONUNBUFFERED lines of different ranks got mixed.
-        self.out.write(line + "\n")
-        self.out.flush()
+        try:
+            self.out.write(line + "\n")
+            self.out.flush()
+        except (BrokenPipeError, ValueError):
+            # `run | head`: nobody reads any more. The work goes on, its record is the job table.
+            self.out = open(os.devnull, "w")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only note it: the loop stops HIPE, puts the obsid back and leaves at a safe point.
@@ -118,9 +145,10 @@ class Worker:
         run = self.cfg.run
         self._reclaim()
         while not self.stop_signal:
-            claim = self.table.claim(self.slot.host, self.slot.name, os.getpid(), interrupted=self._stopping)
+            claimed_at = time.monotonic()   # the lease runs from before the claim's transaction began
+            claim = self.table.claim(self.slot.host, self.slot.name, os.getpid(), run.lease, interrupted=self._stopping)
             if claim is not None:
-                self._process(claim)
+                self._process(claim, claimed_at)
                 continue
             if self._reclaim():
                 continue
@@ -142,47 +170,66 @@ class Worker:
         while not self.stop_signal and time.monotonic() < end:
             time.sleep(min(hipe.POLL, end - time.monotonic()))
 
-    def _process(self, claim: Claim) -> None:
+    def _process(self, claim: Claim, claimed_at: float) -> None:
         self.processed += 1
         self.log.extra["obsid"] = claim.obsid
-        self._say(f".....  [Slot {self.slot.rank}/{self.slot.size} on {self.slot.host}] "
-                  f"[#{self.processed}, obsid={claim.obsid}]")
+        try:
+            self.keeper.hold(claim, claimed_at)
+            self._say(f".....  [Slot {self.slot.rank}/{self.slot.size} on {self.slot.host}] "
+                      f"[#{self.processed}, obsid={claim.obsid}]")
+            launch = self._launch(claim)
+            self._record(claim, launch)
+        except (DatabaseUnavailable, SetupBroken):
+            raise
+        except (BatchError, OSError, GuardianLost) as e:
+            # Anything else on the way from claim to record is this worker's fault, not the obsid's:
+            # the obsid goes back uncounted, and the worker stops with one line.
+            self._put_back(claim, _one_line(e), "setup")
+            raise SetupBroken(_one_line(e), claim.obsid) from None
+        finally:
+            self.keeper.release()
+            self.log.extra["obsid"] = None
+
+    def _launch(self, claim: Claim) -> hipe.Launch:
         try:
             template = self.template.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            launch = hipe.Launch(Outcome(False, f"cannot read template {self.template}: {e}"), 0.0,
-                                 LaunchEnd.NOT_STARTED)
-        else:
-            request = hipe.LaunchRequest(self.cfg.hipe, template, self.job, claim.obsid, self.dir / "output",
-                                         self.dir / "log")
-            launch = hipe.run_obsid(request, lambda: self.stop_signal, lambda: self._heartbeat(claim),
-                                    self.cfg.run.heartbeat)
-        try:
-            self._record(claim, launch)
-        finally:
-            self.log.extra["obsid"] = None
-
-    def _heartbeat(self, claim: Claim) -> Lease:
-        lease = self.table.heartbeat(claim)
-        if lease is Lease.UNKNOWN:
-            self.log.warning("database unreachable; HIPE keeps running, the lease will be refreshed when it is back")
-        elif lease is Lease.LOST:
-            self.log.error("claim was taken back (lease of %g s ran out); stopping HIPE", self.cfg.run.lease)
-        return lease
+            return hipe.Launch(Outcome(False, f"cannot read template {self.template}: {e}"), 0.0,
+                               LaunchEnd.NOT_STARTED)
+        request = hipe.LaunchRequest(self.cfg.hipe, template, self.job, claim.obsid, self.dir / "output",
+                                     self.dir / "log")
+        return hipe.run_obsid(request, lambda: self.stop_signal, self.keeper.state, self.guardian)
 
     def _record(self, claim: Claim, launch: hipe.Launch) -> None:
         """Tell the table what became of the claim, according to how the launch ended."""
         if launch.end is LaunchEnd.STOPPED:
             self._put_back_stopped(claim, launch)
         elif launch.end is LaunchEnd.NOT_STARTED:
-            # HIPE was removed or its template deleted mid-run: not the obsid's fault. Put it back
-            # uncounted and stop, rather than fail every obsid of the job in turn in a few seconds.
-            self.table.requeue(claim, launch.outcome.reason, interrupted=self._stopping)
+            # HIPE could not be started here (HIPE or the template gone, no file descriptors, no
+            # memory, a full disk...): not the obsid's fault. Put it back uncounted and stop, rather
+            # than fail every obsid of the job in turn in a few seconds (a black hole).
+            self._put_back(claim, launch.outcome.reason, "setup")
             raise SetupBroken(launch.outcome.reason, claim.obsid)
+        elif launch.end is LaunchEnd.FENCED:
+            # The lease could not be renewed in time (the database or this worker frozen, or cut off):
+            # the guardian killed HIPE. Not the obsid's fault: back to pending uncounted, if still ours.
+            if self._put_back(claim, launch.outcome.reason, "fenced"):
+                self.log.warning("%s; obsid back to pending", launch.outcome.reason)
+            else:
+                self.log.warning("%s; the obsid had been taken back meanwhile", launch.outcome.reason)
         elif launch.end is LaunchEnd.CLAIM_LOST:
             pass  # the obsid is another worker's now: neither done nor failed by this one
         else:
             self._finish(claim, launch)
+
+    def _put_back(self, claim: Claim, reason: str, outcome: str) -> bool:
+        """Requeue uncounted, waiting at most STOP_PATIENCE (the lease takes it back otherwise)."""
+        try:
+            return self.table.requeue(claim, reason, outcome=outcome, patience=min(self.table.patience, STOP_PATIENCE),
+                                      interrupted=_never)
+        except DatabaseUnavailable as e:
+            self.log.error("%s; obsid stays claimed until its lease runs out", e)
+            return False
 
     def _put_back_stopped(self, claim: Claim, launch: hipe.Launch) -> None:
         # A stop should be quick: the database gets STOP_PATIENCE, not the run's patience (the lease
@@ -211,3 +258,7 @@ class Worker:
 
 def _never() -> bool:
     return False
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
