@@ -10,9 +10,12 @@ the claim -> launch -> record path. Every process a test starts is killed when i
 """
 import contextlib
 import os
+import resource
 import signal
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -213,7 +216,6 @@ def test_the_probe_sees_two_runs_of_one_obsid_at_once(sqlite_batch, reaper):
     out.mkdir(parents=True)
     script = env.root / "probe.py"
     script.write_text(f"obsid = {OBSID}\noutDir = {str(out) + os.sep!r}\n" + probe(first=None, later=0.05))
-    import subprocess
     first = reaper.popen(subprocess.Popen([sys.executable, str(script)]))
     wait_for((out / f"lock-{OBSID}").exists, 10, "the first run to take the lock")
     second = reaper.popen(subprocess.Popen([sys.executable, str(script)]))
@@ -369,3 +371,184 @@ def test_wipe_refuses_while_obsids_run_under_live_leases(batch, reaper):
     assert not env.table("j").exists()
     go(env)
     a.wait(60)
+
+
+# ----------------------------------------------------------------------------- black holes
+@pytest.mark.slow
+def test_worker_out_of_file_descriptors_stops_without_failing_obsids(batch, reaper):
+    """A worker that cannot start HIPE (EMFILE: its file-descriptor limit lowered while it runs, to
+    what it holds already) puts the obsid back uncounted and stops with one line, exit 2; it does
+    not fail the job's obsids one after the other. A healthy run then finishes the job."""
+    env = batch
+    obsids = [OBSID, OBSID + 1, OBSID + 2, OBSID + 3]
+    env.template("j", probe(first=None))
+    new_job(env, obsids)
+    w = Worker(env, reaper, "w")
+    wait_first_run(env, reaper)
+    held = {int(fd) for fd in os.listdir(f"/proc/{w.pid}/fd")}
+    lowest_free = min(set(range(len(held) + 1)) - held)   # a new descriptor would take this number
+    resource.prlimit(w.pid, resource.RLIMIT_NOFILE, (lowest_free, lowest_free))
+    go(env)
+    assert w.wait(60) == 2, w.err()
+    [line] = [x for x in w.err().splitlines() if x.startswith("BatchProcess.py: error: ")]
+    assert "Too many open files" in line and "put back to pending and worker stopped" in line, line
+    assert "Traceback" not in w.err()
+    rows = env.table("j").rows()
+    assert sorted(r["state"] for r in rows) == ["done", "pending", "pending", "pending"]
+    assert all(r["attempts"] == 0 for r in rows if r["state"] == "pending")
+    r = env.cli("j", "run", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert_exactly_once(env, obsids)
+
+
+@pytest.mark.slow
+def test_black_hole_worker_stops_while_others_succeed(batch, reaper, tmp_path):
+    """A worker whose HIPE fails at once every time (a broken Java on its host) while another
+    worker succeeds: after 5 quick failures in a row it stops, saying so (exit 2); the job goes on
+    and every obsid ends done, none failed for good."""
+    env = batch
+    obsids = list(range(OBSID, OBSID + 30))
+    # (max_attempts above the 5 failures: a retry is claimed at once, often by the same worker)
+    env.write_cfg(hipe={"command": FAST_HIPE}, run={"max_attempts": "6"})
+    broken = tmp_path / "broken-hipe"
+    broken.write_text("#!/bin/sh\necho 'Error: could not find libjava.so' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    bad_cfg = env.root / "bad.cfg"
+    bad_cfg.write_text(env.cfg_path.read_text().replace(f"command = {FAST_HIPE}", f"command = {broken}"))
+    bad_cfg.chmod(0o600)
+    env.template("j", probe(first=0.3, later=0.3))
+    new_job(env, obsids)
+    good = Worker(env, reaper, "good")
+    wait_for(lambda: any(e[2] == "end" for e in probe_events(env)), 60, "the good worker's first success")
+    bad = Worker(env, reaper, "bad", HIPE_BATCH_CONFIG=bad_cfg)
+    assert bad.wait(60) == 2, bad.err()
+    [line] = [x for x in bad.err().splitlines() if x.startswith("BatchProcess.py: error: ")]
+    assert "last 5 attempts all failed" in line and "could not find libjava.so" in line, line
+    assert good.wait(120) == 0, good.err()
+    assert_exactly_once(env, obsids)
+    assert sum(h["outcome"] == "failed" for h in env.table("j").history()) == 5
+
+
+# ----------------------------------------------------------------------------- stuck transactions
+# A worker stopped between marking its claim and COMMIT: it claims with the project's own code
+# (and session settings), then freezes itself inside the transaction.
+STUCK_CLAIM = r'''
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from batchUtility import config
+from batchUtility.storage import CLAIM, PICK_PENDING, open_table
+cfg = config.load(sys.argv[2])
+table = open_table(cfg.sql, "j", call_timeout=cfg.run.call_timeout)
+def stuck(cur):
+    obsid = table._execute(cur, PICK_PENDING).fetchone()[0]
+    table._execute(cur, CLAIM, {"token": "f" * 32, "host": "frozen", "worker": "1/1", "pid": os.getpid(),
+                                "obsid": obsid, "lease": 2})
+    print(obsid, flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)
+table._transaction(stuck, "claiming and freezing")
+'''
+
+
+@pytest.mark.slow
+def test_client_frozen_inside_a_transaction_stalls_nobody(mysql_batch, reaper):
+    """A client frozen between its UPDATE and its COMMIT holds a row lock: the other workers claim
+    past it (SKIP LOCKED) and finish everything else; the server aborts the frozen transaction
+    after idle_transaction_timeout, so its row is free again and a later run finishes it."""
+    env = mysql_batch
+    obsids = [OBSID, OBSID + 1, OBSID + 2, OBSID + 3]
+    env.write_cfg(hipe={"command": FAST_HIPE}, run={"lease": "6", "db_patience": "20"})
+    env.template("j", probe(first=0.05))
+    new_job(env, obsids)
+    lib = Path(__file__).resolve().parents[1] / "lib"
+    stuck = reaper.popen(subprocess.Popen([sys.executable, "-c", STUCK_CLAIM, str(lib), str(env.cfg_path)],
+                                          stdout=subprocess.PIPE, text=True))
+    held = int(stuck.stdout.readline())
+    wait_for(lambda: proc_state(stuck.pid) == "T", 10, "the client to freeze inside its transaction")
+    assert in_transaction(env)
+    started = time.monotonic()
+    r = env.cli("j", "run", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - started < 20
+    states = {row["obsid"]: row["state"] for row in env.table("j").rows()}
+    assert states == {**dict.fromkeys(obsids, "done"), held: "pending"}
+    wait_for(lambda: not in_transaction(env), 15, "the server to abort the frozen transaction")
+    r = env.cli("j", "run", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert_exactly_once(env, obsids)
+
+
+def test_status_answers_while_an_sqlite_writer_is_frozen(sqlite_batch, reaper):
+    """SQLite: a writer frozen inside its transaction holds the file's one write lock. `status`
+    still answers at once (WAL: readers do not wait for writers)."""
+    env = sqlite_batch
+    new_job(env, [OBSID, OBSID + 1])
+    stuck = reaper.popen(subprocess.Popen([sys.executable, "-c", STUCK_CLAIM, str(Path(__file__).resolve().parents[1] / "lib"),
+                                           str(env.cfg_path)], stdout=subprocess.PIPE, text=True))
+    stuck.stdout.readline()
+    wait_for(lambda: proc_state(stuck.pid) == "T", 10, "the writer to freeze inside its transaction")
+    assert in_transaction(env)
+    started = time.monotonic()
+    r = env.cli("j", "status", timeout=30)
+    assert r.returncode == 0 and "0 of 2 processed" in r.stdout, r.stdout + r.stderr
+    assert time.monotonic() - started < 5
+
+
+# ----------------------------------------------------------------------------- exceptions on the path
+def test_broken_pipe_on_stdout_loses_nothing(batch):
+    """`run | head -1`: the reader goes away after one line; the worker goes on, every obsid is
+    done, and no traceback is printed."""
+    env = batch
+    obsids = [OBSID, OBSID + 1, OBSID + 2]
+    env.write_cfg(hipe={"command": FAST_HIPE})
+    env.template("j", "pass\n")
+    new_job(env, obsids)
+    proc = env.popen("j", "run", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert {r["state"] for r in env.table("j").rows()} == {"done"}
+
+
+@pytest.mark.parametrize("fault", ["log_folder_gone", "tmpdir_gone"])
+def test_a_fault_of_ours_mid_run_puts_the_obsid_back(batch, reaper, tmp_path, fault):
+    """The log folder replaced by a file, or TMPDIR removed, while the first obsid runs (a full disk
+    fails the same calls with ENOSPC): the next obsid cannot be launched; it goes back to pending
+    uncounted and the worker stops with one line (exit 2), no traceback; nothing counted failed."""
+    env = batch
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    env.template("j", probe(first=None))
+    new_job(env, [OBSID, OBSID + 1])
+    w = Worker(env, reaper, "w", TMPDIR=tmpdir)
+    first = wait_first_run(env, reaper, obsid=OBSID)
+    if fault == "log_folder_gone":
+        log = env.root / "jobs" / "j" / "log"
+        log.rename(env.root / "jobs" / "j" / "log.old")
+        log.write_text("not a folder\n")
+    else:
+        tmpdir.rename(tmp_path / "tmpdir.old")
+    go(env)
+    wait_for(lambda: not alive(first), 30, "the first run to end")
+    assert w.wait(60) == 2, w.err()
+    [line] = [x for x in w.err().splitlines() if x.startswith("BatchProcess.py: error: ")]
+    assert "put back to pending and worker stopped" in line, line
+    assert ("cannot create a temporary folder" if fault == "tmpdir_gone" else "cannot write") in line, line
+    assert "Traceback" not in w.err()
+    rows = {r["obsid"]: (r["state"], r["attempts"]) for r in env.table("j").rows()}
+    assert rows[OBSID + 1] == ("pending", 0)
+    # (with TMPDIR gone, the first run cannot write its end marker there: a failed attempt, retried)
+    assert rows[OBSID] == (("pending", 1) if fault == "tmpdir_gone" else ("done", 1))
+
+
+def test_run_refuses_an_empty_or_comment_only_template(batch):
+    """A template with nothing but blank lines and comments would count every obsid done with
+    nothing done: `run` refuses it, exit 2, one line, nothing claimed."""
+    env = batch
+    new_job(env)
+    for text in ("", "\n\n", "# TODO: write the job\n   # really\n"):
+        env.template("j", text)
+        r = env.cli("j", "run")
+        assert r.returncode == 2 and "holds no statement" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert [row["state"] for row in env.table("j").rows()] == ["pending"]

@@ -216,7 +216,7 @@ class JobTable:
         self.job_table = self.quote(job)
         self.history_table = self.quote(job + HISTORY_SUFFIX)
         self.conn: Any = None
-        self._transaction(lambda cur: None, "connecting")
+        self._transaction(lambda cur: None, "connecting", write=False)   # a reader must not wait for writers
 
     # ----------------------------------------------------------------- identifiers, statements, transactions
     @classmethod

@@ -9,13 +9,14 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from . import hipe, report
 from .config import Config
-from .errors import BadInput, BatchError, DatabaseUnavailable, SetupBroken, TemplateMissing
+from .errors import BadInput, BatchError, BlackHole, DatabaseUnavailable, SetupBroken, TemplateMissing
 from .guardian import Guardian, GuardianLost
 from .lease import LeaseKeeper
 from .model import FAILED, INTERACTIVE_PATIENCE, RUNNING, Claim, LaunchEnd, Outcome
@@ -29,6 +30,10 @@ logger = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 WAIT_POLL = 5.0  # seconds between looks at the table while waiting for obsids running elsewhere
 STOP_PATIENCE = INTERACTIVE_PATIENCE  # seconds a stopping worker waits for the database to put its obsid back
+# A black hole: this many failed attempts in a row, each within QUICK_FAILURE seconds, while other
+# workers succeed, mean this worker's host is broken; it stops rather than fail the whole job.
+BLACK_HOLE_FAILURES = 5
+QUICK_FAILURE = 10.0
 
 
 class _Context(logging.LoggerAdapter):
@@ -52,14 +57,44 @@ def check_ready(cfg: Config, job: str) -> None:
     if not template.is_file():
         raise TemplateMissing(job, template)
     try:
-        template.read_text(encoding="utf-8")
+        text = template.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise BadInput(f"template {template} cannot be read: {e}") from None
+    if not has_statement(text):
+        # HIPE would run it to its end at once: every obsid counted done with nothing done.
+        raise BadInput(f"template {template} holds no statement (only blank lines and comments): "
+                       "write the job's HIPE script there")
     command = cfg.hipe.command[0] if cfg.hipe.command else ""
     if not command or not shutil.which(command):
         raise BadInput(f"HIPE command {command!r} not found on PATH ([hipe] command in {cfg.path})")
     for sub in ("log", "output"):
-        (cfg.job_dir(job) / sub).mkdir(parents=True, exist_ok=True)
+        folder = cfg.job_dir(job) / sub
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BadInput(f"cannot create {folder}: {e.strerror}") from None
+    for folder in (cfg.job_dir(job) / "log", Path(tempfile.gettempdir())):
+        check_writable(folder)
+
+
+def has_statement(script: str) -> bool:
+    """Whether a script holds anything but blank lines and comments."""
+    return any(line.strip() and not line.strip().startswith("#") for line in script.splitlines())
+
+
+def check_writable(folder: Path) -> None:
+    """Raise BadInput unless a file can be created in folder (not read-only, not full, not gone).
+    As root, permissions do not say it: only trying does."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".batch-write-test-", dir=folder)
+        try:
+            os.write(fd, b"x" * 4096)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        what = "TMPDIR" if folder == Path(tempfile.gettempdir()) else "folder"
+        raise BadInput(f"{what} {folder} is not writable: {e.strerror}") from None
 
 
 class Worker:
@@ -75,6 +110,7 @@ class Worker:
         self.processed = self.done = self.failed = 0
         self.guardian: Optional[Guardian] = None
         self.keeper: Optional[LeaseKeeper] = None
+        self.quick_failures, self.failing_since = 0, 0.0
 
     def check_ready(self) -> None:
         """See check_ready()."""
@@ -134,8 +170,13 @@ class Worker:
             self.out.write(line + "\n")
             self.out.flush()
         except (BrokenPipeError, ValueError):
-            # `run | head`: nobody reads any more. The work goes on, its record is the job table.
+            # `run | head`: nobody reads any more. The work goes on (its record is the job table),
+            # and what is left in the buffer goes nowhere rather than into a traceback at exit.
             self.out = open(os.devnull, "w")
+            try:
+                os.dup2(self.out.fileno(), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only note it: the loop stops HIPE, puts the obsid back and leaves at a safe point.
@@ -179,7 +220,7 @@ class Worker:
                       f"[#{self.processed}, obsid={claim.obsid}]")
             launch = self._launch(claim)
             self._record(claim, launch)
-        except (DatabaseUnavailable, SetupBroken):
+        except (DatabaseUnavailable, SetupBroken, BlackHole):
             raise
         except (BatchError, OSError, GuardianLost) as e:
             # Anything else on the way from claim to record is this worker's fault, not the obsid's:
@@ -248,12 +289,28 @@ class Worker:
             self.log.error("outcome not recorded: the claim had been taken back (lease %g s)", self.cfg.run.lease)
         elif outcome.ok:
             self.done += 1
+            self.quick_failures = 0
             self.log.info("done in %.1f s", launch.seconds)
         else:
             self.failed += 1
             retry = f", will be retried (attempt {claim.attempt} of {self.cfg.run.max_attempts})" if state != FAILED else ""
             self.log.error("failed after %.1f s: %s%s (log: %s)", launch.seconds, outcome.reason, retry,
                            Path(self.dir, "log", f"{claim.obsid}.stderr"))
+            self._judge_failure(launch)
+
+    def _judge_failure(self, launch: hipe.Launch) -> None:
+        """Stop if this worker looks like a black hole: quick failures in a row while others succeed."""
+        if launch.seconds >= QUICK_FAILURE:
+            self.quick_failures = 0
+            return
+        if self.quick_failures == 0:
+            self.failing_since = time.monotonic() - launch.seconds
+        self.quick_failures += 1
+        if self.quick_failures % BLACK_HOLE_FAILURES:
+            return
+        elsewhere = self.table.done_elsewhere(time.monotonic() - self.failing_since + 1.0, self.slot.host, os.getpid())
+        if elsewhere:
+            raise BlackHole(self.quick_failures, QUICK_FAILURE, elsewhere, launch.outcome.reason)
 
 
 def _never() -> bool:
