@@ -552,3 +552,110 @@ def test_run_refuses_an_empty_or_comment_only_template(batch):
         r = env.cli("j", "run")
         assert r.returncode == 2 and "holds no statement" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
     assert [row["state"] for row in env.table("j").rows()] == ["pending"]
+
+
+# ----------------------------------------------------------------------------- smaller faults
+def test_two_simultaneous_new_of_one_job_one_fails(batch, reaper):
+    """Two `new` of one job at the same moment, with different obsids: one succeeds, the other
+    fails (exit 2, the job exists) and leaves the winner's job as it made it."""
+    env = batch
+    for round_ in range(3):
+        job = f"twin{round_}"
+        files = [env.obsid_file([OBSID + 10 * side + i for i in range(3)], f"twin{round_}-{side}.txt") for side in (0, 1)]
+        procs = [reaper.popen(env.popen(job, "new", f)) for f in files]
+        results = [(p.wait(60), p.stdout.read(), p.stderr.read()) for p in procs]
+        codes = sorted(code for code, _, _ in results)
+        assert codes == [0, 2], results
+        winner = [i for i, (code, _, _) in enumerate(results) if code == 0][0]
+        loser_err = results[1 - winner][2]
+        assert "exists already" in loser_err and len(loser_err.splitlines()) == 1, loser_err
+        rows = env.table(job).rows()
+        assert sorted(r["obsid"] for r in rows) == [OBSID + 10 * winner + i for i in range(3)]
+
+
+def test_planted_symlinks_in_log_are_moved_aside_not_followed(batch, tmp_path):
+    """A dangling OBSID.stdout link does not make the worker create its target; a link to an
+    existing file does not get HIPE's output written into that file. Both are moved aside."""
+    env = batch
+    env.write_cfg(hipe={"command": FAST_HIPE})
+    env.template("j", "print('hello from obsid %d' % obsid)\n")
+    new_job(env)
+    log = env.root / "jobs" / "j" / "log"
+    log.mkdir(parents=True, exist_ok=True)
+    target, victim = tmp_path / "created-by-root", tmp_path / "victim"
+    victim.write_text("")
+    (log / f"{OBSID}.stdout").symlink_to(target)
+    (log / f"{OBSID}.stderr").symlink_to(victim)
+    r = env.cli("j", "run")
+    assert r.returncode == 0, r.stderr
+    assert not target.exists() and victim.read_text() == ""
+    assert (log / f"{OBSID}.stdout").read_text() == f"hello from obsid {OBSID}\n"
+    assert not (log / f"{OBSID}.stdout").is_symlink() and (log / f"{OBSID}.stdout.1").is_symlink()
+    assert (log / f"{OBSID}.stderr.1").is_symlink()
+
+
+def test_master_table_values_are_checked_like_file_lines(batch):
+    """Master-table obsids 'abc' or '1342191756abc' (a VARCHAR column) are refused as a file's lines
+    are, not turned into 0 or 1342191756: exit 2, one line naming the value, no job created."""
+    env = batch
+    create = "CREATE TABLE loose (obsid VARCHAR(20), pipetime INT)"
+    insert = "INSERT INTO loose VALUES ('1342191755', 10), ('1342191756abc', 20), ('abc', 30)"
+    if env.backend == "sqlite":
+        import sqlite3
+        db = sqlite3.connect(env.root / "batch.sqlite")
+        db.executescript(f"{create}; {insert};")
+        db.close()
+    else:
+        with env.server.admin(env.db) as c:
+            c.cursor().execute(create)
+            c.cursor().execute(insert)
+    env.write_cfg(sql={"table": "loose"})
+    r = env.cli("j", "new")
+    assert r.returncode == 2, r.stdout + r.stderr
+    [line] = r.stderr.splitlines()
+    assert "master table 'loose'" in line and ("'1342191756abc'" in line or "'abc'" in line), line
+    assert not env.table("j", create=True).exists()
+
+
+def test_a_password_batch_cfg_would_cut_is_refused(mysql_batch):
+    """pswd holding ' #' (an inline comment to an ini file) or ending in a space: one clear line,
+    exit 2, the password not shown; never silently cut."""
+    env = mysql_batch
+    for password in ("pw #1", "pw;x ;y", "trailing "):
+        env.write_cfg(raw=env.cfg_path.read_text().split("[sql]\n", 1)[0] + "[sql]\n"
+                      + "".join(f"{k} = {v}\n" for k, v in env.sql_section().items() if k != "pswd")
+                      + f"pswd = {password}\n")
+        r = env.cli("j", "status")
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+        assert "[sql] pswd" in r.stderr and "~/.my.cnf" in r.stderr and password.strip() not in r.stderr
+
+
+def test_sqlite_job_names_differing_only_in_case_are_refused(sqlite_batch):
+    """SQLite's table names ignore case: `HIFI wipe --yes` must not drop the job `hifi`."""
+    env = sqlite_batch
+    new_job(env, job="hifi")
+    r = env.cli("HIFI", "wipe", "--yes")
+    assert r.returncode == 2 and "differs only in case" in r.stderr and "'hifi'" in r.stderr, r.stderr
+    r = env.cli("HIFI", "new", env.obsid_file([OBSID + 1], "more.txt"))
+    assert r.returncode == 2 and "differs only in case" in r.stderr, r.stderr
+    assert [row["obsid"] for row in env.table("hifi").rows()] == [OBSID]
+
+
+def test_sqlite_file_replaced_mid_run_stops_the_worker(sqlite_batch, reaper):
+    """The SQLite file replaced under a running worker (a copy moved over it): the worker notices
+    at its next transaction and stops with one line, instead of writing into the old file."""
+    env = sqlite_batch
+    env.template("j", probe(first=None))
+    new_job(env, [OBSID, OBSID + 1])
+    w = Worker(env, reaper, "w")
+    wait_first_run(env, reaper)
+    path = env.root / "batch.sqlite"
+    copy = env.root / "copy.sqlite"
+    import shutil
+    shutil.copyfile(path, copy)
+    os.replace(copy, path)
+    go(env)
+    assert w.wait(60) == 1, w.err()
+    [line] = [x for x in w.err().splitlines() if x.startswith("BatchProcess.py: error: ")]
+    assert "was deleted or replaced while in use" in line, line
+    assert "Traceback" not in w.err()

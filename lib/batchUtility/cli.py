@@ -92,6 +92,8 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
 
 def cmd_new(cfg: config.Config, args: argparse.Namespace) -> int:
     obsids = read_obsids(args.file) if args.file else None   # the whole file is checked first
+    if obsids == [] and not args.add:   # a job with nothing in it: `run` would exit 0 having done nothing
+        raise BadInput(f"{args.file}: no obsid in it (only blank lines, comments or a header); nothing was created")
     if obsids is None and not cfg.sql.table:
         raise BadInput(f"{cfg.path}: [sql] table is missing: `new` without FILE takes every obsid of that master table")
     table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE, create=True)

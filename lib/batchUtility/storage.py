@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from .errors import BadInput, BatchError, DatabaseUnavailable, JobExists, JobMissing, NotAJobTable
 from .model import (DONE, FAILED, HISTORY_SUFFIX, INTERACTIVE_PATIENCE, PENDING, SQL_NAME, STATES, Claim, Lease,
                     Outcome, check_identifier)
+from .obsids import WHAT_AN_OBSID_IS, as_obsid
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ DROP_JOB_TABLE = "DROP TABLE IF EXISTS {job_table}"
 INSERT_FROM_MASTER = """{insert_ignore} INTO {job_table} (obsid, expected)
   SELECT obsid, {expected} FROM {master_table} WHERE obsid IS NOT NULL"""
 INSERT_OBSID = "{insert_ignore} INTO {job_table} (obsid) VALUES (:obsid)"
+MASTER_OBSIDS = "SELECT obsid FROM {master_table} WHERE obsid IS NOT NULL"
 EXPECTED_FROM_MASTER = """UPDATE {job_table}
   SET expected = (SELECT m.pipetime FROM {master_table} m WHERE m.obsid = {job_table}.obsid)
   WHERE expected IS NULL"""
@@ -390,6 +392,9 @@ class JobTable:
             raise BadInput(f"master table '{master}' {why} in {self.settings.describe()} ([sql] table in batch.cfg)")
         expected = "pipetime" if master_columns and "pipetime" in master_columns else None
         master_table = self.quote(master) if master else ""
+        if obsids is None:
+            self._transaction(lambda cur: self._check_master_obsids(cur, master, master_table), "reading the master table",
+                              write=False)
 
         def fill(cur):
             before = self._count(cur)
@@ -416,6 +421,19 @@ class JobTable:
             if not existed:
                 self.drop()
             raise
+
+    def _check_master_obsids(self, cur: Any, master: str, master_table: str) -> None:
+        """Raise BadInput at the master table's first value that is not an obsid, as for a file's
+        lines: the database would turn 'abc' into 0 and '1342191756abc' into 1342191756."""
+        self._execute(cur, MASTER_OBSIDS, master_table=master_table)
+        while True:
+            rows = cur.fetchmany(10_000)
+            if not rows:
+                return
+            for (value,) in rows:
+                if as_obsid(value) is None:
+                    raise BadInput(f"master table '{master}' in {self.settings.describe()}: obsid {value!r} is not an "
+                                   f"obsid ({WHAT_AN_OBSID_IS}); nothing was created")
 
     def _create_tables(self, cur: Any) -> None:
         self._execute(cur, CREATE_JOB_TABLE)
@@ -642,6 +660,14 @@ def _never() -> bool:
     return False
 
 
+def _file_identity(path: Any) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
@@ -673,13 +699,30 @@ class SQLiteJobTable(JobTable):
         # A writer stuck inside a transaction (a frozen worker) holds the file's one write lock: the
         # others wait at most call_timeout per try, and retry within their patience.
         conn = sqlite3.connect(str(path), timeout=self.call_timeout, isolation_level=None)
+        self._identity = self._identity or _file_identity(path)
         conn.execute(f"PRAGMA busy_timeout = {int(self.call_timeout * 1000)}")
         conn.execute("PRAGMA journal_mode = WAL")   # readers (status) never block the workers, nor a writer them
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
+    _identity: Optional[Tuple[int, int]] = None   # (st_dev, st_ino) of the file when first opened
+
     def _begin(self, cur: Any, write: bool) -> None:
+        # A file deleted or replaced under the workers: without this check they would go on writing
+        # into the old file (kept alive by their open descriptors), and all their work would be lost.
+        if self._identity is not None and _file_identity(self.settings.path) != self._identity:
+            raise BatchError(f"{self.settings.describe()} was deleted or replaced while in use; stopping "
+                             "(the work recorded since is in the old file, which is gone)")
         cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def _columns(self, cur: Any, table: str) -> Optional[List[str]]:
+        # SQLite's table names ignore case: `HIFI` would be the job `hifi` (and `HIFI wipe` drop it).
+        cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ? COLLATE NOCASE", (table,))
+        found = cur.fetchone()
+        if found is not None and found[0] != table:
+            raise BadInput(f"'{table}' differs only in case from the table '{found[0]}' in {self.settings.describe()}, "
+                           f"and SQLite's names ignore case: use '{found[0]}'")
+        return super()._columns(cur, table)
 
     def _is_transient(self, e: Exception) -> bool:
         return isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
