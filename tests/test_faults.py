@@ -659,3 +659,41 @@ def test_sqlite_file_replaced_mid_run_stops_the_worker(sqlite_batch, reaper):
     [line] = [x for x in w.err().splitlines() if x.startswith("BatchProcess.py: error: ")]
     assert "was deleted or replaced while in use" in line, line
     assert "Traceback" not in w.err()
+
+
+# ----------------------------------------------------------------------------- provenance
+def test_each_attempt_records_the_template_version(batch, reaper):
+    """Each attempt records its template's content hash; `status --obsid` shows it; a template
+    changed mid-run is logged once, and the attempts after it carry the new version. A template
+    emptied mid-run (rewritten in place) is never counted a success: the obsid goes back."""
+    import hashlib
+    env = batch
+    obsids = [OBSID, OBSID + 1, OBSID + 2]
+    first_text = probe(first=None)
+    env.template("j", first_text)
+    new_job(env, obsids)
+    w = Worker(env, reaper, "w")
+    wait_first_run(env, reaper)
+    second_text = probe(first=0.05) + "# version 2\n"
+    env.template("j", second_text)
+    go(env)
+    assert w.wait(60) == 0, w.err()
+    assert w.err().count("changed while this worker ran") == 1, w.err()
+    version = {text: hashlib.sha256(text.encode()).hexdigest()[:12] for text in (first_text, second_text)}
+    history = {h["obsid"]: h["template"] for h in env.table("j").history()}
+    assert history == {OBSID: version[first_text], OBSID + 1: version[second_text], OBSID + 2: version[second_text]}
+    shown = env.cli("j", "status", "--obsid", OBSID).stdout
+    assert f"template {version[first_text]}" in shown, shown
+
+    env.cli("j", "reset")
+    for old in (env.root / "jobs" / "j" / "output").glob("*"):
+        old.unlink()   # the probe starts counting runs again: the first one holds
+    env.template("j", probe(first=None))
+    w = Worker(env, reaper, "w2")
+    wait_first_run(env, reaper, obsid=OBSID)
+    env.template("j", "# being rewritten\n")
+    go(env)
+    assert w.wait(60) == 2, w.err()
+    assert "holds no statement now; obsid" in w.err()
+    rows = {r["obsid"]: (r["state"], r["attempts"]) for r in env.table("j").rows()}
+    assert sorted(rows.values()) == [("done", 1), ("pending", 0), ("pending", 0)]

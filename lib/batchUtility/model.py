@@ -46,6 +46,7 @@ class Outcome:
     reason: str = ""
     exit_code: Optional[int] = None
     signal: Optional[int] = None
+    template: str = ""   # the content hash of the template HIPE ran (provenance), if it ran
 
 
 class LaunchEnd(enum.Enum):

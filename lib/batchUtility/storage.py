@@ -58,7 +58,8 @@ CREATE_JOB_TABLE = """CREATE TABLE {job_table} (
   ended DOUBLE NULL,
   exit_code INT NULL,
   signal_no INT NULL,
-  reason VARCHAR(255) NULL
+  reason VARCHAR(255) NULL,
+  template VARCHAR(16) NULL
 ){table_options}"""
 
 CREATE_HISTORY_TABLE = """CREATE TABLE {history_table} (
@@ -73,7 +74,8 @@ CREATE_HISTORY_TABLE = """CREATE TABLE {history_table} (
   exit_code INT NULL,
   signal_no INT NULL,
   outcome VARCHAR(8) NOT NULL,
-  reason VARCHAR(255) NULL
+  reason VARCHAR(255) NULL,
+  template VARCHAR(16) NULL
 ){table_options}"""
 
 CREATE_CLAIM_INDEX = "{create_index} {index} ON {job_table} (state, expected DESC, obsid)"
@@ -81,8 +83,8 @@ CREATE_HISTORY_INDEX = "{create_index} {index} ON {history_table} (obsid)"
 # Columns added since the first release: `require()` adds each one a table lacks (ALTER TABLE ADD
 # COLUMN), so jobs created by an older version keep working. A later column is one more line here.
 ADDED_COLUMNS = {
-    "job_table": (("lease_expires", "DOUBLE NULL"),),
-    "history_table": (),
+    "job_table": (("lease_expires", "DOUBLE NULL"), ("template", "VARCHAR(16) NULL")),
+    "history_table": (("template", "VARCHAR(16) NULL"),),
 }
 ADD_COLUMN = "ALTER TABLE {table} ADD COLUMN {column} {definition}"
 DROP_HISTORY_TABLE = "DROP TABLE IF EXISTS {history_table}"
@@ -105,7 +107,7 @@ PICK_PENDING = """SELECT obsid, attempts FROM {job_table} WHERE state = 'pending
 CLAIM = """UPDATE {job_table}
   SET state = 'running', pipelined = 0, token = :token, host = :host, worker = :worker, pid = :pid,
       started = {now}, heartbeat = {now}, lease_expires = {now} + :lease, ended = NULL, exit_code = NULL,
-      signal_no = NULL
+      signal_no = NULL, template = NULL
   WHERE obsid = :obsid AND state = 'pending'"""
 # A claim retried after a lost reply to its COMMIT may have been taken after all: found by its token.
 CLAIMED_BY = """SELECT obsid, attempts FROM {job_table} WHERE token = :token AND state = 'running'"""
@@ -113,15 +115,15 @@ HEARTBEAT = """UPDATE {job_table} SET heartbeat = {now}, lease_expires = {now} +
   WHERE obsid = :obsid AND token = :token AND state = 'running'"""
 FINISH = """UPDATE {job_table}
   SET state = :state, pipelined = :pipelined, attempts = :attempt, ended = {now}, heartbeat = NULL,
-      lease_expires = NULL, exit_code = :exit_code, signal_no = :signal_no, reason = :reason
+      lease_expires = NULL, exit_code = :exit_code, signal_no = :signal_no, reason = :reason, template = :template
   WHERE obsid = :obsid AND token = :token"""
 REQUEUE = """UPDATE {job_table}
-  SET state = 'pending', ended = {now}, heartbeat = NULL, lease_expires = NULL, reason = :reason
+  SET state = 'pending', ended = {now}, heartbeat = NULL, lease_expires = NULL, reason = :reason, template = :template
   WHERE obsid = :obsid AND token = :token"""
 # Copies the job row of a claim into the history, as attempt :attempt that ended as :outcome.
 HISTORY_FROM_ROW = """{insert_ignore} INTO {history_table}
-  (token, obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason)
-  SELECT token, obsid, :attempt, host, worker, pid, started, ended, exit_code, signal_no, :outcome, reason
+  (token, obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason, template)
+  SELECT token, obsid, :attempt, host, worker, pid, started, ended, exit_code, signal_no, :outcome, reason, template
   FROM {job_table} WHERE obsid = :obsid AND token = :token"""
 
 # A running row's lease is its own (lease_expires); rows claimed by an older version have none, and
@@ -164,10 +166,10 @@ FIRST_FAILURES = """SELECT obsid, attempts, reason FROM {job_table} WHERE state 
 BY_HOST = """SELECT host, SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END),
        SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END), SUM(ended - started)
   FROM {job_table} WHERE state IN ('done', 'failed') GROUP BY host ORDER BY host"""
-HISTORY_ALL = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason
-  FROM {history_table} ORDER BY started, obsid"""
-HISTORY_OF_OBSID = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason
-  FROM {history_table} WHERE obsid = :obsid ORDER BY started, obsid"""
+HISTORY_ALL = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason,
+       template FROM {history_table} ORDER BY started, obsid"""
+HISTORY_OF_OBSID = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason,
+       template FROM {history_table} WHERE obsid = :obsid ORDER BY started, obsid"""
 ALL_ROWS = "SELECT * FROM {job_table} ORDER BY obsid"
 ONE_ROW = "SELECT * FROM {job_table} WHERE obsid = :obsid"
 
@@ -510,7 +512,7 @@ class JobTable:
         def record(cur):
             self._execute(cur, FINISH, {**row, "state": state, "pipelined": int(state == DONE), "attempt": claim.attempt,
                                         "exit_code": outcome.exit_code, "signal_no": outcome.signal,
-                                        "reason": outcome.reason[:255] or None})
+                                        "reason": outcome.reason[:255] or None, "template": outcome.template or None})
             if cur.rowcount != 1:
                 return None
             self._execute(cur, HISTORY_FROM_ROW, {**row, "attempt": claim.attempt,
@@ -519,8 +521,8 @@ class JobTable:
         return self._transaction(record, f"recording the outcome of obsid {claim.obsid}", patience=patience,
                                  interrupted=interrupted)
 
-    def requeue(self, claim: Claim, reason: str, *, outcome: str = "stopped", patience: Optional[float] = None,
-                interrupted: Optional[Callable[[], bool]] = None) -> bool:
+    def requeue(self, claim: Claim, reason: str, *, outcome: str = "stopped", template: str = "",
+                patience: Optional[float] = None, interrupted: Optional[Callable[[], bool]] = None) -> bool:
         """Put a claimed obsid back to pending without counting an attempt (the worker was stopped, or
         the fault was the worker's, not the obsid's); the history records the attempt as `outcome`.
 
@@ -529,7 +531,7 @@ class JobTable:
         row = {"obsid": claim.obsid, "token": claim.token}
 
         def put_back(cur):
-            self._execute(cur, REQUEUE, {**row, "reason": reason[:255]})
+            self._execute(cur, REQUEUE, {**row, "reason": reason[:255], "template": template or None})
             if cur.rowcount != 1:
                 return False
             self._execute(cur, HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": outcome})

@@ -4,6 +4,8 @@ One worker is one process (one MPI slot). Workers never talk to each other: the 
 only coordination. A worker that dies leaves its obsid running under a lease that stops being
 refreshed; any later worker takes it back (`JobTable.reclaim_stale`).
 """
+import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -111,6 +113,7 @@ class Worker:
         self.guardian: Optional[Guardian] = None
         self.keeper: Optional[LeaseKeeper] = None
         self.quick_failures, self.failing_since = 0, 0.0
+        self.template_version, self.template_changed = "", False
 
     def check_ready(self) -> None:
         """See check_ready()."""
@@ -237,9 +240,25 @@ class Worker:
         except (OSError, UnicodeDecodeError) as e:
             return hipe.Launch(Outcome(False, f"cannot read template {self.template}: {e}"), 0.0,
                                LaunchEnd.NOT_STARTED)
+        if not has_statement(template):   # being rewritten in place, say: never count that as a success
+            return hipe.Launch(Outcome(False, f"template {self.template} holds no statement now"), 0.0,
+                               LaunchEnd.NOT_STARTED)
+        version = self._template_version(template)
         request = hipe.LaunchRequest(self.cfg.hipe, template, self.job, claim.obsid, self.dir / "output",
                                      self.dir / "log")
-        return hipe.run_obsid(request, lambda: self.stop_signal, self.keeper.state, self.guardian)
+        launch = hipe.run_obsid(request, lambda: self.stop_signal, self.keeper.state, self.guardian)
+        return dataclasses.replace(launch, outcome=dataclasses.replace(launch.outcome, template=version))
+
+    def _template_version(self, text: str) -> str:
+        """The template's content hash, recorded with each attempt; a change mid-run is said once."""
+        version = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+        if self.template_version and version != self.template_version and not self.template_changed:
+            self.template_changed = True
+            self.log.warning("template %s changed while this worker ran (version %s, now %s): later obsids run "
+                             "the new version; `status --obsid` tells which version ran each attempt",
+                             self.template, self.template_version, version)
+        self.template_version = self.template_version or version
+        return version
 
     def _record(self, claim: Claim, launch: hipe.Launch) -> None:
         """Tell the table what became of the claim, according to how the launch ended."""
@@ -254,7 +273,7 @@ class Worker:
         elif launch.end is LaunchEnd.FENCED:
             # The lease could not be renewed in time (the database or this worker frozen, or cut off):
             # the guardian killed HIPE. Not the obsid's fault: back to pending uncounted, if still ours.
-            if self._put_back(claim, launch.outcome.reason, "fenced"):
+            if self._put_back(claim, launch.outcome.reason, "fenced", launch.outcome.template):
                 self.log.warning("%s; obsid back to pending", launch.outcome.reason)
             else:
                 self.log.warning("%s; the obsid had been taken back meanwhile", launch.outcome.reason)
@@ -263,11 +282,11 @@ class Worker:
         else:
             self._finish(claim, launch)
 
-    def _put_back(self, claim: Claim, reason: str, outcome: str) -> bool:
+    def _put_back(self, claim: Claim, reason: str, outcome: str, template: str = "") -> bool:
         """Requeue uncounted, waiting at most STOP_PATIENCE (the lease takes it back otherwise)."""
         try:
-            return self.table.requeue(claim, reason, outcome=outcome, patience=min(self.table.patience, STOP_PATIENCE),
-                                      interrupted=_never)
+            return self.table.requeue(claim, reason, outcome=outcome, template=template,
+                                      patience=min(self.table.patience, STOP_PATIENCE), interrupted=_never)
         except DatabaseUnavailable as e:
             self.log.error("%s; obsid stays claimed until its lease runs out", e)
             return False
