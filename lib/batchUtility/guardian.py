@@ -146,6 +146,7 @@ class Guardian:
         import threading
         self._lock = threading.Lock()
         self.fenced = set()   # groups the guardian killed at a deadline, as it told us
+        from .config import PASSWORD_ENV   # here: this file also runs on its own, as the guardian
         python = python or sys.executable
         if not python:
             raise GuardianLost("no Python interpreter to run the guardian")
@@ -154,7 +155,7 @@ class Guardian:
         try:
             self.proc = subprocess.Popen([python, "-S", "-I", os.path.abspath(__file__)], stdin=commands_r,
                                          stdout=replies_w, stderr=subprocess.DEVNULL, start_new_session=True,
-                                         close_fds=True)
+                                         close_fds=True, env={k: v for k, v in os.environ.items() if k != PASSWORD_ENV})
         except OSError as e:
             os.close(self._commands)
             os.close(self._replies)
