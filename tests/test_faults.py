@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TRIVIAL_HIPE, BatchEnv
-from mariadb_server import MariaDB, wait_for
+from mariadb_server import PASSWORD, USER, MariaDB, wait_for
 from test_reliability import Reaper, Worker, alive, in_transaction, proc_state
 
 OBSID = 1342191755
@@ -55,8 +55,13 @@ while True:
     except FileExistsError:
         n += 1
 note("start", n)
+# The lock appears with the pid already in it (a hard link to a file written first): a run killed
+# at any moment never leaves an empty lock that the next run could not judge.
+mine = "%s.%d" % (lock, me)
+with open(mine, "w") as f:
+    f.write(str(me))
 try:
-    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.link(mine, lock)
 except FileExistsError:
     try:
         holder = int(open(lock).read() or 0)
@@ -64,9 +69,9 @@ except FileExistsError:
         holder = 0
     if holder == 0 or alive(holder):
         note("overlap", holder)
-    fd = os.open(lock, os.O_WRONLY | os.O_TRUNC)
-os.write(fd, str(me).encode())
-os.close(fd)
+    os.replace(mine, lock)
+else:
+    os.remove(mine)
 hold = FIRST if n == 1 else LATER
 go, end = os.path.join(outDir, "go"), time.time() + (300 if hold is None else hold)
 while time.time() < end and not (hold is None and os.path.exists(go)):
@@ -299,6 +304,56 @@ def test_database_frozen_longer_than_the_lease(freeze_env, reaper):
     assert b.wait(120) == 0, b.err()
     assert a.wait(120) == 0, a.err()
     assert_exactly_once(env, obsids)
+
+
+@pytest.mark.slow
+def test_late_success_of_a_claim_nobody_took_is_recorded(freeze_env, reaper):
+    """HIPE succeeds while mariadbd is frozen, and the freeze outlasts the lease: nobody took the
+    claim (its token is unchanged), so once the server thaws the success is recorded, not thrown
+    away or counted lost."""
+    env = freeze_env
+    env.write_cfg(run={"lease": "6", "db_patience": "600"})
+    env.template("j", probe(first=None))
+    new_job(env)
+    w = Worker(env, reaper, "w")
+    script = wait_first_run(env, reaper)
+    with frozen(env.server):
+        go(env)
+        wait_for(lambda: not alive(script), 10, "HIPE to succeed while the database is frozen")
+        wait_for(lambda: "database trouble while recording the outcome" in w.err()
+                 or "database unreachable" in w.err(), 30, "the worker to meet the frozen server")
+        time.sleep(6.5)   # past the lease: the row's lease_expires is behind the database's clock now
+    assert w.wait(60) == 0, w.err()
+    assert_exactly_once(env, [OBSID])
+    [row] = env.table("j").rows()
+    assert (row["state"], row["attempts"]) == ("done", 1)
+
+
+@pytest.mark.slow
+def test_password_changed_mid_run_is_an_outage_not_bad_input(freeze_env, reaper):
+    """The database password changed (and connections cut) while HIPE runs: the worker's reconnects
+    are refused (1045); that is an outage to ride out, not `nothing changed, exit 2`. Once the
+    password is back, the success is recorded."""
+    env = freeze_env
+    env.write_cfg(run={"lease": "30", "db_patience": "120"})
+    env.template("j", probe(first=None))
+    new_job(env)
+    w = Worker(env, reaper, "w")
+    wait_first_run(env, reaper)
+    with env.server.admin() as c:
+        cur = c.cursor()
+        cur.execute("ALTER USER %s@'%%' IDENTIFIED BY 'another-password'", (USER,))
+        try:
+            cur.execute("SELECT id FROM information_schema.processlist WHERE user = %s", (USER,))
+            for (conn_id,) in cur.fetchall():
+                cur.execute(f"KILL CONNECTION {int(conn_id)}")
+            go(env)
+            wait_for(lambda: "Access denied" in w.err(), 30, "the worker's reconnect to be refused")
+            assert w.proc.poll() is None, w.err()
+        finally:
+            cur.execute("ALTER USER %s@'%%' IDENTIFIED BY %s", (USER, PASSWORD))
+    assert w.wait(60) == 0, w.err()
+    assert_exactly_once(env, [OBSID])
 
 
 # ----------------------------------------------------------------------------- frozen workers, leases

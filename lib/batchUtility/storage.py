@@ -220,6 +220,7 @@ class JobTable:
         self.job_table = self.quote(job)
         self.history_table = self.quote(job + HISTORY_SUFFIX)
         self.conn: Any = None
+        self._connected_once = False
         self._transaction(lambda cur: None, "connecting", write=False)   # a reader must not wait for writers
 
     # ----------------------------------------------------------------- identifiers, statements, transactions
@@ -258,6 +259,7 @@ class JobTable:
             try:
                 if self.conn is None:
                     self.conn = self._connect()
+                    self._connected_once = True
                 cur = self.conn.cursor()
                 self._begin(cur, write)
                 result = work(cur)
@@ -265,7 +267,9 @@ class JobTable:
                 return result
             except self.Error as e:
                 self._rollback()
-                if not self._is_transient(e):
+                # Once connected, a refused reconnect (a password changed, a server restarted without
+                # our user) is an outage to ride out: work may be waiting to be recorded.
+                if not self._is_transient(e) and not (self.conn is None and self._connected_once):
                     if self.conn is None:
                         raise BadInput(f"cannot use {self.settings.describe()}: {_one_line(e)}") from None
                     raise BatchError(f"{self.settings.describe()}: {what}: {_one_line(e)}") from None
