@@ -409,6 +409,7 @@ def test_a_reclaimer_uses_the_owners_lease_not_its_own(batch, reaper, tmp_path):
 
 
 # ----------------------------------------------------------------------------- wipe during a run
+@pytest.mark.slow
 def test_wipe_refuses_while_obsids_run_under_live_leases(batch, reaper):
     """`wipe --yes` while a worker runs an obsid: refused (exit 2, nothing dropped); with --force it
     drops the job and says that the running HIPEs are orphaned of a table."""
@@ -473,7 +474,7 @@ def test_black_hole_worker_stops_while_others_succeed(batch, reaper, tmp_path):
     bad_cfg = env.root / "bad.cfg"
     bad_cfg.write_text(env.cfg_path.read_text().replace(f"command = {FAST_HIPE}", f"command = {broken}"))
     bad_cfg.chmod(0o600)
-    env.template("j", probe(first=0.3, later=0.3))
+    env.template("j", probe(first=0.1, later=0.1))
     new_job(env, obsids)
     good = Worker(env, reaper, "good")
     wait_for(lambda: any(e[2] == "end" for e in probe_events(env)), 60, "the good worker's first success")
