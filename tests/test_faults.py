@@ -755,3 +755,34 @@ def test_each_attempt_records_the_template_version(batch, reaper):
     assert "holds no statement now; obsid" in w.err()
     rows = {r["obsid"]: (r["state"], r["attempts"]) for r in env.table("j").rows()}
     assert sorted(rows.values()) == [("done", 1), ("pending", 0), ("pending", 0)]
+
+
+@pytest.mark.slow
+def test_a_job_table_of_an_older_version_gets_the_new_columns(batch, reaper):
+    """A job created before lease_expires and template existed: the first command adds them
+    (idempotently: two workers starting at once both try), and the job runs to its end."""
+    env = batch
+    env.write_cfg(hipe={"command": FAST_HIPE})
+    env.template("j", "pass\n")
+    new_job(env, [OBSID, OBSID + 1])
+    drops = ["ALTER TABLE j DROP COLUMN lease_expires", "ALTER TABLE j DROP COLUMN template",
+             "ALTER TABLE j__attempts DROP COLUMN template"]
+    if env.backend == "sqlite":
+        import sqlite3
+        db = sqlite3.connect(env.root / "batch.sqlite")
+        for statement in drops:
+            db.execute(statement)
+        db.commit()
+        db.close()
+    else:
+        with env.server.admin(env.db) as c:
+            for statement in drops:
+                c.cursor().execute(statement)
+    workers = [reaper.popen(env.popen("j", "run")) for _ in range(2)]
+    for w in workers:
+        out, err = w.communicate(timeout=60)
+        assert w.returncode == 0, err
+    table = env.table("j")
+    assert {"lease_expires", "template"} <= set(table.rows()[0])
+    assert {"template"} <= set(table.history()[0])
+    assert {r["state"] for r in table.rows()} == {"done"}
