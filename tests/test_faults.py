@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from conftest import TRIVIAL_HIPE, BatchEnv
-from mariadb_server import PASSWORD, USER, MariaDB, wait_for
-from test_reliability import Reaper, Worker, alive, in_transaction, proc_state
-
-OBSID = 1342191755
+from mariadb_server import PASSWORD, USER, MariaDB
+from support import OBSID, new_job, proc_state, wait_for
+from support import pid_alive as alive
+from test_reliability import Worker, in_transaction
 FAST_HIPE = f"{sys.executable} -S {TRIVIAL_HIPE}"
 
 # Python 3 (the trivial HIPE runs job scripts with CPython). The first run of each obsid holds
@@ -128,11 +128,6 @@ def assert_exactly_once(env, obsids, job="j"):
     return figures
 
 
-def new_job(env, obsids=(OBSID,), job="j"):
-    r = env.cli(job, "new", env.obsid_file(obsids))
-    assert r.returncode == 0, r.stderr
-
-
 def go(env, job="j"):
     (env.root / "jobs" / job / "output" / "go").touch()
 
@@ -142,13 +137,6 @@ def wait_first_run(env, reaper, obsid=OBSID, job="j", timeout=60):
     lock = env.root / "jobs" / job / "output" / f"lock-{obsid}"
     wait_for(lambda: lock.exists() and lock.read_text().strip(), timeout, f"obsid {obsid}'s first run")
     return reaper.watch(int(lock.read_text()))[0]
-
-
-@pytest.fixture
-def reaper():
-    r = Reaper()
-    yield r
-    r.cleanup()
 
 
 # ----------------------------------------------------------------------------- a server to freeze
