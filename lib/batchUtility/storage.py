@@ -795,7 +795,9 @@ class MySQLJobTable(JobTable):
         worker between its UPDATE and its COMMIT) aborted by the server, so that its row locks
         never stall the other workers for long. idle_transaction_timeout is MariaDB's (10.3+);
         MySQL has none, and there the lock waits' bound and SKIP LOCKED must do."""
-        cur.execute(f"SET SESSION innodb_lock_wait_timeout = {seconds}")
+        # Half the call's timeout: a lock wait must end as "lock wait timeout" (retried whole), not as
+        # the client's read timeout, which costs the connection.
+        cur.execute(f"SET SESSION innodb_lock_wait_timeout = {max(1, seconds // 2)}")
         try:
             cur.execute(f"SET SESSION idle_transaction_timeout = {max(2, seconds)}")
         except self._driver.OperationalError as e:
