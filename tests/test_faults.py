@@ -730,7 +730,7 @@ def test_each_attempt_records_the_template_version(batch, reaper):
     history = {h["obsid"]: h["template"] for h in env.table("j").history()}
     assert history == {OBSID: version[first_text], OBSID + 1: version[second_text], OBSID + 2: version[second_text]}
     shown = env.cli("j", "status", "--obsid", OBSID).stdout
-    assert f"template {version[first_text]}" in shown, shown
+    assert f"[template {version[first_text]}]" in shown, shown
 
     env.cli("j", "reset")
     for old in (env.root / "jobs" / "j" / "output").glob("*"):
