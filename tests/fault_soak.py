@@ -47,8 +47,13 @@ def alive(pid):
     except (OSError, IndexError):
         return False
 
+# The probe file appears with its pid already in it (a hard link to a file written first), so a
+# run killed at any moment never leaves an empty probe that the next run could not judge.
+mine = "%s.%d" % (probe, os.getpid())
+with open(mine, "w") as f:
+    f.write(str(os.getpid()))
 try:
-    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.link(mine, probe)
 except FileExistsError:
     # Left by an earlier run of this obsid: harmless if that run is dead (its worker was killed).
     try:
@@ -60,9 +65,9 @@ except FileExistsError:
         o = os.open(os.path.join(outDir, "overlaps"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.write(o, line.encode())
         os.close(o)
-    fd = os.open(probe, os.O_WRONLY | os.O_TRUNC)
-os.write(fd, str(os.getpid()).encode())
-os.close(fd)
+    os.replace(mine, probe)
+else:
+    os.remove(mine)
 time.sleep(random.uniform(0.0, 0.01))
 os.remove(probe)
 '''

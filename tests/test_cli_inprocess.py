@@ -173,7 +173,9 @@ def test_status_of_a_missing_job(batch, main):
 def test_status_of_an_empty_job(batch, main):
     empty = batch.root / "empty.txt"
     empty.write_text("# nothing yet\n")
-    assert main("e", "new", empty).code == 0
+    r = main("e", "new", empty)   # an empty file is an error for a new job (issue 8)...
+    assert r.code == 2 and "no obsid in it" in r.err
+    assert main("e", "new", "--add", empty).code == 0   # ...but --add may add nothing
     assert main("e", "status").out.splitlines()[0] == "0 of 0 processed. (0.0 %, 0 remaining)"
 
 

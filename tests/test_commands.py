@@ -134,7 +134,9 @@ def test_status_line_counts_and_failures(batch):
 def test_status_of_an_empty_job_divides_by_nothing(batch):
     empty = batch.root / "empty.txt"
     empty.write_text("# nothing yet\n")
-    assert batch.cli("e", "new", empty).returncode == 0
+    r = batch.cli("e", "new", empty)   # an empty file is an error for a new job...
+    assert r.returncode == 2 and "no obsid in it" in r.stderr, r.stderr
+    assert batch.cli("e", "new", "--add", empty).returncode == 0   # ...but --add may add nothing
     assert batch.cli("e", "status").stdout.splitlines()[0] == "0 of 0 processed. (0.0 %, 0 remaining)"
 
 

@@ -223,20 +223,28 @@ def test_crash_loop_is_capped(batch, reaper):
 
 
 # ----------------------------------------------------------------------------- fencing
-@pytest.mark.parametrize("late", ["finishes_while_stopped", "resumes_while_hipe_runs"])
+@pytest.mark.parametrize("late", ["finishes_while_stopped", "fenced_while_stopped"])
 @pytest.mark.slow
 def test_worker_that_lost_its_claim_changes_nothing(batch, reaper, late):
     """A worker frozen (SIGSTOP) past its lease loses its obsid, which another worker reclaims and
-    finishes. Thawed, the first worker can change nothing: its late outcome is refused by the
-    claim token (fencing); if its HIPE is still running, its next heartbeat learns the claim is
-    gone and HIPE is stopped, so the obsid never runs twice at once for long."""
-    batch.write_cfg(run={"lease": "2"})
+    finishes. Its HIPE either finished while it was frozen, or was killed by its guardian at
+    0.7 x lease, before anyone could take the obsid back: the obsid never runs twice at once.
+    Thawed, the first worker can change nothing: its late outcome is refused by the claim token
+    (fencing)."""
+    batch.write_cfg(run={"lease": "3"})
     batch.template("j", hang_template("first", child=True))
     new_job(batch)
     a = Worker(batch, reaper, "a")
     script_pids = wait_pids(batch, reaper)
     hipe_a = reaper.watch(*hipe_pids(batch))[0]
     stop_between_transactions(batch, a.proc)
+    if late == "finishes_while_stopped":
+        (out_dir(batch) / "go").touch()   # a's HIPE succeeds while a is frozen
+        wait_for((out_dir(batch) / f"finished-{OBSID}.1").exists, 30, "a's HIPE to finish")
+        wait_dead([hipe_a], 30, "a's HIPE to exit")
+    else:
+        wait_dead([hipe_a, *script_pids], 10, "a's guardian to kill HIPE and its children")
+        assert not (out_dir(batch) / f"finished-{OBSID}.1").exists()
 
     b = Worker(batch, reaper, "b")   # waits out a's lease, reclaims the obsid, runs it to the end
     assert b.wait(60) == 0, b.err()
@@ -245,19 +253,12 @@ def test_worker_that_lost_its_claim_changes_nothing(batch, reaper, late):
     assert (row["state"], row["attempts"], row["pid"]) == ("done", 2, b.pid)
     assert [(h["attempt"], h["outcome"], h["pid"]) for h in after_b[1]] == [(1, "lost", a.pid), (2, "done", b.pid)]
 
+    os.kill(a.pid, signal.SIGCONT)
+    assert a.wait(60) == 0, a.err()
     if late == "finishes_while_stopped":
-        (out_dir(batch) / "go").touch()   # a's HIPE succeeds while a is frozen
-        wait_for((out_dir(batch) / f"finished-{OBSID}.1").exists, 30, "a's HIPE to finish")
-        wait_dead([hipe_a], 30, "a's HIPE to exit")
-        os.kill(a.pid, signal.SIGCONT)
-        assert a.wait(60) == 0, a.err()
         assert "outcome not recorded: the claim had been taken back" in a.err()
     else:
-        os.kill(a.pid, signal.SIGCONT)   # a's HIPE still hangs: a's next heartbeat fails
-        assert a.wait(60) == 0, a.err()
-        assert "claim was taken back (lease of 2 s ran out); stopping HIPE" in a.err()
-        wait_dead([hipe_a, *script_pids], 10, "a's HIPE and its children to be stopped")
-        assert not (out_dir(batch) / f"finished-{OBSID}.1").exists()
+        assert "HIPE killed by the guardian: the lease was not renewed in time; the obsid had been taken back" in a.err()
     assert state_of(batch) == after_b, "a worker that had lost its claim changed the job"
     assert "0 done, 0 failed" in a.out()
 
@@ -493,6 +494,7 @@ def test_lock_wait_timeout_is_retried(outage_env, reaper):
 def test_deadlock_is_retried(mysql_batch, caplog):
     """Error 1213 (deadlock): InnoDB rolls back the smaller transaction, ours; the whole
     transaction is retried and succeeds."""
+    caplog.set_level("DEBUG", logger="batchUtility.storage")
     env = mysql_batch
     obsids = list(range(OBSID, OBSID + 50))
     env.table("j", create=True).create(obsids)
@@ -541,7 +543,9 @@ def test_deadlock_is_retried(mysql_batch, caplog):
         other.close()
     assert not errors and not thread.is_alive()
     assert len(calls) == 2
-    assert any("1213" in r.getMessage() and "Deadlock" in r.getMessage() for r in caplog.records)
+    # Deadlocks are part of a busy job: logged at DEBUG while they are retried, not as warnings.
+    deadlocks = [r for r in caplog.records if "1213" in r.getMessage() and "Deadlock" in r.getMessage()]
+    assert deadlocks and {r.levelname for r in deadlocks} == {"DEBUG"}
     reasons = {r["obsid"]: r["reason"] for r in table.rows()}
     assert reasons[a] == "ours" and reasons[b] == "ours" and reasons[obsids[2]] == "other"
 

@@ -7,6 +7,8 @@ Modules, one job each:
   model     what the others share: states, Claim, Outcome, LaunchEnd, Lease, job name rules
   storage   the job table (MySQL/MariaDB or SQLite): claim, heartbeat, finish, requeue, counts
   hipe      launching HIPE for one obsid (a LaunchRequest) and judging whether it succeeded
+  guardian  one small process per worker that kills HIPE if the worker dies or its lease runs short
+  lease     the heartbeat thread: renews a claim's lease, moves the guardian's deadline
   slot      who this worker is (MPI rank, size, host)
   worker    the claim-launch-record loop of `run`
   report    status and summary text

@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     wipe = commands.add_parser("wipe", parents=[common], help="drop the job's table (not its files)")
     wipe.add_argument("--yes", action="store_true", help="do not ask")
+    wipe.add_argument("--force", action="store_true",
+                      help="drop the job even while obsids run under live leases (their HIPEs run on, orphaned)")
     return parser
 
 
@@ -114,6 +116,8 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
 
 def cmd_new(cfg: config.Config, args: argparse.Namespace) -> int:
     obsids = read_obsids(args.file) if args.file else None   # the whole file is checked first
+    if obsids == [] and not args.add:   # a job with nothing in it: `run` would exit 0 having done nothing
+        raise BadInput(f"{args.file}: no obsid in it (only blank lines, comments or a header); nothing was created")
     if obsids is None and not cfg.sql.table:
         raise BadInput(f"{cfg.path}: [sql] table is missing: `new` without FILE takes every obsid of that master table")
     table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE, create=True)
@@ -164,7 +168,7 @@ def cmd_reset(cfg: config.Config, args: argparse.Namespace) -> int:
 
 def cmd_run(cfg: config.Config, args: argparse.Namespace) -> int:
     slot = current_slot()
-    table = open_table(cfg.sql, args.job, cfg.run.db_patience)
+    table = open_table(cfg.sql, args.job, cfg.run.db_patience, call_timeout=cfg.run.call_timeout)
     table.require()
     return Worker(cfg, table, args.job, slot).run()
 
@@ -324,6 +328,10 @@ def cmd_wipe(cfg: config.Config, args: argparse.Namespace) -> int:
     table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
     table.require()  # only ever drops a job table of this tool
     total = table.total()
+    running = table.live_running(cfg.run.lease)
+    if running and not args.force:
+        raise BadInput(f"job '{args.job}': {running} obsids are running under live leases; nothing dropped. Stop "
+                       f"their workers first (or wait), or use --force: their HIPEs would be orphaned of a table")
     if not args.yes:
         if not sys.stdin.isatty():
             raise BadInput(f"wipe drops job '{args.job}' ({total} obsids): confirm with --yes")
@@ -333,6 +341,9 @@ def cmd_wipe(cfg: config.Config, args: argparse.Namespace) -> int:
             return 1
     table.drop()
     print(f"job {args.job} dropped ({total} obsids); its folder {cfg.job_dir(args.job)} was left as it is")
+    if running:
+        print(f"{running} obsids were running under live leases: their HIPEs are orphaned of a table; their "
+              "workers stop them at their next heartbeat, or their guardians when the lease runs short")
     return 0
 
 

@@ -98,6 +98,13 @@ class RunSettings:
     def heartbeat(self) -> float:  # seconds between lease refreshes
         return max(0.5, self.lease / 5)
 
+    @property
+    def call_timeout(self) -> float:
+        """Seconds one database call of a worker may block: a third of the lease, so that a heartbeat
+        stuck in a frozen server gives up well before the lease's safety margin, and never more
+        than db_patience."""
+        return max(1.0, min(self.lease / 3, self.db_patience or self.lease / 3))
+
 
 @dataclass(frozen=True)
 class Config:
@@ -183,6 +190,7 @@ def load(explicit: Optional[str] = None) -> Config:
         sql = SqlSettings(backend, "", 0, "", "", table=r.get("sql", "table"),
                           path=sqlite_path if sqlite_path.is_absolute() else (path.parent / sqlite_path))
     else:
+        _check_password_line(r, path)
         password = os.environ.get(PASSWORD_ENV) or r.get("sql", "pswd")
         if r.get("sql", "pswd"):
             _warn_if_readable(path)
@@ -226,6 +234,32 @@ def load(explicit: Optional[str] = None) -> Config:
                       r.choice("run", "wait_for_running", ("yes", "no", "true", "false", "1", "0"))
                       in ("yes", "true", "1"))
     return Config(path, batch_root(), sql, hipe, run)
+
+
+_PSWD_LINE = re.compile(r"\s*pswd\s*[=:](.*)$", re.IGNORECASE)
+
+
+def _check_password_line(r: "_Reader", path: Path) -> None:
+    """Refuse a pswd that an ini file cannot hold as written, rather than cut it silently: ' #' or
+    ' ;' start an inline comment, a leading '#' or ';' makes it empty, a trailing space is stripped."""
+    section = None
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return   # _Reader reported it already
+    for line in lines:
+        header = re.match(r"\s*\[([^\]]*)\]", line)
+        if header:
+            section = header.group(1).strip()
+            continue
+        found = _PSWD_LINE.match(line) if section == "sql" else None
+        if not found:
+            continue
+        raw = found.group(1).lstrip(" \t")
+        if re.search(r"\s[#;]", raw) or raw[:1] in ("#", ";") or raw != raw.rstrip():
+            raise r.bad("sql", "pswd", raw, "holds a '#' or ';' after a space, starts with one, or ends in a space: "
+                        "batch.cfg would cut it there; put the password in ~/.my.cnf or $" + PASSWORD_ENV +
+                        ", or give pswd alone on its line")
 
 
 def _warn_if_readable(path: Path):

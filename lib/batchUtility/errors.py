@@ -70,3 +70,16 @@ class SetupBroken(BatchError):
     def __init__(self, reason: str, obsid: int):
         self.reason, self.obsid = reason, obsid
         super().__init__(f"{reason}; obsid {obsid} put back to pending and worker stopped")
+
+
+class BlackHole(BatchError):
+    """This worker's attempts all fail at once while other workers succeed: its host, not the obsids,
+    is broken (a full disk, a missing mount, a broken Java). It stops so as not to eat the job."""
+
+    exit_status = 2
+
+    def __init__(self, failures: int, within: float, elsewhere: int, last_reason: str):
+        self.failures, self.within, self.elsewhere, self.last_reason = failures, within, elsewhere, last_reason
+        super().__init__(f"this worker's last {failures} attempts all failed within {within:g} s each while other "
+                         f"workers finished {elsewhere} obsids: this host looks broken (last: {last_reason[:160]}); "
+                         "worker stopped, the job goes on elsewhere")

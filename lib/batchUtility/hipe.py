@@ -5,12 +5,12 @@ file that a line appended to the script writes when the script has run to its la
 What the script records with batchResult (a block of the preamble, `results.py`) goes to a file
 beside it, read only when the launch succeeded.
 """
-import errno
 import os
+import select
 import shutil
 import signal
+import stat
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -19,10 +19,9 @@ from typing import Callable, Dict, List, Optional
 
 from . import results
 from .config import PASSWORD_ENV, HipeSettings
+from .guardian import Guardian, GuardianLost
 from .model import LaunchEnd, Lease, Outcome
 
-# Launch errors meaning HIPE is not there or not a program (as opposed to, say, EAGAIN or ENOMEM).
-_NO_HIPE = {errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR, errno.ELOOP}
 KILL_GRACE = 5.0   # seconds between SIGTERM and SIGKILL to HIPE's process group
 POLL = 0.2         # how often the wait loop looks at signals, the timeout and the lease
 
@@ -75,87 +74,126 @@ def hipe_command(hipe: HipeSettings, cache_dir: Path, script: Path) -> List[str]
 
 
 def keep_previous(path: Path) -> None:
-    """Move an earlier attempt's log aside (OBSID.stdout -> OBSID.stdout.1, .2, ...) so none is lost."""
-    if path.exists() and path.stat().st_size > 0:
+    """Move an earlier attempt's log aside (OBSID.stdout -> OBSID.stdout.1, .2, ...) so none is lost.
+
+    A symbolic link found there is always moved aside, never followed: a link planted in log/
+    must not make the worker (often root) write HIPE's output into the file it points to."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or st.st_size > 0:
         n = 1
-        while path.with_name(f"{path.name}.{n}").exists():
+        while os.path.lexists(path.with_name(f"{path.name}.{n}")):
             n += 1
         path.rename(path.with_name(f"{path.name}.{n}"))
 
 
-def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], tick: Callable[[], Lease],
-              tick_every: float) -> Launch:
+def open_log(path: Path) -> int:
+    """A fresh log file for HIPE's output, opened without following a symbolic link."""
+    keep_previous(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
+def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Callable[[], Lease],
+              guardian: Guardian) -> Launch:
     """Run HIPE once for the request's obsid, streaming its output to log_dir/OBSID.stdout and .stderr.
 
-    Waits for HIPE while calling tick() every tick_every seconds (the lease heartbeat; Lease.LOST
-    means our claim was taken, and HIPE is stopped so that the obsid never runs twice at once) and
-    should_stop() every POLL seconds (a signal number: stop HIPE and return). Temporaries are
-    removed whatever happens.
+    HIPE runs as a process group of its own, watched by the worker's guardian (which kills it if
+    the worker dies or its lease is not renewed in time). The wait looks every POLL seconds at
+    should_stop() (a signal number: stop HIPE and return), the timeout, and lease() (Lease.LOST:
+    the claim was taken, stop HIPE so that the obsid never runs twice at once); lease() only reads
+    what the heartbeat thread found, so no database call ever delays a stop or a timeout.
+    Anything that keeps HIPE from starting (no HIPE, no file descriptors, processes, memory or
+    disk space) ends as NOT_STARTED: a fault of this worker's setup, not of the obsid.
+    Temporaries are removed whatever happens.
     """
-    hipe, template, job, obsid = request.hipe, request.template, request.job, request.obsid
-    out_dir, log_dir = request.out_dir, request.log_dir
     started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix=f"hipe-batch-{job}-{obsid}-"))
     try:
-        script, marker, cache = tmp / f"{job}_{obsid}.py", tmp / "completed", tmp / "pool-cache"
-        results_file = tmp / "results.jsonl"
-        cache.mkdir()
-        script.write_text(script_text(template, obsid, out_dir, job, marker, results_file), encoding="utf-8")
-        stdout_path, stderr_path = log_dir / f"{obsid}.stdout", log_dir / f"{obsid}.stderr"
-        keep_previous(stdout_path)
-        keep_previous(stderr_path)
-        command = hipe_command(hipe, cache, script)
-        with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-            try:
-                # HIPE writes straight into the log files (nothing held in memory), in a session of
-                # its own so that a timeout or a stop can kill its whole process group.
-                # The database password is not passed on: HIPE and the job script never need it.
-                proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                        start_new_session=True, env=_hipe_environment())
-            except OSError as e:
-                return Launch(Outcome(False, f"cannot start HIPE ({command[0]}): {e.strerror}"),
-                              time.monotonic() - started,
-                              LaunchEnd.NOT_STARTED if e.errno in _NO_HIPE else LaunchEnd.FINISHED)
-        watchdog = None
-        try:
-            watchdog = _start_watchdog(proc.pid)
-            return _with_results(_wait(proc, hipe.timeout, started, marker, stderr_path, should_stop, tick, tick_every),
-                                 results_file)
-        finally:
-            _signal_group(proc.pid, signal.SIGKILL)  # whatever HIPE left behind in its group
-            _release_watchdog(watchdog)  # before HIPE is reaped, so that its group id is still ours
-            if proc.poll() is None:
-                proc.wait()
+        tmp = Path(tempfile.mkdtemp(prefix=f"hipe-batch-{request.job}-{request.obsid}-"))
+    except OSError as e:
+        return _not_started(f"cannot create a temporary folder in {tempfile.gettempdir()}: {e.strerror}", started)
+    try:
+        return _launch(request, tmp, started, should_stop, lease, guardian)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _wait(proc: subprocess.Popen, timeout: float, started: float, marker: Path, stderr_path: Path,
-          should_stop: Callable[[], int], tick: Callable[[], Lease], tick_every: float) -> Launch:
-    next_tick = started + tick_every
-    while True:
+def _not_started(reason: str, started: float) -> Launch:
+    return Launch(Outcome(False, reason), time.monotonic() - started, LaunchEnd.NOT_STARTED)
+
+
+def _launch(request: LaunchRequest, tmp: Path, started: float, should_stop: Callable[[], int],
+            lease: Callable[[], Lease], guardian: Guardian) -> Launch:
+    hipe, obsid = request.hipe, request.obsid
+    script, marker, cache = tmp / f"{request.job}_{obsid}.py", tmp / "completed", tmp / "pool-cache"
+    results_file = tmp / "results.jsonl"
+    stdout_path, stderr_path = request.log_dir / f"{obsid}.stdout", request.log_dir / f"{obsid}.stderr"
+    command = hipe_command(hipe, cache, script)
+    out = err = None
+    try:
+        cache.mkdir()
+        script.write_text(script_text(request.template, obsid, request.out_dir, request.job, marker, results_file),
+                          encoding="utf-8")
+        out, err = open_log(stdout_path), open_log(stderr_path)
+        # HIPE writes straight into the log files (nothing held in memory), in a session of its own
+        # so that a timeout, a stop or its guardian can kill its whole process group. The database
+        # password is not passed on: HIPE and the job script never need it.
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                start_new_session=True, env=_hipe_environment())
+    except OSError as e:
+        what = f"cannot start HIPE ({command[0]})" if e.filename in (None, command[0]) else f"cannot write {e.filename}"
+        return _not_started(f"{what}: {e.strerror}", started)
+    finally:
+        for fd in (out, err):
+            if fd is not None:
+                os.close(fd)
+    exit_watch = _exit_watch(proc.pid)
+    try:
         try:
-            code = proc.wait(timeout=POLL)
-            break
-        except subprocess.TimeoutExpired:
+            guardian.launch(proc.pid)
+        except GuardianLost as e:
+            return _not_started(f"HIPE stopped at once: {e}", started)
+        return _with_results(_wait(proc, exit_watch, hipe.timeout, started, marker, stderr_path, should_stop,
+                                   lease, guardian), results_file)
+    finally:
+        # The guardian hears first, while HIPE is not yet reaped (its group id cannot be reused yet);
+        # then whatever HIPE left behind in its group is killed, and HIPE reaped.
+        try:
+            guardian.finished(proc.pid)
+        except GuardianLost:
             pass
+        _signal_group(proc.pid, signal.SIGKILL)
+        if exit_watch is not None:
+            os.close(exit_watch)
+        proc.wait()
+
+
+def _wait(proc: subprocess.Popen, exit_watch: Optional[int], timeout: float, started: float, marker: Path,
+          stderr_path: Path, should_stop: Callable[[], int], lease: Callable[[], Lease], guardian: Guardian) -> Launch:
+    while not _exited(proc, exit_watch, POLL):
         now = time.monotonic()
         stop = should_stop()
         if stop:
-            _stop(proc)
+            _stop(proc, exit_watch)
             return Launch(Outcome(False, f"stopped by {signal.Signals(stop).name}"), now - started,
                           LaunchEnd.STOPPED, stop)
         if timeout and now - started >= timeout:
-            _stop(proc)
-            return Launch(Outcome(False, f"timeout: HIPE ran over {timeout:g} s and was killed", None,
-                                  _killed_by(proc.returncode)), now - started)
-        if now >= next_tick:
-            next_tick = now + tick_every
-            if tick() is Lease.LOST:
-                _stop(proc)
-                return Launch(Outcome(False, "claim lost to another worker; HIPE stopped"), now - started,
-                              LaunchEnd.CLAIM_LOST)
+            killed_by = _stop(proc, exit_watch)
+            return Launch(Outcome(False, f"timeout: HIPE ran over {timeout:g} s and was killed", None, killed_by),
+                          now - started)
+        if lease() is Lease.LOST:
+            _stop(proc, exit_watch)
+            return Launch(Outcome(False, "claim lost to another worker; HIPE stopped"), now - started,
+                          LaunchEnd.CLAIM_LOST)
+        if not guardian.alive():
+            _stop(proc, exit_watch)
+            return _not_started(f"the guardian (pid {guardian.pid}) died; HIPE stopped", started)
+    code = _exit_code(proc)
     seconds = time.monotonic() - started
+    if code == -signal.SIGKILL and guardian.was_fenced(proc.pid, wait=1.0):
+        return Launch(Outcome(False, "HIPE killed by the guardian: the lease was not renewed in time", None,
+                              signal.SIGKILL), seconds, LaunchEnd.FENCED)
     stop = _stopped_with(code, should_stop)
     if stop:
         return Launch(Outcome(False, f"stopped by {signal.Signals(stop).name}"), seconds, LaunchEnd.STOPPED, stop)
@@ -187,6 +225,35 @@ def _with_results(launch: Launch, results_file: Path) -> Launch:
         return replace(launch, outcome=Outcome(False, f"results of batchResult unreadable: {e}", 0))
 
 
+def _exit_watch(pid: int) -> Optional[int]:
+    """A file descriptor that becomes readable when process pid exits (Linux 5.3+), or None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _exited(proc: subprocess.Popen, exit_watch: Optional[int], timeout: float) -> bool:
+    """Whether HIPE has exited, waiting up to timeout seconds; it is not reaped."""
+    if exit_watch is not None:
+        readable, _, _ = select.select([exit_watch], [], [], timeout)
+        return bool(readable)
+    end = time.monotonic() + timeout
+    while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        if time.monotonic() >= end:
+            return False
+        time.sleep(min(0.01, timeout))
+    return True
+
+
+def _exit_code(proc: subprocess.Popen) -> int:
+    """HIPE's exit status as Popen.returncode would say it, without reaping it."""
+    info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    if info is None:
+        return proc.wait()
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
 def _verdict(code: int, completed: bool, stderr_path: Path) -> Outcome:
     if code < 0:
         return Outcome(False, f"HIPE killed by {signal.Signals(-code).name}{_last_words(stderr_path)}", None, -code)
@@ -212,57 +279,6 @@ def _hipe_environment() -> Dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != PASSWORD_ENV}
 
 
-# A worker killed outright (SIGKILL, OOM killer) cannot stop its HIPE, which runs in a session of its
-# own; left alone it would run on while the obsid, reclaimed after the lease, runs again elsewhere.
-# So each launch has a tiny watchdog holding the read end of a pipe that only this worker writes:
-# a line means "HIPE is finished, just exit"; end of file without a line means the worker died, and
-# the watchdog kills HIPE's whole process group.
-_WATCHDOG = ("import os, sys\n"
-             "if not sys.stdin.buffer.readline().endswith(b'\\n'):\n"
-             "    try:\n        os.killpg(int(sys.argv[1]), 9)\n"
-             "    except OSError:\n        pass\n")
-
-
-def _start_watchdog(pgid: int):
-    """Start the watchdog of HIPE's process group pgid; returns (process, pipe) or None."""
-    if not sys.executable:
-        return None
-    try:
-        read_end, write_end = os.pipe()
-    except OSError:
-        return None
-    try:
-        proc = subprocess.Popen([sys.executable, "-S", "-I", "-c", _WATCHDOG, str(pgid)], stdin=read_end,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    except OSError:
-        os.close(write_end)
-        return None
-    finally:
-        os.close(read_end)
-    return proc, write_end
-
-
-def _release_watchdog(watchdog):
-    if watchdog is None:
-        return
-    proc, write_end = watchdog
-    try:
-        os.write(write_end, b"finished\n")
-    except OSError:
-        pass
-    finally:
-        os.close(write_end)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _killed_by(code: Optional[int]) -> Optional[int]:
-    return -code if code is not None and code < 0 else None
-
-
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -270,11 +286,12 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM HIPE's whole process group, SIGKILL it if it has not gone after KILL_GRACE."""
+def _stop(proc: subprocess.Popen, exit_watch: Optional[int]) -> Optional[int]:
+    """SIGTERM HIPE's whole process group, SIGKILL it if it has not gone after KILL_GRACE; returns
+    the signal that ended HIPE, if a signal did."""
     _signal_group(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=KILL_GRACE)
-    except subprocess.TimeoutExpired:
+    if not _exited(proc, exit_watch, KILL_GRACE):
         _signal_group(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _exited(proc, exit_watch, 60.0)
+    code = _exit_code(proc)
+    return -code if code < 0 else None

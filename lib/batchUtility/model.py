@@ -19,6 +19,7 @@ MAX_JOB_NAME = 48
 SQL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}\Z")   # what storage agrees to quote as an identifier
 
 INTERACTIVE_PATIENCE = 10.0  # seconds a command a person waits for (status, reset, new, a stop) bears database trouble
+FENCE_SHARE = 0.7  # HIPE is killed when this share of the lease passed since the last renewal began
 
 
 def check_identifier(name: object, what: str = "job name") -> str:
@@ -34,7 +35,8 @@ class Claim:
     """An obsid this worker owns until it finishes, requeues, or its lease runs out."""
     obsid: int
     token: str
-    attempt: int     # 1 on the first try
+    attempt: int       # 1 on the first try
+    lease: float = 0.0  # seconds: the claiming worker's [run] lease, stored in the row's lease_expires
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Outcome:
     reason: str = ""
     exit_code: Optional[int] = None
     signal: Optional[int] = None
+    template: str = ""   # the content hash of the template HIPE ran (provenance), if it ran
 
 
 class LaunchEnd(enum.Enum):
@@ -52,6 +55,7 @@ class LaunchEnd(enum.Enum):
     STOPPED = "stopped"          # this worker got a stop signal and stopped HIPE: not the obsid's fault
     CLAIM_LOST = "claim lost"    # the lease was taken back: the obsid is another worker's now
     NOT_STARTED = "not started"  # HIPE could not be launched at all: a fault of the setup, not of the obsid
+    FENCED = "fenced"            # the guardian killed HIPE: the lease was not renewed in time (not the obsid's fault)
 
 
 class Lease(enum.Enum):

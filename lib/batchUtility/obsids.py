@@ -1,7 +1,7 @@
 """Reading obsid lists: one obsid a line (the first CSV column, as the original read it)."""
 import re
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from .errors import BadInput
 
@@ -9,6 +9,19 @@ from .errors import BadInput
 MAX_OBSID = 9_999_999_999
 _OBSID = re.compile(r"[0-9]{1,10}\Z")
 WHAT_AN_OBSID_IS = "a positive whole number of at most 10 digits"
+
+
+def as_obsid(value) -> Optional[int]:
+    """The obsid a value of a file line or a master table's column holds, or None if it is none
+    (text such as 'abc' or '1342191756abc', a fraction, zero, a negative or too long a number)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, (int, str)) or isinstance(value, bool):
+        return None   # a float (1342191755.0), a date, NULL...
+    text = str(value).strip()
+    if not _OBSID.match(text) or int(text) == 0:
+        return None
+    return int(text)
 
 
 def read_obsids(path) -> List[int]:

@@ -63,7 +63,8 @@ def obsid_text(row, history) -> str:
         took = f"{h['ended'] - h['started']:.1f} s" if h["started"] is not None and h["ended"] is not None else "?"
         lines.append(f"  attempt {h['attempt']}  {h['outcome']:<7}  {_when(h['started'])}  {took:>9}  "
                      f"{h['host']} slot {h['worker']} pid {h['pid']}  {_ending(h)}"
-                     + (f"  {h['reason']}" if h["reason"] else ""))
+                     + (f"  {h['reason']}" if h["reason"] else "")
+                     + (f"  [template {h['template']}]" if h.get("template") else ""))
     return "\n".join(lines)
 
 

@@ -10,9 +10,13 @@ Row life: pending -> running (claimed, with a fresh token) -> done | failed | pe
 `pipelined` is kept for the original's users: 1 means done, nothing else.
 Every write a worker makes about its obsid names the claim's token (fencing): once its claim was
 reclaimed or reset, the token no longer matches and the write changes nothing.
+The lease belongs to the claim: the row's `lease_expires` is set from the claiming worker's own
+[run] lease at the claim and at every heartbeat, and whoever takes obsids back (a worker, `reset`)
+goes by it, never by a lease of its own: a host with another batch.cfg cannot cut a claim short.
 Times are the database's clock in epoch seconds, so hosts with skewed clocks agree on leases.
 """
 import logging
+import math
 import os
 import random
 import re
@@ -24,6 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from .errors import BadInput, BatchError, DatabaseUnavailable, JobExists, JobMissing, NotAJobTable
 from .model import (DONE, FAILED, HISTORY_SUFFIX, INTERACTIVE_PATIENCE, PENDING, SQL_NAME, STATES, Claim, Lease,
                     Outcome, check_identifier)
+from .obsids import WHAT_AN_OBSID_IS, as_obsid
 from .results import as_row as result_row
 
 log = logging.getLogger(__name__)
@@ -31,13 +36,16 @@ log = logging.getLogger(__name__)
 _CHUNK = 500                    # obsids per IN (...) list
 RESULTS_SUFFIX = "__results"    # the job's results table (job names may not contain "__")
 STREAM_ROWS = 2000              # rows fetched at a time when streaming (history, results)
+DEFAULT_LEASE = 300.0          # seconds, as [run] lease's default
+DEFAULT_CALL_TIMEOUT = 60.0     # seconds one database call may block, for commands (`run` derives its own from the lease)
 _PARAMETER = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
 
 # ----------------------------------------------------------------------------- the statements
 # Braces name identifiers and dialect fragments, filled by JobTable.statement(); colons name values.
 # {job_table} is the job's table, {history_table} its attempts, {now} the database's clock.
 
-CREATE_JOB_TABLE = """CREATE TABLE IF NOT EXISTS {job_table} (
+# Plain CREATE TABLE: of two `new` of one job at the same moment, one fails (JobExists).
+CREATE_JOB_TABLE = """CREATE TABLE {job_table} (
   obsid {obsid_type} NOT NULL PRIMARY KEY,
   pipelined TINYINT NOT NULL DEFAULT 0,
   state VARCHAR(7) NOT NULL DEFAULT 'pending',
@@ -49,13 +57,15 @@ CREATE_JOB_TABLE = """CREATE TABLE IF NOT EXISTS {job_table} (
   pid INT NULL,
   started DOUBLE NULL,
   heartbeat DOUBLE NULL,
+  lease_expires DOUBLE NULL,
   ended DOUBLE NULL,
   exit_code INT NULL,
   signal_no INT NULL,
-  reason VARCHAR(255) NULL
+  reason VARCHAR(255) NULL,
+  template VARCHAR(16) NULL
 ){table_options}"""
 
-CREATE_HISTORY_TABLE = """CREATE TABLE IF NOT EXISTS {history_table} (
+CREATE_HISTORY_TABLE = """CREATE TABLE {history_table} (
   token CHAR(32) NOT NULL PRIMARY KEY,
   obsid BIGINT NOT NULL,
   attempt INT NOT NULL,
@@ -67,17 +77,26 @@ CREATE_HISTORY_TABLE = """CREATE TABLE IF NOT EXISTS {history_table} (
   exit_code INT NULL,
   signal_no INT NULL,
   outcome VARCHAR(8) NOT NULL,
-  reason VARCHAR(255) NULL
+  reason VARCHAR(255) NULL,
+  template VARCHAR(16) NULL
 ){table_options}"""
 
 CREATE_CLAIM_INDEX = "{create_index} {index} ON {job_table} (state, expected DESC, obsid)"
 CREATE_HISTORY_INDEX = "{create_index} {index} ON {history_table} (obsid)"
+# Columns added since the first release: `require()` adds each one a table lacks (ALTER TABLE ADD
+# COLUMN), so jobs created by an older version keep working. A later column is one more line here.
+ADDED_COLUMNS = {
+    "job_table": (("lease_expires", "DOUBLE NULL"), ("template", "VARCHAR(16) NULL")),
+    "history_table": (("template", "VARCHAR(16) NULL"),),
+}
+ADD_COLUMN = "ALTER TABLE {table} ADD COLUMN {column} {definition}"
 DROP_HISTORY_TABLE = "DROP TABLE IF EXISTS {history_table}"
 DROP_JOB_TABLE = "DROP TABLE IF EXISTS {job_table}"
 
 INSERT_FROM_MASTER = """{insert_ignore} INTO {job_table} (obsid, expected)
   SELECT obsid, {expected} FROM {master_table} WHERE obsid IS NOT NULL"""
 INSERT_OBSID = "{insert_ignore} INTO {job_table} (obsid) VALUES (:obsid)"
+MASTER_OBSIDS = "SELECT obsid FROM {master_table} WHERE obsid IS NOT NULL"
 EXPECTED_FROM_MASTER = """UPDATE {job_table}
   SET expected = (SELECT m.pipetime FROM {master_table} m WHERE m.obsid = {job_table}.obsid)
   WHERE expected IS NULL"""
@@ -90,24 +109,31 @@ PICK_PENDING = """SELECT obsid, attempts FROM {job_table} WHERE state = 'pending
   ORDER BY expected DESC, obsid LIMIT 1{skip_locked}"""
 CLAIM = """UPDATE {job_table}
   SET state = 'running', pipelined = 0, token = :token, host = :host, worker = :worker, pid = :pid,
-      started = {now}, heartbeat = {now}, ended = NULL, exit_code = NULL, signal_no = NULL
+      started = {now}, heartbeat = {now}, lease_expires = {now} + :lease, ended = NULL, exit_code = NULL,
+      signal_no = NULL, template = NULL
   WHERE obsid = :obsid AND state = 'pending'"""
-HEARTBEAT = """UPDATE {job_table} SET heartbeat = {now}
+# A claim retried after a lost reply to its COMMIT may have been taken after all: found by its token.
+CLAIMED_BY = """SELECT obsid, attempts FROM {job_table} WHERE token = :token AND state = 'running'"""
+HEARTBEAT = """UPDATE {job_table} SET heartbeat = {now}, lease_expires = {now} + :lease
   WHERE obsid = :obsid AND token = :token AND state = 'running'"""
 FINISH = """UPDATE {job_table}
   SET state = :state, pipelined = :pipelined, attempts = :attempt, ended = {now}, heartbeat = NULL,
-      exit_code = :exit_code, signal_no = :signal_no, reason = :reason
+      lease_expires = NULL, exit_code = :exit_code, signal_no = :signal_no, reason = :reason, template = :template
   WHERE obsid = :obsid AND token = :token"""
-REQUEUE = """UPDATE {job_table} SET state = 'pending', ended = {now}, heartbeat = NULL, reason = :reason
+REQUEUE = """UPDATE {job_table}
+  SET state = 'pending', ended = {now}, heartbeat = NULL, lease_expires = NULL, reason = :reason, template = :template
   WHERE obsid = :obsid AND token = :token"""
 # Copies the job row of a claim into the history, as attempt :attempt that ended as :outcome.
 HISTORY_FROM_ROW = """{insert_ignore} INTO {history_table}
-  (token, obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason)
-  SELECT token, obsid, :attempt, host, worker, pid, started, ended, exit_code, signal_no, :outcome, reason
+  (token, obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason, template)
+  SELECT token, obsid, :attempt, host, worker, pid, started, ended, exit_code, signal_no, :outcome, reason, template
   FROM {job_table} WHERE obsid = :obsid AND token = :token"""
 
-STALE = """SELECT obsid FROM {job_table} WHERE state = 'running' AND heartbeat < :cutoff
-  ORDER BY obsid{lock_rows}"""
+# A running row's lease is its own (lease_expires); rows claimed by an older version have none, and
+# go by the reader's :lease. Each row also tells the lease it was given, for the reason recorded.
+EXPIRY = "COALESCE(lease_expires, heartbeat + :lease)"
+STALE = """SELECT obsid, COALESCE(lease_expires - heartbeat, :lease) FROM {job_table}
+  WHERE state = 'running' AND {expiry} < :db_now ORDER BY obsid{lock_rows}"""
 LOST_MARK = "UPDATE {job_table} SET ended = {now}, reason = :reason WHERE obsid IN ({obsids})"
 LOST_TO_HISTORY = """{insert_ignore} INTO {history_table}
   (token, obsid, attempt, host, worker, pid, started, ended, outcome, reason)
@@ -115,21 +141,26 @@ LOST_TO_HISTORY = """{insert_ignore} INTO {history_table}
   FROM {job_table} WHERE obsid IN ({obsids})"""
 LOST_RELEASE = """UPDATE {job_table}
   SET state = CASE WHEN attempts + 1 >= :max_attempts THEN 'failed' ELSE 'pending' END,
-      attempts = attempts + 1, token = NULL, heartbeat = NULL
+      attempts = attempts + 1, token = NULL, heartbeat = NULL, lease_expires = NULL
   WHERE obsid IN ({obsids})"""
 
-# Rows under a live lease (heartbeat at or after :alive) are never reset: they would run twice at once.
+# Rows under a live lease (expiring at or after :db_now) are never reset: they would run twice at once.
 RESET_ALL = """UPDATE {job_table}
   SET state = 'pending', pipelined = 0, attempts = 0, token = NULL, host = NULL, worker = NULL, pid = NULL,
-      started = NULL, heartbeat = NULL, ended = NULL, exit_code = NULL, signal_no = NULL, reason = NULL
-  WHERE (state <> 'running' OR heartbeat IS NULL OR heartbeat < :alive)
+      started = NULL, heartbeat = NULL, lease_expires = NULL, ended = NULL, exit_code = NULL, signal_no = NULL,
+      reason = NULL
+  WHERE (state <> 'running' OR heartbeat IS NULL OR {expiry} < :db_now)
     AND (:only_failed = 0 OR state = 'failed')"""
 RESET_LISTED = """UPDATE {job_table}
   SET state = 'pending', pipelined = 0, attempts = 0, token = NULL, host = NULL, worker = NULL, pid = NULL,
-      started = NULL, heartbeat = NULL, ended = NULL, exit_code = NULL, signal_no = NULL, reason = NULL
-  WHERE (state <> 'running' OR heartbeat IS NULL OR heartbeat < :alive)
+      started = NULL, heartbeat = NULL, lease_expires = NULL, ended = NULL, exit_code = NULL, signal_no = NULL,
+      reason = NULL
+  WHERE (state <> 'running' OR heartbeat IS NULL OR {expiry} < :db_now)
     AND (:only_failed = 0 OR state = 'failed') AND obsid IN ({obsids})"""
-COUNT_LIVE_RUNNING = "SELECT COUNT(*) FROM {job_table} WHERE state = 'running' AND heartbeat >= :alive"
+COUNT_LIVE_RUNNING = "SELECT COUNT(*) FROM {job_table} WHERE state = 'running' AND {expiry} >= :db_now"
+# Obsids other workers finished lately (is this worker the only one whose attempts all fail?).
+DONE_ELSEWHERE = """SELECT COUNT(*) FROM {job_table} WHERE state = 'done' AND ended >= {now} - :seconds
+  AND NOT (host = :host AND pid = :pid)"""
 PRESENT = "SELECT obsid FROM {job_table} WHERE obsid IN ({obsids})"
 
 COUNT_BY_STATE = "SELECT state, COUNT(*) FROM {job_table} GROUP BY state"
@@ -138,10 +169,10 @@ FIRST_FAILURES = """SELECT obsid, attempts, reason FROM {job_table}{by_state} WH
 BY_HOST = """SELECT host, SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END),
        SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END), SUM(ended - started)
   FROM {job_table} WHERE state IN ('done', 'failed') GROUP BY host ORDER BY host"""
-HISTORY_ALL = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason
-  FROM {history_table}{in_start_order} ORDER BY started, obsid"""
-HISTORY_OF_OBSID = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason
-  FROM {history_table} WHERE obsid = :obsid ORDER BY started, obsid"""
+HISTORY_ALL = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason,
+       template FROM {history_table}{in_start_order} ORDER BY started, obsid"""
+HISTORY_OF_OBSID = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason,
+       template FROM {history_table} WHERE obsid = :obsid ORDER BY started, obsid"""
 ALL_ROWS = "SELECT * FROM {job_table} ORDER BY obsid"
 ONE_ROW = "SELECT * FROM {job_table} WHERE obsid = :obsid"
 
@@ -222,17 +253,21 @@ class JobTable:
     Error: Any = Exception         # the driver's base error class
 
     def __init__(self, job: str, settings: Any, patience: float = INTERACTIVE_PATIENCE, create: bool = False,
-                 interrupted: Optional[Callable[[], bool]] = None):
+                 interrupted: Optional[Callable[[], bool]] = None, call_timeout: float = DEFAULT_CALL_TIMEOUT):
         self.job = check_identifier(job)
         self.settings = settings
         self.patience = patience
+        # No single call to the database (connect, query, commit) may block longer than this: a frozen
+        # or unreachable server must not freeze the worker (its stop signals, its timeouts) with it.
+        self.call_timeout = max(1.0, call_timeout)
         self.interrupted: Callable[[], bool] = interrupted or _never
         self.create_database = create
         self.job_table = self.quote(job)
         self.history_table = self.quote(job + HISTORY_SUFFIX)
         self.results_table = self.quote(job + RESULTS_SUFFIX)
         self.conn: Any = None
-        self._transaction(lambda cur: None, "connecting")
+        self._connected_once = False
+        self._transaction(lambda cur: None, "connecting", write=False)   # a reader must not wait for writers
 
     # ----------------------------------------------------------------- identifiers, statements, transactions
     @classmethod
@@ -248,7 +283,7 @@ class JobTable:
         filled = text.format(job_table=self.job_table, history_table=self.history_table, now=self.now,
                              insert_ignore=self.insert_ignore, skip_locked=self.skip_locked,
                              lock_rows=self.lock_rows, create_index=self.create_index,
-                             obsid_type=self.obsid_type, table_options=self.table_options,
+                             obsid_type=self.obsid_type, table_options=self.table_options, expiry=EXPIRY,
                              **self._operator_names(text), **names)
         return _PARAMETER.sub(self.parameter, filled)
 
@@ -281,6 +316,7 @@ class JobTable:
             try:
                 if self.conn is None:
                     self.conn = self._connect()
+                    self._connected_once = True
                 cur = self.conn.cursor()
                 self._begin(cur, write)
                 result = work(cur)
@@ -288,7 +324,9 @@ class JobTable:
                 return result
             except self.Error as e:
                 self._rollback()
-                if not self._is_transient(e):
+                # Once connected, a refused reconnect (a password changed, a server restarted without
+                # our user) is an outage to ride out: work may be waiting to be recorded.
+                if not self._is_transient(e) and not (self.conn is None and self._connected_once):
                     if self.conn is None:
                         raise BadInput(f"cannot use {self.settings.describe()}: {_one_line(e)}") from None
                     raise BatchError(f"{self.settings.describe()}: {what}: {_one_line(e)}") from None
@@ -299,7 +337,10 @@ class JobTable:
                     waited = "a stop signal" if stopping else f"{patience:.0f} s"
                     raise DatabaseUnavailable(f"{self.settings.describe()}: gave up {what} after "
                                               f"{waited}: {_one_line(e)}") from None
-                if not warned and patience > 1:
+                if self._is_lock_conflict(e):
+                    # Deadlocks between claimers are part of a busy job: retried quietly, shown if they last.
+                    log.debug("lock conflict while %s (%s); retrying", what, _one_line(e))
+                elif not warned and patience > 1:
                     log.warning("database trouble while %s (%s); retrying for up to %.0f s", what, _one_line(e), patience)
                     warned = True
                 time.sleep(delay * random.uniform(0.5, 1.0))
@@ -351,6 +392,9 @@ class JobTable:
     def _is_connection_error(self, e: Exception) -> bool:
         return False
 
+    def _is_lock_conflict(self, e: Exception) -> bool:
+        return False
+
     # ----------------------------------------------------------------- the job table's life
     def exists(self) -> bool:
         """Whether the job's table exists (whatever its shape)."""
@@ -362,10 +406,15 @@ class JobTable:
             columns = self._columns(cur, self.job)
             if columns is None:
                 raise JobMissing(self.job, self.settings.describe())
-            if "token" not in columns or self._columns(cur, self.job + HISTORY_SUFFIX) is None:
+            history = self._columns(cur, self.job + HISTORY_SUFFIX)
+            if "token" not in columns or history is None:
                 raise NotAJobTable(self.job, self.settings.describe(), columns)
-            return self._columns(cur, self.job + RESULTS_SUFFIX) is not None
-        if not self._transaction(check, "looking for the job", write=False):
+            missing = self._missing_columns({"job_table": columns, "history_table": history})
+            return missing, self._columns(cur, self.job + RESULTS_SUFFIX) is not None
+        missing, has_results = self._transaction(check, "looking for the job", write=False)
+        if missing:
+            self._transaction(self._add_columns, "adding new columns to the job table")
+        if not has_results:
             # A job made before results and the operator's indexes existed: add them, once.
             self._transaction(self._create_operator_tables, "adding the results table")
 
@@ -373,6 +422,24 @@ class JobTable:
         self._execute(cur, CREATE_RESULTS_TABLE)
         self._create_index(cur, CREATE_ENDED_INDEX, self.job + "__ended", self.job)
         self._create_index(cur, CREATE_HISTORY_STARTED_INDEX, self.job + "__attempts_started", self.job + HISTORY_SUFFIX)
+
+    def _missing_columns(self, present: Dict[str, List[str]]) -> List[Tuple[str, str, str]]:
+        return [(table, column, definition) for table, added in ADDED_COLUMNS.items()
+                for column, definition in added if column not in present[table]]
+
+    def _add_columns(self, cur: Any) -> None:
+        """Give a job table of an older version the columns it lacks; idempotent, so that several
+        workers starting at once may all try (a column another added meanwhile is skipped)."""
+        present = {"job_table": self._columns(cur, self.job) or [],
+                   "history_table": self._columns(cur, self.job + HISTORY_SUFFIX) or []}
+        for table, column, definition in self._missing_columns(present):
+            names = {"table": getattr(self, table), "column": self.quote(column), "definition": definition}
+            try:
+                self._execute(cur, ADD_COLUMN, **names)
+            except self.Error:
+                if column not in (self._columns(cur, self.job if table == "job_table" else self.job + HISTORY_SUFFIX) or []):
+                    raise
+                log.debug("column %s was added by another worker meanwhile", column)
 
     def create(self, obsids: Optional[Sequence[int]] = None, master: str = "", add: bool = False) -> int:
         """Create the job's table holding `obsids`, or every obsid of table `master` when obsids is None.
@@ -398,6 +465,9 @@ class JobTable:
             raise BadInput(f"master table '{master}' {why} in {self.settings.describe()} ([sql] table in batch.cfg)")
         expected = "pipetime" if master_columns and "pipetime" in master_columns else None
         master_table = self.quote(master) if master else ""
+        if obsids is None:
+            self._transaction(lambda cur: self._check_master_obsids(cur, master, master_table), "reading the master table",
+                              write=False)
 
         def fill(cur):
             before = self._count(cur)
@@ -412,13 +482,31 @@ class JobTable:
             return self._count(cur) - before
 
         if not existed:
-            self._transaction(self._create_tables, "creating the job table")
+            try:
+                self._transaction(self._create_tables, "creating the job table")
+            except BatchError:
+                if self.exists():   # another `new` of this job created it a moment ago: it is theirs
+                    raise JobExists(self.job, self.total()) from None
+                raise
         try:
             return self._transaction(fill, "filling the job table")
         except BaseException:
             if not existed:
                 self.drop()
             raise
+
+    def _check_master_obsids(self, cur: Any, master: str, master_table: str) -> None:
+        """Raise BadInput at the master table's first value that is not an obsid, as for a file's
+        lines: the database would turn 'abc' into 0 and '1342191756abc' into 1342191756."""
+        self._execute(cur, MASTER_OBSIDS, master_table=master_table)
+        while True:
+            rows = cur.fetchmany(10_000)
+            if not rows:
+                return
+            for (value,) in rows:
+                if as_obsid(value) is None:
+                    raise BadInput(f"master table '{master}' in {self.settings.describe()}: obsid {value!r} is not an "
+                                   f"obsid ({WHAT_AN_OBSID_IS}); nothing was created")
 
     def _create_tables(self, cur: Any) -> None:
         self._execute(cur, CREATE_JOB_TABLE)
@@ -436,35 +524,47 @@ class JobTable:
         self._transaction(drop, "dropping the job table")
 
     # ----------------------------------------------------------------- what workers do
-    def claim(self, host: str, worker: str, pid: int, *, interrupted: Optional[Callable[[], bool]] = None) -> Optional[Claim]:
+    def claim(self, host: str, worker: str, pid: int, lease: float = DEFAULT_LEASE, *,
+              interrupted: Optional[Callable[[], bool]] = None) -> Optional[Claim]:
         """Atomically take the next pending obsid for this worker, longest expected first.
 
         No two callers, in any process or on any host, ever get the same row: the row is locked
         (MySQL: FOR UPDATE SKIP LOCKED, so claimers pass each other instead of queueing; SQLite:
         BEGIN IMMEDIATE holds the database's only write lock) and marked running with a token
-        that only this claim knows. Returns None when nothing is pending.
+        that only this claim knows. The row's lease runs out `lease` seconds after the claim unless
+        heartbeats renew it. Returns None when nothing is pending.
+
+        Each try has a fresh token; a try whose COMMIT got no answer (the connection broke) may have
+        committed all the same, so the next try first looks for a row holding an earlier token.
         """
-        token = uuid.uuid4().hex
+        tokens: List[str] = []
 
         def take(cur):
+            for earlier in tokens:
+                row = self._execute(cur, CLAIMED_BY, {"token": earlier}).fetchone()
+                if row is not None:
+                    return Claim(int(row[0]), earlier, int(row[1]) + 1, lease)
+            token = uuid.uuid4().hex
+            tokens.append(token)
             row = self._execute(cur, PICK_PENDING).fetchone()
             if row is None:
                 return None
             obsid, attempts = int(row[0]), int(row[1])
             self._execute(cur, CLAIM, {"token": token, "host": host[:255], "worker": worker[:32], "pid": pid,
-                                       "obsid": obsid})
+                                       "obsid": obsid, "lease": lease})
             if cur.rowcount != 1:
                 raise BatchError(f"claim of obsid {obsid} lost a race it cannot lose; please report this")
-            return Claim(obsid, token, attempts + 1)
+            return Claim(obsid, token, attempts + 1, lease)
         return self._transaction(take, "claiming an obsid", interrupted=interrupted)
 
     def heartbeat(self, claim: Claim) -> Lease:
-        """Refresh the claim's lease: HELD (still ours), LOST (taken from us) or UNKNOWN (database unreachable).
+        """Renew the claim's lease (for the claim's own lease seconds): HELD (still ours), LOST (taken
+        from us) or UNKNOWN (database unreachable).
 
-        Never waits: a worker keeps its HIPE running through a database outage.
+        Never waits longer than one call: a worker keeps its HIPE running through a short outage.
         """
         def beat(cur):
-            self._execute(cur, HEARTBEAT, {"obsid": claim.obsid, "token": claim.token})
+            self._execute(cur, HEARTBEAT, {"obsid": claim.obsid, "token": claim.token, "lease": claim.lease})
             return Lease.HELD if cur.rowcount == 1 else Lease.LOST
         try:
             return self._transaction(beat, "refreshing a lease", patience=0)
@@ -488,7 +588,7 @@ class JobTable:
         def record(cur):
             self._execute(cur, FINISH, {**row, "state": state, "pipelined": int(state == DONE), "attempt": claim.attempt,
                                         "exit_code": outcome.exit_code, "signal_no": outcome.signal,
-                                        "reason": outcome.reason[:255] or None})
+                                        "reason": outcome.reason[:255] or None, "template": outcome.template or None})
             if cur.rowcount != 1:
                 return None
             self._execute(cur, HISTORY_FROM_ROW, {**row, "attempt": claim.attempt,
@@ -502,19 +602,20 @@ class JobTable:
         return self._transaction(record, f"recording the outcome of obsid {claim.obsid}", patience=patience,
                                  interrupted=interrupted)
 
-    def requeue(self, claim: Claim, reason: str, *, patience: Optional[float] = None,
-                interrupted: Optional[Callable[[], bool]] = None) -> bool:
-        """Put a claimed obsid back to pending without counting an attempt (the worker was stopped).
+    def requeue(self, claim: Claim, reason: str, *, outcome: str = "stopped", template: str = "",
+                patience: Optional[float] = None, interrupted: Optional[Callable[[], bool]] = None) -> bool:
+        """Put a claimed obsid back to pending without counting an attempt (the worker was stopped, or
+        the fault was the worker's, not the obsid's); the history records the attempt as `outcome`.
 
         Returns False if the claim had been taken from us already.
         """
         row = {"obsid": claim.obsid, "token": claim.token}
 
         def put_back(cur):
-            self._execute(cur, REQUEUE, {**row, "reason": reason[:255]})
+            self._execute(cur, REQUEUE, {**row, "reason": reason[:255], "template": template or None})
             if cur.rowcount != 1:
                 return False
-            self._execute(cur, HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": "stopped"})
+            self._execute(cur, HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": outcome})
             return True
         return self._transaction(put_back, f"putting obsid {claim.obsid} back", patience=patience,
                                  interrupted=interrupted)
@@ -523,20 +624,38 @@ class JobTable:
                       interrupted: Optional[Callable[[], bool]] = None) -> List[int]:
         """Take back every running obsid whose lease ran out (its worker is dead or cut off).
 
-        Each costs an attempt and goes back to pending, or to failed once max_attempts are used;
-        its token is cleared, so the lost worker can no longer record anything for it.
+        The lease is the row's own (`lease_expires`, from its claiming worker); `lease` only serves
+        rows claimed by an older version, which have none. Each costs an attempt and goes back to
+        pending, or to failed once max_attempts are used; its token is cleared, so the lost worker
+        can no longer record anything for it. Rows another transaction holds locked are skipped
+        (MySQL: SKIP LOCKED), so a worker frozen inside a transaction never stalls this one.
         Returns the obsids taken back.
         """
         def reclaim(cur):
-            cutoff = self._db_now(cur) - lease
-            stale = [int(r[0]) for r in self._execute(cur, STALE, {"cutoff": cutoff}).fetchall()]
-            reason = f"worker lost: no heartbeat for {lease:g} s"
-            for obsids, params in in_list(stale):
-                self._execute(cur, LOST_MARK, {**params, "reason": reason}, obsids=obsids)
-                self._execute(cur, LOST_TO_HISTORY, params, obsids=obsids)
-                self._execute(cur, LOST_RELEASE, {**params, "max_attempts": max_attempts}, obsids=obsids)
-            return stale
+            found = self._execute(cur, STALE, {"db_now": self._db_now(cur), "lease": lease}).fetchall()
+            by_lease: Dict[float, List[int]] = {}
+            for obsid, given in found:
+                by_lease.setdefault(round(float(given), 3), []).append(int(obsid))
+            for given, stale in sorted(by_lease.items()):
+                reason = f"worker lost: no heartbeat for {given:g} s"
+                for obsids, params in in_list(stale):
+                    self._execute(cur, LOST_MARK, {**params, "reason": reason}, obsids=obsids)
+                    self._execute(cur, LOST_TO_HISTORY, params, obsids=obsids)
+                    self._execute(cur, LOST_RELEASE, {**params, "max_attempts": max_attempts}, obsids=obsids)
+            return sorted(int(obsid) for obsid, _ in found)
         return self._transaction(reclaim, "reclaiming obsids of lost workers", interrupted=interrupted)
+
+    def done_elsewhere(self, seconds: float, host: str, pid: int) -> int:
+        """How many obsids workers other than (host, pid) finished in the last `seconds`."""
+        def count(cur):
+            return int(self._execute(cur, DONE_ELSEWHERE, {"seconds": seconds, "host": host, "pid": pid}).fetchone()[0])
+        return self._transaction(count, "counting other workers' successes", write=False)
+
+    def live_running(self, lease: float) -> int:
+        """How many obsids run under a live lease (`lease`: for rows of an older version only)."""
+        def count(cur):
+            return int(self._execute(cur, COUNT_LIVE_RUNNING, {"db_now": self._db_now(cur), "lease": lease}).fetchone()[0])
+        return self._transaction(count, "counting running obsids", write=False)
 
     # ----------------------------------------------------------------- what users do
     def reset(self, lease: float, only_failed: bool = False, obsids: Optional[Sequence[int]] = None) -> Tuple[int, int]:
@@ -547,8 +666,7 @@ class JobTable:
         would run them twice at once. Returns (how many were reset, how many were left running).
         """
         def reset(cur):
-            alive = self._db_now(cur) - lease
-            which = {"alive": alive, "only_failed": int(only_failed)}
+            which = {"db_now": self._db_now(cur), "lease": lease, "only_failed": int(only_failed)}
             # A reset obsid is no longer done, so it has no results; obsids left running have none.
             if obsids is None:
                 changed = self._execute(cur, RESET_ALL, which).rowcount
@@ -563,7 +681,7 @@ class JobTable:
                     changed += self._execute(cur, RESET_LISTED, {**which, **params}, obsids=listed).rowcount
                     if not only_failed:
                         self._execute(cur, RESULTS_DELETE_LISTED, params, obsids=listed)
-            running = self._execute(cur, COUNT_LIVE_RUNNING, {"alive": alive}).fetchone()[0]
+            running = self._execute(cur, COUNT_LIVE_RUNNING, {"db_now": which["db_now"], "lease": lease}).fetchone()[0]
             return changed, int(running)
         return self._transaction(reset, "resetting obsids")
 
@@ -709,6 +827,14 @@ def _never() -> bool:
     return False
 
 
+def _file_identity(path: Any) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
@@ -739,14 +865,33 @@ class SQLiteJobTable(JobTable):
             raise JobMissing(self.job, self.settings.describe(), database_missing=True)
         # isolation_level=None: transactions are begun explicitly, so a claim's write lock is taken
         # at BEGIN IMMEDIATE and not half-way through (which could deadlock two claimers).
-        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("PRAGMA journal_mode = WAL")   # readers (status) never block the workers
+        # A writer stuck inside a transaction (a frozen worker) holds the file's one write lock: the
+        # others wait at most call_timeout per try, and retry within their patience.
+        conn = sqlite3.connect(str(path), timeout=self.call_timeout, isolation_level=None)
+        self._identity = self._identity or _file_identity(path)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.call_timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")   # readers (status) never block the workers, nor a writer them
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
+    _identity: Optional[Tuple[int, int]] = None   # (st_dev, st_ino) of the file when first opened
+
     def _begin(self, cur: Any, write: bool) -> None:
+        # A file deleted or replaced under the workers: without this check they would go on writing
+        # into the old file (kept alive by their open descriptors), and all their work would be lost.
+        if self._identity is not None and _file_identity(self.settings.path) != self._identity:
+            raise BatchError(f"{self.settings.describe()} was deleted or replaced while in use; stopping "
+                             "(the work recorded since is in the old file, which is gone)")
         cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def _columns(self, cur: Any, table: str) -> Optional[List[str]]:
+        # SQLite's table names ignore case: `HIFI` would be the job `hifi` (and `HIFI wipe` drop it).
+        cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ? COLLATE NOCASE", (table,))
+        found = cur.fetchone()
+        if found is not None and found[0] != table:
+            raise BadInput(f"'{table}' differs only in case from the table '{found[0]}' in {self.settings.describe()}, "
+                           f"and SQLite's names ignore case: use '{found[0]}'")
+        return super()._columns(cur, table)
 
     def _is_transient(self, e: Exception) -> bool:
         return isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
@@ -765,7 +910,7 @@ class MySQLJobTable(JobTable):
     index_exists = """SELECT 1 FROM information_schema.statistics
   WHERE table_schema = DATABASE() AND table_name = :table AND index_name = :index"""
     skip_locked = " FOR UPDATE SKIP LOCKED"
-    lock_rows = " FOR UPDATE"
+    lock_rows = " FOR UPDATE SKIP LOCKED"   # a row a stuck transaction holds is taken back next time
     in_start_order = " FORCE INDEX ({index})"
     by_state = " FORCE INDEX ({index})"
     columns_of = """SELECT LOWER(column_name) FROM information_schema.columns
@@ -783,8 +928,12 @@ class MySQLJobTable(JobTable):
     def _connect(self) -> Any:
         from MySQLdb.constants import CLIENT
         s = self.settings
+        # Every wait for the server is bounded: without read and write timeouts a frozen server (or a
+        # network silently dropping packets) blocks a query for as long as it lasts.
+        seconds = math.ceil(self.call_timeout)
         options = {"host": s.host, "user": s.user, "database": s.db, "charset": "utf8mb4",
-                   "connect_timeout": 10, "autocommit": False,
+                   "connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds,
+                   "autocommit": False,
                    "client_flag": CLIENT.FOUND_ROWS,  # rowcount = rows matched, so repeated writes still count
                    "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"}
         if s.port:
@@ -798,7 +947,27 @@ class MySQLJobTable(JobTable):
         option_file = s.option_file or os.path.expanduser("~/.my.cnf")
         if os.path.isfile(option_file):
             options["read_default_file"] = option_file
-        return self._driver.connect(**options)
+        conn = self._driver.connect(**options)
+        try:
+            self._limit_session(conn.cursor(), seconds)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _limit_session(self, cur: Any, seconds: int) -> None:
+        """Short lock waits (retried whole), and a transaction left idle by a stuck client (a frozen
+        worker between its UPDATE and its COMMIT) aborted by the server, so that its row locks
+        never stall the other workers for long. idle_transaction_timeout is MariaDB's (10.3+);
+        MySQL has none, and there the lock waits' bound and SKIP LOCKED must do."""
+        # Half the call's timeout: a lock wait must end as "lock wait timeout" (retried whole), not as
+        # the client's read timeout, which costs the connection.
+        cur.execute(f"SET SESSION innodb_lock_wait_timeout = {max(1, seconds // 2)}")
+        try:
+            cur.execute(f"SET SESSION idle_transaction_timeout = {max(2, seconds)}")
+        except self._driver.OperationalError as e:
+            if self._code(e) != 1193:   # unknown system variable: not MariaDB
+                raise
 
     def _code(self, e: Exception) -> Optional[int]:
         return e.args[0] if e.args and isinstance(e.args[0], int) else None
@@ -813,9 +982,12 @@ class MySQLJobTable(JobTable):
         import MySQLdb.cursors
         return self.conn.cursor(MySQLdb.cursors.SSCursor)   # rows stay on the server until fetched
 
+    def _is_lock_conflict(self, e: Exception) -> bool:
+        return self._code(e) == 1213
+
 
 def open_table(settings: Any, job: str, patience: float = INTERACTIVE_PATIENCE, create: bool = False,
-               interrupted: Optional[Callable[[], bool]] = None) -> JobTable:
+               interrupted: Optional[Callable[[], bool]] = None, call_timeout: float = DEFAULT_CALL_TIMEOUT) -> JobTable:
     """The job table of `job` on the backend `settings` names ([sql] of batch.cfg)."""
     cls = SQLiteJobTable if settings.backend == "sqlite" else MySQLJobTable
-    return cls(job, settings, patience=patience, create=create, interrupted=interrupted)
+    return cls(job, settings, patience=patience, create=create, interrupted=interrupted, call_timeout=call_timeout)

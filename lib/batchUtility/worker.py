@@ -4,21 +4,26 @@ One worker is one process (one MPI slot). Workers never talk to each other: the 
 only coordination. A worker that dies leaves its obsid running under a lease that stops being
 refreshed; any later worker takes it back (`JobTable.reclaim_stale`).
 """
+import dataclasses
+import hashlib
 import logging
 import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from . import hipe, report
 from .config import Config
-from .errors import BadInput, DatabaseUnavailable, SetupBroken, TemplateMissing
-from .model import FAILED, INTERACTIVE_PATIENCE, RUNNING, Claim, LaunchEnd, Lease, Outcome
+from .errors import BadInput, BatchError, BlackHole, DatabaseUnavailable, SetupBroken, TemplateMissing
+from .guardian import Guardian, GuardianLost
+from .lease import LeaseKeeper
+from .model import FAILED, INTERACTIVE_PATIENCE, RUNNING, Claim, LaunchEnd, Outcome
 from .slot import Slot
-from .storage import JobTable
+from .storage import JobTable, open_table
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +32,10 @@ logger = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 WAIT_POLL = 5.0  # seconds between looks at the table while waiting for obsids running elsewhere
 STOP_PATIENCE = INTERACTIVE_PATIENCE  # seconds a stopping worker waits for the database to put its obsid back
+# A black hole: this many failed attempts in a row, each within QUICK_FAILURE seconds, while other
+# workers succeed, mean this worker's host is broken; it stops rather than fail the whole job.
+BLACK_HOLE_FAILURES = 5
+QUICK_FAILURE = 10.0
 
 
 class _Context(logging.LoggerAdapter):
@@ -50,14 +59,44 @@ def check_ready(cfg: Config, job: str) -> None:
     if not template.is_file():
         raise TemplateMissing(job, template)
     try:
-        template.read_text(encoding="utf-8")
+        text = template.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise BadInput(f"template {template} cannot be read: {e}") from None
+    if not has_statement(text):
+        # HIPE would run it to its end at once: every obsid counted done with nothing done.
+        raise BadInput(f"template {template} holds no statement (only blank lines and comments): "
+                       "write the job's HIPE script there")
     command = cfg.hipe.command[0] if cfg.hipe.command else ""
     if not command or not shutil.which(command):
         raise BadInput(f"HIPE command {command!r} not found on PATH ([hipe] command in {cfg.path})")
     for sub in ("log", "output"):
-        (cfg.job_dir(job) / sub).mkdir(parents=True, exist_ok=True)
+        folder = cfg.job_dir(job) / sub
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BadInput(f"cannot create {folder}: {e.strerror}") from None
+    for folder in (cfg.job_dir(job) / "log", Path(tempfile.gettempdir())):
+        check_writable(folder)
+
+
+def has_statement(script: str) -> bool:
+    """Whether a script holds anything but blank lines and comments."""
+    return any(line.strip() and not line.strip().startswith("#") for line in script.splitlines())
+
+
+def check_writable(folder: Path) -> None:
+    """Raise BadInput unless a file can be created in folder (not read-only, not full, not gone).
+    As root, permissions do not say it: only trying does."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".batch-write-test-", dir=folder)
+        try:
+            os.write(fd, b"x" * 4096)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        what = "TMPDIR" if folder == Path(tempfile.gettempdir()) else "folder"
+        raise BadInput(f"{what} {folder} is not writable: {e.strerror}") from None
 
 
 class Worker:
@@ -71,6 +110,10 @@ class Worker:
         self.log = _Context(logger, {"host": slot.host, "slot": slot.name, "obsid": None})
         self.stop_signal = 0
         self.processed = self.done = self.failed = 0
+        self.guardian: Optional[Guardian] = None
+        self.keeper: Optional[LeaseKeeper] = None
+        self.quick_failures, self.failing_since = 0, 0.0
+        self.template_version, self.template_changed = "", False
 
     def check_ready(self) -> None:
         """See check_ready()."""
@@ -90,6 +133,7 @@ class Worker:
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         started = time.monotonic()
         try:
+            self._start_guard()
             self._loop()
             status = 1 if self.failed else 0
         except DatabaseUnavailable as e:
@@ -100,15 +144,42 @@ class Worker:
                 self._say(report.slot_summary(self.slot, self.processed, self.done, self.failed,
                                               time.monotonic() - started))
             finally:
+                self._stop_guard()
                 for s, handler in previous.items():
                     signal.signal(s, handler)
         return 128 + self.stop_signal if self.stop_signal else status
 
+    def _start_guard(self) -> None:
+        """The guardian (kills HIPE if this worker dies or cannot renew its lease in time) and the
+        heartbeat thread, on a database connection of its own."""
+        try:
+            self.guardian = Guardian()
+        except GuardianLost as e:
+            raise BadInput(f"cannot run: {e}") from None
+        cfg = self.cfg
+        self.keeper = LeaseKeeper(lambda: open_table(cfg.sql, self.job, patience=0, call_timeout=cfg.run.call_timeout),
+                                  self.guardian, cfg.run.heartbeat, say=self.log)
+
+    def _stop_guard(self) -> None:
+        if self.keeper is not None:
+            self.keeper.close()
+        if self.guardian is not None:
+            self.guardian.close()
+
     def _say(self, line: str) -> None:
         # One write per line: under mpirun many ranks share one output, and print() writes the
         # newline separately, so with PYTHONUNBUFFERED lines of different ranks got mixed.
-        self.out.write(line + "\n")
-        self.out.flush()
+        try:
+            self.out.write(line + "\n")
+            self.out.flush()
+        except (BrokenPipeError, ValueError):
+            # `run | head`: nobody reads any more. The work goes on (its record is the job table),
+            # and what is left in the buffer goes nowhere rather than into a traceback at exit.
+            self.out = open(os.devnull, "w")
+            try:
+                os.dup2(self.out.fileno(), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only note it: the loop stops HIPE, puts the obsid back and leaves at a safe point.
@@ -118,9 +189,10 @@ class Worker:
         run = self.cfg.run
         self._reclaim()
         while not self.stop_signal:
-            claim = self.table.claim(self.slot.host, self.slot.name, os.getpid(), interrupted=self._stopping)
+            claimed_at = time.monotonic()   # the lease runs from before the claim's transaction began
+            claim = self.table.claim(self.slot.host, self.slot.name, os.getpid(), run.lease, interrupted=self._stopping)
             if claim is not None:
-                self._process(claim)
+                self._process(claim, claimed_at)
                 continue
             if self._reclaim():
                 continue
@@ -142,47 +214,82 @@ class Worker:
         while not self.stop_signal and time.monotonic() < end:
             time.sleep(min(hipe.POLL, end - time.monotonic()))
 
-    def _process(self, claim: Claim) -> None:
+    def _process(self, claim: Claim, claimed_at: float) -> None:
         self.processed += 1
         self.log.extra["obsid"] = claim.obsid
-        self._say(f".....  [Slot {self.slot.rank}/{self.slot.size} on {self.slot.host}] "
-                  f"[#{self.processed}, obsid={claim.obsid}]")
+        try:
+            self.keeper.hold(claim, claimed_at)
+            self._say(f".....  [Slot {self.slot.rank}/{self.slot.size} on {self.slot.host}] "
+                      f"[#{self.processed}, obsid={claim.obsid}]")
+            launch = self._launch(claim)
+            self._record(claim, launch)
+        except (DatabaseUnavailable, SetupBroken, BlackHole):
+            raise
+        except (BatchError, OSError, GuardianLost) as e:
+            # Anything else on the way from claim to record is this worker's fault, not the obsid's:
+            # the obsid goes back uncounted, and the worker stops with one line.
+            self._put_back(claim, _one_line(e), "setup")
+            raise SetupBroken(_one_line(e), claim.obsid) from None
+        finally:
+            self.keeper.release()
+            self.log.extra["obsid"] = None
+
+    def _launch(self, claim: Claim) -> hipe.Launch:
         try:
             template = self.template.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            launch = hipe.Launch(Outcome(False, f"cannot read template {self.template}: {e}"), 0.0,
-                                 LaunchEnd.NOT_STARTED)
-        else:
-            request = hipe.LaunchRequest(self.cfg.hipe, template, self.job, claim.obsid, self.dir / "output",
-                                         self.dir / "log")
-            launch = hipe.run_obsid(request, lambda: self.stop_signal, lambda: self._heartbeat(claim),
-                                    self.cfg.run.heartbeat)
-        try:
-            self._record(claim, launch)
-        finally:
-            self.log.extra["obsid"] = None
+            return hipe.Launch(Outcome(False, f"cannot read template {self.template}: {e}"), 0.0,
+                               LaunchEnd.NOT_STARTED)
+        if not has_statement(template):   # being rewritten in place, say: never count that as a success
+            return hipe.Launch(Outcome(False, f"template {self.template} holds no statement now"), 0.0,
+                               LaunchEnd.NOT_STARTED)
+        version = self._template_version(template)
+        request = hipe.LaunchRequest(self.cfg.hipe, template, self.job, claim.obsid, self.dir / "output",
+                                     self.dir / "log")
+        launch = hipe.run_obsid(request, lambda: self.stop_signal, self.keeper.state, self.guardian)
+        return dataclasses.replace(launch, outcome=dataclasses.replace(launch.outcome, template=version))
 
-    def _heartbeat(self, claim: Claim) -> Lease:
-        lease = self.table.heartbeat(claim)
-        if lease is Lease.UNKNOWN:
-            self.log.warning("database unreachable; HIPE keeps running, the lease will be refreshed when it is back")
-        elif lease is Lease.LOST:
-            self.log.error("claim was taken back (lease of %g s ran out); stopping HIPE", self.cfg.run.lease)
-        return lease
+    def _template_version(self, text: str) -> str:
+        """The template's content hash, recorded with each attempt; a change mid-run is said once."""
+        version = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+        if self.template_version and version != self.template_version and not self.template_changed:
+            self.template_changed = True
+            self.log.warning("template %s changed while this worker ran (version %s, now %s): later obsids run "
+                             "the new version; `status --obsid` tells which version ran each attempt",
+                             self.template, self.template_version, version)
+        self.template_version = self.template_version or version
+        return version
 
     def _record(self, claim: Claim, launch: hipe.Launch) -> None:
         """Tell the table what became of the claim, according to how the launch ended."""
         if launch.end is LaunchEnd.STOPPED:
             self._put_back_stopped(claim, launch)
         elif launch.end is LaunchEnd.NOT_STARTED:
-            # HIPE was removed or its template deleted mid-run: not the obsid's fault. Put it back
-            # uncounted and stop, rather than fail every obsid of the job in turn in a few seconds.
-            self.table.requeue(claim, launch.outcome.reason, interrupted=self._stopping)
+            # HIPE could not be started here (HIPE or the template gone, no file descriptors, no
+            # memory, a full disk...): not the obsid's fault. Put it back uncounted and stop, rather
+            # than fail every obsid of the job in turn in a few seconds (a black hole).
+            self._put_back(claim, launch.outcome.reason, "setup")
             raise SetupBroken(launch.outcome.reason, claim.obsid)
+        elif launch.end is LaunchEnd.FENCED:
+            # The lease could not be renewed in time (the database or this worker frozen, or cut off):
+            # the guardian killed HIPE. Not the obsid's fault: back to pending uncounted, if still ours.
+            if self._put_back(claim, launch.outcome.reason, "fenced", launch.outcome.template):
+                self.log.warning("%s; obsid back to pending", launch.outcome.reason)
+            else:
+                self.log.warning("%s; the obsid had been taken back meanwhile", launch.outcome.reason)
         elif launch.end is LaunchEnd.CLAIM_LOST:
             pass  # the obsid is another worker's now: neither done nor failed by this one
         else:
             self._finish(claim, launch)
+
+    def _put_back(self, claim: Claim, reason: str, outcome: str, template: str = "") -> bool:
+        """Requeue uncounted, waiting at most STOP_PATIENCE (the lease takes it back otherwise)."""
+        try:
+            return self.table.requeue(claim, reason, outcome=outcome, template=template,
+                                      patience=min(self.table.patience, STOP_PATIENCE), interrupted=_never)
+        except DatabaseUnavailable as e:
+            self.log.error("%s; obsid stays claimed until its lease runs out", e)
+            return False
 
     def _put_back_stopped(self, claim: Claim, launch: hipe.Launch) -> None:
         # A stop should be quick: the database gets STOP_PATIENCE, not the run's patience (the lease
@@ -202,13 +309,33 @@ class Worker:
             self.log.error("outcome not recorded: the claim had been taken back (lease %g s)", self.cfg.run.lease)
         elif outcome.ok:
             self.done += 1
+            self.quick_failures = 0
             self.log.info("done in %.1f s", launch.seconds)
         else:
             self.failed += 1
             retry = f", will be retried (attempt {claim.attempt} of {self.cfg.run.max_attempts})" if state != FAILED else ""
             self.log.error("failed after %.1f s: %s%s (log: %s)", launch.seconds, outcome.reason, retry,
                            Path(self.dir, "log", f"{claim.obsid}.stderr"))
+            self._judge_failure(launch)
+
+    def _judge_failure(self, launch: hipe.Launch) -> None:
+        """Stop if this worker looks like a black hole: quick failures in a row while others succeed."""
+        if launch.seconds >= QUICK_FAILURE:
+            self.quick_failures = 0
+            return
+        if self.quick_failures == 0:
+            self.failing_since = time.monotonic() - launch.seconds
+        self.quick_failures += 1
+        if self.quick_failures % BLACK_HOLE_FAILURES:
+            return
+        elsewhere = self.table.done_elsewhere(time.monotonic() - self.failing_since + 1.0, self.slot.host, os.getpid())
+        if elsewhere:
+            raise BlackHole(self.quick_failures, QUICK_FAILURE, elsewhere, launch.outcome.reason)
 
 
 def _never() -> bool:
     return False
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())

@@ -1,0 +1,248 @@
+"""The guardian: one small process per worker that kills HIPE when the worker cannot answer for it.
+
+HIPE runs in a process group of its own, so that a timeout or a stop kills all of it. But a worker
+that is killed outright (SIGKILL, the OOM killer), or frozen (SIGSTOP, Ctrl-Z, a paused VM), or
+cut off from the database longer than its lease, cannot stop that group: HIPE would run on while
+the obsid, taken back after the lease, runs again elsewhere. The guardian prevents that. It is
+started once per worker (not once per launch), in a session of its own so that nothing aimed at the
+worker's terminal or process group stops it, and reads lines from a pipe only the worker writes:
+
+    fence-at DEADLINE   HIPE may run until DEADLINE (CLOCK_MONOTONIC seconds, shared by every
+                        process of the host); the worker sends a later one after each heartbeat
+                        that renewed its lease in the database
+    launch PGID         HIPE runs as process group PGID (sent right after it started)
+    finished PGID       that group is the worker's business again (sent before HIPE is reaped)
+
+It kills each launched group with SIGKILL when the pipe ends (the worker died) or when the fence
+deadline passes without a newer one (the worker is frozen, or could not renew its lease): it fences
+the worker off from its claim before the lease, which another worker may then take, runs out. It
+answers `fenced PGID` on its other pipe for a group it killed at the deadline, so that the worker
+learns why HIPE died. This file is also the guardian's program (`python -S -I guardian.py`): it
+imports nothing but the standard library's smallest modules, starts in a few milliseconds and then
+sleeps in select() until a line or a deadline comes.
+"""
+import os
+import select
+import signal
+import sys
+import time
+
+READY = b"ready\n"
+
+
+# ----------------------------------------------------------------------------- the guardian's side
+def _start_time(pid):
+    """Field 22 of /proc/PID/stat (start time in clock ticks), or None if there is no such process.
+
+    A group is only killed while its leader is the process that was launched, or gone: a leader's
+    pid is not reused while its group has members, so a leader with another start time means the
+    whole group ended and the number now belongs to someone else."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+class _Watch:
+    """The guardian's state: the launched groups and the deadline they may run until."""
+
+    def __init__(self, replies):
+        self.replies = replies
+        self.groups = {}       # pgid -> start time of its leader when launched
+        self.deadline = None   # None: no fence yet (only the worker's death kills)
+
+    def handle(self, line):
+        word, _, arg = line.strip().partition(" ")
+        if word == "fence-at":
+            self.deadline = float(arg)
+        elif word == "launch":
+            pgid = int(arg)
+            self.groups[pgid] = _start_time(pgid)
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self.kill_all("fenced")   # launched after its lease's safety margin had passed
+        elif word == "finished":
+            self.groups.pop(int(arg), None)
+
+    def kill_all(self, why):
+        for pgid, started in list(self.groups.items()):
+            leader = _start_time(pgid)
+            if leader is None or leader == started:
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except OSError:
+                    pass
+            del self.groups[pgid]
+            self._reply(f"{why} {pgid}\n")
+
+    def _reply(self, text):
+        try:
+            os.write(self.replies, text.encode())
+        except OSError:   # the worker is gone or not reading: the kill is what matters
+            pass
+
+    def timeout(self):
+        if self.deadline is None or not self.groups:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _terminated(signum, frame):
+    raise _Terminated   # out of select(), which Python would otherwise just resume
+
+
+def main():
+    # Signals meant for the worker's terminal must not stop or end the guardian; SIGTERM (someone
+    # ending the guardian itself) takes HIPE down with it, as the worker's death would.
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _terminated)
+    commands, replies = sys.stdin.fileno(), sys.stdout.fileno()
+    watch = _Watch(replies)
+    try:
+        os.write(replies, READY)
+        _serve(commands, watch)
+    except _Terminated:
+        pass
+    watch.kill_all("orphaned")
+
+
+def _serve(commands, watch):
+    """Follow the worker's lines until its pipe ends; kill at each deadline that passes."""
+    pending = b""
+    while True:
+        readable, _, _ = select.select([commands], [], [], watch.timeout())
+        if not readable:
+            if watch.deadline is not None and time.monotonic() >= watch.deadline:
+                watch.kill_all("fenced")
+            continue
+        chunk = os.read(commands, 4096)
+        if not chunk:
+            return   # the worker is gone: whatever it launched must not outlive it
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            try:
+                watch.handle(line.decode("ascii", "replace"))
+            except ValueError:
+                pass   # only the worker writes here; a garbled line must not end the watch
+
+
+# ----------------------------------------------------------------------------- the worker's side
+class GuardianLost(Exception):
+    """The guardian could not be started or is gone: HIPE must not be launched unguarded."""
+
+
+class Guardian:
+    """The worker's handle on its guardian process. Thread-safe: the heartbeat thread sends
+    deadlines while the main thread sends launches."""
+
+    def __init__(self, python=None, start_timeout=20.0):
+        import subprocess
+        import threading
+        self._lock = threading.Lock()
+        self.fenced = set()   # groups the guardian killed at a deadline, as it told us
+        from .config import PASSWORD_ENV   # here: this file also runs on its own, as the guardian
+        python = python or sys.executable
+        if not python:
+            raise GuardianLost("no Python interpreter to run the guardian")
+        commands_r, self._commands = os.pipe()
+        self._replies, replies_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen([python, "-S", "-I", os.path.abspath(__file__)], stdin=commands_r,
+                                         stdout=replies_w, stderr=subprocess.DEVNULL, start_new_session=True,
+                                         close_fds=True, env={k: v for k, v in os.environ.items() if k != PASSWORD_ENV})
+        except OSError as e:
+            os.close(self._commands)
+            os.close(self._replies)
+            raise GuardianLost(f"cannot start the guardian ({python}): {e.strerror}") from None
+        finally:
+            os.close(commands_r)
+            os.close(replies_w)
+        os.set_blocking(self._commands, False)   # a frozen guardian must never block the worker
+        self._await_ready(start_timeout)
+        os.set_blocking(self._replies, False)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def _await_ready(self, timeout):
+        ready, _, _ = select.select([self._replies], [], [], timeout)
+        answer = os.read(self._replies, len(READY)) if ready else b""
+        if answer != READY:
+            self.close()
+            raise GuardianLost("the guardian did not start" + ("" if ready else f" within {timeout:g} s"))
+
+    def _send(self, line):
+        with self._lock:
+            if self._commands is None:
+                raise GuardianLost("the guardian was closed")
+            try:
+                written = os.write(self._commands, line.encode())
+            except (BlockingIOError, BrokenPipeError) as e:
+                raise GuardianLost(f"the guardian (pid {self.proc.pid}) does not listen: {e}") from None
+            if written != len(line):
+                raise GuardianLost(f"the guardian (pid {self.proc.pid}) does not keep up")
+
+    def fence_at(self, deadline: float):
+        """HIPE may run until `deadline` (time.monotonic() seconds), unless a later one is sent."""
+        self._send(f"fence-at {deadline:.6f}\n")
+
+    def launch(self, pgid: int):
+        self._send(f"launch {pgid}\n")
+
+    def finished(self, pgid: int):
+        """Send before HIPE is reaped: while it is a zombie its group id cannot be reused."""
+        self._send(f"finished {pgid}\n")
+
+    def was_fenced(self, pgid: int, wait: float = 0.0) -> bool:
+        """Whether the guardian killed group pgid because its deadline passed; waits up to `wait`
+        seconds for it to say so (HIPE's death may be seen before the guardian's answer)."""
+        end = time.monotonic() + wait
+        while True:
+            self._read_replies()
+            left = end - time.monotonic()
+            if pgid in self.fenced or left <= 0 or self._replies is None:
+                return pgid in self.fenced
+            select.select([self._replies], [], [], left)
+
+    def _read_replies(self):
+        while self._replies is not None:
+            try:
+                chunk = os.read(self._replies, 4096)
+            except (BlockingIOError, OSError):
+                return
+            if not chunk:
+                return
+            for line in chunk.decode("ascii", "replace").splitlines():
+                word, _, arg = line.partition(" ")
+                if word == "fenced" and arg.isdigit():
+                    self.fenced.add(int(arg))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self, timeout=10.0):
+        """End the guardian: with nothing launched it just exits."""
+        with self._lock:
+            commands, self._commands = self._commands, None
+        if commands is not None:
+            os.close(commands)
+        try:
+            self.proc.wait(timeout=timeout)
+        except Exception:   # subprocess.TimeoutExpired: a frozen guardian
+            self.proc.kill()
+            self.proc.wait()
+        self._read_replies()
+        if self._replies is not None:
+            os.close(self._replies)
+            self._replies = None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Keeping a claim's lease: a thread that renews it while HIPE runs and tells the guardian how long
+HIPE may go on.
+
+The heartbeat runs off the worker's main thread, on a connection of its own, so that the main
+thread's wait for HIPE (stop signals, [hipe] timeout) never sits behind a database call: with
+the database frozen, a heartbeat blocks for at most one call's timeout while the main thread still
+acts within a fraction of a second.
+
+Self-fencing: each renewal that succeeded moves the guardian's deadline to (the moment the renewal
+*began*) + FENCE_SHARE x lease. The database set the row's expiry to its own clock + lease at some
+moment after that beginning, so the guardian kills HIPE at least (1 - FENCE_SHARE) x lease before
+anyone may take the obsid back, however long the worker stays frozen or cut off.
+"""
+import logging
+import threading
+import time
+from typing import Callable, Optional
+
+from .errors import BatchError
+from .guardian import Guardian, GuardianLost
+from .model import FENCE_SHARE, Claim, Lease
+from .storage import JobTable
+
+log = logging.getLogger(__name__)
+
+
+class LeaseKeeper:
+    """Renews the lease of the claim held (one at a time) every `every` seconds, in a thread."""
+
+    def __init__(self, open_table: Callable[[], JobTable], guardian: Guardian, every: float, say=log):
+        self._open_table = open_table
+        self._table: Optional[JobTable] = None
+        self.guardian = guardian
+        self.every = every
+        self.say = say
+        self._cond = threading.Condition()
+        self._claim: Optional[Claim] = None
+        self._state = Lease.HELD
+        self._next = 0.0
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+        self._thread.start()
+
+    def hold(self, claim: Claim, claimed_at: float) -> None:
+        """Keep `claim`'s lease from now on; claimed_at is time.monotonic() taken before the claim
+        began. Raises GuardianLost if the guardian cannot be told (HIPE must not start then)."""
+        with self._cond:
+            self._claim, self._state = claim, Lease.HELD
+            self._next = claimed_at + self.every
+            self.guardian.fence_at(claimed_at + FENCE_SHARE * claim.lease)
+            self._cond.notify()
+
+    def release(self) -> None:
+        """The claim's outcome is recorded (or it is lost): stop renewing it."""
+        with self._cond:
+            self._claim = None
+            self._cond.notify()
+
+    def state(self) -> Lease:
+        """What the last renewal found: HELD, LOST (taken back: stop HIPE) or UNKNOWN (no answer)."""
+        with self._cond:
+            return self._state
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing, self._claim = True, None
+            self._cond.notify()
+        self._thread.join(timeout=5)
+        if self._table is not None and not self._thread.is_alive():
+            self._table.close()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and (self._claim is None or time.monotonic() < self._next):
+                    wait = None if self._claim is None else self._next - time.monotonic()
+                    self._cond.wait(wait)
+                if self._closing:
+                    return
+                claim = self._claim
+            began = time.monotonic()
+            found = self._renew(claim)
+            with self._cond:
+                if self._claim is not claim:
+                    continue   # released meanwhile: this answer is about a claim that is over
+                if found is Lease.HELD:
+                    self._fence_at(began + FENCE_SHARE * claim.lease)
+                self._report(claim, found)
+                self._state = found if self._state is not Lease.LOST else Lease.LOST
+                self._next = began + self.every
+
+    def _fence_at(self, deadline: float) -> None:
+        try:
+            self.guardian.fence_at(deadline)
+        except GuardianLost as e:   # the main thread sees the guardian gone and stops HIPE
+            log.debug("%s", e)
+
+    def _renew(self, claim: Claim) -> Lease:
+        try:
+            if self._table is None:
+                self._table = self._open_table()
+            return self._table.heartbeat(claim)
+        except BatchError as e:
+            # The table itself may be gone (`wipe --force`, or a new job of the same name): then so is the claim.
+            try:
+                if self._table is not None and not self._table.exists():
+                    return Lease.LOST
+            except BatchError:
+                pass
+            log.debug("heartbeat failed: %s", e)
+            return Lease.UNKNOWN
+
+    def _report(self, claim: Claim, found: Lease) -> None:
+        if found is self._state:
+            return
+        if found is Lease.UNKNOWN:
+            self.say.warning("database unreachable; HIPE keeps running until %.0f%% of the lease (%g s) has "
+                             "passed without a renewal", 100 * FENCE_SHARE, claim.lease)
+        elif found is Lease.LOST:
+            self.say.error("claim was taken back (lease of %g s ran out); stopping HIPE", claim.lease)
+        elif found is Lease.HELD and self._state is Lease.UNKNOWN:
+            self.say.info("database back; lease renewed")

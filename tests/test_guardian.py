@@ -1,0 +1,248 @@
+"""The guardian (lib/batchUtility/guardian.py) with real processes and real signals.
+
+A "worker" here is either this test process holding a Guardian, or a small Python program that
+starts one, launches a process group like HIPE's (a leader and a grandchild, both sleeping) and
+then renews its fence deadline every 0.1 s until told otherwise; the tests kill or freeze it.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mariadb_server import wait_for
+
+from batchUtility.guardian import Guardian, GuardianLost
+
+LIB = Path(__file__).resolve().parents[1] / "lib"
+
+# argv: fence window (s) renewed every 0.1 s. Prints {"guardian": pid, "pgid": pid} once HIPE's
+# stand-in runs; when the group dies, prints {"fenced": bool} and exits.
+WORKER = r'''
+import json, os, subprocess, sys, time
+sys.path.insert(0, sys.argv[1])
+from batchUtility.guardian import Guardian
+window = float(sys.argv[2])
+g = Guardian()
+hipe = subprocess.Popen(["sh", "-c", "sleep 600 & exec sleep 600"], start_new_session=True)
+g.fence_at(time.monotonic() + window)
+g.launch(hipe.pid)
+print(json.dumps({"guardian": g.pid, "pgid": hipe.pid}), flush=True)
+while True:
+    info = os.waitid(os.P_PID, hipe.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    if info is not None:
+        break
+    g.fence_at(time.monotonic() + window)
+    time.sleep(0.1)
+fenced = g.was_fenced(hipe.pid)
+g.finished(hipe.pid)
+hipe.wait()
+print(json.dumps({"fenced": fenced}), flush=True)
+g.close()
+'''
+
+
+def group_members(pgid):
+    """Live (not zombie) processes whose process group is pgid."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry))
+    return members
+
+
+def state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def kill_group(pgid):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def worker_program():
+    """Start the WORKER program in a session of its own; SIGKILL it and its groups at the end."""
+    started = []
+
+    def start(window):
+        proc = subprocess.Popen([sys.executable, "-c", WORKER, str(LIB), str(window)], stdout=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        started.append(proc)
+        info = json.loads(proc.stdout.readline())
+        started.append(info)
+        wait_for(lambda: len(group_members(info["pgid"])) == 2, 10, "HIPE's stand-in and its grandchild")
+        return proc, info
+
+    yield start
+    for item in started:
+        if isinstance(item, dict):
+            kill_group(item["pgid"])
+            try:
+                os.kill(item["guardian"], signal.SIGKILL)
+            except OSError:
+                pass
+        elif item.poll() is None:
+            item.kill()   # SIGKILL ends a stopped process too
+            item.wait(10)
+
+
+@pytest.fixture
+def guardian():
+    g = Guardian()
+    yield g
+    g.close()
+
+
+def hipe_group(*command):
+    """A process group like HIPE's: a leader sleeping, with a grandchild sleeping too."""
+    return subprocess.Popen(list(command) or ["sh", "-c", "sleep 600 & exec sleep 600"], start_new_session=True)
+
+
+def finish(g, proc):
+    """What the worker does when HIPE exits: tell the guardian before reaping."""
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    g.finished(proc.pid)
+    proc.wait()
+
+
+def test_killed_worker_takes_hipe_group_down(worker_program):
+    """SIGKILL to the worker: the pipe ends, the guardian kills HIPE's whole group and exits."""
+    proc, info = worker_program(window=60)
+    proc.kill()
+    proc.wait(10)
+    wait_for(lambda: not group_members(info["pgid"]), 10, "HIPE's group to die with its worker")
+    wait_for(lambda: state(info["guardian"]) in (None, "Z"), 10, "the guardian to exit")
+
+
+@pytest.mark.parametrize("how", ["SIGSTOP_worker", "SIGSTOP_its_group"])
+def test_frozen_worker_is_fenced(worker_program, how):
+    """The worker frozen (SIGSTOP to it, or to its whole process group as Ctrl-Z does) stops
+    renewing its deadline: the guardian, in a session of its own, is not frozen with it and kills
+    HIPE's group when the deadline (1 s) passes. Thawed, the worker learns that HIPE was fenced."""
+    proc, info = worker_program(window=1.0)
+    frozen = time.monotonic()
+    if how == "SIGSTOP_worker":
+        os.kill(proc.pid, signal.SIGSTOP)
+    else:
+        os.killpg(proc.pid, signal.SIGSTOP)   # everything in the worker's group, as Ctrl-Z
+    wait_for(lambda: state(proc.pid) == "T", 10, "the worker to stop")
+    wait_for(lambda: not group_members(info["pgid"]), 10, "HIPE's group to be fenced")
+    took = time.monotonic() - frozen
+    assert 0.5 < took < 5, took
+    assert state(info["guardian"]) not in ("T", None, "Z"), "the guardian was frozen or died with the worker"
+    os.kill(proc.pid, signal.SIGCONT)
+    assert json.loads(proc.stdout.readline()) == {"fenced": True}
+    assert proc.wait(10) == 0
+
+
+def test_live_worker_renewing_its_deadline_is_left_alone(worker_program):
+    """A worker renewing a 0.5 s deadline every 0.1 s keeps its HIPE for far longer than that."""
+    proc, info = worker_program(window=0.5)
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        assert len(group_members(info["pgid"])) == 2, "HIPE was killed under a live worker"
+        time.sleep(0.1)
+    kill_group(info["pgid"])   # HIPE ends by itself: the worker is told it was not fenced
+    assert json.loads(proc.stdout.readline()) == {"fenced": False}
+    assert proc.wait(10) == 0
+
+
+def test_normal_finish_kills_nothing(guardian):
+    """HIPE finished and reported: nothing its group left behind is killed by the guardian, not even
+    when the guardian then exits (the worker cleans up its own groups)."""
+    proc = hipe_group("sh", "-c", "sleep 600 & exit 0")
+    guardian.fence_at(time.monotonic() + 0.3)
+    guardian.launch(proc.pid)
+    finish(guardian, proc)
+    try:
+        time.sleep(0.6)   # past the deadline: a finished group is not the guardian's any more
+        assert len(group_members(proc.pid)) == 1
+        guardian.close()
+        assert guardian.proc.returncode == 0
+        assert len(group_members(proc.pid)) == 1, "the guardian killed a finished group"
+        assert not guardian.was_fenced(proc.pid)
+    finally:
+        kill_group(proc.pid)
+
+
+def test_one_guardian_serves_many_launches(guardian):
+    """300 launches through one guardian process, none killed; then a fenced one, and after a new
+    deadline an unfenced one again: the same guardian all along."""
+    pid = guardian.pid
+    started = time.monotonic()
+    for _ in range(300):
+        proc = subprocess.Popen(["true"], start_new_session=True)
+        guardian.fence_at(time.monotonic() + 30)
+        guardian.launch(proc.pid)
+        finish(guardian, proc)
+        assert proc.returncode == 0
+    assert time.monotonic() - started < 30
+    hung = hipe_group()
+    guardian.fence_at(time.monotonic() + 0.3)
+    guardian.launch(hung.pid)
+    assert hung.wait(10) == -signal.SIGKILL
+    wait_for(lambda: guardian.was_fenced(hung.pid), 5, "the guardian to say it fenced the group")
+    guardian.finished(hung.pid)
+    proc = subprocess.Popen(["sh", "-c", "sleep 0.5"], start_new_session=True)
+    guardian.fence_at(time.monotonic() + 30)
+    guardian.launch(proc.pid)
+    finish(guardian, proc)
+    assert proc.returncode == 0
+    assert guardian.pid == pid and guardian.alive()
+
+
+def test_launch_after_the_deadline_is_killed_at_once(guardian):
+    """A worker that was frozen between its claim and HIPE's start launches past its deadline: the
+    guardian kills HIPE as soon as it hears of it."""
+    guardian.fence_at(time.monotonic() - 0.1)
+    proc = hipe_group()
+    guardian.launch(proc.pid)
+    assert proc.wait(5) == -signal.SIGKILL
+    wait_for(lambda: not group_members(proc.pid), 5, "HIPE's grandchild to be killed too")
+
+
+def test_terminal_signals_do_not_stop_the_guardian_and_sigterm_takes_hipe_down(guardian):
+    """SIGINT, SIGHUP and SIGTSTP (a terminal closing, Ctrl-C, Ctrl-Z) are ignored; SIGTERM to the
+    guardian kills HIPE's group before it exits, as the worker's death would."""
+    proc = hipe_group()
+    guardian.fence_at(time.monotonic() + 60)
+    guardian.launch(proc.pid)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTSTP):
+        os.kill(guardian.pid, sig)
+    time.sleep(0.3)
+    assert state(guardian.pid) == "S" and proc.poll() is None
+    os.kill(guardian.pid, signal.SIGTERM)
+    assert proc.wait(10) == -signal.SIGKILL
+    wait_for(lambda: not group_members(proc.pid), 5, "the grandchild to be killed")
+    with pytest.raises(GuardianLost):
+        wait_for(lambda: not guardian.alive(), 5, "the guardian to exit")
+        guardian.launch(proc.pid)
+
+
+def test_guardian_that_cannot_start_is_one_clear_error(tmp_path):
+    """No usable interpreter: GuardianLost saying why, so that the worker refuses to launch HIPE."""
+    with pytest.raises(GuardianLost, match="cannot start the guardian"):
+        Guardian(python=str(tmp_path / "no-python"))
+    fake = tmp_path / "silent-python"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    with pytest.raises(GuardianLost, match="did not start"):
+        Guardian(python=str(fake))
