@@ -544,8 +544,8 @@ def test_killed_or_fenced_attempts_leave_no_result(batch):
     assert results_of(batch, "k") == []
     table = batch.table("k")                           # fenced: the claim was taken back before finish
     assert table.reset(lease=30) == (2, 0)
-    claim = table.claim("h", "1/1", 1)
-    assert table.reclaim_stale(lease=-1, max_attempts=3) == [claim.obsid]
+    claim = table.claim("h", "1/1", 1, lease=0.01)      # a lease that runs out at once
+    wait_for(lambda: table.reclaim_stale(lease=30, max_attempts=3) == [claim.obsid], 30, "the claim to be taken back")
     assert table.finish(claim, Outcome(True, "", 0), 3, results={"late": 2}) is None
     assert results_of(batch, "k") == []
 
