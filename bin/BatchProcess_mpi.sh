@@ -4,7 +4,8 @@
 # One `BatchProcess.py JOB run` worker per hostfile slot, started by Open MPI's mpirun on every host;
 # `--help` says more, README.md says all. The launcher is Python (lib/batchUtility/mpi_launch.py):
 # this script only finds the interpreter and hands over to it, arguments, signals and exit status.
-#   python  $HIPE_BATCH_PYTHON, else this checkout's .venv/bin/python, else python3; the same
+#   python  $HIPE_BATCH_PYTHON, else this checkout's .venv/bin/python, else the python beside this
+#           script (installed by pip into a venv's bin/), else python3; the same
 #           interpreter then runs every rank, by absolute path (which must be the same on every host)
 set -u
 for sig in TERM:143 INT:130 HUP:129; do  # until the launcher takes over: nothing started yet
@@ -14,7 +15,9 @@ done
 checkout=$(dirname "$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd -P)")
 python=${HIPE_BATCH_PYTHON:-}
 if [ -z "$python" ]; then
-  if [ -x "$checkout/.venv/bin/python" ]; then python=$checkout/.venv/bin/python; else python=python3; fi
+  if [ -x "$checkout/.venv/bin/python" ]; then python=$checkout/.venv/bin/python
+  elif [ -x "$checkout/bin/python" ]; then python=$checkout/bin/python   # installed into a venv's bin/
+  else python=python3; fi
 fi
 # exec: the launcher is this very process, so signals sent to it (kill, Ctrl-C, Slurm) reach it.
 # The package is found through sys.path, not PYTHONPATH, which the ranks are given unchanged. Stop

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
-from . import config, report, results, timeline
+from . import __version__, config, report, results, timeline
 from .errors import BadInput, BatchError, JobExists, JobMissing, TemplateMissing
+from .local import LocalRun
 from .model import INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
 from .obsids import MAX_OBSID, WHAT_AN_OBSID_IS, read_obsids
 from .slot import current_slot
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog=PROG, parents=[common],
                                      description="Run a HIPE job script over many obsids, tracked in SQL.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("job", metavar="JOB", help="the job's name: its table, and its folder jobs/JOB")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -46,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--stale", action="store_true", help="only obsids of lost workers (lease ran out)")
     which.add_argument("--obsids", metavar="FILE", help="only the obsids listed in FILE")
 
-    commands.add_parser("run", parents=[common], help="process pending obsids until none is left")
+    run = commands.add_parser("run", parents=[common], help="process pending obsids until none is left")
+    run.add_argument("-j", "--jobs", type=_positive_int, metavar="N",
+                     help="N workers on this host (at most N per host: only the missing ones are started)")
 
     status = commands.add_parser("status", parents=[common], help="how far the job is")
     status.add_argument("--json", action="store_true", help="machine-readable")
@@ -79,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     wipe.add_argument("--force", action="store_true",
                       help="drop the job even while obsids run under live leases (their HIPEs run on, orphaned)")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -142,7 +156,7 @@ def _make_job_dir(cfg: config.Config, job: str) -> Path:
     template = job_dir / f"{job}.py"
     if not template.exists():
         for example in (cfg.root / "jobs" / "example" / "example.py",
-                        config.CHECKOUT / "jobs" / "example" / "example.py"):
+                        config.share_dir() / "jobs" / "example" / "example.py"):
             if example.is_file():
                 shutil.copyfile(example, template)
                 break
@@ -167,6 +181,8 @@ def cmd_reset(cfg: config.Config, args: argparse.Namespace) -> int:
 
 
 def cmd_run(cfg: config.Config, args: argparse.Namespace) -> int:
+    if args.jobs:
+        return LocalRun(cfg, args.job, args.jobs, quiet=getattr(args, "quiet", False)).run()
     slot = current_slot()
     table = open_table(cfg.sql, args.job, cfg.run.db_patience, call_timeout=cfg.run.call_timeout)
     table.require()

@@ -9,9 +9,11 @@ import os
 import re
 import shlex
 import stat
+import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from .errors import BadInput
 from .model import check_identifier
@@ -19,7 +21,10 @@ from .model import check_identifier
 log = logging.getLogger(__name__)
 
 # The checkout (or source tree) this package was loaded from: lib/batchUtility/config.py -> root.
+# Installed with `pip install .`, this is the environment's lib/ folder instead: see is_checkout().
 CHECKOUT = Path(__file__).resolve().parents[2]
+# Where `pip install .` puts the stand-in, the example template, sql/ and a sample batch.cfg.
+SHARE_NAME = "hipe-batch"
 
 PASSWORD_ENV = "HIPE_BATCH_PASSWORD"
 
@@ -34,13 +39,45 @@ _MEMORY = re.compile(r"[1-9][0-9]*[kKmMgG]?\Z")
 _PROPERTY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*=.*\Z")
 
 
+def is_checkout(folder: Path = CHECKOUT) -> bool:
+    """Whether folder is a source checkout of this project (not an installed environment)."""
+    return (folder / "lib" / "batchUtility").is_dir() and (folder / "bin" / "BatchProcess.py").is_file()
+
+
+def share_dir() -> Path:
+    """The folder holding bin/hipe-standin, jobs/example, sql/ and a sample batch.cfg: the checkout
+    when run from one, else the shared-data folder `pip install .` filled ($PREFIX/share/hipe-batch)."""
+    if is_checkout():
+        return CHECKOUT
+    for prefix in (sys.prefix, sysconfig.get_path("data"), os.path.dirname(os.path.dirname(sys.argv[0] or "."))):
+        candidate = Path(prefix) / "share" / SHARE_NAME
+        if candidate.is_dir():
+            return candidate
+    return Path(sys.prefix) / "share" / SHARE_NAME
+
+
+def root_of(cfg_path: Path) -> Path:
+    """The root (jobs/, hostfile) that goes with a batch.cfg: its folder, or that folder's parent
+    when the file sits in bin/, the original's place."""
+    folder = cfg_path.resolve().parent
+    return folder.parent if folder.name == "bin" else folder
+
+
+def default_roots() -> List[Path]:
+    """Where batch.cfg is looked for when neither --config nor $HIPE_BATCH_CONFIG names it:
+    $HIPE_BATCH_ROOT, else the checkout when run from one, else the current folder."""
+    if os.environ.get("HIPE_BATCH_ROOT"):
+        return [Path(os.environ["HIPE_BATCH_ROOT"]).resolve()]
+    return [CHECKOUT] if is_checkout() else [Path.cwd()]
+
+
 def batch_root() -> Path:
-    """$HIPE_BATCH_ROOT, or the checkout this package came from."""
-    return Path(os.environ.get("HIPE_BATCH_ROOT") or CHECKOUT).resolve()
+    """The root when there is no batch.cfg to derive it from."""
+    return default_roots()[0]
 
 
 def find_config(explicit: Optional[str] = None) -> Path:
-    """The first of: --config FILE, $HIPE_BATCH_CONFIG, $HIPE_BATCH_ROOT/batch.cfg, $HIPE_BATCH_ROOT/bin/batch.cfg."""
+    """The first of: --config FILE, $HIPE_BATCH_CONFIG, ROOT/batch.cfg, ROOT/bin/batch.cfg (ROOT: default_roots())."""
     for given, origin in ((explicit, "--config"), (os.environ.get("HIPE_BATCH_CONFIG"), "$HIPE_BATCH_CONFIG")):
         if given:
             if not Path(given).is_file():
@@ -215,8 +252,12 @@ def load(explicit: Optional[str] = None) -> Config:
     if not command_words:
         raise r.bad("hipe", "command", command, "is empty")
     if "/" in command_words[0] and not os.path.isabs(command_words[0]):
-        # A relative path such as bin/hipe-standin is relative to batch.cfg's folder, like [sql] path.
-        command_words = (str(path.parent / command_words[0]), *command_words[1:])
+        # A relative path such as bin/hipe-standin is relative to batch.cfg's folder, like [sql] path;
+        # failing that, to the installed shared data (the shipped batch.cfg copied elsewhere).
+        relative = command_words[0]
+        command_words = (str(path.parent / relative), *command_words[1:])
+        if not Path(command_words[0]).exists() and (share_dir() / relative).exists():
+            command_words = (str(share_dir() / relative), *command_words[1:])
     memory = r.get("hipe", "memory")
     if not _MEMORY.match(memory):
         raise r.bad("hipe", "memory", memory, "must look like 2048m or 4g")
@@ -233,7 +274,7 @@ def load(explicit: Optional[str] = None) -> Config:
     run = RunSettings(lease, r.number("run", "max_attempts", int, 1, 1000), r.number("run", "db_patience"),
                       r.choice("run", "wait_for_running", ("yes", "no", "true", "false", "1", "0"))
                       in ("yes", "true", "1"))
-    return Config(path, batch_root(), sql, hipe, run)
+    return Config(path, root_of(path), sql, hipe, run)
 
 
 _PSWD_LINE = re.compile(r"\s*pswd\s*[=:](.*)$", re.IGNORECASE)

@@ -1,0 +1,177 @@
+"""`run --jobs N`: N workers on this host from one command, at most N per host and job.
+
+The parent checks the job once, then forks one worker per free slot: everything is imported and
+checked before the fork, so a worker starts at almost no cost. Each worker is slot r/N in its
+lines and SUMMARY, opens its own database connection and runs the usual worker loop.
+
+The cap: slot r of job JOB on host H is the lock file jobs/JOB/.slots/H.r.lock, held (flock) by
+the worker running in it for as long as it lives; the kernel frees it when the worker ends, however
+it ends (even SIGKILL). A `run -j N` started while some slots are held starts workers in the free
+ones only, and none when all N are held (a crontab line firing again while the last run goes on).
+
+Ctrl-C or SIGTERM, SIGHUP to the parent reach every worker: each stops its HIPE and puts its obsid
+back to pending, as a single worker does. At the end the parent prints one job-wide summary.
+"""
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+from . import report
+from .errors import BatchError
+from .slot import Slot
+from .model import DONE
+from .storage import open_table
+from .worker import STOP_SIGNALS, Worker
+
+log = logging.getLogger(__name__)
+
+SLOT_DIR = ".slots"
+
+
+def slot_lock_path(job_dir: Path, host: str, rank: int) -> Path:
+    return job_dir / SLOT_DIR / f"{host}.{rank}.lock"
+
+
+def take_free_slots(job_dir: Path, host: str, size: int) -> Dict[int, int]:
+    """Lock every free slot 1..size of this host: {rank: locked file descriptor}."""
+    (job_dir / SLOT_DIR).mkdir(parents=True, exist_ok=True)
+    taken = {}
+    for rank in range(1, size + 1):
+        fd = os.open(slot_lock_path(job_dir, host, rank), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:   # a live worker holds it
+            os.close(fd)
+            continue
+        taken[rank] = fd
+    return taken
+
+
+def job_exit_status(counts) -> int:
+    """The job-level exit status: 0 when every obsid of the job is done, else 1."""
+    return 0 if counts[DONE] == sum(counts.values()) else 1
+
+
+class LocalRun:
+    """One `run -j N`: the slots it got, the workers it forked, and how they ended."""
+
+    def __init__(self, cfg, job: str, size: int, quiet: bool = False, out=None, worker_options=None):
+        self.cfg, self.job, self.size, self.quiet = cfg, job, size, quiet
+        self.out = out or sys.stdout
+        self.worker_options = worker_options or {}
+        self.host = socket.gethostname()
+        self.children: Dict[int, int] = {}   # pid -> rank
+        self.stop_signal = 0
+
+    def run(self) -> int:
+        table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience)
+        try:
+            table.require()
+            # Template and HIPE checked once, here: a bad setup is one line and exit 2, not N.
+            Worker(self.cfg, table, self.job, Slot(1, self.size, self.host)).check_ready()
+        finally:
+            table.close()   # no connection may cross the fork
+        slots = take_free_slots(self.cfg.job_dir(self.job), self.host, self.size)
+        if not slots:
+            if not self.quiet:
+                self._say(f"{self.size} workers of job {self.job} already run on {self.host}: none started")
+            return 0
+        if len(slots) < self.size and not self.quiet:
+            self._say(f"{self.size - len(slots)} workers of job {self.job} already run on {self.host}: "
+                      f"starting {len(slots)} (slot {', '.join(str(r) for r in slots)} of {self.size})")
+        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        try:
+            statuses = self._start_and_wait(slots)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return self._finish(statuses)
+
+    def _say(self, line):
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def _on_signal(self, signum, frame):
+        self.stop_signal = signum
+        for pid in self.children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def _start_and_wait(self, slots: Dict[int, int]) -> List[int]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        unforked = dict(slots)
+        for rank, fd in slots.items():
+            del unforked[rank]
+            if self.stop_signal:
+                os.close(fd)
+                continue
+            pid = os.fork()
+            if pid == 0:
+                self.children = {}   # a signal in the worker must not reach its siblings
+                for other_fd in unforked.values():
+                    os.close(other_fd)   # the slots of workers still to be forked are theirs
+                os._exit(self._worker(rank, fd))
+            os.close(fd)   # the worker's copy alone holds the slot from now on
+            self.children[pid] = rank
+        statuses = []
+        while self.children:
+            try:
+                pid, wait_status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            self.children.pop(pid, None)
+            statuses.append(os.waitstatus_to_exitcode(wait_status))
+        return statuses
+
+    def _worker(self, rank: int, lock_fd: int) -> int:
+        """The forked worker in slot rank/size; its return value is its exit status."""
+        status = 1
+        try:
+            for s in STOP_SIGNALS:
+                signal.signal(s, signal.SIG_DFL)   # until the worker sets its own handlers
+            if self.stop_signal:
+                return 128 + self.stop_signal
+            os.ftruncate(lock_fd, 0)
+            os.write(lock_fd, f"{os.getpid()}\n".encode())
+            table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience)
+            worker = Worker(self.cfg, table, self.job, Slot(rank, self.size, self.host), out=self.out,
+                            **self.worker_options)
+            status = worker.run()
+        except BatchError as e:
+            print(f"BatchProcess.py: error: [{self.host} slot {rank}/{self.size}] {e}", file=sys.stderr)
+            status = e.exit_status
+        except BaseException:
+            logging.getLogger(__name__).exception("worker in slot %d/%d crashed", rank, self.size)
+            status = 1
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(status)
+        return status
+
+    def _finish(self, statuses: List[int]) -> int:
+        if self.stop_signal:
+            return 128 + self.stop_signal
+        table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience)
+        try:
+            counts = table.counts()
+            status = job_exit_status(counts)
+            if not self.quiet or status:
+                self._say(f"job-wide summary of job {self.job}:")
+                self._say(report.status_text(self.job, counts, table.failures(), table.by_host()))
+        finally:
+            table.close()
+        worst = [s for s in statuses if s in (2, 3)]
+        return max(worst) if worst else status
