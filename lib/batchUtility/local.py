@@ -79,10 +79,10 @@ class LocalRun:
         slots = take_free_slots(self.cfg.job_dir(self.job), self.host, self.size)
         if not slots:
             if not self.quiet:
-                self._say(f"{self.size} workers of job {self.job} already run on {self.host}: none started")
+                self._say(f"{self.size} worker(s) of job {self.job} already run on {self.host}: none started")
             return 0
         if len(slots) < self.size and not self.quiet:
-            self._say(f"{self.size - len(slots)} workers of job {self.job} already run on {self.host}: "
+            self._say(f"{self.size - len(slots)} worker(s) of job {self.job} already run on {self.host}: "
                       f"starting {len(slots)} (slot {', '.join(str(r) for r in slots)} of {self.size})")
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         try:
