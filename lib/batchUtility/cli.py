@@ -39,14 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     new = commands.add_parser("new", parents=[common], help="create the job from the master table, or from FILE")
-    new.add_argument("file", metavar="FILE", nargs="?", help="obsids, one a line (first CSV column)")
+    new.add_argument("file", metavar="FILE", nargs="?", help="obsids, one a line (first CSV column); - for standard input")
     new.add_argument("--add", action="store_true", help="the job may exist: add only obsids not yet in it")
 
     reset = commands.add_parser("reset", parents=[common], help="put obsids back to pending")
     which = reset.add_mutually_exclusive_group()
     which.add_argument("--failed", action="store_true", help="only failed obsids")
     which.add_argument("--stale", action="store_true", help="only obsids of lost workers (lease ran out)")
-    which.add_argument("--obsids", metavar="FILE", help="only the obsids listed in FILE")
+    which.add_argument("--obsids", metavar="FILE", help="only the obsids listed in FILE (- for standard input)")
 
     run = commands.add_parser("run", parents=[common], help="process pending obsids until none is left")
     run.add_argument("-j", "--jobs", type=_positive_int, metavar="N",

@@ -1,5 +1,6 @@
 """Reading obsid lists: one obsid a line (the first CSV column, as the original read it)."""
 import re
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -25,17 +26,20 @@ def as_obsid(value) -> Optional[int]:
 
 
 def read_obsids(path) -> List[int]:
-    """The obsids of a file, in file order, duplicates collapsed.
+    """The obsids of a file (`-`: standard input), in file order, duplicates collapsed.
 
     Blank lines and `#` comments are skipped; a BOM and CRLF line ends are accepted; on a CSV
     line only the first column counts, and a first line `obsid` is a header. Any other line raises
     BadInput naming file, line and text, so that a caller can check the whole file before changing anything.
     """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read obsid file: {e.strerror}") from None
+    if str(path) == "-":   # standard input, e.g. a list piped in from cron
+        path, raw = "<stdin>", sys.stdin.buffer.read()
+    else:
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise BadInput(f"{path}: cannot read obsid file: {e.strerror}") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
