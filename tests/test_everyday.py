@@ -2,6 +2,7 @@
 import os
 import re
 import signal
+import time
 import subprocess
 import sys
 from collections import Counter
@@ -225,3 +226,220 @@ def test_ctrl_c_stops_every_worker_and_puts_their_obsids_back(batch):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and sorted(SUMMARY_LINE.findall(out)) == ["1", "2"], err
     assert {r["state"] for r in batch.table("j").rows()} == {"pending"}
+
+
+# ----------------------------------------------------------------------------- cron-ready behaviour
+def quiet_runs(batch):
+    """Every command of a cron line, with -q, on a job whose obsids all succeed."""
+    return [("j", "new", "--add", "-", "-q"), ("j", "reset", "--failed", "-q"), ("j", "run", "-q"),
+            ("j", "run", "-j", "2", "-q"), ("j", "new", "--add", "-", "-q"), ("j", "run", "-j", "2", "-q"),
+            ("j", "reset", "--stale", "-q")]
+
+
+def test_quiet_prints_nothing_when_all_is_well(batch):
+    batch.template("j", OK_TEMPLATE)
+    for args in quiet_runs(batch):
+        r = batch.cli(*args, input="1\n2\n3\n" if "-" in args else None)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), args
+    assert [row["state"] for row in batch.table("j").rows()] == ["done"] * 3
+
+
+def test_quiet_speaks_when_something_needs_a_person(batch):
+    batch.template("j", "if obsid == 2:\n    raise ValueError('bad calibration')\n")
+    batch.cli("j", "new", batch.obsid_file([1, 2, 3]))
+    for args in (("j", "run", "-q"), ("j", "run", "-j", "2", "-q")):
+        batch.cli("j", "reset", "--failed")
+        r = batch.cli(*args)
+        assert r.returncode == 1, args
+        assert r.stdout == ""
+        errors = [line for line in r.stderr.splitlines() if " ERROR " in line]
+        assert len(errors) == 1 and "obsid=2" in errors[0] and "bad calibration" in errors[0], r.stderr
+
+
+OK_TEMPLATE = "x = obsid * 2\n"
+
+
+@pytest.mark.parametrize("text,seconds", [("90m", 5400), ("8h", 28800), ("45s", 45), ("2d", 172800), ("30", 30),
+                                          ("1.5h", 5400)])
+def test_max_time_values(text, seconds):
+    from batchUtility.cli import duration
+    assert duration(text) == seconds
+
+
+def test_max_time_stops_claiming_and_lets_the_running_obsid_finish(batch):
+    batch.template("j", "import time\ntime.sleep(1.5)\n")
+    batch.cli("j", "new", batch.obsid_file(range(1, 9)))
+    r = batch.cli("j", "run", "--max-time", "1s")
+    assert r.returncode == 1, r.stderr                         # obsids left: not every obsid done
+    rows = batch.table("j").rows()
+    done = [row["obsid"] for row in rows if row["state"] == "done"]
+    assert 1 <= len(done) <= 2 and {row["state"] for row in rows} == {"done", "pending"}
+    assert "--max-time" in r.stderr and "stopped claiming" in r.stderr
+    r = batch.cli("j", "run", "--max-time", "soon")
+    assert r.returncode == 2 and "--max-time" in r.stderr and "soon" in r.stderr
+
+
+def test_exit_statuses_are_job_level(batch):
+    """0 every obsid done, 1 some failed or left, 2 bad input; the same for run and run -j."""
+    batch.template("j", "if obsid == 2:\n    raise ValueError('no')\n")
+    batch.cli("j", "new", batch.obsid_file([1, 2]))
+    for args in (("j", "run"), ("j", "run", "-j", "2")):
+        assert batch.cli(*args).returncode == 1, args          # 2 failed: this run ...
+        assert batch.cli(*args).returncode == 1, args          # ... and any later one, with nothing to do
+    batch.template("j", OK_TEMPLATE)
+    batch.cli("j", "reset", "--failed")
+    assert batch.cli("j", "run").returncode == 0
+    assert batch.cli("j", "run").returncode == 0
+    assert batch.cli("j", "run", "-j", "3").returncode == 0
+    assert batch.cli("nojob", "run", "-j", "2").returncode == 2
+    r = subprocess.run([sys.executable, str(BIN), "--help"], capture_output=True, text=True)
+    assert "exit status" in r.stdout.lower() and "128+N" in r.stdout
+
+
+# ----------------------------------------------------------------------------- retries
+def test_a_script_error_fails_the_obsid_at_once(batch):
+    batch.template("j", "raise ValueError('typo')\n")
+    batch.cli("j", "new", batch.obsid_file([5]))
+    r = batch.cli("j", "run")
+    assert r.returncode == 1
+    [row] = batch.table("j").rows()
+    assert (row["state"], row["attempts"]) == ("failed", 1) and batch.calls_list() == [5]
+    assert "will be retried" not in r.stderr
+
+
+def test_retry_errors_yes_retries_script_errors(batch):
+    batch.template("j", "raise ValueError('typo')\n")
+    batch.write_cfg(run={"retry_errors": "yes", "max_attempts": "3"})
+    batch.cli("j", "new", batch.obsid_file([5]))
+    assert batch.cli("j", "run").returncode == 1
+    assert batch.calls_list() == [5, 5, 5]
+
+
+def test_hipe_killed_by_a_signal_we_did_not_send_is_retried(batch):
+    """The kernel's OOM killer, say: not the script's fault; retried, and done the second time."""
+    batch.template("j", "import os, signal\n"
+                        "if not os.path.exists(outDir + 'once'):\n"
+                        "    open(outDir + 'once', 'w').close()\n"
+                        "    os.kill(os.getppid(), signal.SIGKILL)\n")
+    batch.cli("j", "new", batch.obsid_file([5]))
+    assert batch.cli("j", "run").returncode == 0
+    [row] = batch.table("j").rows()
+    assert (row["state"], row["attempts"]) == ("done", 2) and batch.calls_list() == [5, 5]
+
+
+def test_a_worker_halts_after_k_script_errors(batch):
+    batch.template("j", "this is not python\n")
+    batch.write_cfg(run={"halt_after": "3"})
+    batch.cli("j", "new", batch.obsid_file(range(1, 11)))
+    r = batch.cli("j", "run")
+    assert r.returncode == 1
+    assert len(batch.calls_list()) == 3
+    halt = [line for line in r.stderr.splitlines() if "template probably cannot work" in line]
+    assert len(halt) == 1 and "3" in halt[0], r.stderr
+    counts = batch.table("j").counts()
+    assert (counts["failed"], counts["pending"]) == (3, 7)
+
+
+# ----------------------------------------------------------------------------- a dead worker on this host
+@pytest.mark.slow
+def test_a_dead_worker_on_this_host_is_seen_at_once(batch):
+    batch.write_cfg(run={"lease": "300"})
+    batch.template("j", "import time\ntime.sleep(120)\n")
+    batch.cli("j", "new", batch.obsid_file([5, 6]))
+    worker = batch.popen("j", "run")
+    wait_for(lambda: len(batch.calls_list()) >= 1, 60, "HIPE")
+    worker.kill()
+    worker.communicate()
+    batch.template("j", OK_TEMPLATE)
+    t0 = time.monotonic()
+    r = batch.cli("j", "reset", "--stale")
+    assert r.returncode == 0 and r.stdout.startswith("1 obsids of lost workers taken back"), r.stdout
+    assert time.monotonic() - t0 < 5
+    [five, six] = batch.table("j").rows()
+    assert (five["state"], five["attempts"]) == ("pending", 1) and "gone" in five["reason"]
+    worker = batch.popen("j", "run")
+    wait_for(lambda: len(batch.calls_list()) >= 2, 60, "the next HIPE")
+    worker.kill()
+    worker.communicate()
+    t0 = time.monotonic()
+    r = batch.cli("j", "run")                                 # the next run takes it back as well
+    assert r.returncode == 0 and time.monotonic() - t0 < 30, r.stderr
+    assert {row["state"] for row in batch.table("j").rows()} == {"done"}
+
+
+def test_a_claim_of_another_host_waits_for_its_lease(sqlite_batch):
+    batch = sqlite_batch
+    batch.write_cfg(run={"lease": "300"})
+    batch.template("j", OK_TEMPLATE)
+    batch.cli("j", "new", batch.obsid_file([5]))
+    table = batch.table("j")
+    table.claim("otherhost", "1/1", 1)                        # pid 1 is alive here, but that means nothing
+    r = batch.cli("j", "reset", "--stale")
+    assert r.stdout.startswith("0 obsids") and table.counts()["running"] == 1
+
+
+# ----------------------------------------------------------------------------- reset asks
+def test_plain_reset_asks_before_putting_done_obsids_back(batch):
+    batch.template("j", OK_TEMPLATE)
+    batch.cli("j", "new", batch.obsid_file([1, 2]))
+    batch.cli("j", "run")
+    r = batch.cli("j", "reset")                               # no terminal: refuses
+    assert (r.returncode, r.stdout) == (2, "") and len(r.stderr.splitlines()) == 1, r
+    assert "--yes" in r.stderr and "2 done" in r.stderr
+    assert batch.table("j").counts()["done"] == 2
+    r = batch.cli("j", "reset", "--yes")
+    assert r.returncode == 0 and batch.table("j").counts()["pending"] == 2
+    for args in (("--failed",), ("--stale",), ("--obsids", str(batch.obsid_file([1])))):
+        assert batch.cli("j", "reset", *args).returncode == 0, args
+
+
+# ----------------------------------------------------------------------------- tracebacks
+def test_the_traceback_names_the_template_and_its_lines(batch):
+    template = batch.template("j", "x = 1\ny = 2\nraise ValueError('line three')\n")
+    batch.cli("j", "new", batch.obsid_file([5]))
+    batch.cli("j", "run")
+    stderr = (batch.root / "jobs" / "j" / "log" / "5.stderr").read_text()
+    assert f'File "{template}", line 3' in stderr, stderr
+    r = batch.cli("j", "status", "--obsid", "5")
+    assert str(batch.root / "jobs" / "j" / "log" / "5.stderr") in r.stdout
+
+
+@pytest.mark.slow
+def test_the_traceback_names_the_template_under_jython(sqlite_batch):
+    batch = sqlite_batch
+    batch.write_cfg(hipe={"command": str(ROOT / "bin" / "hipe-standin")})
+    template = batch.template("j", "from __future__ import division\n# a comment\nx = 1 / 2\n"
+                                   "s = 'caf\u00e9'\nif obsid == 6:\n    raise ValueError('line six')\n")
+    batch.cli("j", "new", batch.obsid_file([5, 6]))
+    batch.cli("j", "run", "-j", "2")
+    rows = batch.table("j").rows()
+    assert [r["state"] for r in rows] == ["done", "failed"], rows
+    stderr = (batch.root / "jobs" / "j" / "log" / "6.stderr").read_text()
+    assert f'File "{template}", line 6' in stderr, stderr
+
+
+# ----------------------------------------------------------------------------- wording
+def test_summary_counts_obsids_and_attempts(batch):
+    batch.write_cfg(run={"retry_errors": "yes", "max_attempts": "2"})
+    batch.template("j", "if obsid == 2:\n    raise ValueError('no')\n")
+    batch.cli("j", "new", batch.obsid_file([1, 2, 3]))
+    r = batch.cli("j", "run")
+    assert re.findall(r"\[#(\d+), obsid=(\d+)\]", r.stdout) == [("1", "1"), ("2", "2"), ("2", "2"), ("3", "3")]
+    assert "3 obsids in 4 attempts" in r.stdout and "2 done, 1 failed" in r.stdout, r.stdout
+
+
+def test_verbose_logs_sql_timing_and_claims(batch):
+    batch.template("j", OK_TEMPLATE)
+    batch.cli("j", "new", batch.obsid_file([1]))
+    r = batch.cli("j", "run", "-v")
+    assert re.search(r"DEBUG .*sql .* \d+\.\d ms", r.stderr) and re.search(r"DEBUG .*claimed obsid 1", r.stderr), r.stderr
+
+
+def test_obsids_from_standard_input(batch):
+    batch.template("j", OK_TEMPLATE)
+    r = batch.cli("j", "new", "-", input="1342191755\n# comment\n1342191756\n")
+    assert r.returncode == 0 and "2 obsids added" in r.stdout
+    r = batch.cli("j", "reset", "--obsids", "-", input="1342191755\n")
+    assert r.returncode == 0
+    r = batch.cli("j", "new", "--add", "-", input="12x\n")
+    assert r.returncode == 2 and "<stdin>:1" in r.stderr
