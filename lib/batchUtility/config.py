@@ -33,7 +33,8 @@ KNOWN = {
     "sql": {"backend": "mysql", "host": None, "port": "", "socket": "", "user": None,
             "pswd": "", "db": None, "table": "", "path": "batch.sqlite", "option_file": ""},
     "hipe": {"command": "hipe", "memory": "2048m", "properties": "", "timeout": "0"},
-    "run": {"lease": "300", "max_attempts": "3", "db_patience": "600", "wait_for_running": "yes"},
+    "run": {"lease": "300", "max_attempts": "3", "db_patience": "600", "wait_for_running": "yes",
+            "retry_errors": "no", "halt_after": "5"},
 }
 _MEMORY = re.compile(r"[1-9][0-9]*[kKmMgG]?\Z")
 _PROPERTY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*=.*\Z")
@@ -130,6 +131,8 @@ class RunSettings:
     max_attempts: int   # failures and worker deaths an obsid may cost before it is failed for good
     db_patience: float  # how long a worker waits for an absent database before giving up
     wait_for_running: bool  # when nothing is pending, wait for running obsids (they may be reclaimed)
+    retry_errors: bool = False  # retry script errors too, not only causes outside the script
+    halt_after: int = 5  # a worker whose first this-many attempts all fail by script errors stops (0: never)
 
     @property
     def heartbeat(self) -> float:  # seconds between lease refreshes
@@ -206,6 +209,9 @@ class _Reader:
             raise self.bad(section, key, raw, f"must be between {low} and {high}" if high else f"must be at least {low}")
         return value
 
+    def flag(self, section, key) -> bool:
+        return self.choice(section, key, ("yes", "no", "true", "false", "1", "0")) in ("yes", "true", "1")
+
     def choice(self, section, key, choices):
         raw = self.get(section, key)
         if raw.lower() not in choices:
@@ -272,8 +278,8 @@ def load(explicit: Optional[str] = None) -> Config:
 
     lease = r.number("run", "lease", low=1)
     run = RunSettings(lease, r.number("run", "max_attempts", int, 1, 1000), r.number("run", "db_patience"),
-                      r.choice("run", "wait_for_running", ("yes", "no", "true", "false", "1", "0"))
-                      in ("yes", "true", "1"))
+                      r.flag("run", "wait_for_running"), r.flag("run", "retry_errors"),
+                      r.number("run", "halt_after", int, 0, 1_000_000))
     return Config(path, root_of(path), sql, hipe, run)
 
 
