@@ -13,15 +13,23 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from . import __version__, config, report, results, timeline
 from .errors import BadInput, BatchError, JobExists, JobMissing, TemplateMissing
-from .local import LocalRun
-from .model import INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
+from .local import LocalRun, job_exit_status
+from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
 from .obsids import MAX_OBSID, WHAT_AN_OBSID_IS, read_obsids
-from .slot import current_slot
+from .slot import current_slot, host_name, process_gone
 from .storage import JobTable, open_table
 from .worker import Worker
 
 PROG = "BatchProcess.py"
 WATCH_EVERY = 5.0   # seconds between redraws of `status --watch`
+EXIT_STATUSES = """exit status (the same for run, run -j N and BatchProcess_mpi.sh):
+  0      every obsid of the job is done (other commands: done as asked)
+  1      some obsids failed or are not done yet
+  2      bad input: one line says what; nothing was changed
+  3      the database stayed away too long
+  128+N  stopped by signal N (130 Ctrl-C, 143 SIGTERM); running obsids were put back to pending"""
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\Z")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,10 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="batch.cfg to use (else $HIPE_BATCH_CONFIG, $HIPE_BATCH_ROOT/batch.cfg, "
                              "$HIPE_BATCH_ROOT/bin/batch.cfg)")
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more")
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="log only problems")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log more: also each SQL statement's time and each claim")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="print nothing unless something needs a person (a failed obsid, an error)")
 
-    parser = argparse.ArgumentParser(prog=PROG, parents=[common],
+    parser = argparse.ArgumentParser(prog=PROG, parents=[common], epilog=EXIT_STATUSES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Run a HIPE job script over many obsids, tracked in SQL.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("job", metavar="JOB", help="the job's name: its table, and its folder jobs/JOB")
@@ -45,12 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     reset = commands.add_parser("reset", parents=[common], help="put obsids back to pending")
     which = reset.add_mutually_exclusive_group()
     which.add_argument("--failed", action="store_true", help="only failed obsids")
-    which.add_argument("--stale", action="store_true", help="only obsids of lost workers (lease ran out)")
+    which.add_argument("--stale", action="store_true",
+                       help="only obsids of lost workers (this host's: process gone; others: lease ran out)")
     which.add_argument("--obsids", metavar="FILE", help="only the obsids listed in FILE (- for standard input)")
 
-    run = commands.add_parser("run", parents=[common], help="process pending obsids until none is left")
+    reset.add_argument("--yes", action="store_true", help="do not ask before putting done obsids back")
+
+    run = commands.add_parser("run", parents=[common], help="process pending obsids until none is left",
+                              epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("-j", "--jobs", type=_positive_int, metavar="N",
                      help="N workers on this host (at most N per host: only the missing ones are started)")
+    run.add_argument("--max-time", type=_duration_argument, metavar="DURATION",
+                     help="stop claiming obsids after this long (90m, 8h, 45s, 2d); running ones finish")
 
     status = commands.add_parser("status", parents=[common], help="how far the job is")
     status.add_argument("--json", action="store_true", help="machine-readable")
@@ -95,9 +112,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def duration(text: str) -> float:
+    """Seconds in a duration such as 90m, 8h, 45s, 2d or 30 (seconds); ValueError if it is none."""
+    match = _DURATION.match(text.strip().lower())
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(text)
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+def _duration_argument(text: str) -> float:
+    try:
+        return duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90m, 8h, 45s or 2d") from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
+    args.quiet = getattr(args, "quiet", False)
+    _setup_logging(getattr(args, "verbose", False), args.quiet)
     try:
         check_identifier(args.job)
         cfg = config.load(getattr(args, "config", None))
@@ -143,9 +176,15 @@ def cmd_new(cfg: config.Config, args: argparse.Namespace) -> int:
         if not existed:
             table.drop()
         raise BadInput(f"cannot create {cfg.job_dir(args.job)}: {e.strerror}; job not created") from None
-    print(f"job {args.job}: {added} obsids added, {table.total()} in all, in {cfg.sql.describe()}")
-    print(f"template: {template}")
+    _say(args, f"job {args.job}: {added} obsids added, {table.total()} in all, in {cfg.sql.describe()}")
+    _say(args, f"template: {template}")
     return 0
+
+
+def _say(args: argparse.Namespace, line: str) -> None:
+    """A line that tells how things went, which -q leaves out."""
+    if not args.quiet:
+        print(line)
 
 
 def _make_job_dir(cfg: config.Config, job: str) -> Path:
@@ -169,24 +208,46 @@ def cmd_reset(cfg: config.Config, args: argparse.Namespace) -> int:
     obsids = read_obsids(args.obsids) if args.obsids else None
     table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
     table.require()
+    # Workers of this host whose process is gone are known dead: their obsids are not "running".
+    dead_here = table.reclaim_dead_here(host_name(os.environ), process_gone, cfg.run.max_attempts)
     if args.stale:
-        taken = table.reclaim_stale(cfg.run.lease, cfg.run.max_attempts)
-        print(f"{len(taken)} obsids of lost workers taken back (no heartbeat for {cfg.run.lease:g} s)")
+        taken = dead_here + table.reclaim_stale(cfg.run.lease, cfg.run.max_attempts)
+        _say(args, f"{len(taken)} obsids of lost workers taken back (this host's: process gone; "
+                   f"others: no heartbeat for {cfg.run.lease:g} s)")
         return 0
+    if not args.failed and obsids is None and not args.yes:
+        _confirm_putting_done_back(table, args.job)
     changed, running = table.reset(cfg.run.lease, only_failed=args.failed, obsids=obsids)
-    print(f"{changed} obsids reset to pending")
+    _say(args, f"{changed} obsids reset to pending")
     if running:
-        print(f"{running} obsids are running under live workers and were left alone")
+        _say(args, f"{running} obsids are running under live workers and were left alone")
     return 0
 
 
+def _confirm_putting_done_back(table: JobTable, job: str) -> None:
+    """A plain reset puts done obsids back to pending, where they will run again: ask first."""
+    done = table.counts()[DONE]
+    if not done:
+        return
+    question = f"reset puts {done} done obsids of job '{job}' back to pending, to be run again"
+    if not sys.stdin.isatty():
+        raise BadInput(f"{question}: confirm with --yes (or reset only --failed ones)")
+    if input(f"{question}. Go on? [y/N] ").strip().lower() not in ("y", "yes"):
+        raise BadInput("nothing reset")
+
+
 def cmd_run(cfg: config.Config, args: argparse.Namespace) -> int:
+    """The worker's own status (2, 3, 128+N) when it ended abnormally, else the job's: 0 every obsid done, else 1."""
+    options = {"quiet": args.quiet, "max_time": args.max_time}
     if args.jobs:
-        return LocalRun(cfg, args.job, args.jobs, quiet=getattr(args, "quiet", False)).run()
+        return LocalRun(cfg, args.job, args.jobs, quiet=args.quiet, worker_options=options).run()
     slot = current_slot()
     table = open_table(cfg.sql, args.job, cfg.run.db_patience, call_timeout=cfg.run.call_timeout)
     table.require()
-    return Worker(cfg, table, args.job, slot).run()
+    status = Worker(cfg, table, args.job, slot, **options).run()
+    if status not in (0, 1):
+        return status
+    return job_exit_status(table.counts())
 
 
 def cmd_status(cfg: config.Config, args: argparse.Namespace) -> int:
@@ -200,6 +261,10 @@ def cmd_status(cfg: config.Config, args: argparse.Namespace) -> int:
             raise BadInput(f"obsid {args.obsid} is not in job '{args.job}'")
         history = table.history(args.obsid)
         print(report.obsid_json(row, history) if args.json else report.obsid_text(row, history))
+        if not args.json:
+            log = cfg.job_dir(args.job) / "log" / str(args.obsid)
+            print(f"  logs: {log}.stdout  {log}.stderr" + ("  (earlier attempts: .1, .2, ...)"
+                                                          if Path(f"{log}.stderr.1").exists() else ""))
         return 0
     if args.running:
         figures = table.pace_figures(report.RATE_WINDOW, report.WORKERS_WINDOW)

@@ -40,11 +40,12 @@ class Launch:
 class LaunchRequest:
     """Everything one launch of HIPE needs to know: what to run on which obsid, and where its files go."""
     hipe: HipeSettings
-    template: str        # the job's script, as read at claim time
+    template: str        # the job's script, as read at claim time (the version recorded)
     job: str
     obsid: int
     out_dir: Path        # the job's output folder (the script's outDir)
     log_dir: Path        # where OBSID.stdout and OBSID.stderr go
+    template_path: Optional[Path] = None   # jobs/JOB/JOB.py: the name tracebacks give to the template
 
 
 def py2_string(text: str) -> str:
@@ -53,17 +54,26 @@ def py2_string(text: str) -> str:
     return f'"{escaped}"'
 
 
-def script_text(template: str, obsid: int, out_dir: Path, job: str, marker: Path,
-                results_file: Optional[Path] = None) -> str:
-    """The template with the original's preamble (obsid, outDir; plus jobName; plus batchResult)
-    and the completion line."""
+def script_text(template: Path, obsid: int, out_dir: Path, job: str, marker: Path,
+                results_file: Optional[Path] = None, name: Optional[Path] = None) -> str:
+    """The script HIPE runs: the original's preamble (obsid, outDir; plus jobName; plus batchResult),
+    then the template run as a file of its own, then the line that marks the end reached.
+
+    The template is compiled under its own name, so that a traceback names jobs/JOB/JOB.py and the
+    template's own line numbers, and a `from __future__ import` at its top works. It is compiled
+    from bytes, as execfile() would, except that a template with non-ASCII text and no coding line
+    still works (as it did when the template was pasted after the preamble). `template` is the file
+    to run (the text the worker read at claim time, saved beside the script, so that the version
+    recorded is the one that ran), `name` the file tracebacks name (jobs/JOB/JOB.py).
+    """
+    path, shown = py2_string(str(template)), py2_string(str(name or template))
     return ("# -*- coding: utf-8 -*-\n"
             f"obsid={obsid}\n"
             f"outDir={py2_string(str(out_dir) + os.sep)}\n"
             f"jobName={py2_string(job)}\n"
             + (results.preamble(py2_string(str(results_file))) if results_file else "") +
-            f"{template.rstrip()}\n"
-            "\n# Appended by batchUtility: reached only if the script ran to its end.\n"
+            f"exec(compile(open({path}, \"rb\").read(), {shown}, \"exec\"))\n"
+            "# Reached only if the template ran to its end.\n"
             f"open({py2_string(str(marker))}, \"w\").close()\n")
 
 
@@ -127,14 +137,16 @@ def _launch(request: LaunchRequest, tmp: Path, started: float, should_stop: Call
             lease: Callable[[], Lease], guardian: Guardian) -> Launch:
     hipe, obsid = request.hipe, request.obsid
     script, marker, cache = tmp / f"{request.job}_{obsid}.py", tmp / "completed", tmp / "pool-cache"
+    template = tmp / "template.py"   # the text read at claim time, run under the template's own name
     results_file = tmp / "results.jsonl"
     stdout_path, stderr_path = request.log_dir / f"{obsid}.stdout", request.log_dir / f"{obsid}.stderr"
     command = hipe_command(hipe, cache, script)
     out = err = None
     try:
         cache.mkdir()
-        script.write_text(script_text(request.template, obsid, request.out_dir, request.job, marker, results_file),
-                          encoding="utf-8")
+        template.write_text(request.template, encoding="utf-8")
+        script.write_text(script_text(template, obsid, request.out_dir, request.job, marker, results_file,
+                                      request.template_path), encoding="utf-8")
         out, err = open_log(stdout_path), open_log(stderr_path)
         # HIPE writes straight into the log files (nothing held in memory), in a session of its own
         # so that a timeout, a stop or its guardian can kill its whole process group. The database
@@ -180,8 +192,8 @@ def _wait(proc: subprocess.Popen, exit_watch: Optional[int], timeout: float, sta
                           LaunchEnd.STOPPED, stop)
         if timeout and now - started >= timeout:
             killed_by = _stop(proc, exit_watch)
-            return Launch(Outcome(False, f"timeout: HIPE ran over {timeout:g} s and was killed", None, killed_by),
-                          now - started)
+            return Launch(Outcome(False, f"timeout: HIPE ran over {timeout:g} s and was killed", None, killed_by,
+                                  script_error=True), now - started)
         if lease() is Lease.LOST:
             _stop(proc, exit_watch)
             return Launch(Outcome(False, "claim lost to another worker; HIPE stopped"), now - started,
@@ -258,9 +270,10 @@ def _verdict(code: int, completed: bool, stderr_path: Path) -> Outcome:
     if code < 0:
         return Outcome(False, f"HIPE killed by {signal.Signals(-code).name}{_last_words(stderr_path)}", None, -code)
     if code != 0:
-        return Outcome(False, f"HIPE exited with status {code}{_last_words(stderr_path)}", code)
+        return Outcome(False, f"HIPE exited with status {code}{_last_words(stderr_path)}", code, script_error=True)
     if not completed:
-        return Outcome(False, f"script stopped before its end though HIPE exited 0{_last_words(stderr_path)}", 0)
+        return Outcome(False, f"script stopped before its end though HIPE exited 0{_last_words(stderr_path)}", 0,
+                       script_error=True)
     return Outcome(True, "", 0)
 
 

@@ -16,14 +16,14 @@ import fcntl
 import logging
 import os
 import signal
-import socket
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List
 
 from . import report
 from .errors import BatchError
-from .slot import Slot
+from .slot import Slot, host_name
 from .model import DONE
 from .storage import open_table
 from .worker import STOP_SIGNALS, Worker
@@ -63,8 +63,11 @@ class LocalRun:
     def __init__(self, cfg, job: str, size: int, quiet: bool = False, out=None, worker_options=None):
         self.cfg, self.job, self.size, self.quiet = cfg, job, size, quiet
         self.out = out or sys.stdout
-        self.worker_options = worker_options or {}
-        self.host = socket.gethostname()
+        self.worker_options = dict(worker_options or {})
+        max_time = self.worker_options.get("max_time")
+        if max_time is not None:   # one window for all the workers, from now
+            self.worker_options["claim_until"] = time.monotonic() + max_time
+        self.host = host_name(os.environ)   # as workers record it in their claims
         self.children: Dict[int, int] = {}   # pid -> rank
         self.stop_signal = 0
 
@@ -168,7 +171,7 @@ class LocalRun:
         try:
             counts = table.counts()
             status = job_exit_status(counts)
-            if not self.quiet or status:
+            if not self.quiet:   # -q: the failures this run met were logged as errors already
                 self._say(f"job-wide summary of job {self.job}:")
                 self._say(report.status_text(self.job, counts, table.failures(), table.by_host()))
         finally:

@@ -47,6 +47,9 @@ class Outcome:
     exit_code: Optional[int] = None
     signal: Optional[int] = None
     template: str = ""   # the content hash of the template HIPE ran (provenance), if it ran
+    # The script's own fault (HIPE's exit status not 0, the script stopping before its end, our
+    # timeout): running it again would only fail again. Not so: HIPE killed by a signal we did not send.
+    script_error: bool = False
 
 
 class LaunchEnd(enum.Enum):

@@ -96,12 +96,14 @@ def hosts_text(hosts) -> str:
     return "\n".join(lines)
 
 
-def slot_summary(slot, processed, done, failed, seconds) -> str:
-    """The original's SUMMARY line, without its faults: no division by zero, whole days counted."""
+def slot_summary(slot, processed, done, failed, seconds, attempts=None) -> str:
+    """The original's SUMMARY line, without its faults: no division by zero, whole days counted;
+    obsids and attempts (retries) counted apart."""
     minutes = seconds / 60.0
     per = f"{minutes / processed:.2f} minutes/obsid" if processed else "no obsid"
+    tried = f" ({processed} obsids in {attempts} attempts)" if attempts is not None and attempts != processed else ""
     return (f"{slot.host} SLOT {slot.rank} SUMMARY: {processed} obsids processed in {minutes:.2f} minutes "
-            f"({per}); {done} done, {failed} failed")
+            f"({per}); {done} done, {failed} failed{tried}")
 
 
 

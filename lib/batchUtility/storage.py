@@ -55,6 +55,7 @@ CREATE_JOB_TABLE = """CREATE TABLE {job_table} (
   host VARCHAR(255) NULL,
   worker VARCHAR(32) NULL,
   pid INT NULL,
+  pid_start BIGINT NULL,
   started DOUBLE NULL,
   heartbeat DOUBLE NULL,
   lease_expires DOUBLE NULL,
@@ -86,7 +87,9 @@ CREATE_HISTORY_INDEX = "{create_index} {index} ON {history_table} (obsid)"
 # Columns added since the first release: `require()` adds each one a table lacks (ALTER TABLE ADD
 # COLUMN), so jobs created by an older version keep working. A later column is one more line here.
 ADDED_COLUMNS = {
-    "job_table": (("lease_expires", "DOUBLE NULL"), ("template", "VARCHAR(16) NULL")),
+    "job_table": (("lease_expires", "DOUBLE NULL"), ("template", "VARCHAR(16) NULL"),
+                  # the claiming worker's process start time (ticks since boot): see slot.process_start
+                  ("pid_start", "BIGINT NULL")),
     "history_table": (("template", "VARCHAR(16) NULL"),),
 }
 ADD_COLUMN = "ALTER TABLE {table} ADD COLUMN {column} {definition}"
@@ -109,8 +112,8 @@ PICK_PENDING = """SELECT obsid, attempts FROM {job_table} WHERE state = 'pending
   ORDER BY expected DESC, obsid LIMIT 1{skip_locked}"""
 CLAIM = """UPDATE {job_table}
   SET state = 'running', pipelined = 0, token = :token, host = :host, worker = :worker, pid = :pid,
-      started = {now}, heartbeat = {now}, lease_expires = {now} + :lease, ended = NULL, exit_code = NULL,
-      signal_no = NULL, template = NULL
+      pid_start = :pid_start, started = {now}, heartbeat = {now}, lease_expires = {now} + :lease, ended = NULL,
+      exit_code = NULL, signal_no = NULL, template = NULL
   WHERE obsid = :obsid AND state = 'pending'"""
 # A claim retried after a lost reply to its COMMIT may have been taken after all: found by its token.
 CLAIMED_BY = """SELECT obsid, attempts FROM {job_table} WHERE token = :token AND state = 'running'"""
@@ -134,6 +137,9 @@ HISTORY_FROM_ROW = """{insert_ignore} INTO {history_table}
 EXPIRY = "COALESCE(lease_expires, heartbeat + :lease)"
 STALE = """SELECT obsid, COALESCE(lease_expires - heartbeat, :lease) FROM {job_table}
   WHERE state = 'running' AND {expiry} < :db_now ORDER BY obsid{lock_rows}"""
+# The running rows of one host, whose workers' processes can be looked at directly.
+RUNNING_ON_HOST = """SELECT obsid, pid, pid_start FROM {job_table} WHERE state = 'running' AND host = :host
+  ORDER BY obsid{lock_rows}"""
 LOST_MARK = "UPDATE {job_table} SET ended = {now}, reason = :reason WHERE obsid IN ({obsids})"
 LOST_TO_HISTORY = """{insert_ignore} INTO {history_table}
   (token, obsid, attempt, host, worker, pid, started, ended, outcome, reason)
@@ -299,10 +305,14 @@ class JobTable:
         return names
 
     def _execute(self, cur: Any, text: str, params: Optional[Dict[str, Any]] = None, **names: str) -> Any:
+        statement = self.statement(text, **names)
+        started = time.perf_counter()
         if params is None:
-            cur.execute(self.statement(text, **names))
+            cur.execute(statement)
         else:
-            cur.execute(self.statement(text, **names), params)
+            cur.execute(statement, params)
+        if log.isEnabledFor(logging.DEBUG):   # -v
+            log.debug("sql %s: %.1f ms", " ".join(statement.split())[:80], 1000 * (time.perf_counter() - started))
         return cur
 
     def _transaction(self, work: Callable[[Any], Any], what: str, write: bool = True,
@@ -310,7 +320,8 @@ class JobTable:
         """Run work(cursor) as one transaction and commit; retry it whole on passing errors."""
         patience = self.patience if patience is None else patience
         interrupted = self.interrupted if interrupted is None else interrupted
-        deadline = time.monotonic() + patience
+        began = time.monotonic()
+        deadline = began + patience
         delay, warned = 0.05, False
         while True:
             try:
@@ -334,7 +345,7 @@ class JobTable:
                     self.close()
                 stopping = interrupted()
                 if time.monotonic() + delay > deadline or stopping:
-                    waited = "a stop signal" if stopping else f"{patience:.0f} s"
+                    waited = f"{time.monotonic() - began:.1f} s" + (" and a stop signal" if stopping else "")
                     raise DatabaseUnavailable(f"{self.settings.describe()}: gave up {what} after "
                                               f"{waited}: {_one_line(e)}") from None
                 if self._is_lock_conflict(e):
@@ -524,7 +535,7 @@ class JobTable:
         self._transaction(drop, "dropping the job table")
 
     # ----------------------------------------------------------------- what workers do
-    def claim(self, host: str, worker: str, pid: int, lease: float = DEFAULT_LEASE, *,
+    def claim(self, host: str, worker: str, pid: int, lease: float = DEFAULT_LEASE, *, pid_start: Optional[int] = None,
               interrupted: Optional[Callable[[], bool]] = None) -> Optional[Claim]:
         """Atomically take the next pending obsid for this worker, longest expected first.
 
@@ -551,7 +562,7 @@ class JobTable:
                 return None
             obsid, attempts = int(row[0]), int(row[1])
             self._execute(cur, CLAIM, {"token": token, "host": host[:255], "worker": worker[:32], "pid": pid,
-                                       "obsid": obsid, "lease": lease})
+                                       "pid_start": pid_start, "obsid": obsid, "lease": lease})
             if cur.rowcount != 1:
                 raise BatchError(f"claim of obsid {obsid} lost a race it cannot lose; please report this")
             return Claim(obsid, token, attempts + 1, lease)
@@ -637,11 +648,7 @@ class JobTable:
             for obsid, given in found:
                 by_lease.setdefault(round(float(given), 3), []).append(int(obsid))
             for given, stale in sorted(by_lease.items()):
-                reason = f"worker lost: no heartbeat for {given:g} s"
-                for obsids, params in in_list(stale):
-                    self._execute(cur, LOST_MARK, {**params, "reason": reason}, obsids=obsids)
-                    self._execute(cur, LOST_TO_HISTORY, params, obsids=obsids)
-                    self._execute(cur, LOST_RELEASE, {**params, "max_attempts": max_attempts}, obsids=obsids)
+                self._take_back(cur, stale, f"worker lost: no heartbeat for {given:g} s", max_attempts)
             return sorted(int(obsid) for obsid, _ in found)
         return self._transaction(reclaim, "reclaiming obsids of lost workers", interrupted=interrupted)
 
@@ -656,6 +663,27 @@ class JobTable:
         def count(cur):
             return int(self._execute(cur, COUNT_LIVE_RUNNING, {"db_now": self._db_now(cur), "lease": lease}).fetchone()[0])
         return self._transaction(count, "counting running obsids", write=False)
+
+    def reclaim_dead_here(self, host: str, gone: Callable[[int, Optional[int]], bool], max_attempts: int, *,
+                          interrupted: Optional[Callable[[], bool]] = None) -> List[int]:
+        """Take back at once the running obsids claimed on `host` (this host) by a process that is
+        gone: gone(pid, pid_start) says so (slot.process_gone). Each costs an attempt, as with
+        reclaim_stale; claims of other hosts are left to their lease. Returns the obsids taken back."""
+        def reclaim(cur):
+            rows = self._execute(cur, RUNNING_ON_HOST, {"host": host[:255]}).fetchall()
+            dead = [(int(obsid), pid) for obsid, pid, start in rows
+                    if pid is not None and gone(int(pid), None if start is None else int(start))]
+            for obsid, pid in dead:
+                self._take_back(cur, [obsid], f"worker lost: its process {pid} on {host} is gone", max_attempts)
+            return [obsid for obsid, _ in dead]
+        return self._transaction(reclaim, "reclaiming obsids of dead workers of this host", interrupted=interrupted)
+
+    def _take_back(self, cur: Any, obsids: Sequence[int], reason: str, max_attempts: int) -> None:
+        """The obsids' attempts end as `lost`: to pending, or failed once max_attempts are used; tokens cleared."""
+        for listed, params in in_list(obsids):
+            self._execute(cur, LOST_MARK, {**params, "reason": reason}, obsids=listed)
+            self._execute(cur, LOST_TO_HISTORY, params, obsids=listed)
+            self._execute(cur, LOST_RELEASE, {**params, "max_attempts": max_attempts}, obsids=listed)
 
     # ----------------------------------------------------------------- what users do
     def reset(self, lease: float, only_failed: bool = False, obsids: Optional[Sequence[int]] = None) -> Tuple[int, int]:

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Any, Dict, Optional, TextIO
 
 from . import hipe, report
 from .config import Config
@@ -22,7 +22,7 @@ from .errors import BadInput, BatchError, BlackHole, DatabaseUnavailable, SetupB
 from .guardian import Guardian, GuardianLost
 from .lease import LeaseKeeper
 from .model import FAILED, INTERACTIVE_PATIENCE, RUNNING, Claim, LaunchEnd, Outcome
-from .slot import Slot
+from .slot import Slot, process_gone, process_start
 from .storage import JobTable, open_table
 
 logger = logging.getLogger(__name__)
@@ -102,18 +102,35 @@ def check_writable(folder: Path) -> None:
 class Worker:
     """One worker process: claims obsids of one job, launches HIPE on each, records what became of it."""
 
-    def __init__(self, cfg: Config, table: Optional[JobTable], job: str, slot: Slot, out: Optional[TextIO] = None):
+    def __init__(self, cfg: Config, table: Optional[JobTable], job: str, slot: Slot, out: Optional[TextIO] = None,
+                 quiet: bool = False, max_time: Optional[float] = None, claim_until: Optional[float] = None):
+        """quiet: print no obsid lines and no SUMMARY (-q); max_time: seconds after which no obsid is
+        claimed any more, or claim_until: the same as a time.monotonic() value (`run -j` sets it once
+        for all its workers)."""
         self.cfg, self.table, self.job, self.slot = cfg, table, job, slot
         self.out = out or sys.stdout
+        self.quiet = quiet
+        self.max_time = max_time
+        self.claim_until = claim_until if claim_until is not None else (
+            time.monotonic() + max_time if max_time is not None else None)
         self.dir = cfg.job_dir(job)
         self.template = template_path(cfg, job)
         self.log = _Context(logger, {"host": slot.host, "slot": slot.name, "obsid": None})
         self.stop_signal = 0
-        self.processed = self.done = self.failed = 0
+        self.numbers: Dict[int, int] = {}   # obsid -> its number n in `[#n, obsid=X]`
+        self.attempts = self.done = self.failed = 0
+        self.script_errors = 0   # of the worker's first attempts, all ended by script errors so far
+        self.halted = False
+        self.pid_start = process_start(os.getpid())
         self.guardian: Optional[Guardian] = None
         self.keeper: Optional[LeaseKeeper] = None
         self.quick_failures, self.failing_since = 0, 0.0
         self.template_version, self.template_changed = "", False
+
+    @property
+    def processed(self) -> int:
+        """How many obsids (not attempts) this worker has run."""
+        return len(self.numbers)
 
     def check_ready(self) -> None:
         """See check_ready()."""
@@ -141,8 +158,9 @@ class Worker:
             status = DatabaseUnavailable.exit_status
         finally:
             try:  # summary first: bin/BatchProcess_mpi.sh repeats its stop signal, which must not cut it off
-                self._say(report.slot_summary(self.slot, self.processed, self.done, self.failed,
-                                              time.monotonic() - started))
+                if not self.quiet:
+                    self._say(report.slot_summary(self.slot, self.processed, self.done, self.failed,
+                                                  time.monotonic() - started, self.attempts))
             finally:
                 self._stop_guard()
                 for s, handler in previous.items():
@@ -188,26 +206,42 @@ class Worker:
     def _loop(self) -> None:
         run = self.cfg.run
         self._reclaim()
-        while not self.stop_signal:
+        while not self.stop_signal and not self.halted and not self._out_of_time():
             claimed_at = time.monotonic()   # the lease runs from before the claim's transaction began
-            claim = self.table.claim(self.slot.host, self.slot.name, os.getpid(), run.lease, interrupted=self._stopping)
+            claim = self.table.claim(self.slot.host, self.slot.name, os.getpid(), run.lease, pid_start=self.pid_start,
+                                     interrupted=self._stopping)
             if claim is not None:
+                self.log.debug("claimed obsid %d (attempt %d)", claim.obsid, claim.attempt)
                 self._process(claim, claimed_at)
                 continue
+            self.log.debug("nothing pending")
             if self._reclaim():
                 continue
             # Nothing pending. Obsids still running elsewhere may yet come back (a worker dies,
             # a failure is retried): wait for them rather than leave them to a later run.
             if not run.wait_for_running or self.table.counts(interrupted=self._stopping)[RUNNING] == 0:
                 break
+            self.log.debug("waiting for obsids running elsewhere")
             self._sleep(min(run.heartbeat, WAIT_POLL))
 
+    def _out_of_time(self) -> bool:
+        if self.claim_until is None or time.monotonic() < self.claim_until:
+            return False
+        self.log.info("--max-time %s reached: stopped claiming; what is left stays pending for the next run",
+                      _seconds(self.max_time))
+        return True
+
     def _reclaim(self) -> bool:
-        taken = self.table.reclaim_stale(self.cfg.run.lease, self.cfg.run.max_attempts, interrupted=self._stopping)
-        if taken:
-            self.log.warning("took back %d obsid(s) of lost workers: %s", len(taken),
-                             " ".join(map(str, taken[:10])) + (" ..." if len(taken) > 10 else ""))
-        return bool(taken)
+        """Take back the obsids of dead workers of this host at once, and of lost workers after their lease."""
+        run = self.cfg.run
+        dead_here = self.table.reclaim_dead_here(self.slot.host, process_gone, run.max_attempts,
+                                                 interrupted=self._stopping)
+        lost = self.table.reclaim_stale(run.lease, run.max_attempts, interrupted=self._stopping)
+        for taken, whose in ((dead_here, "dead workers of this host"), (lost, "lost workers")):
+            if taken:
+                self.log.warning("took back %d obsid(s) of %s: %s", len(taken), whose,
+                                 " ".join(map(str, taken[:10])) + (" ..." if len(taken) > 10 else ""))
+        return bool(dead_here or lost)
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -215,12 +249,14 @@ class Worker:
             time.sleep(min(hipe.POLL, end - time.monotonic()))
 
     def _process(self, claim: Claim, claimed_at: float) -> None:
-        self.processed += 1
+        number = self.numbers.setdefault(claim.obsid, len(self.numbers) + 1)   # a retry keeps its number
+        self.attempts += 1
         self.log.extra["obsid"] = claim.obsid
         try:
             self.keeper.hold(claim, claimed_at)
-            self._say(f".....  [Slot {self.slot.rank}/{self.slot.size} on {self.slot.host}] "
-                      f"[#{self.processed}, obsid={claim.obsid}]")
+            if not self.quiet:
+                self._say(f".....  [Slot {self.slot.rank}/{self.slot.size} on {self.slot.host}] "
+                          f"[#{number}, obsid={claim.obsid}]")
             launch = self._launch(claim)
             self._record(claim, launch)
         except (DatabaseUnavailable, SetupBroken, BlackHole):
@@ -245,7 +281,7 @@ class Worker:
                                LaunchEnd.NOT_STARTED)
         version = self._template_version(template)
         request = hipe.LaunchRequest(self.cfg.hipe, template, self.job, claim.obsid, self.dir / "output",
-                                     self.dir / "log")
+                                     self.dir / "log", template_path=self.template)
         launch = hipe.run_obsid(request, lambda: self.stop_signal, self.keeper.state, self.guardian)
         return dataclasses.replace(launch, outcome=dataclasses.replace(launch.outcome, template=version))
 
@@ -302,21 +338,26 @@ class Worker:
             self.log.error("%s; obsid stays claimed until its lease runs out", e)
 
     def _finish(self, claim: Claim, launch: hipe.Launch) -> None:
-        outcome = launch.outcome
-        state = self.table.finish(claim, outcome, self.cfg.run.max_attempts, interrupted=self._stopping,
-                                  results=launch.results)
+        outcome, run = launch.outcome, self.cfg.run
+        # A script error would only fail again: the obsid fails at once, unless retry_errors says otherwise.
+        retried = not outcome.script_error or run.retry_errors
+        limit = run.max_attempts if retried else claim.attempt
+        state = self.table.finish(claim, outcome, limit, interrupted=self._stopping, results=launch.results)
         if state is None:
-            self.log.error("outcome not recorded: the claim had been taken back (lease %g s)", self.cfg.run.lease)
-        elif outcome.ok:
+            self.log.error("outcome not recorded: the claim had been taken back (lease %g s)", run.lease)
+            return
+        if outcome.ok:
             self.done += 1
             self.quick_failures = 0
             self.log.info("done in %.1f s", launch.seconds)
         else:
-            self.failed += 1
-            retry = f", will be retried (attempt {claim.attempt} of {self.cfg.run.max_attempts})" if state != FAILED else ""
+            if state == FAILED:
+                self.failed += 1
+            retry = f", will be retried (attempt {claim.attempt} of {run.max_attempts})" if state != FAILED else ""
             self.log.error("failed after %.1f s: %s%s (log: %s)", launch.seconds, outcome.reason, retry,
                            Path(self.dir, "log", f"{claim.obsid}.stderr"))
             self._judge_failure(launch)
+        self._halt_if_hopeless(outcome)
 
     def _judge_failure(self, launch: hipe.Launch) -> None:
         """Stop if this worker looks like a black hole: quick failures in a row while others succeed."""
@@ -332,6 +373,22 @@ class Worker:
         if elsewhere:
             raise BlackHole(self.quick_failures, QUICK_FAILURE, elsewhere, launch.outcome.reason)
 
+    def _halt_if_hopeless(self, outcome: Outcome) -> None:
+        """Stop when the worker's first halt_after attempts all ended in script errors: the template
+        (or the setup it relies on) most likely cannot work, and every further obsid would fail too."""
+        k = self.cfg.run.halt_after
+        if not k or self.script_errors < 0:
+            return
+        if not outcome.script_error:
+            self.script_errors = -1   # one attempt got through: the template can work
+            return
+        self.script_errors += 1
+        if self.script_errors >= k:
+            self.halted = True
+            self.log.error("the first %d attempts of this worker all failed with script errors, so the template "
+                           "probably cannot work: worker stopped. Fix %s, then `BatchProcess.py %s reset --failed`",
+                           k, self.template, self.job)
+
 
 def _never() -> bool:
     return False
@@ -339,3 +396,12 @@ def _never() -> bool:
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
+
+
+def _seconds(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size:g}{unit}"
+    return f"{seconds:g}s"
