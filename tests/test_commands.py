@@ -166,7 +166,7 @@ def test_reset_all_failed_and_listed(batch):
     r = batch.cli("r", "reset", "--obsids", batch.obsid_file([1, 99], "unknown.txt"))
     assert r.returncode == 2 and "not in job 'r'" in r.stderr
 
-    r = batch.cli("r", "reset")
+    r = batch.cli("r", "reset", "--yes")
     assert r.returncode == 0 and "1 obsids are running under live workers and were left alone" in r.stdout
     assert table.counts()["running"] == 1
     assert [row["attempts"] for row in table.rows() if row["state"] == "pending"] == [0, 0, 0]

@@ -85,7 +85,7 @@ class CronDaemon:
     def __init__(self, base: Path, entries):
         self.base = base
         self.outputs = base / "mail"
-        self.outputs.mkdir()
+        self.outputs.mkdir(parents=True)
         for sub in ("cron.d", "spool", "run"):
             (base / sub).mkdir()
         lines = ["SHELL=/bin/sh", 'MAILTO=""']
@@ -98,7 +98,7 @@ class CronDaemon:
         crontab.chmod(0o644)
         mounts = (f"mount --bind {crontab} /etc/crontab && mount --bind {base / 'cron.d'} /etc/cron.d && "
                   f"mount --bind {base / 'spool'} /var/spool/cron/crontabs && mount --bind {base / 'run'} /run && "
-                  "exec cron -f -L 15")
+                  "exec /usr/sbin/cron -f -L 15")
         self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", mounts],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True, env=minimal_env())

@@ -55,7 +55,7 @@ def test_an_earlier_attempts_logs_are_kept(batch):
     batch.cli("r", "new", batch.obsid_file([6]))
     batch.cli("r", "run")
     batch.template("r", "print('second go')\n")
-    batch.cli("r", "reset")
+    batch.cli("r", "reset", "--yes")
     assert batch.cli("r", "run").returncode == 0
     log = batch.root / "jobs" / "r" / "log"
     assert (log / "6.stdout").read_text() == "second go\n" and (log / "6.stdout.1").read_text() == "attempt at 6\n"
@@ -79,7 +79,7 @@ def test_summary_of_a_worker_that_got_nothing(batch):
 ])
 def test_success_needs_exit_zero_and_the_end_of_the_script(batch, template, exit_zero, reason):
     batch.template("f", template)
-    batch.write_cfg(run={"max_attempts": "2"})
+    batch.write_cfg(run={"max_attempts": "2", "retry_errors": "yes"})   # script errors are not retried by default
     batch.cli("f", "new", batch.obsid_file([5]))
     r = batch.cli("f", "run", env=batch.env(TRIVIAL_HIPE_EXIT_ZERO=exit_zero))
     assert r.returncode == 1
