@@ -44,7 +44,6 @@ SIGTERM, SIGINT (Ctrl-C) or SIGHUP: every worker puts its running obsid back to 
 Exit status: 0 when every obsid of the job is done; 1 when some failed or are unfinished; 2 for
 bad input (nothing started); mpirun's status when mpirun itself failed; 128+N after signal N.
 """
-CHECKOUT = Path(__file__).resolve().parents[2]   # lib/batchUtility/mpi_launch.py -> the checkout
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 REPEAT = 2.0       # seconds between SIGUSR2s to mpirun once stopping (see Stop)
 WATCH_POLL = 5.0   # seconds between looks at the job table for a lost host (see LostHostWatch)
@@ -106,7 +105,7 @@ def parse_args(argv: List[str]) -> Options:
 # --------------------------------------------------------------------------- the checks
 def prepare_environment(options: Options) -> None:
     """Root, configuration and interpreter, exported so that every rank on every host sees them."""
-    root = Path(os.environ.get("HIPE_BATCH_ROOT") or CHECKOUT)
+    root = config.batch_root()   # $HIPE_BATCH_ROOT, the checkout, or (installed) the current folder
     if not root.is_dir():
         raise BadInput(f"HIPE_BATCH_ROOT={root} is not a folder")
     os.environ["HIPE_BATCH_ROOT"] = str(root.resolve())
@@ -213,7 +212,8 @@ def mpirun_command(mpirun: str, path: Path, options: Options) -> List[str]:
     for name in names:
         if name in os.environ:
             opts += ["-x", name]
-    return [mpirun, *opts, *options.extra, sys.executable, str(CHECKOUT / "bin" / "BatchProcess.py"),
+    # The checkout's bin/BatchProcess.py, or the copy `pip install` put in share/hipe-batch/bin.
+    return [mpirun, *opts, *options.extra, sys.executable, str(config.share_dir() / "bin" / "BatchProcess.py"),
             options.job, "run"]
 
 
