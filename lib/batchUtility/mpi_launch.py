@@ -42,7 +42,8 @@ the hostfile names; the job's SQL table is the only coordination. See README.md.
 Every other argument goes to mpirun, e.g. `-x JAVA_HOME` or `--mca plm_rsh_agent "ssh -p 2222"`.
 SIGTERM, SIGINT (Ctrl-C) or SIGHUP: every worker puts its running obsid back to pending and stops.
 Exit status: 0 when every obsid of the job is done; 1 when some failed or are unfinished; 2 for
-bad input (nothing started); mpirun's status when mpirun itself failed; 128+N after signal N.
+bad input (nothing started); 3 when the database stayed away; mpirun's status when mpirun itself
+failed; 128+N after signal N.
 """
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 REPEAT = 2.0       # seconds between SIGUSR2s to mpirun once stopping (see Stop)
