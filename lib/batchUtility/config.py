@@ -113,8 +113,18 @@ class SqlSettings:
         """Where the database is, for messages; never the password."""
         if self.backend == "sqlite":
             return f"SQLite database {self.path}"
-        place = self.socket or (f"{self.host}:{self.port}" if self.port else self.host)
+        place = self.socket or f"{self.host}:{self.port or _option_file_port(self.option_file) or 3306}"
         return f"MySQL database '{self.db}' at {place} as user '{self.user}'"
+
+
+def _option_file_port(option_file: str) -> int:
+    """The [client] port of the MySQL option file the driver reads (as SqlSettings.port 0 means), or 0."""
+    parser = configparser.ConfigParser(allow_no_value=True, strict=False, interpolation=None)
+    try:
+        parser.read(option_file or os.path.expanduser("~/.my.cnf"))
+        return int(parser.get("client", "port", fallback="0") or 0)
+    except (configparser.Error, ValueError, OSError):
+        return 0
 
 
 @dataclass(frozen=True)
