@@ -443,3 +443,20 @@ def test_obsids_from_standard_input(batch):
     assert r.returncode == 0
     r = batch.cli("j", "new", "--add", "-", input="12x\n")
     assert r.returncode == 2 and "<stdin>:1" in r.stderr
+
+
+def test_a_job_table_of_an_earlier_version_is_upgraded(batch):
+    """A job table without the columns added since (pid_start) gets them from the next command, once."""
+    batch.template("j", OK_TEMPLATE)
+    batch.cli("j", "new", batch.obsid_file([1, 2]))
+    table = batch.table("j")
+    table._transaction(lambda cur: cur.execute(table.statement("ALTER TABLE {job_table} DROP COLUMN pid_start")),
+                       "dropping a column")
+    assert "pid_start" not in table.rows()[0]
+    for _ in range(2):   # idempotent
+        r = batch.cli("j", "status")
+        assert r.returncode == 0, r.stderr
+    assert "pid_start" in batch.table("j").rows()[0]
+    r = batch.cli("j", "run", "-j", "2")
+    assert r.returncode == 0, r.stderr
+    assert all(row["pid_start"] for row in batch.table("j").rows())
