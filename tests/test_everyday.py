@@ -460,3 +460,26 @@ def test_a_job_table_of_an_earlier_version_is_upgraded(batch):
     r = batch.cli("j", "run", "-j", "2")
     assert r.returncode == 0, r.stderr
     assert all(row["pid_start"] for row in batch.table("j").rows())
+
+
+def reading_stdin(pid):
+    try:
+        return Path(f"/proc/{pid}/syscall").read_text().split()[:2] == ["0", "0x0"]
+    except OSError:
+        return False
+
+
+def test_overlapping_new_add_create_the_job_once(batch):
+    """Two cron lines firing at once both create the job with `new --add -`: neither fails or drops it."""
+    batch.template("j", OK_TEMPLATE)
+    for _ in range(3):
+        procs = [batch.popen("j", "new", "--add", "-", "-q", stdin=subprocess.PIPE) for _ in range(6)]
+        # All of them reading standard input (syscall 0 on fd 0), then all given it at once: they race.
+        wait_for(lambda: all(reading_stdin(p.pid) for p in procs), 60, "every `new` to read its obsids")
+        for p in procs:
+            p.stdin.write("1\n2\n3\n")
+            p.stdin.close()
+        results = [(p.wait(60), p.stderr.read()) for p in procs]
+        assert [code for code, _ in results] == [0] * 6, results
+        assert [row["obsid"] for row in batch.table("j").rows()] == [1, 2, 3]
+        assert batch.cli("j", "wipe", "--yes").returncode == 0

@@ -388,7 +388,15 @@ class JobTable:
         # Where CREATE INDEX has no IF NOT EXISTS, a retried create may find the index there already.
         exists = self.index_exists and self._execute(cur, self.index_exists, {"table": table, "index": index}).fetchone()
         if not exists:
-            self._execute(cur, text, index=self.quote(index))
+            try:
+                self._execute(cur, text, index=self.quote(index))
+            except self.Error as e:
+                # Two `new --add` at once (cron): the other one made the index since we looked.
+                if not self._is_duplicate_index(e):
+                    raise
+
+    def _is_duplicate_index(self, e: Exception) -> bool:
+        return False
 
     # ----------------------------------------------------------------- dialect hooks (connections, errors)
     def _connect(self) -> Any:
@@ -1012,6 +1020,9 @@ class MySQLJobTable(JobTable):
 
     def _is_lock_conflict(self, e: Exception) -> bool:
         return self._code(e) == 1213
+
+    def _is_duplicate_index(self, e: Exception) -> bool:
+        return self._code(e) == 1061   # ER_DUP_KEYNAME
 
 
 def open_table(settings: Any, job: str, patience: float = INTERACTIVE_PATIENCE, create: bool = False,
