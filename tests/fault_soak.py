@@ -141,7 +141,9 @@ def soak(env: BatchEnv, workers=16, obsids=2000, kills=None, lease=2.5, seed=Non
         phase1 = time.monotonic() - t0
         assert all(by_pid[pid].returncode == -signal.SIGKILL for pid in killed)
         survivors = [p for i, p in enumerate(procs) if p.pid not in killed]
-        bad = [(p.pid, p.returncode) for p in survivors if p.returncode != 0]
+        # 1: the job is not finished yet (obsids of killed workers are left to the new run), which is
+        # the job-level exit status; anything else is a failure of the survivor.
+        bad = [(p.pid, p.returncode) for p in survivors if p.returncode not in (0, 1)]
         assert not bad, f"surviving workers failed: {bad}; see {logs}"
         left = table.counts()
         figures.update(killed=len(killed), phase1_s=round(phase1, 1),
