@@ -189,7 +189,7 @@ def test_reset(batch, main):
     assert table.counts() == {"pending": 4, "running": 1, "done": 1, "failed": 0}
     assert "not in job 's'" in main("s", "reset", "--obsids", batch.obsid_file([2, 99], "two.txt")).error()
     assert table.counts() == {"pending": 4, "running": 1, "done": 1, "failed": 0}
-    r = main("s", "reset")
+    r = main("s", "reset", "--yes")   # a plain reset asks first when done obsids would go back
     assert r.out == "5 obsids reset to pending\n1 obsids are running under live workers and were left alone\n"
     assert table.counts() == {"pending": 5, "running": 1, "done": 0, "failed": 0}
     r = main("s", "reset", "--stale")

@@ -114,17 +114,18 @@ def test_config_the_2014_file_means_mysql_and_hides_the_password(cfg_file):
     assert (sql.backend, sql.host, sql.port, sql.user, sql.password, sql.db, sql.table) == \
         ("mysql", "db.example.org", 0, "hipe", "secret", "herschel", "v11_1")
     assert "secret" not in repr(sql) + repr(cfg) + sql.describe()
-    assert sql.describe() == "MySQL database 'herschel' at db.example.org as user 'hipe'"
+    # No port in the file: ~/.my.cnf's (none here) or MySQL's 3306, named so that a refusal says where it knocked.
+    assert sql.describe() == "MySQL database 'herschel' at db.example.org:3306 as user 'hipe'"
 
 
 def test_config_every_key(cfg_file, tmp_path):
     cfg_file("[sql]\nbackend = MySQL\nhost = h\nport = 3307\nuser = u\ndb = d\n"
-             "[hipe]\ncommand = bin/hipe-standin --fast   # relative to batch.cfg\nmemory = 4g\n"
+             "[hipe]\ncommand = bin/my-hipe --fast   # relative to batch.cfg\nmemory = 4g\n"
              "properties = a.b=1 'c=two words'\ntimeout = 7200\n"
              "[run]\nlease = 1\nmax_attempts = 1000\ndb_patience = 0\nwait_for_running = No\n")
     cfg = config.load()
     assert (cfg.sql.backend, cfg.sql.port, cfg.sql.describe()) == ("mysql", 3307, "MySQL database 'd' at h:3307 as user 'u'")
-    assert cfg.hipe == config.HipeSettings((str(tmp_path / "bin" / "hipe-standin"), "--fast"), "4g",
+    assert cfg.hipe == config.HipeSettings((str(tmp_path / "bin" / "my-hipe"), "--fast"), "4g",
                                            ("a.b=1", "c=two words"), 7200.0)
     assert cfg.run == config.RunSettings(1.0, 1000, 0.0, False)
     assert cfg.run.heartbeat == 0.5   # never busier than twice a second
@@ -321,15 +322,18 @@ def test_py2_string():
     assert eval(py2_string("/tmp/it's \"odd\"\\ $HOME")) == "/tmp/it's \"odd\"\\ $HOME"
 
 
-def test_script_text():
-    text = script_text("x = obsid\n\n\n", 1342191755, Path("/out dir"), "j", Path("/tmp/done-marker"))
+def test_script_text(tmp_path):
+    template = tmp_path / "j.py"
+    template.write_text("x = obsid\n\n\n")
+    marker = tmp_path / "done-marker"
+    text = script_text(template, 1342191755, Path("/out dir"), "j", marker)
     assert text.splitlines() == [
-        "# -*- coding: utf-8 -*-", "obsid=1342191755", f'outDir="/out dir{os.sep}"', 'jobName="j"', "x = obsid", "",
-        "# Appended by batchUtility: reached only if the script ran to its end.", 'open("/tmp/done-marker", "w").close()']
-    scope = {"open": lambda path, mode: type("F", (), {"close": lambda self: scope.setdefault("marked", path)})()}
-    exec(text, scope)   # the preamble and the marker line are valid Python (and Jython 2)
-    assert (scope["obsid"], scope["x"], scope["outDir"], scope["marked"]) == (1342191755, 1342191755, "/out dir/",
-                                                                                "/tmp/done-marker")
+        "# -*- coding: utf-8 -*-", "obsid=1342191755", f'outDir="/out dir{os.sep}"', 'jobName="j"',
+        f'exec(compile(open("{template}", "rb").read(), "{template}", "exec"))',
+        "# Reached only if the template ran to its end.", f'open("{marker}", "w").close()']
+    scope = {}
+    exec(text, scope)   # the preamble, the template as its own file and the marker line (valid Jython 2 too)
+    assert (scope["obsid"], scope["x"], scope["outDir"], marker.exists()) == (1342191755, 1342191755, "/out dir/", True)
 
 
 def test_hipe_command():
@@ -361,9 +365,11 @@ def test_verdict_and_last_words(tmp_path):
     assert _last_words(err) == ": ValueError: " + "x" * 148
     err.write_text("ValueError: bad calibration\n")
     assert _verdict(0, True, err) == Outcome(True, "", 0)
+    # The script's own errors are not retried by default; a signal we did not send is.
     assert _verdict(0, False, err) == Outcome(
-        False, "script stopped before its end though HIPE exited 0: ValueError: bad calibration", 0)
-    assert _verdict(3, True, err) == Outcome(False, "HIPE exited with status 3: ValueError: bad calibration", 3)
+        False, "script stopped before its end though HIPE exited 0: ValueError: bad calibration", 0, script_error=True)
+    assert _verdict(3, True, err) == Outcome(False, "HIPE exited with status 3: ValueError: bad calibration", 3,
+                                             script_error=True)
     assert _verdict(-9, False, err) == Outcome(False, "HIPE killed by SIGKILL: ValueError: bad calibration", None, 9)
 
 
@@ -431,7 +437,7 @@ def test_named_statements_on_an_in_memory_sqlite(memory):
         db.execute(statement(storage.INSERT_OBSID), {"obsid": obsid})   # INSERT OR IGNORE: 5 once
     assert db.execute(statement(storage.COUNT_ALL)).fetchone() == (3,)
     db.execute(statement(storage.CLAIM), {"obsid": 6, "token": "t" * 32, "host": "h", "worker": "1/1", "pid": 42,
-                                          "lease": 30})
+                                          "lease": 30, "pid_start": 4242})
     assert sorted(db.execute(statement(storage.COUNT_BY_STATE)).fetchall()) == [("pending", 2), ("running", 1)]
     assert db.execute(statement(storage.HEARTBEAT), {"obsid": 6, "token": "x" * 32, "lease": 30}).rowcount == 0   # fenced
     assert db.execute(statement(storage.HEARTBEAT), {"obsid": 6, "token": "t" * 32, "lease": 30}).rowcount == 1

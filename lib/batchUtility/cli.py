@@ -212,8 +212,8 @@ def cmd_reset(cfg: config.Config, args: argparse.Namespace) -> int:
     dead_here = table.reclaim_dead_here(host_name(os.environ), process_gone, cfg.run.max_attempts)
     if args.stale:
         taken = dead_here + table.reclaim_stale(cfg.run.lease, cfg.run.max_attempts)
-        _say(args, f"{len(taken)} obsids of lost workers taken back (this host's: process gone; "
-                   f"others: no heartbeat for {cfg.run.lease:g} s)")
+        _say(args, f"{len(taken)} obsids of lost workers taken back (no heartbeat for {cfg.run.lease:g} s), "
+                   f"{len(dead_here)} of them at once (a worker of this host whose process is gone)")
         return 0
     if not args.failed and obsids is None and not args.yes:
         _confirm_putting_done_back(table, args.job)
@@ -261,7 +261,7 @@ def cmd_status(cfg: config.Config, args: argparse.Namespace) -> int:
             raise BadInput(f"obsid {args.obsid} is not in job '{args.job}'")
         history = table.history(args.obsid)
         print(report.obsid_json(row, history) if args.json else report.obsid_text(row, history))
-        if not args.json:
+        if history and not args.json:   # no attempt, no logs
             log = cfg.job_dir(args.job) / "log" / str(args.obsid)
             print(f"  logs: {log}.stdout  {log}.stderr" + ("  (earlier attempts: .1, .2, ...)"
                                                           if Path(f"{log}.stderr.1").exists() else ""))
