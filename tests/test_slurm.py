@@ -110,7 +110,7 @@ def test_worker_prints_slurm_slot(sqlite_batch):
     cases = [(step, "3/3 on node7"), (array, "5/8 on node8"), ({**array, **step}, "3/3 on node7"),
              ({}, f"1/1 on {socket.gethostname()}")]
     for env, expected in cases:
-        batch.cli("j", "reset")
+        batch.cli("j", "reset", "--yes")
         out = run_worker_env(batch, **env)
         assert f"[Slot {expected}]" in out, (env, out)
 
