@@ -29,7 +29,7 @@ EXIT_STATUSES = """exit status (the same for run, run -j N and BatchProcess_mpi.
   3      the database stayed away too long
   128+N  stopped by signal N (130 Ctrl-C, 143 SIGTERM); running obsids were put back to pending"""
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\Z")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +117,7 @@ def duration(text: str) -> float:
     match = _DURATION.match(text.strip().lower())
     if not match or float(match.group(1)) <= 0:
         raise ValueError(text)
-    return float(match.group(1)) * _UNIT[match.group(2)]
+    return float(match.group(1)) * _DURATION_UNIT[match.group(2)]
 
 
 def _duration_argument(text: str) -> float:
