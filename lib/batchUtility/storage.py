@@ -437,6 +437,19 @@ class JobTable:
             # A job made before results and the operator's indexes existed: add them, once.
             self._transaction(self._create_operator_tables, "adding the results table")
 
+    def _require_made(self, patience: float = INTERACTIVE_PATIENCE) -> None:
+        """require(), allowing for a job another `new --add` is making this very moment (two cron
+        lines at once): its table is there, its history table may come a moment later (MySQL
+        commits each CREATE TABLE on its own)."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                return self.require()
+            except NotAJobTable as e:
+                if "token" not in e.columns or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
+
     def _create_operator_tables(self, cur: Any) -> None:
         self._execute(cur, CREATE_RESULTS_TABLE)
         self._create_index(cur, CREATE_ENDED_INDEX, self.job + "__ended", self.job)
@@ -476,7 +489,7 @@ class JobTable:
         if existed and not add:
             raise JobExists(self.job, self.total())
         if existed:
-            self.require()
+            self._require_made()
         master_columns = self._transaction(lambda cur: self._columns(cur, master), "reading the master table",
                                            write=False) if master else None
         if obsids is None and (master_columns is None or "obsid" not in master_columns):
