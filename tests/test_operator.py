@@ -296,7 +296,7 @@ def test_status_json_has_the_new_fields(batch):
 
 @pytest.mark.slow
 def test_history_csv_has_one_row_per_attempt(batch):
-    batch.write_cfg(run={"max_attempts": "2"})
+    batch.write_cfg(run={"max_attempts": "2", "retry_errors": "yes"})   # script errors retried: two attempts
     new_job(batch, "h", [1, 2, 3, 4, 5], "if obsid % 2:\n    raise ValueError('odd')\n")
     batch.cli("h", "run")
     attempts = batch.table("h").history()
@@ -432,7 +432,7 @@ def test_results_are_replaced_on_rerun(batch):
 
 @pytest.mark.slow
 def test_report_writes_a_page_and_an_svg(batch):
-    batch.write_cfg(run={"max_attempts": "2"})
+    batch.write_cfg(run={"max_attempts": "2", "retry_errors": "yes"})   # script errors retried: two attempts
     new_job(batch, "p", [1, 2, 3], "if obsid == 2:\n    raise ValueError('two & <b>')\n")
     batch.cli("p", "run")
     page, picture = batch.root / "p.html", batch.root / "p.svg"
