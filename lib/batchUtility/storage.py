@@ -517,9 +517,13 @@ class JobTable:
             try:
                 self._transaction(self._create_tables, "creating the job table")
             except BatchError:
-                if self.exists():   # another `new` of this job created it a moment ago: it is theirs
+                if not self.exists():
+                    raise
+                if not add:   # another `new` of this job created it a moment ago: it is theirs
                     raise JobExists(self.job, self.total()) from None
-                raise
+                # Another `new --add` (a second cron line) made it a moment ago: add to it, never drop it.
+                existed = True
+                self._require_made()
         try:
             return self._transaction(fill, "filling the job table")
         except BaseException:
