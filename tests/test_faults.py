@@ -454,8 +454,9 @@ def test_black_hole_worker_stops_while_others_succeed(batch, reaper, tmp_path):
     and every obsid ends done, none failed for good."""
     env = batch
     obsids = list(range(OBSID, OBSID + 30))
-    # (max_attempts above the 5 failures: a retry is claimed at once, often by the same worker)
-    env.write_cfg(hipe={"command": FAST_HIPE}, run={"max_attempts": "6"})
+    # (max_attempts above the 5 failures: a retry is claimed at once, often by the same worker; HIPE's
+    # exit status 1 looks like a script error, which is not retried unless retry_errors says so)
+    env.write_cfg(hipe={"command": FAST_HIPE}, run={"max_attempts": "6", "retry_errors": "yes"})
     broken = tmp_path / "broken-hipe"
     broken.write_text("#!/bin/sh\necho 'Error: could not find libjava.so' >&2\nexit 1\n")
     broken.chmod(0o755)
@@ -488,7 +489,7 @@ table = open_table(cfg.sql, "j", call_timeout=cfg.run.call_timeout)
 def stuck(cur):
     obsid = table._execute(cur, PICK_PENDING).fetchone()[0]
     table._execute(cur, CLAIM, {"token": "f" * 32, "host": "frozen", "worker": "1/1", "pid": os.getpid(),
-                                "obsid": obsid, "lease": 2})
+                                "obsid": obsid, "lease": 2, "pid_start": None})
     print(obsid, flush=True)
     os.kill(os.getpid(), signal.SIGSTOP)
 table._transaction(stuck, "claiming and freezing")
@@ -562,7 +563,7 @@ def test_broken_pipe_on_stdout_loses_nothing(batch):
 def test_a_fault_of_ours_mid_run_puts_the_obsid_back(batch, reaper, tmp_path, fault):
     """The log folder replaced by a file, or TMPDIR removed, while the first obsid runs (a full disk
     fails the same calls with ENOSPC): the next obsid cannot be launched; it goes back to pending
-    uncounted and the worker stops with one line (exit 2), no traceback; nothing counted failed."""
+    uncounted and the worker stops with one line (exit 2), no traceback; nothing else counted failed."""
     env = batch
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir()
@@ -585,8 +586,9 @@ def test_a_fault_of_ours_mid_run_puts_the_obsid_back(batch, reaper, tmp_path, fa
     assert "Traceback" not in w.err()
     rows = {r["obsid"]: (r["state"], r["attempts"]) for r in env.table("j").rows()}
     assert rows[OBSID + 1] == ("pending", 0)
-    # (with TMPDIR gone, the first run cannot write its end marker there: a failed attempt, retried)
-    assert rows[OBSID] == (("pending", 1) if fault == "tmpdir_gone" else ("done", 1))
+    # (with TMPDIR gone, the first run cannot write its end marker there: to anyone looking, a script
+    # that stopped before its end, which is not retried unless retry_errors says so)
+    assert rows[OBSID] == (("failed", 1) if fault == "tmpdir_gone" else ("done", 1))
 
 
 def test_run_refuses_an_empty_or_comment_only_template(batch):
@@ -732,7 +734,7 @@ def test_each_attempt_records_the_template_version(batch, reaper):
     shown = env.cli("j", "status", "--obsid", OBSID).stdout
     assert f"[template {version[first_text]}]" in shown, shown
 
-    env.cli("j", "reset")
+    env.cli("j", "reset", "--yes")
     for old in (env.root / "jobs" / "j" / "output").glob("*"):
         old.unlink()   # the probe starts counting runs again: the first one holds
     env.template("j", probe(first=None))
