@@ -514,7 +514,8 @@ def test_client_frozen_inside_a_transaction_stalls_nobody(mysql_batch, reaper):
     assert in_transaction(env)
     started = time.monotonic()
     r = env.cli("j", "run", timeout=60)
-    assert r.returncode == 0, r.stderr   # not 3 after db_patience (20 s), waiting for the row lock
+    # not 3 after db_patience (20 s), waiting for the row lock; 1 (job-level) while the held row is not done
+    assert r.returncode in (0, 1), r.stderr
     assert time.monotonic() - started < 40
     states = {row["obsid"]: row["state"] for row in env.table("j").rows()}
     assert states == {**dict.fromkeys(obsids, "done"), held: states[held]}
