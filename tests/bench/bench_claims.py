@@ -9,7 +9,7 @@ import time
 from common import load_average, md_table, obsids, record
 
 CLAIMERS = (1, 8, 32, 64)
-ROWS = 200_000
+ROWS = 50_000
 
 
 def _ours(env, job, deadline, start, out):

@@ -32,7 +32,10 @@ def load_master(env):
     with env.server.admin(env.db) as c:
         cur = c.cursor()
         cur.execute("SELECT obsid, pipetime FROM v11_1 WHERE pipetime IS NOT NULL ORDER BY obsid")
-        return [(int(o), int(p)) for o, p in cur.fetchall()]
+        rows = [(int(o), int(p)) for o, p in cur.fetchall()]
+    if not rows:
+        raise RuntimeError(f"no obsid with a pipetime loaded from {DUMP}")
+    return rows
 
 
 def template(pipetimes, scale) -> str:
@@ -89,7 +92,7 @@ def main(suite, args):
             env.template(job, template(pipetimes, scale))
             m = way(env, job, slots)
             span, attempts, done = makespan(env, job)
-            rows.append([slots, f"({label}", f"{bound:.2f} s", f"{span:.2f} s", f"{span / bound:.4f}",
+            rows.append([slots, label, f"{bound:.2f} s", f"{span:.2f} s", f"{span / bound:.4f}",
                          f"{m.wall:.2f} s", f"{done}/{len(durations)}", attempts,
                          f"{(m.cpu + m.server_cpu) / len(durations) * 1000:.0f} ms"])
             print(f"  {slots} slots, {label}: makespan {span:.2f} s, bound {bound:.2f} s, ratio {span / bound:.4f},"

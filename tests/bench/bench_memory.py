@@ -50,7 +50,7 @@ def main(suite, args):
         s = sample(env, "mem")
         assert env.table("mem").counts()["done"] == n_obsids
         marks = [at(s, share) for share in (0.1, 0.25, 0.5, 0.75, 1.0)]
-        rows.append([f"({backend}", len(s), *(f"{k / 1024:.1f}" for k in marks), f"{max(k for _, k in s) / 1024:.1f}",
+        rows.append([backend, len(s), *(f"{k / 1024:.1f}" for k in marks), f"{max(k for _, k in s) / 1024:.1f}",
                      f"{(marks[-1] - marks[0]):+d} KiB"])
         print(f"  {backend}: RSS MiB at 10/25/50/75/100 %: {[round(k / 1024, 1) for k in marks]}", flush=True)
     body = (f"One `run` worker, {n_obsids:,} obsids, C stand-in; VmRSS of the worker in MiB at a share of the run's "

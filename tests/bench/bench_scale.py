@@ -129,8 +129,8 @@ def bench_backend(suite, backend, sizes, rows, plans):
     new_file = timed_cli(env, f"s{biggest}", "new", f)
     make_master(env, biggest)
     new_master = timed_cli(env, "smaster", "new")
-    rows.append([f"({backend}", f"`new` of {biggest:,} obsids from a file", f"{new_file:.1f} s"])
-    rows.append([f"({backend}", f"`new` of {biggest:,} obsids from the master table", f"{new_master:.1f} s"])
+    rows.append([backend, f"`new` of {biggest:,} obsids from a file", f"{new_file:.1f} s"])
+    rows.append([backend, f"`new` of {biggest:,} obsids from the master table", f"{new_master:.1f} s"])
     k = 200 if suite.quick else 1000
     results = []
     for n in sizes:
@@ -144,7 +144,7 @@ def bench_backend(suite, backend, sizes, rows, plans):
         table.counts()
         counts_ms = (time.perf_counter() - t) * 1000
         status_s = timed_cli(env, job, "status")
-        results.append([f"({backend}", f"{n:,}", f"{med:.2f}", f"{p90:.2f}", f"{fin:.2f}", f"{counts_ms:.0f}",
+        results.append([backend, f"{n:,}", f"{med:.2f}", f"{p90:.2f}", f"{fin:.2f}", f"{counts_ms:.0f}",
                         f"{status_s:.2f} s"])
         print(f"  {backend} {n:,} rows: claim median {med:.2f} ms, p90 {p90:.2f} ms, finish {fin:.2f} ms,"
               f" counts {counts_ms:.0f} ms", flush=True)
@@ -155,7 +155,7 @@ def bench_backend(suite, backend, sizes, rows, plans):
     master = env.table("smaster")
     half_done(env, master, biggest)
     med, p90, fin = claims(master, k)
-    results.append([f"({backend}", f"{biggest:,} (from the master: expected = pipetime)", f"{med:.2f}",
+    results.append([backend, f"{biggest:,} (from the master: expected = pipetime)", f"{med:.2f}",
                     f"{p90:.2f}", f"{fin:.2f}", "", ""])
     master.close()
     return results

@@ -23,10 +23,14 @@ for p in (str(TESTS), str(ROOT / "lib")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from conftest import BIN, SHARED_DATA, TRIVIAL_HIPE, BatchEnv  # noqa: E402,F401
+from conftest import BIN, TRIVIAL_HIPE, BatchEnv  # noqa: E402,F401
 from mariadb_server import MariaDB  # noqa: E402
 
 FIRST_OBSID = 1342000000
+# ../shared/data beside the checkout (as tests/conftest.py has it), or beside a folder above it (a
+# git worktree kept in a subfolder of the main checkout's parent).
+SHARED_DATA = next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
+                   ROOT.parent / "shared" / "data")
 SAVE = [True]   # run.py --no-save: print only (for trying the suite out)
 
 
@@ -52,7 +56,18 @@ class Suite:
     @property
     def server(self) -> MariaDB:
         if self._server is None:
-            self._server = MariaDB(self.tmp / "mariadb").start()
+            # Its temporary tables in a folder of ours: on this shared machine other work cleans /tmp.
+            tmpdir = self.tmp / "mariadb-tmp"
+            tmpdir.mkdir()
+            saved = os.environ.get("TMPDIR")
+            os.environ["TMPDIR"] = str(tmpdir)   # mariadbd's default tmpdir
+            try:
+                self._server = MariaDB(self.tmp / "mariadb").start()
+            finally:
+                if saved is None:
+                    os.environ.pop("TMPDIR")
+                else:
+                    os.environ["TMPDIR"] = saved
         return self._server
 
     def env(self, backend: str, hipe=None, run=None) -> BatchEnv:
@@ -101,8 +116,7 @@ def machine() -> str:
     """One paragraph: date, machine, load, commit, backends' and tools' versions."""
     dirty = " (with uncommitted changes)" if _git("status", "--porcelain", "--untracked-files=no") else ""
     return (f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n"
-            f"- machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {_cpu_model()}, "
-            f"load average at the start {load_average()}\n"
+            f"- machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {_cpu_model()}\n"
             f"- commit: {_git('rev-parse', '--short', 'HEAD')} {_git('log', '-1', '--format=%s')[:80]}{dirty}\n"
             f"- Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
             f"{_version(['mariadbd', '--version'])}, {_version(['parallel', '--will-cite', '--version'])}, "
@@ -127,7 +141,7 @@ def record(title: str, body: str, started_load: str):
         return
     if not RESULTS.exists():
         RESULTS.write_text("# Benchmark results\n\nAppended by `tests/bench/run.py`; newest last. "
-                           "See tests/bench/README.md for what each benchmark measures.\n")
+                           "What each benchmark measures is said at the top of its file, tests/bench/bench_NAME.py.\n")
     with open(RESULTS, "a") as f:
         f.write(text)
 
