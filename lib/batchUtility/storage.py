@@ -164,6 +164,8 @@ DONE_ELSEWHERE = """SELECT COUNT(*) FROM {job_table} WHERE state = 'done' AND en
 PRESENT = "SELECT obsid FROM {job_table} WHERE obsid IN ({obsids})"
 
 COUNT_BY_STATE = "SELECT state, COUNT(*) FROM {job_table} GROUP BY state"
+# One probe of the claim index (COUNT_BY_STATE reads every row): asked by waiting workers once a second.
+ANY_RUNNING = "SELECT 1 FROM {job_table} WHERE state = 'running' LIMIT 1"
 FIRST_FAILURES = """SELECT obsid, attempts, reason FROM {job_table}{by_state} WHERE state = 'failed'
   ORDER BY obsid LIMIT :limit"""
 BY_HOST = """SELECT host, SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END),
@@ -704,6 +706,11 @@ class JobTable:
             found = {state: int(n) for state, n in self._execute(cur, COUNT_BY_STATE).fetchall()}
             return {**dict.fromkeys(STATES, 0), **found}
         return self._transaction(count, "counting obsids", write=False, interrupted=interrupted)
+
+    def any_running(self, *, interrupted: Optional[Callable[[], bool]] = None) -> bool:
+        """Whether any obsid of the job is running (cheap at any size: one index probe)."""
+        return self._transaction(lambda cur: self._execute(cur, ANY_RUNNING).fetchone() is not None,
+                                 "looking for running obsids", write=False, interrupted=interrupted)
 
     def failures(self, limit: int = 10) -> List[Tuple[int, int, str]]:
         """The first failed obsids: (obsid, attempts, reason)."""
