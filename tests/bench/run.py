@@ -3,7 +3,7 @@
 
     .venv/bin/python tests/bench/run.py [--quick] [NAME ...]
 
-NAME: dispatch, makespan, scale, claims, memory (default: all, in that order). Each prints a table
+NAME: dispatch, launch, makespan, scale, claims, memory (default: all, in that order). Each prints a table
 and appends it, with date, machine, load, commit and versions, to tests/bench/RESULTS.md.
 --quick: one repetition instead of the median of 3, shorter sleeps and runs (see each benchmark).
 """
@@ -17,12 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_claims  # noqa: E402
 import bench_dispatch  # noqa: E402
+import bench_launch  # noqa: E402
 import bench_makespan  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_scale  # noqa: E402
 import common  # noqa: E402
 
-BENCHMARKS = {"dispatch": bench_dispatch, "makespan": bench_makespan, "scale": bench_scale,
+BENCHMARKS = {"dispatch": bench_dispatch, "launch": bench_launch, "makespan": bench_makespan, "scale": bench_scale,
               "claims": bench_claims, "memory": bench_memory}
 
 
