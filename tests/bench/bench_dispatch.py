@@ -12,8 +12,9 @@ milliseconds per obsid of every process involved (the tool, the stand-ins, and t
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
-from common import CpuMeter, load_average, md_table, median, obsids, record, start_workers, wait_workers
+from common import BIN, CpuMeter, commit_of, load_average, md_table, median, obsids, record, start_workers, wait_workers
 
 WORKERS = (1, 8, 32)
 TOOLS = ("xargs -P", "parallel -j", "parallel --sqlworker (MariaDB)", "run (SQLite)", "run (MariaDB)")
@@ -68,13 +69,14 @@ def run_once(suite, tool, n, scripts, state):
     """Run one tool once at n workers; returns the CpuMeter (wall, cpu)."""
     server = suite.server if "MariaDB" in tool else None
     if tool.startswith("run"):
-        env = state[tool]
-        job = f"d{n}r{state['rep']}"
+        env = state[tool.split(" @")[0]]
+        state["jobs"] = state.get("jobs", 0) + 1
+        job = f"d{state['jobs']}"
         r = env.cli(job, "new", env.obsid_file(obsids(state["obsids"]), "ids.txt"))
         assert r.returncode == 0, r.stderr
         env.template(job, "pass\n")
         with CpuMeter(server) as m:
-            wait_workers(start_workers(env, job, n))
+            wait_workers(start_workers(env, job, n, bin_path=state["bins"].get(tool, BIN)))
         done = env.table(job).counts()["done"]
         if done != state["obsids"]:
             raise RuntimeError(f"{tool}: {done} of {state['obsids']} done")
@@ -103,7 +105,14 @@ def main(suite, args):
     scripts = Scripts(suite.tmp / "dispatch-scripts", ids)
     state = {"run (SQLite)": suite.env("sqlite"), "run (MariaDB)": suite.env("mysql"),
              "db": suite.server.create_database("parallel_sql"), "obsids": n_obsids}
-    tools = [t for t in TOOLS if not args.only or any(o in t for o in args.only)]
+    state["bins"] = {}
+    tools = list(TOOLS)
+    for other in args.compare:   # `run` of another checkout, side by side
+        bin_path = Path(other).resolve() / "bin" / "BatchProcess.py"
+        for backend in ("run (SQLite)", "run (MariaDB)"):
+            state["bins"][f"{backend} @{commit_of(bin_path)}"] = bin_path
+            tools.append(f"{backend} @{commit_of(bin_path)}")
+    tools = [t for t in tools if not args.only or any(o in t for o in args.only)]
     walls = {(t, n): [] for t in tools for n in workers}
     cpus = {(t, n): [] for t in tools for n in workers}
     for rep in range(suite.reps):

@@ -186,18 +186,29 @@ class CpuMeter:
 
 # ------------------------------------------------------------------------ workers
 @functools.cache
-def has_run_j() -> bool:
-    """Whether `run -j N` exists on this checkout (forked workers)."""
-    r = subprocess.run([sys.executable, str(BIN), "x", "run", "--help"], capture_output=True, text=True)
+def has_run_j(bin_path: Path = BIN) -> bool:
+    """Whether `run -j N` exists in that checkout (forked workers)."""
+    r = subprocess.run([sys.executable, str(bin_path), "x", "run", "--help"], capture_output=True, text=True)
     return " -j" in r.stdout
 
 
-def start_workers(env: BatchEnv, job: str, n: int, extra=(), stdout=subprocess.DEVNULL):
-    """n workers of `job`: `run -j n` where it exists, else n `run` processes, all started at once."""
-    args = ["-q", job, "run", *extra]
-    if has_run_j():
-        return [env.popen(*args, "-j", n, stdout=stdout, stderr=subprocess.PIPE)]
-    return [env.popen(*args, stdout=stdout, stderr=subprocess.PIPE) for _ in range(n)]
+def start_workers(env: BatchEnv, job: str, n: int, extra=(), stdout=subprocess.DEVNULL, bin_path: Path = BIN):
+    """n workers of `job`: `run -j n` where it exists, else n `run` processes, all started at once.
+    bin_path: the BatchProcess.py of another checkout, to compare it in the same session."""
+    args = [sys.executable, str(bin_path), "-q", job, "run", *extra]
+
+    def start(*more):
+        return subprocess.Popen([*args, *map(str, more)], text=True, env=env.env(), cwd=env.root, stdout=stdout,
+                                stderr=subprocess.PIPE)
+    if has_run_j(bin_path):
+        return [start("-j", n)]
+    return [start() for _ in range(n)]
+
+
+def commit_of(bin_path: Path) -> str:
+    """The short commit of the checkout holding bin_path (or its folder's name if it is no git checkout)."""
+    r = subprocess.run(["git", "-C", str(bin_path.parent), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() or bin_path.parent.parent.name
 
 
 def wait_workers(procs, timeout=3600):

@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     parser.add_argument("--obsids", type=int, default=2000, help="dispatch and memory: obsids per run (default 2,000)")
     parser.add_argument("--workers", type=int, action="append", default=None,
                         help="dispatch: worker counts (default 1, 8 and 32; repeatable)")
+    parser.add_argument("--compare", action="append", default=[], metavar="CHECKOUT",
+                        help="dispatch: also `run` of another checkout (e.g. main), side by side (repeatable)")
     parser.add_argument("--scale", type=float, default=None,
                         help="makespan: each obsid sleeps pipetime / SCALE (default 250; 1000 with --quick)")
     parser.add_argument("--slots", type=int, action="append", default=None,
