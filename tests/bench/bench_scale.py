@@ -28,9 +28,9 @@ class _Recording:
             def __getattr__(self, name):
                 return getattr(cur, name)
 
-            def execute(self, sql, params=()):
-                statements.append((sql, tuple(params or ())))
-                return cur.execute(sql, params)
+            def execute(self, sql, params=None):
+                statements.append((sql, params))
+                return cur.execute(sql) if params is None else cur.execute(sql, params)
         return Cursor()
 
     def __getattr__(self, name):
@@ -57,21 +57,24 @@ def explain(env, table, statements) -> str:
         if "pending" not in sql and "running" not in sql:
             continue
         cur = conn.cursor()
+        prefix = "EXPLAIN QUERY PLAN " if env.backend == "sqlite" else "EXPLAIN "
+        if params is None:
+            cur.execute(prefix + sql)
+        else:
+            cur.execute(prefix + sql, params)
         if env.backend == "sqlite":
-            cur.execute("EXPLAIN QUERY PLAN " + sql, params)
             plan = [" ".join(str(c) for c in row[3:]) for row in cur.fetchall()]
         else:
-            cur.execute("EXPLAIN " + sql, params)
             names = [d[0] for d in cur.description]
             plan = ["; ".join(f"{n}={v}" for n, v in zip(names, row) if v is not None) for row in cur.fetchall()]
         conn.rollback()
-        lines.append(f"    {sql}\n" + "".join(f"      -> {p}\n" for p in plan))
+        lines.append(f"    {' '.join(sql.split())}\n" + "".join(f"      -> {p}\n" for p in plan))
     return "".join(lines)
 
 
-def _sql(env, table, statement, params=()):
+def _sql(env, table, statement, params):
     def work(cur):
-        cur.execute(table.sql(statement), params)
+        cur.execute(table.statement(statement), params)
         return cur.rowcount
     return table._transaction(work, "benchmark setup")
 
@@ -118,8 +121,8 @@ def claims(table, k):
 
 
 def half_done(env, table, n):
-    _sql(env, table, "UPDATE {t} SET state = 'done', pipelined = 1, attempts = 1 WHERE obsid < {p}",
-         (FIRST_OBSID + n // 2,))
+    _sql(env, table, "UPDATE {job_table} SET state = 'done', pipelined = 1, attempts = 1 WHERE obsid < :half",
+         {"half": FIRST_OBSID + n // 2})
 
 
 def bench_backend(suite, backend, sizes, rows, plans):

@@ -8,6 +8,7 @@ and appends it, with date, machine, load, commit and versions, to tests/bench/RE
 --quick: one repetition instead of the median of 3, shorter sleeps and runs (see each benchmark).
 """
 import argparse
+import signal
 import sys
 import tempfile
 import time
@@ -50,6 +51,8 @@ def main(argv=None) -> int:
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {unknown[0]!r}: choose from {', '.join(BENCHMARKS)}")
+    # SIGTERM ends the suite like Ctrl-C: its MariaDB server stopped, its temporary folder removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with tempfile.TemporaryDirectory(prefix="hipe-bench-") as tmp:
         common.SAVE[0] = not args.no_save
         suite = common.Suite(Path(tmp), args.quick)
