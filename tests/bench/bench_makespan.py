@@ -48,10 +48,11 @@ def makespan(env, job):
     """(makespan in the database's clock, attempts recorded, obsids done)."""
     with env.server.admin(env.db) as c:
         cur = c.cursor()
-        cur.execute(f"SELECT MAX(ended) - MIN(started), SUM(state = 'done') FROM `{job}`")
-        span, done = cur.fetchone()
-        cur.execute(f"SELECT COUNT(*) FROM `{job}__attempts`")
-        attempts = cur.fetchone()[0]
+        cur.execute(f"SELECT SUM(state = 'done') FROM `{job}`")
+        done = cur.fetchone()[0]
+        # Every attempt is in the history (done, failed, stopped, lost): the first claim to the last outcome.
+        cur.execute(f"SELECT MAX(ended) - MIN(started), COUNT(*) FROM `{job}__attempts`")
+        span, attempts = cur.fetchone()
     return float(span), int(attempts), int(done)
 
 

@@ -158,6 +158,8 @@ def bench_backend(suite, backend, sizes, rows, plans):
     master = env.table("smaster")
     half_done(env, master, biggest)
     med, p90, fin = claims(master, k)
+    plans.append(f"{backend}, job of {biggest:,} rows from the master table (expected = pipetime), half done:\n\n"
+                 + explain(env, master, claim_statements(master)))
     results.append([backend, f"{biggest:,} (from the master: expected = pipetime)", f"{med:.2f}",
                     f"{p90:.2f}", f"{fin:.2f}", "", ""])
     master.close()
