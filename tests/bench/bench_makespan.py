@@ -51,9 +51,13 @@ def makespan(env, job):
         cur.execute(f"SELECT SUM(state = 'done') FROM `{job}`")
         done = cur.fetchone()[0]
         # Every attempt is in the history (done, failed, stopped, lost): the first claim to the last outcome.
-        cur.execute(f"SELECT MAX(ended) - MIN(started), COUNT(*) FROM `{job}__attempts`")
-        span, attempts = cur.fetchone()
-    return float(span), int(attempts), int(done)
+        cur.execute(f"SELECT MAX(ended) - MIN(started), COUNT(*), MIN(started) FROM `{job}__attempts`")
+        span, attempts, first = cur.fetchone()
+        # How late the last worker started: its first claim after the job's first claim (slots idle meanwhile).
+        cur.execute(f"SELECT MAX(f) - {float(first)!r} FROM (SELECT MIN(started) AS f FROM `{job}__attempts`"
+                    " GROUP BY host, pid) w")
+        spread = float(cur.fetchone()[0])
+    return float(span), int(attempts), int(done), spread
 
 
 def run_through_workers(env, job, slots):
@@ -92,9 +96,9 @@ def main(suite, args):
             assert r.returncode == 0, r.stderr
             env.template(job, template(pipetimes, scale))
             m = way(env, job, slots)
-            span, attempts, done = makespan(env, job)
+            span, attempts, done, spread = makespan(env, job)
             rows.append([slots, label, f"{bound:.2f} s", f"{span:.2f} s", f"{span / bound:.4f}",
-                         f"{m.wall:.2f} s", f"{done}/{len(durations)}", attempts,
+                         f"{spread:.2f} s", f"{m.wall:.2f} s", f"{done}/{len(durations)}", attempts,
                          f"{(m.cpu + m.server_cpu) / len(durations) * 1000:.0f} ms"])
             print(f"  {slots} slots, {label}: makespan {span:.2f} s, bound {bound:.2f} s, ratio {span / bound:.4f},"
                   f" wall {m.wall:.1f} s (load {load_average()})", flush=True)
@@ -109,8 +113,8 @@ def main(suite, args):
             f"(total {sum(durations):,.1f} s, longest {max(durations):.2f} s); C stand-in; claim order longest first "
             f"(expected = pipetime). Makespan: first claim to last outcome, database clock. "
             f"CPU: every process (workers, mpirun, stand-ins, MariaDB) per obsid.\n\n"
-            + md_table(["slots", "(through", "lower bound", "makespan", "ratio", "launcher wall", "done",
-                        "attempts", "CPU/obsid"], rows)
+            + md_table(["slots", "(through", "lower bound", "makespan", "ratio", "last worker's first claim",
+                        "launcher wall", "done", "attempts", "CPU/obsid"], rows)
             + "\n\nSimulated on the same pipetimes, no cost per obsid (makespan / lower bound):\n\n"
             + md_table(["slots", "lower bound", "obsid order (the original's)", "longest first (this tool)"], sim))
     record(f"Makespan replay of the 2014 reprocessing (pipetime / {scale:g})", body, started_load)
