@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from mariadb_server import wait_for
+from support import wait_for
 
 # Each obsid's script says it has started, then waits for output/go-OBSID (made by the test).
 GATED = ("import os, time\n"
