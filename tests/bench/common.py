@@ -114,7 +114,8 @@ def _version(command) -> str:
 
 def machine() -> str:
     """One paragraph: date, machine, load, commit, backends' and tools' versions."""
-    dirty = " (with uncommitted changes)" if _git("status", "--porcelain", "--untracked-files=no") else ""
+    changed = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!tests/bench/RESULTS.md")
+    dirty = " (with uncommitted changes)" if changed else ""
     return (f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n"
             f"- machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {_cpu_model()}\n"
             f"- commit: {_git('rev-parse', '--short', 'HEAD')} {_git('log', '-1', '--format=%s')[:80]}{dirty}\n"
