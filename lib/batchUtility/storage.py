@@ -103,6 +103,12 @@ MASTER_OBSIDS = "SELECT obsid FROM {master_table} WHERE obsid IS NOT NULL"
 EXPECTED_FROM_MASTER = """UPDATE {job_table}
   SET expected = (SELECT m.pipetime FROM {master_table} m WHERE m.obsid = {job_table}.obsid)
   WHERE expected IS NULL"""
+# An obsid without a pipetime (a job made from a file) expects what its successful attempts took in
+# an earlier job's history {earlier_history}: so that long obsids are still claimed first.
+EXPECTED_FROM_HISTORY = """UPDATE {job_table}
+  SET expected = (SELECT ROUND(AVG(h.ended - h.started)) FROM {earlier_history} h
+                  WHERE h.obsid = {job_table}.obsid AND h.outcome = 'done')
+  WHERE expected IS NULL AND obsid IN (SELECT obsid FROM {earlier_history} WHERE outcome = 'done')"""
 
 DB_NOW = "SELECT {now}"
 COUNT_ALL = "SELECT COUNT(*) FROM {job_table}"
@@ -170,6 +176,8 @@ DONE_ELSEWHERE = """SELECT COUNT(*) FROM {job_table} WHERE state = 'done' AND en
 PRESENT = "SELECT obsid FROM {job_table} WHERE obsid IN ({obsids})"
 
 COUNT_BY_STATE = "SELECT state, COUNT(*) FROM {job_table} GROUP BY state"
+# One probe of the claim index (COUNT_BY_STATE reads every row): asked by waiting workers once a second.
+ANY_RUNNING = "SELECT 1 FROM {job_table} WHERE state = 'running' LIMIT 1"
 FIRST_FAILURES = """SELECT obsid, attempts, reason FROM {job_table}{by_state} WHERE state = 'failed'
   ORDER BY obsid LIMIT :limit"""
 BY_HOST = """SELECT host, SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END),
@@ -256,6 +264,7 @@ class JobTable:
     in_start_order = ""            # the history in start order, streamed from its first row (no sort first)
     by_state = ""                  # FIRST_FAILURES: the failed rows by the claim index, not all rows by obsid
     columns_of = ""                # the column names of table :name, lower case, in order
+    table_names = ""               # the names of every table in the database
     Error: Any = Exception         # the driver's base error class
 
     def __init__(self, job: str, settings: Any, patience: float = INTERACTIVE_PATIENCE, create: bool = False,
@@ -478,7 +487,8 @@ class JobTable:
 
         With add, the job may exist already, and only obsids not yet in it are inserted (without
         add, an existing job raises JobExists). When the master table exists, its pipetime becomes
-        each obsid's expected duration, so that long obsids are claimed first. All or nothing: on
+        each obsid's expected duration, so that long obsids are claimed first; obsids it gives none
+        for expect what their earlier successful attempts took, in any job of the database. All or nothing: on
         any error a table this call created is dropped again. Returns how many obsids were added.
         """
         if master:
@@ -511,6 +521,7 @@ class JobTable:
                     cur.executemany(insert, [{"obsid": o} for o in obsids[start:start + 50_000]])
                 if expected:
                     self._execute(cur, EXPECTED_FROM_MASTER, master_table=master_table)
+            self._expect_from_history(cur)
             return self._count(cur) - before
 
         if not existed:
@@ -543,6 +554,20 @@ class JobTable:
                 if as_obsid(value) is None:
                     raise BadInput(f"master table '{master}' in {self.settings.describe()}: obsid {value!r} is not an "
                                    f"obsid ({WHAT_AN_OBSID_IS}); nothing was created")
+
+    def _expect_from_history(self, cur: Any) -> None:
+        """Fill the expected durations the master table did not give from earlier attempts at the
+        same obsids, in the histories of every job of the database (the first, by job name, that
+        has a successful attempt of an obsid gives the mean of them)."""
+        for history in sorted(self._history_tables(cur)):
+            self._execute(cur, EXPECTED_FROM_HISTORY, earlier_history=self.quote(history))
+
+    def _history_tables(self, cur: Any) -> List[str]:
+        """Every job history in the database: JOB__attempts with the columns this tool gives it."""
+        names = [r[0] for r in self._execute(cur, self.table_names).fetchall()]
+        candidates = [n for n in names if n.endswith(HISTORY_SUFFIX) and SQL_NAME.match(n)
+                      and "__" not in n[:-len(HISTORY_SUFFIX)]]
+        return [n for n in candidates if {"obsid", "outcome", "started", "ended"} <= set(self._columns(cur, n) or ())]
 
     def _create_tables(self, cur: Any) -> None:
         self._execute(cur, CREATE_JOB_TABLE)
@@ -758,6 +783,11 @@ class JobTable:
             return {**dict.fromkeys(STATES, 0), **found}
         return self._transaction(count, "counting obsids", write=False, interrupted=interrupted)
 
+    def any_running(self, *, interrupted: Optional[Callable[[], bool]] = None) -> bool:
+        """Whether any obsid of the job is running (cheap at any size: one index probe)."""
+        return self._transaction(lambda cur: self._execute(cur, ANY_RUNNING).fetchone() is not None,
+                                 "looking for running obsids", write=False, interrupted=interrupted)
+
     def failures(self, limit: int = 10) -> List[Tuple[int, int, str]]:
         """The first failed obsids: (obsid, attempts, reason)."""
         def first(cur):
@@ -908,6 +938,7 @@ class SQLiteJobTable(JobTable):
     in_start_order = ""             # SQLite reads the index in order by itself
     by_state = ""
     columns_of = "SELECT name FROM pragma_table_info(:name)"
+    table_names = "SELECT name FROM sqlite_master WHERE type = 'table'"
     Error = sqlite3.Error
 
     def _connect(self) -> sqlite3.Connection:
@@ -968,6 +999,7 @@ class MySQLJobTable(JobTable):
     by_state = " FORCE INDEX ({index})"
     columns_of = """SELECT LOWER(column_name) FROM information_schema.columns
   WHERE table_schema = DATABASE() AND table_name = :name ORDER BY ordinal_position"""
+    table_names = "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
     # Lock wait, deadlock, server shutting down / gone / unreachable / lost, too many connections.
     TRANSIENT = {1205, 1213, 1053, 1040, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
     CONNECTION = {1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031}

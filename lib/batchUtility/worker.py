@@ -21,7 +21,7 @@ from .config import Config
 from .errors import BadInput, BatchError, BlackHole, DatabaseUnavailable, SetupBroken, TemplateMissing
 from .guardian import Guardian, GuardianLost
 from .lease import LeaseKeeper
-from .model import FAILED, INTERACTIVE_PATIENCE, RUNNING, Claim, LaunchEnd, Outcome
+from .model import FAILED, INTERACTIVE_PATIENCE, Claim, LaunchEnd, Outcome
 from .slot import Slot, process_gone, process_start
 from .storage import JobTable, open_table
 
@@ -30,7 +30,11 @@ logger = logging.getLogger(__name__)
 # SIGUSR2 is how bin/BatchProcess_mpi.sh stops its ranks: mpirun forwards it to every rank on every
 # host, whereas on SIGTERM or SIGINT mpirun kills them too soon for them to put their obsids back.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
-WAIT_POLL = 5.0  # seconds between looks at the table while waiting for obsids running elsewhere
+# Waiting for obsids running elsewhere: the first look after WAIT_FIRST seconds, then doubling up to
+# WAIT_POLL. So a worker leaves, or takes an obsid put back to pending, within about a second, and
+# looks at the table at most once a second once it has waited a little.
+WAIT_FIRST = 0.25
+WAIT_POLL = 1.0
 STOP_PATIENCE = INTERACTIVE_PATIENCE  # seconds a stopping worker waits for the database to put its obsid back
 # A black hole: this many failed attempts in a row, each within QUICK_FAILURE seconds, while other
 # workers succeed, mean this worker's host is broken; it stops rather than fail the whole job.
@@ -206,6 +210,7 @@ class Worker:
     def _loop(self) -> None:
         run = self.cfg.run
         self._reclaim()
+        wait = WAIT_FIRST
         while not self.stop_signal and not self.halted and not self._out_of_time():
             claimed_at = time.monotonic()   # the lease runs from before the claim's transaction began
             claim = self.table.claim(self.slot.host, self.slot.name, os.getpid(), run.lease, pid_start=self.pid_start,
@@ -213,16 +218,18 @@ class Worker:
             if claim is not None:
                 self.log.debug("claimed obsid %d (attempt %d)", claim.obsid, claim.attempt)
                 self._process(claim, claimed_at)
+                wait = WAIT_FIRST
                 continue
             self.log.debug("nothing pending")
             if self._reclaim():
                 continue
             # Nothing pending. Obsids still running elsewhere may yet come back (a worker dies,
             # a failure is retried): wait for them rather than leave them to a later run.
-            if not run.wait_for_running or self.table.counts(interrupted=self._stopping)[RUNNING] == 0:
+            if not run.wait_for_running or not self.table.any_running(interrupted=self._stopping):
                 break
-            self.log.debug("waiting for obsids running elsewhere")
-            self._sleep(min(run.heartbeat, WAIT_POLL))
+            self.log.debug("nothing pending, obsids still running elsewhere: next look in %.2f s", wait)
+            self._sleep(wait)
+            wait = min(wait * 2, WAIT_POLL)
 
     def _out_of_time(self) -> bool:
         if self.claim_until is None or time.monotonic() < self.claim_until:

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""The benchmark suite: one command, not part of the test run.
+
+    .venv/bin/python tests/bench/run.py [--quick] [NAME ...]
+
+NAME: dispatch, launch, makespan, scale, claims, memory (default: all, in that order). Each prints a table
+and appends it, with date, machine, load, commit and versions, to tests/bench/RESULTS.md.
+--quick: one repetition instead of the median of 3, shorter sleeps and runs (see each benchmark).
+"""
+import argparse
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_claims  # noqa: E402
+import bench_dispatch  # noqa: E402
+import bench_launch  # noqa: E402
+import bench_makespan  # noqa: E402
+import bench_memory  # noqa: E402
+import bench_scale  # noqa: E402
+import common  # noqa: E402
+
+BENCHMARKS = {"dispatch": bench_dispatch, "launch": bench_launch, "makespan": bench_makespan, "scale": bench_scale,
+              "claims": bench_claims, "memory": bench_memory}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(BENCHMARKS))
+    parser.add_argument("--quick", action="store_true", help="one repetition, shorter runs")
+    parser.add_argument("--only", action="append", default=[], metavar="TOOL",
+                        help="dispatch: only tools whose column name holds TOOL (repeatable)")
+    parser.add_argument("--no-save", action="store_true", help="print the tables, do not append them to RESULTS.md")
+    parser.add_argument("--obsids", type=int, default=2000, help="dispatch and memory: obsids per run (default 2,000)")
+    parser.add_argument("--workers", type=int, action="append", default=None,
+                        help="dispatch: worker counts (default 1, 8 and 32; repeatable)")
+    parser.add_argument("--compare", action="append", default=[], metavar="CHECKOUT",
+                        help="dispatch: also `run` of another checkout (e.g. main), side by side (repeatable)")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="makespan: each obsid sleeps pipetime / SCALE (default 250; 1000 with --quick)")
+    parser.add_argument("--slots", type=int, action="append", default=None,
+                        help="makespan: slot counts (default 15 and 64; repeatable)")
+    parser.add_argument("--no-mpi", action="store_true", help="makespan: skip BatchProcess_mpi.sh")
+    parser.add_argument("--sizes", type=int, action="append", default=None,
+                        help="scale: job sizes (default 10,000, 100,000 and 1,000,000; repeatable)")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}: choose from {', '.join(BENCHMARKS)}")
+    # SIGTERM ends the suite like Ctrl-C: its MariaDB server stopped, its temporary folder removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    with tempfile.TemporaryDirectory(prefix="hipe-bench-") as tmp:
+        common.SAVE[0] = not args.no_save
+        suite = common.Suite(Path(tmp), args.quick)
+        try:
+            for name in args.names or BENCHMARKS:
+                t = time.perf_counter()
+                print(f"== {name}", flush=True)
+                BENCHMARKS[name].main(suite, args)
+                print(f"== {name}: {time.perf_counter() - t:.0f} s", flush=True)
+        finally:
+            suite.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

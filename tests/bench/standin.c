@@ -1,0 +1,70 @@
+/* A HIPE stand-in for benchmarks: HIPE's command line (`hipe [-properties K=V ...] SCRIPT`), and only
+ * what success needs. lib/batchUtility/hipe.py judges a launch by exit status 0 and the completion
+ * marker that the script's appended last line, open("MARKER", "w").close(), would create: this
+ * program creates that marker. If the script holds a Python dict `SLEEPS = {OBSID: SECONDS, ...}`,
+ * it first sleeps the seconds given for the script's `obsid=` (the makespan replay).
+ * Built by tests/bench/common.py with gcc into a temporary folder. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static char *read_all(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { perror(path); exit(3); }
+    size_t cap = 1 << 16, len = 0, n;
+    char *buf = malloc(cap);
+    while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+        len += n;
+        if (cap - len < 2) buf = realloc(buf, cap *= 2);
+    }
+    buf[len] = 0;
+    fclose(f);
+    return buf;
+}
+
+/* The path in the last non-blank line, open("...", "w").close(), with Python 2 escapes undone. */
+static char *marker_path(char *text) {
+    char *end = text + strlen(text);
+    while (end > text && (end[-1] == '\n' || end[-1] == '\r' || end[-1] == ' ')) end--;
+    char *line = end;
+    while (line > text && line[-1] != '\n') line--;
+    if (strncmp(line, "open(\"", 6) != 0) return NULL;
+    char *out = malloc(end - line), *o = out;
+    for (char *p = line + 6; p < end && *p != '"'; p++) {
+        if (*p == '\\' && p + 1 < end) {
+            p++;
+            *o++ = *p == 'n' ? '\n' : *p == 'r' ? '\r' : *p;
+        } else {
+            *o++ = *p;
+        }
+    }
+    *o = 0;
+    return out;
+}
+
+static void maybe_sleep(const char *text) {
+    const char *sleeps = strstr(text, "SLEEPS = {"), *o = strstr(text, "\nobsid=");
+    if (!sleeps || !o) return;
+    char key[40];
+    snprintf(key, sizeof key, " %lld: ", atoll(o + 7));
+    const char *at = strstr(sleeps, key);
+    if (!at) return;
+    double seconds = atof(at + strlen(key));
+    struct timespec ts = {(time_t)seconds, (long)((seconds - (time_t)seconds) * 1e9)};
+    while (nanosleep(&ts, &ts) != 0) {}
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) { fprintf(stderr, "usage: %s [-properties K=V ...] SCRIPT\n", argv[0]); return 2; }
+    char *text = read_all(argv[argc - 1]);
+    char *marker = marker_path(text);
+    if (!marker) { fprintf(stderr, "no completion line in %s\n", argv[argc - 1]); return 4; }
+    maybe_sleep(text);
+    int fd = open(marker, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) { perror(marker); return 5; }
+    close(fd);
+    return 0;
+}
