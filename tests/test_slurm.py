@@ -378,7 +378,10 @@ def test_time_limit(cluster, sqlite_batch):
     assert cluster.wait_ended(again, 120) == ["COMPLETED"], output(batch, "second")
     rows = done_once(batch, "late", obsids)
     assert all(r["attempts"] == 1 for r in rows)
-    assert len(batch.calls_list()) == len(obsids) + len(stopped)
+    # A stopped obsid was run again; it may have been stopped before its HIPE started (no call then).
+    calls = batch.calls_list()
+    assert sorted(set(calls)) == sorted(obsids)
+    assert all(calls.count(o) <= 1 + stopped.count(o) for o in obsids), calls
 
 
 # --------------------------------------------------------------------------- two nodes

@@ -104,11 +104,13 @@ EXPECTED_FROM_MASTER = """UPDATE {job_table}
   SET expected = (SELECT m.pipetime FROM {master_table} m WHERE m.obsid = {job_table}.obsid)
   WHERE expected IS NULL"""
 # An obsid without a pipetime (a job made from a file) expects what its successful attempts took in
-# an earlier job's history {earlier_history}: so that long obsids are still claimed first.
+# an earlier job's history {earlier_history}: so that long obsids are still claimed first. Only pending
+# rows: a finished row is left exactly as its run left it.
 EXPECTED_FROM_HISTORY = """UPDATE {job_table}
   SET expected = (SELECT ROUND(AVG(h.ended - h.started)) FROM {earlier_history} h
                   WHERE h.obsid = {job_table}.obsid AND h.outcome = 'done')
-  WHERE expected IS NULL AND obsid IN (SELECT obsid FROM {earlier_history} WHERE outcome = 'done')"""
+  WHERE expected IS NULL AND state = 'pending'
+    AND obsid IN (SELECT obsid FROM {earlier_history} WHERE outcome = 'done')"""
 
 DB_NOW = "SELECT {now}"
 COUNT_ALL = "SELECT COUNT(*) FROM {job_table}"
@@ -353,7 +355,8 @@ class JobTable:
                 if self._is_connection_error(e):
                     self.close()
                 stopping = interrupted()
-                if time.monotonic() + delay > deadline or stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or stopping:
                     waited = f"{time.monotonic() - began:.1f} s" + (" and a stop signal" if stopping else "")
                     raise DatabaseUnavailable(f"{self.settings.describe()}: gave up {what} after "
                                               f"{waited}: {_one_line(e)}") from None
@@ -363,7 +366,8 @@ class JobTable:
                 elif not warned and patience > 1:
                     log.warning("database trouble while %s (%s); retrying for up to %.0f s", what, _one_line(e), patience)
                     warned = True
-                time.sleep(delay * random.uniform(0.5, 1.0))
+                # The last wait is cut to the deadline, so that the patience is waited out in full.
+                time.sleep(min(delay * random.uniform(0.5, 1.0), remaining))
                 delay = min(delay * 2, 5.0)
             except BaseException:
                 self._rollback()  # e.g. BadInput found half-way: leave nothing changed
