@@ -20,8 +20,8 @@
 #   scancel --batch --signal=TERM ARRAYJOBID    or    scancel --full --signal=TERM ARRAYJOBID
 # do (every task of the array; `scancel ARRAYJOBID_7` one task). A plain `scancel` signals the
 # workers as well; an obsid left running is taken back after its lease.
-# Exit status: the worker's: 0 when every obsid it ran is done, 1 when one failed, 2 for bad
-# input, 3 when the database stayed away, 128+N after stop signal N.
+# Exit status: the worker's, job-level: 0 when every obsid of the job is done, 1 when some failed
+# or are not done yet, 2 for bad input, 3 when the database stayed away, 128+N after stop signal N.
 #
 #SBATCH --job-name=hipe-batch
 #SBATCH --output=%x-%A_%a.out
@@ -36,14 +36,6 @@
 set -u
 
 prog=BatchProcess_array.sh
-usage() {
-  sed -n '2,/^#SBATCH/{/^#SBATCH/d;s/^# \{0,1\}//;p}' "$1"
-}
-die() {
-  echo "$prog: error: $*" >&2
-  exit 2
-}
-
 # Stopping: the worker runs as this script's child (not exec'd, so that the job-wide summary can
 # follow it); the signals that come to this script are passed on to it. When Slurm signals every
 # process of the task (scancel --full, the time limit) the worker gets the signal twice: harmless.
@@ -57,7 +49,8 @@ trap 'on_signal 130 INT' INT
 trap 'on_signal 129 HUP' HUP
 
 # Where the checkout is. sbatch runs a copy of this script from slurmd's spool folder, so its own
-# path says nothing: Slurm's record of the submitted command does.
+# path says nothing: Slurm's record of the submitted command does. (Inline in both Slurm scripts:
+# nothing of the checkout, bin/slurm_common.sh included, can be sourced before it is found.)
 find_bin_dir() {
   local here command
   here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
@@ -77,32 +70,17 @@ find_bin_dir() {
   fi
   return 1
 }
-bin_dir=$(find_bin_dir) || die "cannot find bin/BatchProcess.py (submit this script by its path in the checkout, or set HIPE_BATCH_ROOT)"
+bin_dir=$(find_bin_dir) || {
+  echo "$prog: error: cannot find bin/BatchProcess.py (submit this script by its path in the checkout, or set HIPE_BATCH_ROOT)" >&2
+  exit 2
+}
 checkout=$(dirname "$bin_dir")
+. "$bin_dir/slurm_common.sh"
 
-[ $# -ge 1 ] || { usage "$bin_dir/$prog" >&2; exit 2; }
-case $1 in
-  -h|--help) usage "$bin_dir/$prog"; exit 0 ;;
-  -*) die "the first argument must be the job's name (usage: sbatch --array=1-N [options] $prog JOB [--config FILE])" ;;
-esac
-job=$1
-shift
-config=()
-while [ $# -gt 0 ]; do
-  case $1 in
-    --config) [ $# -ge 2 ] || die "$1 needs a FILE"; config=(--config "$2"); shift 2 ;;
-    --config=*) config=(--config "${1#*=}"); shift ;;
-    *) die "unknown argument '$1' (usage: sbatch --array=1-N [options] $prog JOB [--config FILE])" ;;
-  esac
-done
+parse_job_arguments "sbatch --array=1-N [options] $prog JOB [--config FILE]" "" "$@"
 [ -n "${SLURM_JOB_ID:-}" ] || die "not inside a Slurm job: submit this script with sbatch --array=1-N"
 
-python=${HIPE_BATCH_PYTHON:-}
-if [ -z "$python" ]; then
-  if [ -x "$checkout/.venv/bin/python" ]; then python=$checkout/.venv/bin/python; else python=python3; fi
-fi
-"$python" -c '' 2>/dev/null || die "Python interpreter '$python' does not run (set HIPE_BATCH_PYTHON)"
-batch() { "$python" "$bin_dir/BatchProcess.py" "$job" "$@" ${config[@]+"${config[@]}"}; }
+pick_python
 
 [ "$stop" = 0 ] || exit "$stop"
 "$python" "$bin_dir/BatchProcess.py" "$job" run ${config[@]+"${config[@]}"} </dev/null &
@@ -119,9 +97,7 @@ trap - TERM INT HUP
 
 # The job-wide summary, once: by the first task to find the job finished (the file is created
 # only if it does not exist yet, which one task alone succeeds in).
-finished=$(batch status --json 2>/dev/null | "$python" -c \
-  'import json, sys; d = json.load(sys.stdin); print(int(d["pending"] == 0 and d["running"] == 0))' 2>/dev/null)
-if [ "$finished" = 1 ]; then
+if job_finished; then
   root=${HIPE_BATCH_ROOT:-$checkout}
   summary=$root/jobs/$job/log/slurm-array-${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}.summary
   if (set -C; : > "$summary") 2>/dev/null; then

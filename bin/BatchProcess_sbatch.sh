@@ -37,14 +37,6 @@
 set -u
 
 prog=BatchProcess_sbatch.sh
-usage() {
-  sed -n '2,/^#SBATCH/{/^#SBATCH/d;s/^# \{0,1\}//;p}' "$1"
-}
-die() {
-  echo "$prog: error: $*" >&2
-  exit 2
-}
-
 # Stopping. srun must not get the stop itself: srun turns a SIGTERM or SIGHUP it receives into
 # SIGKILL for every task, too soon for a worker to put its obsid back. So srun runs in a process
 # group of its own (`scancel --full` signals this script's group, and Slurm's --signal=B: this
@@ -62,7 +54,8 @@ trap 'on_signal 130 SIGINT' INT
 trap 'on_signal 129 SIGHUP' HUP
 
 # Where the checkout is. sbatch runs a copy of this script from slurmd's spool folder, so its own
-# path says nothing: Slurm's record of the submitted command does.
+# path says nothing: Slurm's record of the submitted command does. (Inline in both Slurm scripts:
+# nothing of the checkout, bin/slurm_common.sh included, can be sourced before it is found.)
 find_bin_dir() {
   local here command
   here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
@@ -82,25 +75,16 @@ find_bin_dir() {
   fi
   return 1
 }
-bin_dir=$(find_bin_dir) || die "cannot find bin/BatchProcess.py (submit this script by its path in the checkout, or set HIPE_BATCH_ROOT)"
+bin_dir=$(find_bin_dir) || {
+  echo "$prog: error: cannot find bin/BatchProcess.py (submit this script by its path in the checkout, or set HIPE_BATCH_ROOT)" >&2
+  exit 2
+}
 checkout=$(dirname "$bin_dir")
+. "$bin_dir/slurm_common.sh"
 
-[ $# -ge 1 ] || { usage "$bin_dir/$prog" >&2; exit 2; }
-case $1 in
-  -h|--help) usage "$bin_dir/$prog"; exit 0 ;;
-  -*) die "the first argument must be the job's name (usage: sbatch [options] $prog JOB [--mpi] [--config FILE])" ;;
-esac
-job=$1
-shift
-launcher=${HIPE_BATCH_LAUNCHER:-srun} config=()
-while [ $# -gt 0 ]; do
-  case $1 in
-    --mpi) launcher=mpi; shift ;;
-    --config) [ $# -ge 2 ] || die "$1 needs a FILE"; config=(--config "$2"); shift 2 ;;
-    --config=*) config=(--config "${1#*=}"); shift ;;
-    *) die "unknown argument '$1' (usage: sbatch [options] $prog JOB [--mpi] [--config FILE])" ;;
-  esac
-done
+parse_job_arguments "sbatch [options] $prog JOB [--mpi] [--config FILE]" --mpi "$@"
+launcher=${HIPE_BATCH_LAUNCHER:-srun}
+[ "$extra_given" = 1 ] && launcher=mpi
 case $launcher in
   srun|mpi|mpirun) ;;
   *) die "HIPE_BATCH_LAUNCHER=$launcher: must be srun or mpi" ;;
@@ -109,15 +93,7 @@ esac
 grace=${HIPE_BATCH_SLURM_GRACE:-60}
 [[ $grace =~ ^[0-9]+$ ]] || die "HIPE_BATCH_SLURM_GRACE=$grace is not a whole number of seconds"
 
-python=${HIPE_BATCH_PYTHON:-}
-if [ -z "$python" ]; then
-  if [ -x "$checkout/.venv/bin/python" ]; then python=$checkout/.venv/bin/python; else python=python3; fi
-fi
-python_given=$python
-python=$("$python" -c 'import sys; print(sys.executable)' 2>/dev/null) && [ -n "$python" ] \
-  || die "Python interpreter '$python_given' does not run (set HIPE_BATCH_PYTHON)"
-export HIPE_BATCH_PYTHON=$python
-batch() { "$python" "$bin_dir/BatchProcess.py" "$job" "$@" ${config[@]+"${config[@]}"}; }
+pick_python
 
 if [ "$launcher" != srun ]; then
   # mpirun on the allocation's nodes, one slot per task: BatchProcess_mpi.sh does the rest (its
@@ -160,10 +136,6 @@ fi
 # had nothing pending or running for $grace seconds (the workers leave within seconds of that) and
 # srun is still there, srun is ended. Polled by short naps, which a trapped signal cuts short.
 ended="" tick=0 idle_since=""
-nothing_left() {
-  batch status --json 2>/dev/null | "$python" -c \
-    'import json, sys; d = json.load(sys.stdin); sys.exit(d["pending"] + d["running"] != 0)' 2>/dev/null
-}
 while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; do
   sleep 1 &
   nap=$!
@@ -175,7 +147,7 @@ while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; do
   elif [ -n "$ended" ]; then
     [ $((SECONDS - ended)) -ge 30 ] && kill -KILL "$pid" 2>/dev/null
   elif [ $((tick % 5)) = 0 ]; then
-    if ! nothing_left; then
+    if ! job_finished; then
       idle_since=""
     elif [ -z "$idle_since" ]; then
       idle_since=$SECONDS
