@@ -101,6 +101,18 @@ def hipe_pids(env, obsid=OBSID):
     return [int(line.split()[1]) for line in env.calls.read_text().splitlines() if int(line.split()[0]) == obsid]
 
 
+def start_hanging(env, reaper, name, **run):
+    """[run] settings `run`, one obsid whose script hangs with a grandchild, and one worker `name`
+    running it: (the worker, the script's and grandchild's pids, HIPE's pid), once it hangs."""
+    if run:
+        env.write_cfg(run=run)
+    env.template("j", hang_template("first", child=True))
+    new_job(env)
+    worker = Worker(env, reaper, name)
+    script_pids = wait_pids(env, reaper)
+    return worker, script_pids, reaper.watch(*hipe_pids(env))[0]
+
+
 def wait_dead(pids, timeout, what):
     wait_for(lambda: not any(pid_alive(p) for p in pids), timeout, what)
 
@@ -169,12 +181,7 @@ def test_killed_worker_takes_hipe_down_and_loses_its_obsid(batch, reaper):
     while the obsid runs again elsewhere); `reset --stale` takes the obsid back (at once: the worker
     was of this host and its process is gone),
     counting the attempt; a new run finishes it."""
-    batch.write_cfg(run={"lease": "2"})
-    batch.template("j", hang_template("first", child=True))
-    new_job(batch)
-    a = Worker(batch, reaper, "a")
-    script_pids = wait_pids(batch, reaper)
-    hipe_pid = reaper.watch(*hipe_pids(batch))[0]
+    a, script_pids, hipe_pid = start_hanging(batch, reaper, "a", lease="2")
     a.proc.send_signal(signal.SIGKILL)
     assert a.wait(30) == -signal.SIGKILL
     wait_dead([hipe_pid, *script_pids], 20, "HIPE, its script and their grandchild to die with their worker")
@@ -235,12 +242,7 @@ def test_worker_that_lost_its_claim_changes_nothing(batch, reaper, late):
     0.7 x lease, before anyone could take the obsid back: the obsid never runs twice at once.
     Thawed, the first worker can change nothing: its late outcome is refused by the claim token
     (fencing)."""
-    batch.write_cfg(run={"lease": "3"})
-    batch.template("j", hang_template("first", child=True))
-    new_job(batch)
-    a = Worker(batch, reaper, "a")
-    script_pids = wait_pids(batch, reaper)
-    hipe_a = reaper.watch(*hipe_pids(batch))[0]
+    a, script_pids, hipe_a = start_hanging(batch, reaper, "a", lease="3")
     stop_between_transactions(batch, a.proc)
     if late == "finishes_while_stopped":
         (out_dir(batch) / "go").touch()   # a's HIPE succeeds while a is frozen
@@ -272,12 +274,7 @@ def test_worker_that_lost_its_claim_changes_nothing(batch, reaper, late):
 def test_hipe_killed_is_a_failed_attempt_then_retried(batch, reaper):
     """HIPE killed with SIGKILL: the attempt fails with the signal recorded, HIPE's leftover
     children are killed with its group, and the obsid is retried and done."""
-    batch.write_cfg(run={"max_attempts": "2"})
-    batch.template("j", hang_template("first", child=True))
-    new_job(batch)
-    w = Worker(batch, reaper, "w")
-    script_pids = wait_pids(batch, reaper)
-    hipe_pid = reaper.watch(*hipe_pids(batch))[0]
+    w, script_pids, hipe_pid = start_hanging(batch, reaper, "w", max_attempts="2")
     os.kill(hipe_pid, signal.SIGKILL)
     assert w.wait(60) == 0, w.err()   # job-level: the retry succeeded, every obsid is done
     wait_dead(script_pids, 10, "the killed HIPE's script and grandchild")
@@ -345,11 +342,7 @@ def test_hipe_gone_mid_run_stops_the_worker_without_failing_obsids(batch, reaper
 def test_sigterm_to_worker_requeues_without_counting(batch, reaper):
     """SIGTERM to a worker: it stops HIPE (whole group), puts the obsid back to pending without
     counting an attempt, prints its summary and exits 128+15; a new run finishes the obsid."""
-    batch.template("j", hang_template("first", child=True))
-    new_job(batch)
-    w = Worker(batch, reaper, "w")
-    script_pids = wait_pids(batch, reaper)
-    hipe_pid = reaper.watch(*hipe_pids(batch))[0]
+    w, script_pids, hipe_pid = start_hanging(batch, reaper, "w")
     w.proc.send_signal(signal.SIGTERM)
     assert w.wait(30) == 128 + signal.SIGTERM, w.err()
     wait_dead([hipe_pid, *script_pids], 10, "HIPE and its children to be stopped")
