@@ -12,7 +12,9 @@
   the other hosts finish the job, and the launcher still ends, reporting the job done.
 - test_launcher_stopped: SIGTERM to the launcher, Ctrl-C (SIGINT to its process group), or SIGTERM
   while mpirun is still starting its ranks: every worker stops, every running obsid goes back to
-  pending, nothing is left running. test_launcher_stopped_mpirun_hung: a stop while mpirun hangs
+  pending, nothing is left running. test_launcher_stopped_while_the_database_is_frozen: the same
+  with mariadbd frozen (SIGSTOP): everything ends within seconds; the next run takes the obsids back
+  after their lease. test_launcher_stopped_mpirun_hung: a stop while mpirun hangs
   (as Open MPI's can when a rank dies in MPI_Init): the launcher still ends.
 - test_launcher_errors, test_sqlite_with_other_host, test_loopback_mysql_with_other_host: one clear
   line, and nothing started, for a missing, unreadable or empty hostfile, one without slots, and
