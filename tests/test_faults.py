@@ -9,6 +9,7 @@ the claim -> launch -> record path. Every process a test starts is killed when i
 (`reaper`), a frozen server is thawed whatever happens.
 """
 import contextlib
+import errno
 import os
 import resource
 import signal
@@ -590,6 +591,87 @@ def test_a_fault_of_ours_mid_run_puts_the_obsid_back(batch, reaper, tmp_path, fa
     # (with TMPDIR gone, the first run cannot write its end marker there: to anyone looking, a script
     # that stopped before its end, which is not retried unless retry_errors says so)
     assert rows[OBSID] == (("failed", 1) if fault == "tmpdir_gone" else ("done", 1))
+
+
+@pytest.fixture
+def small_tmpfs():
+    """mount(folder): a 256 KiB tmpfs mounted on folder (a disk to fill); unmounted at the end.
+    Skips the test where mounting is not permitted (not root, no CAP_SYS_ADMIN)."""
+    mounted = []
+
+    def mount(folder):
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(folder)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {r.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+    yield mount
+    for folder in reversed(mounted):
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def fill(folder, leave=0):
+    """Fill folder's file system up to its last block (ENOSPC), then free `leave` bytes; returns
+    the filler file."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(bytes(4096))
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+    os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("full", ["log", "tmpdir"])
+def test_a_full_disk_puts_the_obsid_back_uncounted(batch, reaper, tmp_path, small_tmpfs, full):
+    """A full disk (ENOSPC): log/'s fills up while the first obsid runs, or TMPDIR's is so nearly
+    full that a launch's files do not fit. The obsid that cannot be launched goes back to pending
+    uncounted, the worker stops with one line naming the full disk (exit 2, no traceback), a new
+    `run` on the full disk refuses to start and claims nothing, and once space is freed the job
+    finishes, each obsid run once. (With TMPDIR full while HIPE runs, the launch's own files go
+    when it ends, and the next launch finds their room.)"""
+    env = batch
+    env.template("j", probe(first=None))
+    new_job(env, [OBSID, OBSID + 1])
+    log, tmpdir = env.root / "jobs" / "j" / "log", tmp_path / "tmpdir"
+    for folder in (log, tmpdir):
+        folder.mkdir(parents=True, exist_ok=True)
+    disk = small_tmpfs(log if full == "log" else tmpdir)
+    if full == "log":
+        w = Worker(env, reaper, "w", TMPDIR=tmpdir)
+        wait_first_run(env, reaper, obsid=OBSID)
+        filler = fill(disk)
+        go(env)
+        back, before = OBSID + 1, {OBSID: ("done", 1), OBSID + 1: ("pending", 0)}
+    else:
+        filler = fill(disk, leave=4096)   # room for run's check at its start, not for a launch's files
+        w = Worker(env, reaper, "w", TMPDIR=tmpdir)
+        back, before = OBSID, {OBSID: ("pending", 0), OBSID + 1: ("pending", 0)}
+    assert w.wait(60) == 2, w.err()
+    [line] = [x for x in w.err().splitlines() if x.startswith("BatchProcess.py: error: ")]
+    assert "cannot write" in line and "No space left on device" in line and str(disk) in line, line
+    assert f"obsid {back} put back to pending and worker stopped" in line, line
+    assert "Traceback" not in w.err()
+    assert {r["obsid"]: (r["state"], r["attempts"]) for r in env.table("j").rows()} == before
+
+    fill(disk)
+    r = env.cli("j", "run", env=env.env(TMPDIR=tmpdir))
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert f"{disk} is not writable: No space left on device" in r.stderr, r.stderr
+    assert {r["obsid"]: (r["state"], r["attempts"]) for r in env.table("j").rows()} == before
+    filler.unlink()
+    go(env)
+    r = env.cli("j", "run", env=env.env(TMPDIR=tmpdir))
+    assert r.returncode == 0, r.stderr
+    figures = assert_exactly_once(env, [OBSID, OBSID + 1])
+    assert figures["runs"] == 2
+    assert [h["outcome"] for h in env.table("j").history(back)] == ["setup", "done"]
+    assert env.table("j").row(back)["attempts"] == 1
 
 
 def test_run_refuses_an_empty_or_comment_only_template(batch):

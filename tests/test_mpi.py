@@ -12,7 +12,9 @@
   the other hosts finish the job, and the launcher still ends, reporting the job done.
 - test_launcher_stopped: SIGTERM to the launcher, Ctrl-C (SIGINT to its process group), or SIGTERM
   while mpirun is still starting its ranks: every worker stops, every running obsid goes back to
-  pending, nothing is left running. test_launcher_stopped_mpirun_hung: a stop while mpirun hangs
+  pending, nothing is left running. test_launcher_stopped_while_the_database_is_frozen: the same
+  with mariadbd frozen (SIGSTOP): everything ends within seconds; the next run takes the obsids back
+  after their lease. test_launcher_stopped_mpirun_hung: a stop while mpirun hangs
   (as Open MPI's can when a rank dies in MPI_Init): the launcher still ends.
 - test_launcher_errors, test_sqlite_with_other_host, test_loopback_mysql_with_other_host: one clear
   line, and nothing started, for a missing, unreadable or empty hostfile, one without slots, and
@@ -35,7 +37,8 @@ import pytest
 
 from conftest import ROOT, BatchEnv
 from mariadb_server import MariaDB
-from support import Reaper, new_job, wait_for
+from support import Reaper, new_job, pid_alive, wait_for
+from test_faults import assert_exactly_once, freezable_server, freeze_env, frozen, go, probe  # noqa: F401 (fixtures)
 
 MPI_SH = ROOT / "bin" / "BatchProcess_mpi.sh"
 SLOT_LINE = re.compile(r"^\.\.\.\.\.  \[Slot (\d+)/(\d+) on (\S+)\] \[#(\d+), obsid=(\d+)\]$", re.M)
@@ -281,6 +284,49 @@ def test_launcher_stopped_mpirun_hung(sqlite_batch, reaper, tmp_path):
     assert batch.table("hung").counts() == {"pending": n, "running": 0, "done": 0, "failed": 0}
     assert f"0 of {n} processed." in out
     wait_for(lambda: not reaper.ours(), 30, "the hung mpirun to be gone")
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_launcher_stopped_while_the_database_is_frozen(freeze_env, reaper):  # noqa: F811 (a fixture)
+    """SIGTERM to the launcher while mariadbd is frozen (SIGSTOP), db_patience 600 s, lease 6 s:
+    the launcher, mpirun, every worker and every HIPE are gone within seconds, not at the thaw nor
+    after db_patience. The obsids that were running could not be put back (the database was away):
+    after the thaw a new run takes them back after their lease and finishes the job, each obsid
+    run once but for the stopped runs, never two at once."""
+    batch = freeze_env
+    obsids = make_job(batch, "j", 6, probe(first=None), hostfile="localhost slots=2\n",
+                      run={"lease": "6", "db_patience": "600"})
+    launcher = reaper.launch(batch, "j")
+    out_dir = batch.root / "jobs" / "j" / "output"
+
+    def two_running():
+        locks = [p for p in out_dir.glob("lock-*") if p.name.count(".") == 0 and p.read_text().strip()]
+        return len(locks) == 2 and [int(p.read_text()) for p in locks]
+    scripts = wait_for(lambda: launcher.poll() is not None or two_running(), 120, "both workers running HIPE")
+    assert launcher.poll() is None, launcher.err_path.read_text()[-2000:]
+    reaper.watch(*scripts)
+    table = batch.table("j")
+    running = sorted(r["obsid"] for r in table.rows() if r["state"] == "running")
+    table.close()
+    with frozen(batch.server):
+        stopped = time.monotonic()
+        launcher.send_signal(signal.SIGTERM)
+        wait_for(lambda: not any(map(pid_alive, scripts)), 10, "HIPE to be stopped while the database is frozen")
+        rc, out, err = finish(launcher, timeout=120)
+        took = time.monotonic() - stopped
+        wait_for(lambda: not reaper.ours(), 30, "every worker and HIPE to be gone")
+    assert rc == 143, err[-3000:]
+    assert took < 40, f"the launcher took {took:.0f} s to end with the database frozen"
+    assert "Traceback" not in err, err[-3000:]
+    go(batch)
+    r = batch.cli("j", "run", timeout=120)
+    assert r.returncode == 0, r.stderr
+    figures = assert_exactly_once(batch, obsids)
+    assert figures["runs"] == len(obsids) + len(running)
+    for obsid in running:
+        outcomes = [h["outcome"] for h in batch.table("j").history(obsid)]
+        assert outcomes[-1] == "done" and set(outcomes[:-1]) <= {"lost", "stopped", "fenced"}, outcomes
 
 
 # --------------------------------------------------------------------------- bad input

@@ -99,6 +99,33 @@ def keep_previous(path: Path) -> None:
         path.rename(path.with_name(f"{path.name}.{n}"))
 
 
+ROOM = 4096   # bytes check_room writes: a page, what a full disk refuses first
+
+
+def check_room(folder: Path) -> None:
+    """Raise OSError (naming folder) unless a page can be written in folder. A full disk would fail
+    HIPE's own writes to its logs, and a JVM ignores those: the obsid would run with its logs lost.
+    Only writing tells (quotas, a root's reserved blocks, a read-only mount, as root or not)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".batch-room-", dir=folder)
+        try:
+            os.write(fd, bytes(ROOM))
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(folder)) from None
+
+
+def _write(path: Path, text: str) -> None:
+    """Write a file of the launch; an error names the file (a full disk fails at the write or the
+    close, and Python names no file then)."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
 def open_log(path: Path) -> int:
     """A fresh log file for HIPE's output, opened without following a symbolic link."""
     keep_previous(path)
@@ -143,19 +170,23 @@ def _launch(request: LaunchRequest, tmp: Path, started: float, should_stop: Call
     command = hipe_command(hipe, cache, script)
     out = err = None
     try:
-        cache.mkdir()
-        template.write_text(request.template, encoding="utf-8")
-        script.write_text(script_text(template, obsid, request.out_dir, request.job, marker, results_file,
-                                      request.template_path), encoding="utf-8")
-        out, err = open_log(stdout_path), open_log(stderr_path)
-        # HIPE writes straight into the log files (nothing held in memory), in a session of its own
-        # so that a timeout, a stop or its guardian can kill its whole process group. The database
-        # password is not passed on: HIPE and the job script never need it.
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                start_new_session=True, env=_hipe_environment())
-    except OSError as e:
-        what = f"cannot start HIPE ({command[0]})" if e.filename in (None, command[0]) else f"cannot write {e.filename}"
-        return _not_started(f"{what}: {e.strerror}", started)
+        try:
+            check_room(request.log_dir)
+            cache.mkdir()
+            _write(template, request.template)
+            _write(script, script_text(template, obsid, request.out_dir, request.job, marker, results_file,
+                                       request.template_path))
+            out, err = open_log(stdout_path), open_log(stderr_path)
+        except OSError as e:
+            return _not_started(f"cannot write {e.filename or tmp}: {e.strerror}", started)
+        try:
+            # HIPE writes straight into the log files (nothing held in memory), in a session of its own
+            # so that a timeout, a stop or its guardian can kill its whole process group. The database
+            # password is not passed on: HIPE and the job script never need it.
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    start_new_session=True, env=_hipe_environment())
+        except OSError as e:
+            return _not_started(f"cannot start HIPE ({command[0]}): {e.strerror}", started)
     finally:
         for fd in (out, err):
             if fd is not None:

@@ -272,8 +272,8 @@ class LostHostWatch:
     seconds (the workers leave within seconds of that) and mpirun is still there, it is ended.
     """
 
-    def __init__(self, sql, job: str, grace: float):
-        self.sql, self.job, self.grace = sql, job, grace
+    def __init__(self, sql, job: str, grace: float, call_timeout: float):
+        self.sql, self.job, self.grace, self.call_timeout = sql, job, grace, call_timeout
         self.table = None
         self.idle_since: Optional[float] = None
         self.next_look = time.monotonic()
@@ -296,7 +296,7 @@ class LostHostWatch:
         # to end mpirun: the workers wait for it.
         try:
             if self.table is None:
-                self.table = open_table(self.sql, self.job, 0.0)
+                self.table = open_table(self.sql, self.job, 0.0, call_timeout=self.call_timeout)
             return self.table.counts()
         except BatchError as e:
             logging.debug("lost-host watch: %s", e)
@@ -470,9 +470,9 @@ def run_mpirun(command: List[str], watch: LostHostWatch, stop: Stop) -> int:
 
 
 # --------------------------------------------------------------------------- the end
-def summary(sql, job: str) -> int:
+def summary(sql, job: str, patience: float, call_timeout: float) -> int:
     """Print the job-wide summary (what `status --hosts` prints); 0 if every obsid is done, else 1."""
-    table = open_table(sql, job, INTERACTIVE_PATIENCE)
+    table = open_table(sql, job, patience, call_timeout=call_timeout)
     try:
         table.require()
         counts = cli.print_status(table, job, hosts=True)
@@ -481,11 +481,13 @@ def summary(sql, job: str) -> int:
     return 0 if counts[DONE] == sum(counts.values()) else 1
 
 
-def finish(sql, job: str, status: int, stop: Stop) -> int:
-    """The job-wide summary, then the launcher's exit status (see USAGE)."""
+def finish(cfg, job: str, status: int, stop: Stop) -> int:
+    """The job-wide summary, then the launcher's exit status (see USAGE). Each database call is
+    bounded as a worker's are (a frozen server must not hold the launcher for a minute), and a
+    stopped launcher tries once: it is to end within seconds, the summary is a courtesy."""
     print(f"{PROG}: job-wide summary of job {job}:", flush=True)
     try:
-        done = summary(sql, job)
+        done = summary(cfg.sql, job, 0.0 if stop.status else INTERACTIVE_PATIENCE, cfg.run.call_timeout)
     except BatchError as e:
         print(f"{PROG}: error: {cli.error_line(e)}", file=sys.stderr, flush=True)
         done = e.exit_status
@@ -509,9 +511,9 @@ def launch(argv: List[str]) -> int:
     if options.dry_run:
         print(shlex.join(command))
         return 0
-    status = run_mpirun(command, LostHostWatch(cfg.sql, options.job, grace), stop)
+    status = run_mpirun(command, LostHostWatch(cfg.sql, options.job, grace, cfg.run.call_timeout), stop)
     stop.uninstall()
-    return finish(cfg.sql, options.job, status, stop)
+    return finish(cfg, options.job, status, stop)
 
 
 def main(argv=None) -> int:

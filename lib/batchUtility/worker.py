@@ -79,8 +79,18 @@ def check_ready(cfg: Config, job: str) -> None:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise BadInput(f"cannot create {folder}: {e.strerror}") from None
-    for folder in (cfg.job_dir(job) / "log", Path(tempfile.gettempdir())):
-        check_writable(folder)
+    check_writable(cfg.job_dir(job) / "log", "folder")
+    check_writable(temporary_folder(), "TMPDIR")
+
+
+def temporary_folder() -> Path:
+    """Where launches put their temporaries: $TMPDIR when set. Python's tempfile would silently take
+    /tmp instead of a $TMPDIR that is full, gone or read-only (at its first use in the process), and
+    an operator who pointed TMPDIR at a node's scratch disk must hear of it, not find /tmp filled."""
+    chosen = os.environ.get("TMPDIR")
+    if chosen and Path(tempfile.gettempdir()) != Path(os.path.abspath(chosen)):
+        tempfile.tempdir = os.path.abspath(chosen)   # every later mkdtemp goes there, and fails there, not in /tmp
+    return Path(tempfile.gettempdir())
 
 
 def has_statement(script: str) -> bool:
@@ -88,18 +98,12 @@ def has_statement(script: str) -> bool:
     return any(line.strip() and not line.strip().startswith("#") for line in script.splitlines())
 
 
-def check_writable(folder: Path) -> None:
-    """Raise BadInput unless a file can be created in folder (not read-only, not full, not gone).
-    As root, permissions do not say it: only trying does."""
+def check_writable(folder: Path, what: str) -> None:
+    """Raise BadInput unless a page can be written in folder (not read-only, not full, not gone);
+    each launch checks log/ again (hipe.check_room)."""
     try:
-        fd, probe = tempfile.mkstemp(prefix=".batch-write-test-", dir=folder)
-        try:
-            os.write(fd, b"x" * 4096)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
+        hipe.check_room(folder)
     except OSError as e:
-        what = "TMPDIR" if folder == Path(tempfile.gettempdir()) else "folder"
         raise BadInput(f"{what} {folder} is not writable: {e.strerror}") from None
 
 

@@ -1,0 +1,76 @@
+"""The ambiguous COMMIT (issue 8): the server committed, its answer never reached the worker.
+
+A real TCP proxy (`mysql_proxy.py`) sits between the workers and the session's MariaDB; armed, it
+lets a COMMIT through and swallows the server's reply, cutting the connection (the client gets
+error 2013 and cannot tell whether it committed). A claim so cut must keep the obsid it really
+claimed (found again by its token) and run it once; a finish so cut must be counted done once,
+never lost or run again. The job script is the probe of test_faults.py (overlaps, runs) and the
+trivial HIPE logs every launch, so "exactly once" is checked on the processes, not only the rows.
+"""
+import pytest
+
+from mysql_proxy import MySQLProxy
+from support import OBSID, new_job
+from test_faults import FAST_HIPE, assert_exactly_once, probe
+
+CLAIM_UPDATE = r"SET state = 'running'"   # the claim's UPDATE (storage.CLAIM), values filled in by the driver
+FINISH_DONE = r"SET state = 'done'"       # a success's UPDATE (storage.FINISH)
+
+
+@pytest.fixture
+def proxied(mysql_batch):
+    """mysql_batch with batch.cfg pointing at a proxy in front of the server."""
+    proxy = MySQLProxy(mysql_batch.server.bind, mysql_batch.server.port)
+    mysql_batch.write_cfg(sql={"port": str(proxy.port)}, hipe={"command": FAST_HIPE})
+    mysql_batch.proxy = proxy
+    yield mysql_batch
+    proxy.close()
+
+
+def test_the_proxy_loses_the_reply_to_a_commit_that_happened(proxied):
+    """The fault itself, so that the tests below can fail: the COMMIT a worker's driver sends is
+    COM_QUERY "COMMIT"; armed, the proxy lets it commit and the client sees 2013."""
+    import MySQLdb
+    env = proxied
+    new_job(env, [OBSID])
+    s = env.config().sql
+    conn = MySQLdb.connect(host=s.host, port=s.port, user=s.user, password=s.password, database=s.db,
+                           autocommit=False)
+    env.proxy.log_queries = True
+    env.proxy.lose_commit_reply(r"SET expected = 42")
+    cur = conn.cursor()
+    cur.execute("UPDATE j SET expected = 42")
+    with pytest.raises(MySQLdb.OperationalError) as lost:
+        conn.commit()
+    assert lost.value.args[0] in (2013, 2006), lost.value
+    assert env.proxy.queries[-1] == b"COMMIT"
+    assert [r["expected"] for r in env.table("j").rows()] == [42]   # committed all the same
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lost", ["claims", "finishes", "both"])
+def test_a_lost_commit_reply_never_runs_or_counts_an_obsid_twice(proxied, lost):
+    """The replies to the COMMITs of the first two claims and/or the first two successes are lost.
+    Each claim is resolved by reading the row (the worker keeps the obsid it really claimed, found by
+    its token), each success is recorded once: every obsid HIPE-run exactly once, done with one
+    attempt, one history row each (none dropped, none `lost` or `failed`), the worker's own count right."""
+    env = proxied
+    obsids = [OBSID + i for i in range(4)]
+    env.template("j", probe(first=0.05))
+    new_job(env, obsids)
+    patterns = {"claims": [CLAIM_UPDATE] * 2, "finishes": [FINISH_DONE] * 2}
+    for pattern in patterns.get(lost, patterns["claims"] + patterns["finishes"]):
+        env.proxy.lose_commit_reply(pattern)
+    r = env.cli("j", "run", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(env.proxy.fired) == (4 if lost == "both" else 2), env.proxy.fired   # the faults happened
+    assert "Traceback" not in r.stderr and "not recorded" not in r.stderr and "taken back" not in r.stderr, r.stderr
+    assert "Lost connection" in r.stderr, r.stderr   # the worker met them
+    figures = assert_exactly_once(env, obsids)
+    assert figures["runs"] == len(obsids)
+    assert sorted(env.calls_list()) == obsids, "HIPE ran an obsid twice, or not at all"
+    table = env.table("j")
+    assert {r["obsid"]: (r["state"], r["attempts"]) for r in table.rows()} == dict.fromkeys(obsids, ("done", 1))
+    history = table.history()
+    assert sorted((h["obsid"], h["attempt"], h["outcome"]) for h in history) == [(o, 1, "done") for o in obsids]
+    assert f"{len(obsids)} obsids processed" in r.stdout and f"{len(obsids)} done, 0 failed" in r.stdout, r.stdout
