@@ -14,7 +14,8 @@
   while mpirun is still starting its ranks: every worker stops, every running obsid goes back to
   pending uncounted, nothing is left running; the output is the launcher's lines and one line per
   worker, no traceback and no Open MPI noise ("PMIX ERROR: BAD-PARAM", "Forwarding signal").
-  test_launcher_stopped_mpirun_hung: a stop while mpirun hangs (as Open MPI's can when a rank dies
+  test_ctrl_c_while_python_starts: Ctrl-C as the launcher's Python starts up: one line, no
+  KeyboardInterrupt traceback. test_launcher_stopped_mpirun_hung: a stop while mpirun hangs (as Open MPI's can when a rank dies
   in MPI_Init): the launcher still ends.
 - test_launcher_errors, test_sqlite_with_other_host, test_loopback_mysql_with_other_host: one clear
   line, and nothing started, for a missing, unreadable or empty hostfile, one without slots, and
@@ -269,6 +270,29 @@ def test_launcher_stopped(mysql_batch, reaper, how):
         assert sorted(int(s) for _, s, _ in SUMMARY_LINE.findall(before)) == [1, 2, 3, 4]
         assert len(SLOT_LINE.findall(before)) == 4 and len(before.splitlines()) == 8, before
     wait_for(lambda: not reaper.ours(), 30, "every worker and HIPE to be gone")
+
+
+@pytest.mark.mpi
+def test_ctrl_c_while_python_starts(sqlite_batch, reaper):
+    """Ctrl-C the moment bin/BatchProcess_mpi.sh has become Python (the signal held from before
+    Python starts, not from the launcher's first line): one line, exit 130, no KeyboardInterrupt
+    traceback, nothing started. Ten times, as the window is some 40 ms."""
+    batch = sqlite_batch
+    make_job(batch, "j", 2, "pass\n", hostfile="localhost slots=2\n")
+    python = sys.executable.encode() + b"\0"
+
+    def is_python(pid):
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(python)
+        except OSError:
+            return True   # gone already: its output tells
+    for i in range(10):
+        launcher = reaper.launch(batch, "j", name=f"launcher{i}")
+        wait_for(lambda: is_python(launcher.pid), 60, "the launcher to become Python", interval=0.0005)
+        os.killpg(launcher.pid, signal.SIGINT)
+        rc, out, err = finish(launcher, timeout=60)
+        assert (rc, out, err) == (130, "", "BatchProcess_mpi.sh: SIGINT: stopped before any worker was started\n"), i
+    assert batch.table("j").counts()["pending"] == 2 and batch.calls_list() == []
 
 
 # What Open MPI 4.1's mpirun can become when a rank dies while connecting to it (see
