@@ -21,9 +21,13 @@ if [ -z "$python" ]; then
 fi
 # exec: the launcher is this very process, so signals sent to it (kill, Ctrl-C, Slurm) reach it.
 # The package is found through sys.path, not PYTHONPATH, which the ranks are given unchanged. Stop
-# signals are held (blocked) until the launcher's handlers are in place, so that none is lost.
+# signals are held (blocked) until the launcher's handlers are in place, so that none is lost: from
+# before Python starts where env can (coreutils 8.31+), else from the launcher's first line (then a
+# Ctrl-C while Python starts up, 40 ms or so, is a KeyboardInterrupt traceback).
 shopt -s execfail
-command -v "$python" >/dev/null 2>&1 && exec "$python" -c '
+hold=()
+env --block-signal=INT true >/dev/null 2>&1 && hold=(env --block-signal=TERM --block-signal=INT --block-signal=HUP)
+command -v "$python" >/dev/null 2>&1 && exec ${hold[@]+"${hold[@]}"} "$python" -c '
 import signal, sys
 signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
 sys.path.insert(0, sys.argv.pop(1))

@@ -2,6 +2,7 @@
 import os
 import re
 import signal
+import socket
 import time
 import subprocess
 import sys
@@ -210,18 +211,24 @@ def test_a_killed_worker_frees_its_slot(sqlite_batch):
 def test_ctrl_c_stops_every_worker_and_puts_their_obsids_back(batch):
     batch.template("j", "import time\ntime.sleep(120)\n")
     batch.cli("j", "new", batch.obsid_file([1, 2, 3, 4]))
-    proc = batch.popen("j", "run", "-j", "3", start_new_session=True)
-    wait_for(lambda: len(batch.calls_list()) >= 3, 60, "three HIPEs")
+    proc = batch.popen("j", "run", "-j", "5", start_new_session=True)
+    wait_for(lambda: len(batch.calls_list()) >= 4, 60, "four HIPEs (the fifth worker waits, with nothing to claim)")
     os.killpg(proc.pid, signal.SIGINT)   # what a Ctrl-C in the terminal does
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert sorted(SUMMARY_LINE.findall(out)) == ["1", "2", "3"]
+    assert sorted(SUMMARY_LINE.findall(out)) == ["1", "2", "3", "4", "5"]
+    # One line per worker on stderr, saying what became of its obsid, and nothing else.
+    stops = [re.fullmatch(r"\S+ \S+ WARNING \[\S+ slot (\d)/5 pid \d+( obsid=\d)?\] stopped by SIGINT"
+                          r"(: HIPE stopped, obsid put back to pending| with no obsid running): worker stopping", line)
+             for line in err.splitlines()]
+    assert all(stops) and sorted(m[1] for m in stops) == ["1", "2", "3", "4", "5"], err
+    assert sorted(bool(m[2]) for m in stops) == [False, True, True, True, True], err   # the one idle worker
     rows = batch.table("j").rows()
     assert [r["state"] for r in rows] == ["pending"] * 4 and [r["attempts"] for r in rows] == [0] * 4
     # Only the parent signalled (as `kill PID` would): it passes the stop on to every worker.
     proc = batch.popen("j", "run", "-j", "2", start_new_session=True)
-    wait_for(lambda: len(batch.calls_list()) >= 5, 60, "two more HIPEs")
+    wait_for(lambda: len(batch.calls_list()) >= 6, 60, "two more HIPEs")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and sorted(SUMMARY_LINE.findall(out)) == ["1", "2"], err
@@ -433,6 +440,25 @@ def test_verbose_logs_sql_timing_and_claims(batch):
     batch.cli("j", "new", batch.obsid_file([1]))
     r = batch.cli("j", "run", "-v")
     assert re.search(r"DEBUG .*sql .* \d+\.\d ms", r.stderr) and re.search(r"DEBUG .*claimed obsid 1", r.stderr), r.stderr
+
+
+def test_an_unreachable_database_is_named_with_its_port_and_the_time_really_waited(sqlite_batch):
+    """A port where nothing listens (bound, so nobody else takes it meanwhile): exit 3, one error line
+    naming host and port, and the seconds it says it waited are the seconds it took."""
+    batch = sqlite_batch
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        batch.write_cfg(sql={"backend": "mysql", "host": "127.0.0.1", "port": port, "user": "u", "pswd": "p",
+                             "db": "x", "path": None})
+        t0 = time.monotonic()
+        r = batch.cli("j", "status")
+        took = time.monotonic() - t0
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert r.returncode == 3 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"MySQL database 'x' at 127.0.0.1:{port} as user 'u': gave up connecting after " in errors[0]
+    waited = float(re.search(r"gave up connecting after (\d+\.\d) s", errors[0]).group(1))
+    assert 10.0 <= waited <= took, (waited, took)   # INTERACTIVE_PATIENCE waited out in full, and said so
 
 
 def test_obsids_from_standard_input(batch):

@@ -12,10 +12,13 @@
   the other hosts finish the job, and the launcher still ends, reporting the job done.
 - test_launcher_stopped: SIGTERM to the launcher, Ctrl-C (SIGINT to its process group), or SIGTERM
   while mpirun is still starting its ranks: every worker stops, every running obsid goes back to
-  pending, nothing is left running. test_launcher_stopped_while_the_database_is_frozen: the same
-  with mariadbd frozen (SIGSTOP): everything ends within seconds; the next run takes the obsids back
-  after their lease. test_launcher_stopped_mpirun_hung: a stop while mpirun hangs
-  (as Open MPI's can when a rank dies in MPI_Init): the launcher still ends.
+  pending uncounted, nothing is left running; the output is the launcher's lines and one line per
+  worker, no traceback and no Open MPI noise ("PMIX ERROR: BAD-PARAM", "Forwarding signal").
+  test_launcher_stopped_while_the_database_is_frozen: the same with mariadbd frozen (SIGSTOP):
+  everything ends within seconds; the next run takes the obsids back after their lease.
+  test_ctrl_c_while_python_starts: Ctrl-C as the launcher's Python starts up: one line, no
+  KeyboardInterrupt traceback. test_launcher_stopped_mpirun_hung: a stop while mpirun hangs (as
+  Open MPI's can when a rank dies in MPI_Init): the launcher still ends.
 - test_launcher_errors, test_sqlite_with_other_host, test_loopback_mysql_with_other_host: one clear
   line, and nothing started, for a missing, unreadable or empty hostfile, one without slots, and
   for a database other hosts cannot share (SQLite, or MySQL through this machine's loopback).
@@ -43,6 +46,10 @@ from test_faults import assert_exactly_once, freezable_server, freeze_env, froze
 MPI_SH = ROOT / "bin" / "BatchProcess_mpi.sh"
 SLOT_LINE = re.compile(r"^\.\.\.\.\.  \[Slot (\d+)/(\d+) on (\S+)\] \[#(\d+), obsid=(\d+)\]$", re.M)
 SUMMARY_LINE = re.compile(r"^(\S+) SLOT (\d+) SUMMARY: (\d+) obsids processed", re.M)
+# A worker's one line when a stop signal ends it: with the obsid it put back, or with none running.
+STOP_LINE = re.compile(r"\S+ \S+ WARNING \[\S+ slot (?P<slot>\d+)/\d+ pid \d+(?: obsid=(?P<obsid>\d+))?\] "
+                       r"stopped by (?P<signal>SIG\w+)(?:: HIPE stopped, obsid put back to pending| with no obsid running)"
+                       r": worker stopping")
 FIRST = 1342190000
 
 # A HIPE stand-in without Python start-up, for the 1,000-obsid run on two cores: it records each
@@ -235,16 +242,60 @@ def test_launcher_stopped(mysql_batch, reaper, how):
         launcher.send_signal(signal.SIGTERM)
 
     rc, out, err = finish(launcher, timeout=120)
+    name = "SIGINT" if how == "Ctrl-C" else "SIGTERM"
     assert rc == (130 if how == "Ctrl-C" else 143), err[-3000:]
+    rows = table.rows()
     assert table.counts() == {"pending": n, "running": 0, "done": 0, "failed": 0}
+    assert [r["attempts"] for r in rows] == [0] * n     # a stop costs no attempt
     history = table.history()
     assert {h["outcome"] for h in history} <= {"stopped"}, history
-    assert "every worker puts its running obsid back to pending and stops" in err
-    assert f"0 of {n} processed." in out
-    if how != "SIGTERM while starting":
-        assert sorted(h["obsid"] for h in history) == sorted(running)
-        assert sorted(int(s) for _, s, _ in SUMMARY_LINE.findall(out)) == [1, 2, 3, 4]
+    # No traceback, no Open MPI noise ("PMIX ERROR: BAD-PARAM", "Forwarding signal"): the launcher's
+    # own lines and one line per stopped worker, nothing else.
+    for noise in ("Traceback", "PMIX", "Forwarding signal"):
+        assert noise not in out + err, err
+    lines = err.splitlines()
+    if how == "SIGTERM while starting":   # a hung mpirun ended (see mpi_launch.HangWatch) is said in one line
+        lines = [line for line in lines if not line.startswith("BatchProcess_mpi.sh: mpirun has had no worker")]
+    launcher_lines = [f"BatchProcess_mpi.sh: hostfile {batch.root / 'hostfile'}: 1 host(s), 4 slot(s): localhost 4",
+                      f"BatchProcess_mpi.sh: {name}: every worker puts its running obsid back to pending and stops"]
+    stops = [STOP_LINE.fullmatch(line) for line in lines if line not in launcher_lines]
+    assert all(stops), err
+    assert [line for line in lines if line in launcher_lines] == launcher_lines, err
+    before, summary = out.split("BatchProcess_mpi.sh: job-wide summary of job stop:\n")
+    assert summary.startswith(f"0 of {n} processed.")
+    if how == "SIGTERM while starting":   # a worker killed before its handler was in place says nothing
+        assert len({m["slot"] for m in stops}) == len(stops) <= 4, err
+        assert all(m["obsid"] is None or int(m["obsid"]) in [h["obsid"] for h in history] for m in stops), err
+    else:   # exactly one line per worker, naming the obsid it put back
+        assert sorted((m["slot"], m["signal"], m["obsid"] is not None) for m in stops) == \
+            [(str(k), "SIGUSR2", True) for k in range(1, 5)], err
+        assert sorted(int(m["obsid"]) for m in stops) == sorted(running) == sorted(h["obsid"] for h in history)
+        assert sorted(int(s) for _, s, _ in SUMMARY_LINE.findall(before)) == [1, 2, 3, 4]
+        assert len(SLOT_LINE.findall(before)) == 4 and len(before.splitlines()) == 8, before
     wait_for(lambda: not reaper.ours(), 30, "every worker and HIPE to be gone")
+
+
+@pytest.mark.mpi
+def test_ctrl_c_while_python_starts(sqlite_batch, reaper):
+    """Ctrl-C the moment bin/BatchProcess_mpi.sh has become Python (the signal held from before
+    Python starts, not from the launcher's first line): one line, exit 130, no KeyboardInterrupt
+    traceback, nothing started. Ten times, as the window is some 40 ms."""
+    batch = sqlite_batch
+    make_job(batch, "j", 2, "pass\n", hostfile="localhost slots=2\n")
+    python = sys.executable.encode() + b"\0"
+
+    def is_python(pid):
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(python)
+        except OSError:
+            return True   # gone already: its output tells
+    for i in range(10):
+        launcher = reaper.launch(batch, "j", name=f"launcher{i}")
+        wait_for(lambda: is_python(launcher.pid), 60, "the launcher to become Python", interval=0.0005)
+        os.killpg(launcher.pid, signal.SIGINT)
+        rc, out, err = finish(launcher, timeout=60)
+        assert (rc, out, err) == (130, "", "BatchProcess_mpi.sh: SIGINT: stopped before any worker was started\n"), i
+    assert batch.table("j").counts()["pending"] == 2 and batch.calls_list() == []
 
 
 # What Open MPI 4.1's mpirun can become when a rank dies while connecting to it (see

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from . import cli, config, hostfile, worker
+from . import cli, config, hostfile, mpirun_output, worker
 from .errors import BadInput, BatchError
 from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
 from .storage import open_table
@@ -194,8 +194,8 @@ def mpirun_command(mpirun: str, path: Path, options: Options) -> List[str]:
     #  --enable-recovery  without it, a rank that dies (kill -9, lost node) makes mpirun kill all the
     #      others. With it the other ranks run on, and take the dead rank's obsid back after its lease.
     #      (mpirun's own exit status is then 0 whatever the ranks did, and it prints
-    #      "PMIX ERROR: BAD-PARAM" for each rank that ends abnormally: harmless. The launcher's exit
-    #      status comes from the job table instead.)
+    #      "PMIX ERROR: BAD-PARAM" for each rank that ends abnormally: harmless, and left out of the
+    #      launcher's stderr by mpirun_output. The launcher's exit status comes from the job table instead.)
     #  MPI4PY_RC_FINALIZE=false and orte_allowed_exit_without_sync  MPI_Finalize is a collective in
     #      Open MPI 4.1 (a PMIx fence): a rank that has finished would wait in it for every other
     #      rank, and a rank on a lost node could keep it waiting for good. The ranks never talk to each
@@ -457,16 +457,21 @@ def run_mpirun(command: List[str], watch: LostHostWatch, stop: Stop) -> int:
     """Start mpirun and supervise it to its end; mpirun's status as supervise() gives it."""
     stop.launching = True  # from here on a stop signal stops the workers: mpirun is (being) started
     try:
-        mpirun = subprocess.Popen(command, stdin=subprocess.DEVNULL, **_own_process_group())
+        mpirun = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, **_own_process_group())
     except OSError as e:  # as the shell had it: mpirun's status is 127 (not found) or 126 (not runnable)
         print(f"{PROG}: {command[0]}: {e.strerror}", file=sys.stderr, flush=True)
         return 127 if isinstance(e, FileNotFoundError) else 126
+    # mpirun's stdout (the ranks' obsid and SUMMARY lines) goes straight to ours; its stderr through
+    # a filter of Open MPI's noise (see mpirun_output).
+    relay = mpirun_output.Relay(mpirun.stderr, sys.stderr.fileno())
     # A stop that came while mpirun was being started is passed on at supervise's first turn.
     try:
         return supervise(mpirun, watch, stop)
     except BaseException:
         stop_and_wait(mpirun)
         raise
+    finally:
+        relay.close()
 
 
 # --------------------------------------------------------------------------- the end

@@ -125,6 +125,7 @@ class Worker:
         self.template = template_path(cfg, job)
         self.log = _Context(logger, {"host": slot.host, "slot": slot.name, "obsid": None})
         self.stop_signal = 0
+        self.stop_said = False   # whether the line saying what the stop did with the obsid was logged
         self.numbers: Dict[int, int] = {}   # obsid -> its number n in `[#n, obsid=X]`
         self.attempts = self.done = self.failed = 0
         self.script_errors = 0   # of the worker's first attempts, all ended by script errors so far
@@ -160,6 +161,8 @@ class Worker:
         try:
             self._start_guard()
             self._loop()
+            if self.stop_signal and not self.stop_said:   # one line per stopped worker, obsid or none
+                self.log.warning("stopped by %s with no obsid running: worker stopping", signal.Signals(self.stop_signal).name)
             status = 1 if self.failed else 0
         except DatabaseUnavailable as e:
             self.log.error("%s; stopping. Nothing is lost: an obsid left running is taken back after its lease.", e)
@@ -342,11 +345,13 @@ class Worker:
         # A stop should be quick: the database gets STOP_PATIENCE, not the run's patience (the lease
         # takes the obsid back all the same if it is away), and the stop signal no longer cuts the wait short.
         reason = launch.outcome.reason
+        self.stop_said = True
         try:
             self.table.requeue(claim, reason, patience=min(self.table.patience, STOP_PATIENCE), interrupted=_never)
-            self.log.warning("%s: HIPE stopped, obsid back to pending", reason)
+            self.log.warning("%s: HIPE stopped, obsid put back to pending: worker stopping", reason)
         except DatabaseUnavailable as e:
-            self.log.error("%s; obsid stays claimed until its lease runs out", e)
+            self.log.error("%s: HIPE stopped; %s; the obsid stays claimed until its lease runs out: worker stopping",
+                           reason, e)
 
     def _finish(self, claim: Claim, launch: hipe.Launch) -> None:
         outcome, run = launch.outcome, self.cfg.run
