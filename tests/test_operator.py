@@ -4,6 +4,7 @@ The first half tests the pure functions (report, eta, timeline) on made-up runs;
 the commands on both backends.
 """
 import csv
+import fcntl
 import gzip
 import heapq
 import io
@@ -19,6 +20,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import termios
 import time
 import xml.etree.ElementTree as ET
 import zlib
@@ -374,6 +376,83 @@ def test_watch_redraws_in_place_on_a_terminal_and_ends_with_the_job(batch, tmp_p
             watch.wait()
     plain = batch.cli("w", "status", "--watch", "0.3")        # not a terminal: one plain block, and it ends
     assert plain.returncode == 0 and "\x1b" not in plain.stdout and plain.stdout.startswith("3 of 3 processed.")
+
+
+def terminal_lines(text):
+    """The lines a terminal shows for `text`: CR goes back to the start of the line, ESC [K clears
+    the rest of it, LF starts the next line (as a pty's output, where LF arrives as CR LF)."""
+    lines, line, col, i = [], [], 0, 0
+    while i < len(text):
+        if text.startswith("\x1b[K", i):
+            del line[col:]
+            i += 3
+            continue
+        ch = text[i]
+        if ch == "\r":
+            col = 0
+        elif ch == "\n":
+            lines.append("".join(line))
+            line, col = [], 0
+        else:
+            line[col:col + 1] = [ch]
+            col += 1
+        i += 1
+    return lines + (["".join(line)] if line else [])
+
+
+WORKER_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d |\.{5}  \[Slot [12]/2 on |\S+ SLOT [12] SUMMARY: ")
+ONE_LINE = re.compile(r"\[[#x>.]+\] +\d+\.\d %  \d+ of 8 processed")
+
+
+def run_on_a_terminal(batch, job, *more, until=None, then=None):
+    """`run -j 2` on a pseudo-terminal: (exit status, what the terminal received). When `until(text)`
+    holds, `then()` is called (to let the workers go on)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))   # 40 rows of 100 columns
+    proc = batch.popen(job, "run", "-j", "2", *more, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    try:
+        seen = ""
+        if until is not None:
+            seen = read_pty(master, until, 120)
+            assert until(seen), f"not seen in time: {seen!r}"
+            then()
+        seen += read_pty(master, lambda t: False, 120)   # to the end: EIO once the run closed the pty
+        return proc.wait(timeout=60), seen
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_run_j_shows_one_progress_line_below_the_workers_lines_on_a_terminal_only(batch, tmp_path):
+    gate = tmp_path / "gate"
+    new_job(batch, "pl", range(1, 9), GATE.format(gate=str(gate)))
+    status, seen = run_on_a_terminal(batch, "pl", until=lambda t: bool(ONE_LINE.search(t)), then=gate.touch)
+    assert status == 0, seen
+    assert "\r\x1b[K" in seen and len(ONE_LINE.findall(seen)) >= 2, seen   # drawn, then redrawn in place
+    shown = terminal_lines(seen)
+    end = shown.index("job-wide summary of job pl:")
+    assert re.match(r"\[#+\] 100\.0 %  8 of 8 processed; nothing left; 0 failed, 0 running", shown[end - 1]), shown
+    assert all(WORKER_LINE.match(line) for line in shown[:end - 1]), shown   # each intact, nothing glued to it
+    assert sum("] done in " in line for line in shown[:end - 1]) == 8
+    assert shown[end + 1] == "8 of 8 processed. (100.0 %, 0 remaining)"
+    assert max(len(line) for line in shown) < 100
+
+    assert batch.cli("pl", "reset", "--yes").returncode == 0
+    piped = batch.cli("pl", "run", "-j", "2")                 # piped: the workers' lines only, as always
+    assert piped.returncode == 0
+    for text in (piped.stdout, piped.stderr):
+        assert "\x1b" not in text and "\r" not in text and not ONE_LINE.search(text)
+    lines = (piped.stdout + piped.stderr).splitlines()
+    end = lines.index("job-wide summary of job pl:")
+    assert all(WORKER_LINE.match(line) for line in lines[:end]) and lines[end + 1].startswith("8 of 8 processed.")
+
+    assert batch.cli("pl", "reset", "--yes").returncode == 0
+    status, quiet = run_on_a_terminal(batch, "pl", "-q")       # -q on a terminal: no progress line either
+    assert status == 0 and "\x1b" not in quiet and not ONE_LINE.search(quiet), quiet
 
 
 def test_watch_stops_on_ctrl_c_with_130_and_no_traceback(batch):

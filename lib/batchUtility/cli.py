@@ -267,7 +267,7 @@ def cmd_status(cfg: config.Config, args: argparse.Namespace) -> int:
                                                           if Path(f"{log}.stderr.1").exists() else ""))
         return 0
     if args.running:
-        figures = table.pace_figures(report.RATE_WINDOW, report.WORKERS_WINDOW)
+        figures = table.pace_figures(report.RATE_WINDOW, report.WORKERS_WINDOW, census=False)
         rows = [{**r, "expected": report.expected_now(figures, r["expected"])} for r in figures["running"]]
         print(report.running_text(rows, figures["now"], cfg.run.heartbeat, cfg.run.lease))
         return 0
@@ -280,10 +280,11 @@ def cmd_status(cfg: config.Config, args: argparse.Namespace) -> int:
 def _status(table: JobTable, job: str, failures: int = 10, hosts: bool = False,
             as_json: bool = False) -> Tuple[str, Dict[str, int]]:
     """The status block (or JSON), and the counts it rests on."""
-    counts = table.counts()
+    figures = table.pace_figures(report.RATE_WINDOW, report.WORKERS_WINDOW)
+    counts = figures["counts"]
     first_failures = table.failures(max(0, failures))
     by_host = table.by_host() if hosts or as_json else None
-    pace = report.pace_of(table.pace_figures(report.RATE_WINDOW, report.WORKERS_WINDOW))
+    pace = report.pace_of(figures)
     text = (report.status_json(job, counts, first_failures, by_host, pace) if as_json
             else report.status_text(job, counts, first_failures, by_host, pace))
     return text, counts

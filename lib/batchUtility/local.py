@@ -11,6 +11,9 @@ ones only, and none when all N are held (a crontab line firing again while the l
 
 Ctrl-C or SIGTERM, SIGHUP to the parent reach every worker: each stops its HIPE and puts its obsid
 back to pending, as a single worker does. At the end the parent prints one job-wide summary.
+
+On a terminal the parent also shows the job's progress on one line below the workers' lines
+(relay.py); piped, with -q or with -v (which logs every SQL statement) it does not.
 """
 import fcntl
 import logging
@@ -19,18 +22,21 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from . import report
 from .errors import BatchError
 from .slot import Slot, host_name
 from .model import DONE
+from .relay import TerminalRelay
 from .storage import open_table
 from .worker import STOP_SIGNALS, Worker
 
 log = logging.getLogger(__name__)
 
 SLOT_DIR = ".slots"
+PUMP_EVERY = 0.25      # seconds: how soon the parent relaying workers' lines notices a worker ended
+FIGURES_CALL_TIMEOUT = 5.0   # seconds one reading of the progress line's figures may take
 
 
 def slot_lock_path(job_dir: Path, host: str, rank: int) -> Path:
@@ -70,6 +76,7 @@ class LocalRun:
         self.host = host_name(os.environ)   # as workers record it in their claims
         self.children: Dict[int, int] = {}   # pid -> rank
         self.stop_signal = 0
+        self.relay: Optional[TerminalRelay] = None
 
     def run(self) -> int:
         table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience)
@@ -107,9 +114,25 @@ class LocalRun:
             except ProcessLookupError:
                 pass
 
+    def _shows_progress(self) -> bool:
+        return (not self.quiet and self.out is sys.stdout and sys.stdout.isatty()
+                and not logging.getLogger().isEnabledFor(logging.DEBUG))
+
+    def _figures(self):
+        """The progress line's figures: counts and pace. A connection of its own each time (at most
+        once a second): the relay reads them in a thread, and the final ones in the main thread."""
+        table = open_table(self.cfg.sql, self.job, patience=0, call_timeout=FIGURES_CALL_TIMEOUT)
+        try:
+            figures = table.pace_figures(report.RATE_WINDOW, report.WORKERS_WINDOW)
+        finally:
+            table.close()
+        return figures["counts"], report.pace_of(figures)
+
     def _start_and_wait(self, slots: Dict[int, int]) -> List[int]:
         sys.stdout.flush()
         sys.stderr.flush()
+        if self._shows_progress():
+            self.relay = TerminalRelay(self._figures)
         unforked = dict(slots)
         for rank, fd in slots.items():
             del unforked[rank]
@@ -119,18 +142,34 @@ class LocalRun:
             pid = os.fork()
             if pid == 0:
                 self.children = {}   # a signal in the worker must not reach its siblings
+                if self.relay is not None:
+                    self.relay.in_worker()
                 for other_fd in unforked.values():
                     os.close(other_fd)   # the slots of workers still to be forked are theirs
                 os._exit(self._worker(rank, fd))
             os.close(fd)   # the worker's copy alone holds the slot from now on
             self.children[pid] = rank
+        if self.relay is None:
+            return self._wait()
+        self.relay.start()
+        try:
+            return self._wait()
+        finally:
+            self.relay.finish()
+
+    def _wait(self) -> List[int]:
+        """Wait for every worker (relaying their lines meanwhile, on a terminal); their exit statuses."""
         statuses = []
         while self.children:
+            if self.relay is not None:
+                self.relay.pump(PUMP_EVERY)
             try:
-                pid, wait_status = os.wait()
+                pid, wait_status = os.waitpid(-1, 0 if self.relay is None else os.WNOHANG)
             except ChildProcessError:
                 break
             except InterruptedError:
+                continue
+            if pid == 0:   # none ended yet
                 continue
             self.children.pop(pid, None)
             statuses.append(os.waitstatus_to_exitcode(wait_status))

@@ -13,6 +13,7 @@ from .model import DONE, FAILED, PENDING, RUNNING, STATES
 RATE_WINDOW = 600.0     # seconds the rate is measured over
 WORKERS_WINDOW = 300.0  # a worker counts as present if it was heard from this recently
 BAR_WIDTH = 60          # cells: with its frame and percentage the bar takes 72 columns
+MIN_BAR = 10            # cells of the bar on `run -j N`'s one line, however narrow the terminal
 
 
 def progress_line(counts) -> str:
@@ -179,6 +180,23 @@ def pace_lines(counts, pace: Pace) -> List[str]:
     return ["  " + progress_bar(counts),
             f"  {rate_text}; {pace.workers} worker(s) seen in the last {WORKERS_WINDOW / 60:.0f} min",
             "  " + eta_line(pace)]
+
+
+def status_one_line(counts, pace: Pace, width: int) -> str:
+    """The status block on one line of at most `width` columns (`run -j N` on a terminal): bar,
+    done and total, ETA, failed and running, rate; the last of these left out first where they
+    do not fit."""
+    est = pace.estimate
+    parts = [f"{counts[DONE]} of {sum(counts.values())} processed",
+             "ETA unknown" if est.seconds is None else "nothing left" if est.seconds == 0
+             else f"ETA {duration_words(est.seconds)}",
+             f"{counts[FAILED]} failed, {counts[RUNNING]} running",
+             "rate unknown" if pace.per_hour is None else _rate_words(pace.per_hour)]
+    while len(parts) > 1 and MIN_BAR + 12 + len("; ".join(parts)) > width:
+        parts.pop()
+    text = "; ".join(parts)
+    cells = max(MIN_BAR, min(BAR_WIDTH // 2, width - 12 - len(text)))
+    return (progress_bar(counts, cells) + "  " + text)[:width]
 
 
 def _rate_words(per_hour: float) -> str:

@@ -218,7 +218,11 @@ RESULT_NAMES = """SELECT DISTINCT r.name FROM {results_table} r JOIN {job_table}
 RESULTS_OF_DONE = """SELECT j.obsid, r.name, r.value FROM {job_table} j
   LEFT JOIN {results_table} r ON r.obsid = j.obsid WHERE j.state = 'done' ORDER BY j.obsid, r.name"""
 
-PENDING_BY_EXPECTED = "SELECT expected, COUNT(*) FROM {job_table} WHERE state = 'pending' GROUP BY expected"
+# The count in each state and the pending ones by expected duration, in one read of the claim index
+# in its own order (state, expected DESC): on MariaDB counting by state, then the pending rows again
+# by expected, read 1.4 million index entries of a million-row job, this reads each once.
+STATE_BY_EXPECTED = """SELECT state, expected, COUNT(*) FROM {job_table}
+  GROUP BY state, expected ORDER BY state, expected DESC"""
 RUNNING_NOW = """SELECT obsid, attempts + 1 AS attempt, host, worker, pid, started, heartbeat, expected, reason
   FROM {job_table} WHERE state = 'running' ORDER BY host, worker, pid, obsid"""
 RECENT_DONE = """SELECT expected, ended - started FROM {job_table}
@@ -827,24 +831,32 @@ class JobTable:
 
 
     # ----------------------------------------------------------------- the operator's view
-    def pace_figures(self, rate_window: float, workers_window: float, samples: int = 500) -> Dict[str, Any]:
-        """What the status block's rate and ETA rest on, read in one transaction from indexes only.
+    def pace_figures(self, rate_window: float, workers_window: float, samples: int = 500,
+                     census: bool = True) -> Dict[str, Any]:
+        """What the status block rests on, read in one transaction (counts and ETA of one moment)
+        from indexes only.
 
-        now (the database's clock); finished (obsids that ended done or failed since now -
-        rate_window) and first_start (the earliest start among them); workers (distinct host,
-        slot and pid heard from since now - workers_window); pending ((expected, count) groups);
-        running (rows as `running()` gives them); recent ((expected, seconds) of the last
-        `samples` done obsids, newest first).
+        now (the database's clock); counts (obsids in each state, as `counts()`); finished (obsids
+        that ended done or failed since now - rate_window) and first_start (the earliest start among
+        them); workers (distinct host, slot and pid heard from since now - workers_window); pending
+        ((expected, count) groups); running (rows as `running()` gives them); recent ((expected,
+        seconds) of the last `samples` done obsids, newest first). census=False leaves out counts
+        and pending, which read every row (`status --running` needs neither).
         """
         def read(cur):
             now = self._db_now(cur)
             finished, first_start = self._execute(cur, FINISHED_SINCE, {"since": now - rate_window}).fetchone()
             workers = self._execute(cur, WORKERS_SEEN, {"since": now - workers_window}).fetchone()[0]
-            pending = [(e, int(n)) for e, n in self._execute(cur, PENDING_BY_EXPECTED).fetchall()]
+            counts, pending = dict.fromkeys(STATES, 0), []
+            for state, expected, n in (self._execute(cur, STATE_BY_EXPECTED).fetchall() if census else ()):
+                counts[state] = counts.get(state, 0) + int(n)
+                if state == PENDING:
+                    pending.append((expected, int(n)))
             running = _dicts(self._execute(cur, RUNNING_NOW))
             recent = [(e, s) for e, s in self._execute(cur, RECENT_DONE, {"limit": samples}).fetchall()]
-            return {"now": now, "finished": int(finished or 0), "first_start": first_start, "workers": int(workers),
-                    "pending": pending, "running": running, "recent": recent}
+            return {"now": now, "counts": counts if census else None, "finished": int(finished or 0),
+                    "first_start": first_start, "workers": int(workers), "pending": pending, "running": running,
+                    "recent": recent}
         return self._transaction(read, "measuring the pace", write=False)
 
     def running(self) -> Tuple[float, List[Dict[str, Any]]]:
