@@ -101,6 +101,9 @@ def main(suite, args):
             # Where the slots' time went: HIPE's own sleeps, the launch overhead on top of them (claim
             # to outcome, per attempt), and the rest (start-up, between an outcome and the next claim, the tail).
             overhead = (busy - sum(durations)) / max(1, attempts)
+            if busy < 0.99 * sum(durations):
+                raise RuntimeError(f"{label}: the attempts took {busy:.0f} s in all, less than the "
+                                   f"{sum(durations):.0f} s of sleeps: the stand-in did not sleep")
             rows.append([slots, label, f"{bound:.2f} s", f"{span:.2f} s", f"{span / bound:.4f}",
                          f"{spread:.2f} s", f"{overhead * 1000:.0f} ms", f"{busy / (slots * span):.1%}",
                          f"{m.wall:.2f} s", f"{done}/{len(durations)}", attempts,
