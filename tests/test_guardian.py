@@ -4,6 +4,7 @@ A "worker" here is either this test process holding a Guardian, or a small Pytho
 starts one, launches a process group like HIPE's (a leader and a grandchild, both sleeping) and
 then renews its fence deadline every 0.1 s until told otherwise; the tests kill or freeze it.
 """
+import fcntl
 import json
 import os
 import signal
@@ -246,3 +247,22 @@ def test_guardian_that_cannot_start_is_one_clear_error(tmp_path):
     fake.chmod(0o755)
     with pytest.raises(GuardianLost, match="did not start"):
         Guardian(python=str(fake))
+
+
+def test_forked_guardian_keeps_none_of_the_workers_descriptors(tmp_path):
+    """The guardian is forked from a single-threaded worker: it keeps only its two pipes (and
+    /dev/null), so neither the worker's slot lock nor its database files outlive the worker in it."""
+    lock = open(tmp_path / "slot.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    g = Guardian()
+    try:
+        assert Path(f"/proc/{g.pid}/comm").read_text().strip() == "hipe-guardian", "not the forked guardian"
+        held = sorted(os.readlink(f"/proc/{g.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{g.pid}/fd"))
+        assert [h for h in held if not h.startswith("pipe:") and h != "/dev/null"] == [], held
+        assert sum(h.startswith("pipe:") for h in held) == 2, held
+        lock.close()
+        with open(tmp_path / "slot.lock", "w") as again:
+            fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)   # free: the guardian holds no copy
+    finally:
+        g.close()
+    assert g.proc.returncode == 0

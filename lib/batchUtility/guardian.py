@@ -17,10 +17,15 @@ It kills each launched group with SIGKILL when the pipe ends (the worker died) o
 deadline passes without a newer one (the worker is frozen, or could not renew its lease): it fences
 the worker off from its claim before the lease, which another worker may then take, runs out. It
 answers `fenced PGID` on its other pipe for a group it killed at the deadline, so that the worker
-learns why HIPE died. This file is also the guardian's program (`python -S -I guardian.py`): it
-imports nothing but the standard library's smallest modules, starts in a few milliseconds and then
-sleeps in select() until a line or a deadline comes.
+learns why HIPE died. The guardian is forked from the worker (about 1 ms, against some 20 ms of
+CPU for a fresh interpreter: at 64 workers on 2 cores, the difference was most of a second before
+the last worker's first claim). The forked guardian keeps nothing of the worker but its two pipe
+ends; it then sleeps in select() until a line or a deadline comes. Forking is only safe while the
+worker has a single thread; otherwise (or when an interpreter is named) this file is run as the
+guardian's program instead (`python -S -I guardian.py`), which imports nothing but the standard
+library's smallest modules.
 """
+import fcntl
 import os
 import select
 import signal
@@ -95,13 +100,12 @@ def _terminated(signum, frame):
     raise _Terminated   # out of select(), which Python would otherwise just resume
 
 
-def main():
+def main(commands=0, replies=1):
     # Signals meant for the worker's terminal must not stop or end the guardian; SIGTERM (someone
     # ending the guardian itself) takes HIPE down with it, as the worker's death would.
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _terminated)
-    commands, replies = sys.stdin.fileno(), sys.stdout.fileno()
     watch = _Watch(replies)
     try:
         os.write(replies, READY)
@@ -142,24 +146,21 @@ class Guardian:
     deadlines while the main thread sends launches."""
 
     def __init__(self, python=None, start_timeout=20.0):
-        import subprocess
+        """python: run the guardian in that interpreter (a fresh process) rather than fork it."""
         import threading
         self._lock = threading.Lock()
         self.fenced = set()   # groups the guardian killed at a deadline, as it told us
-        from .config import PASSWORD_ENV   # here: this file also runs on its own, as the guardian
-        python = python or sys.executable
-        if not python:
-            raise GuardianLost("no Python interpreter to run the guardian")
         commands_r, self._commands = os.pipe()
         self._replies, replies_w = os.pipe()
         try:
-            self.proc = subprocess.Popen([python, "-S", "-I", os.path.abspath(__file__)], stdin=commands_r,
-                                         stdout=replies_w, stderr=subprocess.DEVNULL, start_new_session=True,
-                                         close_fds=True, env={k: v for k, v in os.environ.items() if k != PASSWORD_ENV})
-        except OSError as e:
+            if python is None and threading.active_count() == 1:
+                self.proc = _fork_guardian(commands_r, replies_w)
+            else:
+                self.proc = _exec_guardian(python or sys.executable, commands_r, replies_w)
+        except GuardianLost:
             os.close(self._commands)
             os.close(self._replies)
-            raise GuardianLost(f"cannot start the guardian ({python}): {e.strerror}") from None
+            raise
         finally:
             os.close(commands_r)
             os.close(replies_w)
@@ -242,6 +243,94 @@ class Guardian:
         if self._replies is not None:
             os.close(self._replies)
             self._replies = None
+
+
+def _exec_guardian(python, commands_r, replies_w):
+    """The guardian as a fresh interpreter running this file (its pipes as stdin and stdout)."""
+    import subprocess
+    from .config import PASSWORD_ENV   # here: this file also runs on its own, as the guardian
+    if not python:
+        raise GuardianLost("no Python interpreter to run the guardian")
+    try:
+        return subprocess.Popen([python, "-S", "-I", os.path.abspath(__file__)], stdin=commands_r,
+                                stdout=replies_w, stderr=subprocess.DEVNULL, start_new_session=True,
+                                close_fds=True, env={k: v for k, v in os.environ.items() if k != PASSWORD_ENV})
+    except OSError as e:
+        raise GuardianLost(f"cannot start the guardian ({python}): {e.strerror}") from None
+
+
+def _fork_guardian(commands_r, replies_w):
+    """The guardian forked from this (single-threaded) process: it keeps only its two pipe ends.
+
+    Every other descriptor is closed in it, above all the write end of its command pipe (else the
+    pipe would never end when the worker dies) and the worker's slot lock and database files."""
+    try:
+        pid = os.fork()
+    except OSError as e:
+        raise GuardianLost(f"cannot start the guardian (fork): {e.strerror}") from None
+    if pid:
+        return _Forked(pid)
+    try:   # the guardian; it never returns into the worker's code
+        os.setsid()
+        commands, replies = (fcntl.fcntl(fd, fcntl.F_DUPFD, 3) for fd in (commands_r, replies_w))
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)   # as the exec'd guardian has them: no terminal, no mpirun output pipe kept open
+        try:
+            fds = [int(name) for name in os.listdir("/proc/self/fd")]
+        except OSError:
+            fds = list(range(3, os.sysconf("SC_OPEN_MAX")))
+        for fd in fds:
+            if fd > 2 and fd not in (commands, replies):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)   # as in a fresh interpreter: not the worker's handlers
+        try:
+            with open("/proc/self/comm", "w") as f:
+                f.write("hipe-guardian")   # what ps and top show (its command line stays the worker's)
+        except OSError:
+            pass
+        main(commands, replies)
+        os._exit(0)
+    except BaseException:
+        os._exit(1)
+
+
+class _Forked:
+    """A forked guardian, with the little of subprocess.Popen's interface that Guardian uses."""
+
+    def __init__(self, pid):
+        self.pid, self.returncode = pid, None
+
+    def poll(self):
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 0
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        end = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None:
+            if end is not None and time.monotonic() >= end:
+                raise TimeoutError(f"guardian {self.pid} still running after {timeout:g} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return self.returncode
+
+    def kill(self):
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 if __name__ == "__main__":

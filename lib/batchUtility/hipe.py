@@ -5,6 +5,7 @@ file that a line appended to the script writes when the script has run to its la
 What the script records with batchResult (a block of the preamble, `results.py`) goes to a file
 beside it, read only when the launch succeeded.
 """
+import contextlib
 import os
 import select
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 from . import results
 from .config import PASSWORD_ENV, HipeSettings
@@ -132,8 +133,14 @@ def open_log(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
 
 
+def make_scratch(job: str) -> Path:
+    """A worker's temporary folder for its launches, in TMPDIR, made once (raises OSError): each
+    launch writes its script, template copy and marker there, and makes only its pool cache folder."""
+    return Path(tempfile.mkdtemp(prefix=f"hipe-batch-{job}-"))
+
+
 def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Callable[[], Lease],
-              guardian: Guardian) -> Launch:
+              guardian: Guardian, scratch: Optional[Path] = None) -> Launch:
     """Run HIPE once for the request's obsid, streaming its output to log_dir/OBSID.stdout and .stderr.
 
     HIPE runs as a process group of its own, watched by the worker's guardian (which kills it if
@@ -143,42 +150,84 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Cal
     what the heartbeat thread found, so no database call ever delays a stop or a timeout.
     Anything that keeps HIPE from starting (no HIPE, no file descriptors, processes, memory or
     disk space) ends as NOT_STARTED: a fault of this worker's setup, not of the obsid.
-    Temporaries are removed whatever happens.
+    scratch: the worker's temporary folder (make_scratch); without one, a folder is made for this
+    launch only. Temporaries are removed whatever happens: the launch's script, marker, results and
+    fresh pool cache folder (and a folder made for this launch). The template's copy stays in the
+    worker's folder, to be overwritten by the next launch rather than created anew: on a busy disk
+    each file created costs an inode allocation (at 32 workers, ext4_create and ext4_mkdir were about
+    40 % of the workers' CPU), so a launch creates two fewer (no folder of its own, no new template copy).
     """
     started = time.monotonic()
+    folder = scratch
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f"hipe-batch-{request.job}-{request.obsid}-"))
+        if folder is None:
+            folder = make_scratch(request.job)
+        cache = Path(tempfile.mkdtemp(prefix="pool-cache-", dir=folder))
     except OSError as e:
-        return _not_started(f"cannot create a temporary folder in {tempfile.gettempdir()}: {e.strerror}", started)
+        return _not_started(f"cannot create a temporary folder in {scratch or tempfile.gettempdir()}: {e.strerror}",
+                            started)
+    paths = _launch_paths(folder, cache, request)
     try:
-        return _launch(request, tmp, started, should_stop, lease, guardian)
+        return _launch(request, paths, started, should_stop, lease, guardian)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if scratch is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            shutil.rmtree(cache, ignore_errors=True)
+            for path in (paths.script, paths.marker, paths.results):
+                with contextlib.suppress(OSError):   # a marker left behind stops the next launch (_launch)
+                    _unlink(path)
+
+
+class _LaunchPaths(NamedTuple):
+    """Where one launch's files go: script, template copy, marker and results in the worker's
+    folder; the pool cache folder; the logs."""
+    script: Path
+    template: Path
+    marker: Path
+    results: Path
+    cache: Path
+    stdout: Path
+    stderr: Path
+
+
+def _launch_paths(folder: Path, cache: Path, request: LaunchRequest) -> _LaunchPaths:
+    return _LaunchPaths(folder / f"{request.job}_{request.obsid}.py", folder / "template.py", folder / "completed",
+                        folder / "results.jsonl", cache, request.log_dir / f"{request.obsid}.stdout",
+                        request.log_dir / f"{request.obsid}.stderr")
+
+
+def _unlink(path: Path) -> None:
+    """Remove a file if it is there (raises OSError for any other failure)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _not_started(reason: str, started: float) -> Launch:
     return Launch(Outcome(False, reason), time.monotonic() - started, LaunchEnd.NOT_STARTED)
 
 
-def _launch(request: LaunchRequest, tmp: Path, started: float, should_stop: Callable[[], int],
+def _launch(request: LaunchRequest, paths: _LaunchPaths, started: float, should_stop: Callable[[], int],
             lease: Callable[[], Lease], guardian: Guardian) -> Launch:
     hipe, obsid = request.hipe, request.obsid
-    script, marker, cache = tmp / f"{request.job}_{obsid}.py", tmp / "completed", tmp / "pool-cache"
-    template = tmp / "template.py"   # the text read at claim time, run under the template's own name
-    results_file = tmp / "results.jsonl"
-    stdout_path, stderr_path = request.log_dir / f"{obsid}.stdout", request.log_dir / f"{obsid}.stderr"
+    script, marker, cache, results_file = paths.script, paths.marker, paths.cache, paths.results
+    template = paths.template   # the text read at claim time, run under the template's own name
+    stdout_path, stderr_path = paths.stdout, paths.stderr
     command = hipe_command(hipe, cache, script)
     out = err = None
     try:
         try:
             check_room(request.log_dir)
-            cache.mkdir()
+            for leftover in (marker, results_file):
+                _unlink(leftover)   # an earlier launch's marker must never count for this one
             _write(template, request.template)
             _write(script, script_text(template, obsid, request.out_dir, request.job, marker, results_file,
                                        request.template_path))
             out, err = open_log(stdout_path), open_log(stderr_path)
         except OSError as e:
-            return _not_started(f"cannot write {e.filename or tmp}: {e.strerror}", started)
+            return _not_started(f"cannot write {e.filename or script.parent}: {e.strerror}", started)
         try:
             # HIPE writes straight into the log files (nothing held in memory), in a session of its own
             # so that a timeout, a stop or its guardian can kill its whole process group. The database

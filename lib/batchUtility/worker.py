@@ -132,6 +132,7 @@ class Worker:
         self.halted = False
         self.pid_start = process_start(os.getpid())
         self.guardian: Optional[Guardian] = None
+        self.scratch: Optional[Path] = None
         self.keeper: Optional[LeaseKeeper] = None
         self.quick_failures, self.failing_since = 0, 0.0
         self.template_version, self.template_changed = "", False
@@ -159,6 +160,7 @@ class Worker:
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         started = time.monotonic()
         try:
+            self._make_scratch()
             self._start_guard()
             self._loop()
             if self.stop_signal and not self.stop_said:   # one line per stopped worker, obsid or none
@@ -174,9 +176,18 @@ class Worker:
                                                   time.monotonic() - started, self.attempts))
             finally:
                 self._stop_guard()
+                if self.scratch is not None:
+                    shutil.rmtree(self.scratch, ignore_errors=True)
                 for s, handler in previous.items():
                     signal.signal(s, handler)
         return 128 + self.stop_signal if self.stop_signal else status
+
+    def _make_scratch(self) -> None:
+        """The temporary folder of this worker's launches (hipe.make_scratch), removed when it ends."""
+        try:
+            self.scratch = hipe.make_scratch(self.job)
+        except OSError as e:
+            raise BadInput(f"cannot create a temporary folder in {tempfile.gettempdir()}: {e.strerror}") from None
 
     def _start_guard(self) -> None:
         """The guardian (kills HIPE if this worker dies or cannot renew its lease in time) and the
@@ -296,7 +307,7 @@ class Worker:
         version = self._template_version(template)
         request = hipe.LaunchRequest(self.cfg.hipe, template, self.job, claim.obsid, self.dir / "output",
                                      self.dir / "log", template_path=self.template)
-        launch = hipe.run_obsid(request, lambda: self.stop_signal, self.keeper.state, self.guardian)
+        launch = hipe.run_obsid(request, lambda: self.stop_signal, self.keeper.state, self.guardian, self.scratch)
         return dataclasses.replace(launch, outcome=dataclasses.replace(launch.outcome, template=version))
 
     def _template_version(self, text: str) -> str:

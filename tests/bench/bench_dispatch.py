@@ -1,5 +1,6 @@
 """Dispatch cost: 2,000 obsids through the C HIPE stand-in, side by side in one run: xargs -P, GNU
-parallel -j, GNU parallel --sqlworker on MariaDB, `run` on SQLite, `run` on MariaDB; at 1, 8 and 32
+parallel -j, GNU parallel --sqlworker on MariaDB, `run` on SQLite, `run` on MariaDB (one `run -j N`
+command: N workers forked after the imports; N `run` processes for a --compare checkout without -j); at 1, 8 and 32
 workers; the median of 3 repetitions (1 with --quick), the tools interleaved within each repetition
 so that a change of load on the shared machine hits all of them alike.
 
@@ -14,7 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import BIN, CpuMeter, commit_of, load_average, md_table, median, obsids, record, start_workers, wait_workers
+from common import (BIN, CpuMeter, commit_of, has_run_j, load_average, md_table, median, obsids, record, start_workers,
+                    wait_workers)
 
 WORKERS = (1, 8, 32)
 TOOLS = ("xargs -P", "parallel -j", "parallel --sqlworker (MariaDB)", "run (SQLite)", "run (MariaDB)")
@@ -131,7 +133,11 @@ def main(suite, args):
         rows.append([n] + [f"{median(walls[t, n]):.1f} s" for t in tools])
     rows_ms = [[n] + [f"{median(walls[t, n]) * 1000 / n_obsids:.1f} / {median(cpus[t, n]) * 1000 / n_obsids:.1f}"
                       for t in tools] for n in workers]
-    body = (f"{n_obsids:,} obsids, C stand-in, median of {suite.reps} run(s) per cell, all tools in the same session.\n\n"
+    how = {t: "one `run -j N` (N workers forked after the imports)" if has_run_j(state["bins"].get(t, BIN))
+           else "N `run` processes" for t in tools if t.startswith("run")}
+    started = "; ".join(f"{t}: {h}" for t, h in how.items())
+    body = (f"{n_obsids:,} obsids, C stand-in, median of {suite.reps} run(s) per cell, all tools in the same session. "
+            f"Workers of `run` started as: {started}.\n\n"
             "Wall seconds:\n\n" + md_table(["workers", *tools], rows) +
             "\n\nPer obsid, milliseconds of wall / of CPU (every process: tool, workers, stand-ins, MariaDB server):\n\n"
             + md_table(["workers", *tools], rows_ms))

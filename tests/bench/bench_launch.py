@@ -10,6 +10,7 @@ to the worker loop itself. Wall and CPU milliseconds (this process and its child
 """
 import inspect
 import resource
+import shutil
 import subprocess
 import time
 
@@ -46,6 +47,10 @@ def _launcher(cfg, folder):
         closers.append(getattr(guardian, "close", None) or getattr(guardian, "stop", None))
     else:
         extra = {"tick": lambda: Lease.HELD, "tick_every": 3600.0}
+    if "scratch" in params:   # the worker's temporary folder, made once per worker
+        scratch = hipe.make_scratch("launch")
+        extra["scratch"] = scratch
+        closers.append(lambda: shutil.rmtree(scratch, ignore_errors=True))
 
     def launch(i):
         request = hipe.LaunchRequest(cfg.hipe, template, "launch", 1342000000 + i, out, log)

@@ -45,19 +45,20 @@ def template(pipetimes, scale) -> str:
 
 
 def makespan(env, job):
-    """(makespan in the database's clock, attempts recorded, obsids done)."""
+    """(makespan in the database's clock, attempts recorded, obsids done, last worker's start delay,
+    seconds of all attempts together (claim to outcome))."""
     with env.server.admin(env.db) as c:
         cur = c.cursor()
         cur.execute(f"SELECT SUM(state = 'done') FROM `{job}`")
         done = cur.fetchone()[0]
         # Every attempt is in the history (done, failed, stopped, lost): the first claim to the last outcome.
-        cur.execute(f"SELECT MAX(ended) - MIN(started), COUNT(*), MIN(started) FROM `{job}__attempts`")
-        span, attempts, first = cur.fetchone()
+        cur.execute(f"SELECT MAX(ended) - MIN(started), COUNT(*), MIN(started), SUM(ended - started) FROM `{job}__attempts`")
+        span, attempts, first, busy = cur.fetchone()
         # How late the last worker started: its first claim after the job's first claim (slots idle meanwhile).
-        cur.execute(f"SELECT MAX(f) - {float(first)!r} FROM (SELECT MIN(started) AS f FROM `{job}__attempts`"
-                    " GROUP BY host, pid) w")
-        spread = float(cur.fetchone()[0])
-    return float(span), int(attempts), int(done), spread
+        cur.execute(f"SELECT MAX(f) - {float(first)!r}, AVG(f) - {float(first)!r} FROM (SELECT MIN(started) AS f "
+                    f"FROM `{job}__attempts` GROUP BY host, pid) w")
+        spread, mean_start = map(float, cur.fetchone())
+    return float(span), int(attempts), int(done), (spread, mean_start), float(busy)
 
 
 def run_through_workers(env, job, slots):
@@ -96,9 +97,16 @@ def main(suite, args):
             assert r.returncode == 0, r.stderr
             env.template(job, template(pipetimes, scale))
             m = way(env, job, slots)
-            span, attempts, done, spread = makespan(env, job)
+            span, attempts, done, spread, busy = makespan(env, job)
+            # Where the slots' time went: HIPE's own sleeps, the launch overhead on top of them (claim
+            # to outcome, per attempt), and the rest (start-up, between an outcome and the next claim, the tail).
+            overhead = (busy - sum(durations)) / max(1, attempts)
+            if busy < 0.99 * sum(durations):
+                raise RuntimeError(f"{label}: the attempts took {busy:.0f} s in all, less than the "
+                                   f"{sum(durations):.0f} s of sleeps: the stand-in did not sleep")
             rows.append([slots, label, f"{bound:.2f} s", f"{span:.2f} s", f"{span / bound:.4f}",
-                         f"{spread:.2f} s", f"{m.wall:.2f} s", f"{done}/{len(durations)}", attempts,
+                         f"{spread[1]:.2f} / {spread[0]:.2f} s", f"{overhead * 1000:.0f} ms", f"{busy / (slots * span):.1%}",
+                         f"{m.wall:.2f} s", f"{done}/{len(durations)}", attempts,
                          f"{(m.cpu + m.server_cpu) / len(durations) * 1000:.0f} ms"])
             print(f"  {slots} slots, {label}: makespan {span:.2f} s, bound {bound:.2f} s, ratio {span / bound:.4f},"
                   f" wall {m.wall:.1f} s (load {load_average()})", flush=True)
@@ -112,9 +120,10 @@ def main(suite, args):
     body = (f"{len(durations):,} obsids of the 2014 dump on MariaDB, each sleeping pipetime / {scale:g} "
             f"(total {sum(durations):,.1f} s, longest {max(durations):.2f} s); C stand-in; claim order longest first "
             f"(expected = pipetime). Makespan: first claim to last outcome, database clock. "
-            f"CPU: every process (workers, mpirun, stand-ins, MariaDB) per obsid.\n\n"
-            + md_table(["slots", "(through", "lower bound", "makespan", "ratio", "last worker's first claim",
-                        "launcher wall", "done", "attempts", "CPU/obsid"], rows)
+            f"CPU: every process (workers, mpirun, stand-ins, MariaDB) per obsid. Overhead per attempt: claim to "
+            f"outcome minus the sleep; slots busy: all attempts' claim-to-outcome seconds / (slots x makespan).\n\n"
+            + md_table(["slots", "(through", "lower bound", "makespan", "ratio", "workers' first claims, mean / last",
+                        "overhead per attempt", "slots busy", "launcher wall", "done", "attempts", "CPU/obsid"], rows)
             + "\n\nSimulated on the same pipetimes, no cost per obsid (makespan / lower bound):\n\n"
             + md_table(["slots", "lower bound", "obsid order (the original's)", "longest first (this tool)"], sim))
     record(f"Makespan replay of the 2014 reprocessing (pipetime / {scale:g})", body, started_load)

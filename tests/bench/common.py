@@ -216,10 +216,18 @@ def wait_workers(procs, timeout=3600):
     """Wait for every worker; raise naming the first one that failed."""
     deadline = time.monotonic() + timeout
     errors = []
-    for p in procs:
-        _, err = p.communicate(timeout=max(1, deadline - time.monotonic()))
-        if p.returncode != 0:
-            errors.append(f"worker exit {p.returncode}: {err.strip()[-500:]}")
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=max(1, deadline - time.monotonic()))
+            if p.returncode != 0:
+                errors.append(f"worker exit {p.returncode}: {err.strip()[-500:]}")
+    except BaseException:   # the suite stopped (Ctrl-C, SIGTERM) or timed out: no worker outlives it
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait(60)
+        raise
     if errors:
         raise RuntimeError(errors[0])
 

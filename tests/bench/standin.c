@@ -1,8 +1,9 @@
 /* A HIPE stand-in for benchmarks: HIPE's command line (`hipe [-properties K=V ...] SCRIPT`), and only
  * what success needs. lib/batchUtility/hipe.py judges a launch by exit status 0 and the completion
  * marker that the script's appended last line, open("MARKER", "w").close(), would create: this
- * program creates that marker. If the script holds a Python dict `SLEEPS = {OBSID: SECONDS, ...}`,
- * it first sleeps the seconds given for the script's `obsid=` (the makespan replay).
+ * program creates that marker. If the template the script runs (exec(compile(open("TEMPLATE"...)))
+ * holds a Python dict `SLEEPS = {OBSID: SECONDS, ...}`, it first sleeps the seconds given for the
+ * script's `obsid=` (the makespan replay).
  * Built by tests/bench/common.py with gcc into a temporary folder. */
 #include <fcntl.h>
 #include <stdio.h>
@@ -25,15 +26,10 @@ static char *read_all(const char *path) {
     return buf;
 }
 
-/* The path in the last non-blank line, open("...", "w").close(), with Python 2 escapes undone. */
-static char *marker_path(char *text) {
-    char *end = text + strlen(text);
-    while (end > text && (end[-1] == '\n' || end[-1] == '\r' || end[-1] == ' ')) end--;
-    char *line = end;
-    while (line > text && line[-1] != '\n') line--;
-    if (strncmp(line, "open(\"", 6) != 0) return NULL;
-    char *out = malloc(end - line), *o = out;
-    for (char *p = line + 6; p < end && *p != '"'; p++) {
+/* The string literal starting at `start` (just after its opening quote), with Python 2 escapes undone. */
+static char *unquote(const char *start, const char *end) {
+    char *out = malloc(end - start + 1), *o = out;
+    for (const char *p = start; p < end && *p != '"'; p++) {
         if (*p == '\\' && p + 1 < end) {
             p++;
             *o++ = *p == 'n' ? '\n' : *p == 'r' ? '\r' : *p;
@@ -45,12 +41,28 @@ static char *marker_path(char *text) {
     return out;
 }
 
+/* The path in the last non-blank line, open("...", "w").close(). */
+static char *marker_path(char *text) {
+    char *end = text + strlen(text);
+    while (end > text && (end[-1] == '\n' || end[-1] == '\r' || end[-1] == ' ')) end--;
+    char *line = end;
+    while (line > text && line[-1] != '\n') line--;
+    if (strncmp(line, "open(\"", 6) != 0) return NULL;
+    return unquote(line + 6, end);
+}
+
+/* SLEEPS is in the template, which the script runs with exec(compile(open("TEMPLATE", "rb").read(), ...)). */
 static void maybe_sleep(const char *text) {
-    const char *sleeps = strstr(text, "SLEEPS = {"), *o = strstr(text, "\nobsid=");
-    if (!sleeps || !o) return;
+    const char *o = strstr(text, "\nobsid="), *exec = strstr(text, "exec(compile(open(\"");
+    if (!o || !exec) return;
+    exec += strlen("exec(compile(open(\"");
+    char *template = read_all(unquote(exec, exec + strlen(exec)));
+    const char *sleeps = strstr(template, "SLEEPS = {");
+    if (!sleeps) return;
     char key[40];
-    snprintf(key, sizeof key, " %lld: ", atoll(o + 7));
-    const char *at = strstr(sleeps, key);
+    snprintf(key, sizeof key, "%lld: ", atoll(o + 7));
+    const char *at = sleeps + strlen("SLEEPS = ");
+    while ((at = strstr(at + 1, key)) && at[-1] != ' ' && at[-1] != '{') {}   /* a whole key, the first one too */
     if (!at) return;
     double seconds = atof(at + strlen(key));
     struct timespec ts = {(time_t)seconds, (long)((seconds - (time_t)seconds) * 1e9)};
