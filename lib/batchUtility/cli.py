@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -297,6 +298,9 @@ def _watch(table, args: argparse.Namespace) -> int:
         raise BadInput(f"--watch {args.watch:g}: give a number of seconds above 0")
     terminal = sys.stdout.isatty()
     drawn = 0
+    # Ctrl-C ends a watch whatever the parent left: a script's background job starts with SIGINT
+    # ignored, and Python then raises no KeyboardInterrupt (workers set their handlers likewise).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             text, counts = _status(table, args.job, args.failures, args.hosts)
