@@ -38,6 +38,7 @@ def test_version():
     assert r.returncode == 0 and re.fullmatch(r"BatchProcess\.py \d+\.\d+\.\d+\n", r.stdout), r
 
 
+@pytest.mark.slow
 def test_config_alone_gives_the_root(batch, tmp_path):
     """No HIPE_BATCH_ROOT: --config's folder is the root, or its parent when that folder is bin/."""
     env = batch.env()
@@ -208,6 +209,7 @@ def test_a_killed_worker_frees_its_slot(sqlite_batch):
         first.communicate(timeout=60)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_worker_and_puts_their_obsids_back(batch):
     batch.template("j", "import time\ntime.sleep(120)\n")
     batch.cli("j", "new", batch.obsid_file([1, 2, 3, 4]))
@@ -243,6 +245,7 @@ def quiet_runs(batch):
             ("j", "reset", "--stale", "-q")]
 
 
+@pytest.mark.slow
 def test_quiet_prints_nothing_when_all_is_well(batch):
     batch.template("j", OK_TEMPLATE)
     for args in quiet_runs(batch):
@@ -251,6 +254,7 @@ def test_quiet_prints_nothing_when_all_is_well(batch):
     assert [row["state"] for row in batch.table("j").rows()] == ["done"] * 3
 
 
+@pytest.mark.slow
 def test_quiet_speaks_when_something_needs_a_person(batch):
     batch.template("j", "if obsid == 2:\n    raise ValueError('bad calibration')\n")
     batch.cli("j", "new", batch.obsid_file([1, 2, 3]))
@@ -273,6 +277,7 @@ def test_max_time_values(text, seconds):
     assert duration(text) == seconds
 
 
+@pytest.mark.slow
 def test_max_time_stops_claiming_and_lets_the_running_obsid_finish(batch):
     batch.template("j", "import time\ntime.sleep(1.5)\n")
     batch.cli("j", "new", batch.obsid_file(range(1, 9)))
@@ -286,6 +291,7 @@ def test_max_time_stops_claiming_and_lets_the_running_obsid_finish(batch):
     assert r.returncode == 2 and "--max-time" in r.stderr and "soon" in r.stderr
 
 
+@pytest.mark.slow
 def test_exit_statuses_are_job_level(batch):
     """0 every obsid done, 1 some failed or left, 2 bad input; the same for run and run -j."""
     batch.template("j", "if obsid == 2:\n    raise ValueError('no')\n")
@@ -322,6 +328,7 @@ def test_retry_errors_yes_retries_script_errors(batch):
     assert batch.calls_list() == [5, 5, 5]
 
 
+@pytest.mark.slow
 def test_hipe_killed_by_a_signal_we_did_not_send_is_retried(batch):
     """The kernel's OOM killer, say: not the script's fault; retried, and done the second time."""
     batch.template("j", "import os, signal\n"
@@ -442,6 +449,7 @@ def test_verbose_logs_sql_timing_and_claims(batch):
     assert re.search(r"DEBUG .*sql .* \d+\.\d ms", r.stderr) and re.search(r"DEBUG .*claimed obsid 1", r.stderr), r.stderr
 
 
+@pytest.mark.slow
 def test_an_unreachable_database_is_named_with_its_port_and_the_time_really_waited(sqlite_batch):
     """A port where nothing listens (bound, so nobody else takes it meanwhile): exit 3, one error line
     naming host and port, and the seconds it says it waited are the seconds it took."""
@@ -495,6 +503,7 @@ def reading_stdin(pid):
         return False
 
 
+@pytest.mark.slow
 def test_overlapping_new_add_create_the_job_once(batch):
     """Two cron lines firing at once both create the job with `new --add -`: neither fails or drops it."""
     batch.template("j", OK_TEMPLATE)

@@ -794,6 +794,7 @@ def test_sqlite_file_replaced_mid_run_stops_the_worker(sqlite_batch, reaper):
 
 
 # ----------------------------------------------------------------------------- provenance
+@pytest.mark.slow
 def test_each_attempt_records_the_template_version(batch, reaper):
     """Each attempt records its template's content hash; `status --obsid` shows it; a template
     changed mid-run is logged once, and the attempts after it carry the new version. A template

@@ -133,6 +133,7 @@ def test_killed_worker_takes_hipe_group_down(worker_program):
     wait_for(lambda: state(info["guardian"]) in (None, "Z"), 10, "the guardian to exit")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGSTOP_worker", "SIGSTOP_its_group"])
 def test_frozen_worker_is_fenced(worker_program, how):
     """The worker frozen (SIGSTOP to it, or to its whole process group as Ctrl-Z does) stops
@@ -154,6 +155,7 @@ def test_frozen_worker_is_fenced(worker_program, how):
     assert proc.wait(10) == 0
 
 
+@pytest.mark.slow
 def test_live_worker_renewing_its_deadline_is_left_alone(worker_program):
     """A worker renewing a 0.5 s deadline every 0.1 s keeps its HIPE for far longer than that."""
     proc, info = worker_program(window=0.5)
@@ -184,6 +186,7 @@ def test_normal_finish_kills_nothing(guardian):
         kill_group(proc.pid)
 
 
+@pytest.mark.slow
 def test_one_guardian_serves_many_launches(guardian):
     """300 launches through one guardian process, none killed; then a fenced one, and after a new
     deadline an unfenced one again: the same guardian all along."""

@@ -275,6 +275,7 @@ def test_launcher_stopped(mysql_batch, reaper, how):
     wait_for(lambda: not reaper.ours(), 30, "every worker and HIPE to be gone")
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_ctrl_c_while_python_starts(sqlite_batch, reaper):
     """Ctrl-C the moment bin/BatchProcess_mpi.sh has become Python (the signal held from before

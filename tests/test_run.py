@@ -90,6 +90,7 @@ def test_success_needs_exit_zero_and_the_end_of_the_script(batch, template, exit
     assert "1 of 1" not in batch.cli("f", "status").stdout
 
 
+@pytest.mark.slow
 def test_hipe_killed_by_a_signal(batch):
     batch.template("k", OK)
     batch.write_cfg(hipe={"command": "/bin/sh -c 'kill -9 $$' hipe"}, run={"max_attempts": "1"})
