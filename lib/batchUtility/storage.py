@@ -970,11 +970,25 @@ class SQLiteJobTable(JobTable):
         conn = sqlite3.connect(str(path), timeout=self.call_timeout, isolation_level=None)
         self._identity = self._identity or _file_identity(path)
         conn.execute(f"PRAGMA busy_timeout = {int(self.call_timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")   # readers (status) never block the workers, nor a writer them
+        self._switch_to_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
     _identity: Optional[Tuple[int, int]] = None   # (st_dev, st_ino) of the file when first opened
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> None:
+        """WAL: readers (status) never block the workers, nor a writer them. The switch does not wait
+        on busy_timeout: while another connection switches the same new file (two `new` at once), it
+        fails at once with "database is locked", which is no trouble to warn about: try again."""
+        deadline = time.monotonic() + self.call_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if not self._is_transient(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _begin(self, cur: Any, write: bool) -> None:
         # A file deleted or replaced under the workers: without this check they would go on writing
