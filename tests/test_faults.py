@@ -448,6 +448,85 @@ def test_worker_out_of_file_descriptors_stops_without_failing_obsids(batch, reap
     assert_exactly_once(env, obsids)
 
 
+class ProcessLimit:
+    """A cgroup (v1 pids controller) whose processes can start no more processes or threads: what a
+    node at its process limit does (root ignores RLIMIT_NPROC)."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def freeze(self, pid):
+        """Move a running process in, limited to the processes and threads it has now."""
+        (self.group / "cgroup.procs").write_text(str(pid))
+        (self.group / "pids.max").write_text((self.group / "pids.current").read_text())
+
+    def enter(self):
+        """preexec_fn: the child starts inside, unable to fork (the limit counts it alone)."""
+        (self.group / "pids.max").write_text("1")
+        (self.group / "cgroup.procs").write_text(str(os.getpid()))
+
+
+@contextlib.contextmanager
+def process_limit(name):
+    group = Path("/sys/fs/cgroup/pids") / f"batch-test-{name}-{os.getpid()}"
+    try:
+        group.mkdir()
+    except OSError as e:
+        pytest.skip(f"no pids cgroup to limit processes with ({e})")
+    try:
+        yield ProcessLimit(group)
+    finally:
+        (group / "pids.max").write_text("max")
+        for pid in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):   # gone meanwhile
+                Path("/sys/fs/cgroup/pids/cgroup.procs").write_text(pid)
+        wait_for(lambda: not (group / "cgroup.procs").read_text().split(), 30, "the limited processes to leave")
+        group.rmdir()
+
+
+@pytest.mark.slow
+def test_worker_that_cannot_start_processes_stops_without_failing_obsids(batch, reaper):
+    """A node at its process limit (fork and thread creation fail with EAGAIN) while a worker runs:
+    the worker finishes what it runs, puts the next obsid back uncounted and stops with one line,
+    exit 2, no traceback; it does not fail the job's obsids. A healthy run then finishes the job."""
+    env = batch
+    obsids = [OBSID, OBSID + 1, OBSID + 2, OBSID + 3]
+    env.template("j", probe(first=None))
+    new_job(env, obsids)
+    w = Worker(env, reaper, "w")
+    wait_first_run(env, reaper)
+    with process_limit("fork") as limit:
+        limit.freeze(w.pid)
+        go(env)
+        assert w.wait(60) == 2, w.err()
+    errors = [x for x in w.err().splitlines() if x.startswith("BatchProcess.py: error: ")]
+    assert len(errors) == 1 and "Resource temporarily unavailable" in errors[0], w.err()
+    assert "Traceback" not in w.err()
+    rows = env.table("j").rows()
+    assert sorted(r["state"] for r in rows) == ["done", "pending", "pending", "pending"], rows
+    assert all(r["attempts"] == 0 for r in rows if r["state"] == "pending")
+    r = env.cli("j", "run", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert_exactly_once(env, obsids)
+
+
+@pytest.mark.parametrize("workers", [[], ["-j", "2"]], ids=["run", "run-j2"])
+def test_run_on_a_node_that_cannot_start_processes(batch, reaper, workers):
+    """`run` (it forks its guardian) and `run -j 2` (it forks its workers) where no process can be
+    started: one line that says so, exit 2, no traceback, no obsid claimed."""
+    env = batch
+    new_job(env, [OBSID, OBSID + 1])
+    with process_limit("start") as limit:
+        p = reaper.popen(env.popen("j", "run", *workers, preexec_fn=limit.enter))
+        assert p.wait(60) == 2
+        err = p.stderr.read()
+    errors = [x for x in err.splitlines() if x.startswith("BatchProcess.py: error: ")]
+    assert len(errors) == 1 and "Resource temporarily unavailable" in errors[0], err
+    assert ("the guardian" if not workers else "worker of slot 1/2 and the 1 after it") in errors[0], err
+    assert "Traceback" not in err
+    assert [(r["state"], r["attempts"], r["token"]) for r in env.table("j").rows()] == [("pending", 0, None)] * 2
+
+
 @pytest.mark.slow
 def test_black_hole_worker_stops_while_others_succeed(batch, reaper, tmp_path):
     """A worker whose HIPE fails at once every time (a broken Java on its host) while another

@@ -134,12 +134,24 @@ class LocalRun:
         if self._shows_progress():
             self.relay = TerminalRelay(self._figures)
         unforked = dict(slots)
+        not_started: List[int] = []
         for rank, fd in slots.items():
             del unforked[rank]
             if self.stop_signal:
                 os.close(fd)
                 continue
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as e:   # the node is at its process limit (EAGAIN) or out of memory
+                # The workers started run the job; the others are not tried again (they would fail
+                # alike), and the run's status says so.
+                for left in (fd, *unforked.values()):
+                    os.close(left)
+                others = f" and the {len(unforked)} after it" if unforked else ""
+                print(f"BatchProcess.py: error: [{self.host}] cannot start the worker of slot {rank}/{self.size}{others}: "
+                      f"fork: {e.strerror}", file=sys.stderr)
+                not_started.append(2)
+                break
             if pid == 0:
                 self.children = {}   # a signal in the worker must not reach its siblings
                 if self.relay is not None:
@@ -150,10 +162,10 @@ class LocalRun:
             os.close(fd)   # the worker's copy alone holds the slot from now on
             self.children[pid] = rank
         if self.relay is None:
-            return self._wait()
+            return not_started + self._wait()
         self.relay.start()
         try:
-            return self._wait()
+            return not_started + self._wait()
         finally:
             self.relay.finish()
 
