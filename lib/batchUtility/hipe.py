@@ -207,7 +207,8 @@ def _launch(request: LaunchRequest, script: Path, cache: Path, started: float, s
             _write(template, request.template)
             _write(script, script_text(template, obsid, request.out_dir, request.job, marker, results_file,
                                        request.template_path))
-            out, err = open_log(stdout_path), open_log(stderr_path)
+            out = open_log(stdout_path)   # one at a time: a failed second open must not lose the first fd
+            err = open_log(stderr_path)
         except OSError as e:
             return _not_started(f"cannot write {e.filename or script.parent}: {e.strerror}", started)
         try:
