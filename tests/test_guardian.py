@@ -4,6 +4,7 @@ A "worker" here is either this test process holding a Guardian, or a small Pytho
 starts one, launches a process group like HIPE's (a leader and a grandchild, both sleeping) and
 then renews its fence deadline every 0.1 s until told otherwise; the tests kill or freeze it.
 """
+import ctypes
 import fcntl
 import json
 import os
@@ -269,3 +270,22 @@ def test_forked_guardian_keeps_none_of_the_workers_descriptors(tmp_path):
     finally:
         g.close()
     assert g.proc.returncode == 0
+
+
+def test_a_worker_with_a_native_thread_runs_its_guardian_as_a_fresh_interpreter():
+    """A thread Python does not know of (Open MPI starts such threads in an MPI rank) makes forking
+    unsafe: the guardian is then started as a program of its own, and guards as well."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    thread = ctypes.c_ulong()
+    assert libc.pthread_create(ctypes.byref(thread), None, ctypes.cast(libc.pause, ctypes.c_void_p), None) == 0
+    try:
+        g = Guardian()
+        try:
+            assert Path(f"/proc/{g.pid}/comm").read_text().strip() != "hipe-guardian", "forked beside a native thread"
+            assert g.alive()
+        finally:
+            g.close()
+        assert g.proc.returncode == 0
+    finally:
+        libc.pthread_cancel(thread)   # pause() is a cancellation point
+        libc.pthread_join(thread, None)

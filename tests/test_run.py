@@ -90,6 +90,18 @@ def test_success_needs_exit_zero_and_the_end_of_the_script(batch, template, exit
     assert "1 of 1" not in batch.cli("f", "status").stdout
 
 
+def test_the_last_launchs_end_marker_never_counts_for_the_next(batch):
+    """A worker's launches share its temporary folder: obsid 1 runs to its end (its marker written),
+    then obsid 2's script stops early with exit 0. That is not a success."""
+    batch.template("m", "import sys\nif obsid == 2:\n    sys.exit(0)\n")
+    batch.write_cfg(run={"max_attempts": "1"})
+    batch.cli("m", "new", batch.obsid_file([1, 2]))
+    assert batch.cli("m", "run").returncode == 1
+    assert batch.calls_list() == [1, 2]   # in this order, one worker
+    rows = {r["obsid"]: (r["state"], r["reason"]) for r in batch.table("m").rows()}
+    assert rows == {1: ("done", None), 2: ("failed", "script stopped before its end though HIPE exited 0")}, rows
+
+
 @pytest.mark.slow
 def test_hipe_killed_by_a_signal(batch):
     batch.template("k", OK)

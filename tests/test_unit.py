@@ -8,6 +8,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from support import Reaper, pid_alive, wait_for
 
 from batchUtility import config, report, storage
 from batchUtility.errors import BadInput
-from batchUtility.hipe import _last_words, _verdict, hipe_command, keep_previous, py2_string, script_text
+from batchUtility.hipe import _last_words, _verdict, hipe_command, keep_previous, make_scratch, py2_string, script_text
 from batchUtility.obsids import read_obsids
 from batchUtility.slot import Slot, current_slot
 from batchUtility.model import Outcome, check_identifier
@@ -341,6 +342,21 @@ def test_hipe_command():
     assert hipe_command(hipe, Path("/cache"), Path("/tmp/s.py")) == [
         "/opt/hipe", "--batch", "-properties", "java.vm.memory.max=4g", "hcss.ia.pal.pool.cache.dir=/cache",
         "a=1", "b=two words", "/tmp/s.py"]
+
+
+def test_the_workers_temporary_folder_is_made_in_tmpdir_whatever_tempfile_chose(tmp_path, monkeypatch):
+    """$TMPDIR is honoured where the folder is made, not only after a check that happened to run
+    first: tempfile caches its first choice (and falls back to /tmp from a TMPDIR it cannot use)."""
+    chosen = tmp_path / "scratch-disk"
+    chosen.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # what tempfile chose before TMPDIR was set
+    monkeypatch.setenv("TMPDIR", str(chosen))
+    folder = make_scratch("j")
+    assert folder.parent == chosen and folder.name.startswith("hipe-batch-j-")
+    folder.rmdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "gone"))      # not there: an error naming it, not /tmp
+    with pytest.raises(FileNotFoundError, match="gone"):
+        make_scratch("j")
 
 
 def test_keep_previous(tmp_path):

@@ -21,9 +21,10 @@ learns why HIPE died. The guardian is forked from the worker (about 1 ms, agains
 CPU for a fresh interpreter: at 64 workers on 2 cores, the difference was most of a second before
 the last worker's first claim). The forked guardian keeps nothing of the worker but its two pipe
 ends; it then sleeps in select() until a line or a deadline comes. Forking is only safe while the
-worker has a single thread; otherwise (or when an interpreter is named) this file is run as the
-guardian's program instead (`python -S -I guardian.py`), which imports nothing but the standard
-library's smallest modules.
+worker has a single thread, native ones counted (an MPI rank has Open MPI's, which Python does not
+see: one could hold a lock the forked guardian then waits on for good); otherwise (or when an
+interpreter is named) this file is run as the guardian's program instead (`python -S -I
+guardian.py`), which imports nothing but the standard library's smallest modules.
 """
 import fcntl
 import os
@@ -153,7 +154,7 @@ class Guardian:
         commands_r, self._commands = os.pipe()
         self._replies, replies_w = os.pipe()
         try:
-            if python is None and threading.active_count() == 1:
+            if python is None and _one_thread():
                 self.proc = _fork_guardian(commands_r, replies_w)
             else:
                 self.proc = _exec_guardian(python or sys.executable, commands_r, replies_w)
@@ -236,13 +237,21 @@ class Guardian:
             os.close(commands)
         try:
             self.proc.wait(timeout=timeout)
-        except Exception:   # subprocess.TimeoutExpired: a frozen guardian
+        except Exception:   # subprocess.TimeoutExpired or TimeoutError (_Forked): a frozen guardian
             self.proc.kill()
             self.proc.wait()
         self._read_replies()
         if self._replies is not None:
             os.close(self._replies)
             self._replies = None
+
+
+def _one_thread():
+    """Whether this process has one thread, native ones included (threading counts Python's only)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
 
 
 def _exec_guardian(python, commands_r, replies_w):

@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, Dict, List, Optional
 
 from . import results
 from .config import PASSWORD_ENV, HipeSettings
@@ -133,14 +133,23 @@ def open_log(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
 
 
+def temporary_folder() -> Path:
+    """Where launches put their temporaries: $TMPDIR when set, else tempfile's choice. Python's
+    tempfile would silently take /tmp instead of a $TMPDIR that is full, gone or read-only, and an
+    operator who pointed TMPDIR at a node's scratch disk must hear of it, not find /tmp filled."""
+    chosen = os.environ.get("TMPDIR")
+    return Path(os.path.abspath(chosen)) if chosen else Path(tempfile.gettempdir())
+
+
 def make_scratch(job: str) -> Path:
-    """A worker's temporary folder for its launches, in TMPDIR, made once (raises OSError): each
-    launch writes its script, template copy and marker there, and makes only its pool cache folder."""
-    return Path(tempfile.mkdtemp(prefix=f"hipe-batch-{job}-"))
+    """A worker's temporary folder for its launches, in temporary_folder(), made once (raises
+    OSError): each launch writes its script, template copy and marker there, and makes only its
+    pool cache folder."""
+    return Path(tempfile.mkdtemp(prefix=f"hipe-batch-{job}-", dir=temporary_folder()))
 
 
 def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Callable[[], Lease],
-              guardian: Guardian, scratch: Optional[Path] = None) -> Launch:
+              guardian: Guardian, scratch: Path) -> Launch:
     """Run HIPE once for the request's obsid, streaming its output to log_dir/OBSID.stdout and .stderr.
 
     HIPE runs as a process group of its own, watched by the worker's guardian (which kills it if
@@ -150,51 +159,24 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Cal
     what the heartbeat thread found, so no database call ever delays a stop or a timeout.
     Anything that keeps HIPE from starting (no HIPE, no file descriptors, processes, memory or
     disk space) ends as NOT_STARTED: a fault of this worker's setup, not of the obsid.
-    scratch: the worker's temporary folder (make_scratch); without one, a folder is made for this
-    launch only. Temporaries are removed whatever happens: the launch's script, marker, results and
-    fresh pool cache folder (and a folder made for this launch). The template's copy stays in the
-    worker's folder, to be overwritten by the next launch rather than created anew: on a busy disk
-    each file created costs an inode allocation (at 32 workers, ext4_create and ext4_mkdir were about
-    40 % of the workers' CPU), so a launch creates two fewer (no folder of its own, no new template copy).
+    scratch: the worker's temporary folder (make_scratch). The launch's script and fresh pool cache
+    folder are removed whatever happens; the template's copy, marker and results stay in the worker's
+    folder until the next launch overwrites or removes them (or the worker removes the folder): on a
+    busy disk each file created costs an inode allocation (at 32 workers, ext4_create and ext4_mkdir
+    were about 40 % of the workers' CPU), so a launch creates as few as it can.
     """
     started = time.monotonic()
-    folder = scratch
     try:
-        if folder is None:
-            folder = make_scratch(request.job)
-        cache = Path(tempfile.mkdtemp(prefix="pool-cache-", dir=folder))
+        cache = Path(tempfile.mkdtemp(prefix="pool-cache-", dir=scratch))
     except OSError as e:
-        return _not_started(f"cannot create a temporary folder in {scratch or tempfile.gettempdir()}: {e.strerror}",
-                            started)
-    paths = _launch_paths(folder, cache, request)
+        return _not_started(f"cannot create a temporary folder in {scratch}: {e.strerror}", started)
+    script = scratch / f"{request.job}_{request.obsid}.py"
     try:
-        return _launch(request, paths, started, should_stop, lease, guardian)
+        return _launch(request, script, cache, started, should_stop, lease, guardian)
     finally:
-        if scratch is None:
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            shutil.rmtree(cache, ignore_errors=True)
-            for path in (paths.script, paths.marker, paths.results):
-                with contextlib.suppress(OSError):   # a marker left behind stops the next launch (_launch)
-                    _unlink(path)
-
-
-class _LaunchPaths(NamedTuple):
-    """Where one launch's files go: script, template copy, marker and results in the worker's
-    folder; the pool cache folder; the logs."""
-    script: Path
-    template: Path
-    marker: Path
-    results: Path
-    cache: Path
-    stdout: Path
-    stderr: Path
-
-
-def _launch_paths(folder: Path, cache: Path, request: LaunchRequest) -> _LaunchPaths:
-    return _LaunchPaths(folder / f"{request.job}_{request.obsid}.py", folder / "template.py", folder / "completed",
-                        folder / "results.jsonl", cache, request.log_dir / f"{request.obsid}.stdout",
-                        request.log_dir / f"{request.obsid}.stderr")
+        shutil.rmtree(cache, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            script.unlink()
 
 
 def _unlink(path: Path) -> None:
@@ -209,23 +191,24 @@ def _not_started(reason: str, started: float) -> Launch:
     return Launch(Outcome(False, reason), time.monotonic() - started, LaunchEnd.NOT_STARTED)
 
 
-def _launch(request: LaunchRequest, paths: _LaunchPaths, started: float, should_stop: Callable[[], int],
+def _launch(request: LaunchRequest, script: Path, cache: Path, started: float, should_stop: Callable[[], int],
             lease: Callable[[], Lease], guardian: Guardian) -> Launch:
-    hipe, obsid = request.hipe, request.obsid
-    script, marker, cache, results_file = paths.script, paths.marker, paths.cache, paths.results
-    template = paths.template   # the text read at claim time, run under the template's own name
-    stdout_path, stderr_path = paths.stdout, paths.stderr
+    hipe, obsid, folder = request.hipe, request.obsid, script.parent
+    marker, results_file = folder / "completed", folder / "results.jsonl"
+    template = folder / "template.py"   # the text read at claim time, run under the template's own name
+    stdout_path, stderr_path = request.log_dir / f"{obsid}.stdout", request.log_dir / f"{obsid}.stderr"
     command = hipe_command(hipe, cache, script)
     out = err = None
     try:
         try:
             check_room(request.log_dir)
             for leftover in (marker, results_file):
-                _unlink(leftover)   # an earlier launch's marker must never count for this one
+                _unlink(leftover)   # the last launch's marker and results must never count for this one
             _write(template, request.template)
             _write(script, script_text(template, obsid, request.out_dir, request.job, marker, results_file,
                                        request.template_path))
-            out, err = open_log(stdout_path), open_log(stderr_path)
+            out = open_log(stdout_path)   # one at a time: a failed second open must not lose the first fd
+            err = open_log(stderr_path)
         except OSError as e:
             return _not_started(f"cannot write {e.filename or script.parent}: {e.strerror}", started)
         try:

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, TextIO
@@ -80,17 +79,7 @@ def check_ready(cfg: Config, job: str) -> None:
         except OSError as e:
             raise BadInput(f"cannot create {folder}: {e.strerror}") from None
     check_writable(cfg.job_dir(job) / "log", "folder")
-    check_writable(temporary_folder(), "TMPDIR")
-
-
-def temporary_folder() -> Path:
-    """Where launches put their temporaries: $TMPDIR when set. Python's tempfile would silently take
-    /tmp instead of a $TMPDIR that is full, gone or read-only (at its first use in the process), and
-    an operator who pointed TMPDIR at a node's scratch disk must hear of it, not find /tmp filled."""
-    chosen = os.environ.get("TMPDIR")
-    if chosen and Path(tempfile.gettempdir()) != Path(os.path.abspath(chosen)):
-        tempfile.tempdir = os.path.abspath(chosen)   # every later mkdtemp goes there, and fails there, not in /tmp
-    return Path(tempfile.gettempdir())
+    check_writable(hipe.temporary_folder(), "TMPDIR")
 
 
 def has_statement(script: str) -> bool:
@@ -187,7 +176,7 @@ class Worker:
         try:
             self.scratch = hipe.make_scratch(self.job)
         except OSError as e:
-            raise BadInput(f"cannot create a temporary folder in {tempfile.gettempdir()}: {e.strerror}") from None
+            raise BadInput(f"cannot create a temporary folder in {hipe.temporary_folder()}: {e.strerror}") from None
 
     def _start_guard(self) -> None:
         """The guardian (kills HIPE if this worker dies or cannot renew its lease in time) and the
