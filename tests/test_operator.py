@@ -455,6 +455,25 @@ def test_run_j_shows_one_progress_line_below_the_workers_lines_on_a_terminal_onl
     assert status == 0 and "\x1b" not in quiet and not ONE_LINE.search(quiet), quiet
 
 
+@pytest.mark.slow
+def test_run_j_goes_on_when_its_terminal_closes(batch, tmp_path):
+    """The terminal of `run -j 2` closes mid-run (its writes fail with EIO): the workers finish the
+    job, and the run's exit status is still the job's (0), not a crash of the parent."""
+    gate = tmp_path / "gate"
+    new_job(batch, "tc", range(1, 9), GATE.format(gate=str(gate)))
+    master, slave = pty.openpty()
+    proc = batch.popen("tc", "run", "-j", "2", stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    try:
+        seen = read_pty(master, lambda t: bool(ONE_LINE.search(t)), 120)
+        assert ONE_LINE.search(seen), seen
+    finally:
+        os.close(master)
+    gate.touch()
+    assert proc.wait(timeout=120) == 0
+    assert batch.cli("tc", "status").stdout.startswith("8 of 8 processed.")
+
+
 def test_watch_stops_on_ctrl_c_with_130_and_no_traceback(batch):
     new_job(batch, "c", [1, 2], "x = 1\n")
     watch = batch.popen("c", "status", "--watch", "0.2")

@@ -167,7 +167,7 @@ class LocalRun:
         try:
             return not_started + self._wait()
         finally:
-            self.relay.finish()
+            self.relay.finish(final_figures=not self.stop_signal)   # after a stop, no summary follows either
 
     def _wait(self) -> List[int]:
         """Wait for every worker (relaying their lines meanwhile, on a terminal); their exit statuses."""

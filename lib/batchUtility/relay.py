@@ -75,7 +75,9 @@ class TerminalRelay:
         """After the last worker ended: relay what is left, draw the final figures, end the line."""
         self.stop.set()
         if self.reader is not None:
-            self.reader.join(timeout=30)
+            # After a stop there are no final figures to wait for: a reading under way (a slow
+            # database) is left to the daemon thread rather than holding up the exit.
+            self.reader.join(timeout=30 if final_figures else 0)
         lines = [self._complete_lines(i) for i in range(len(self.pipes))]
         lines = [chunk + (self.pending[i] + b"\n" if self.pending[i] else b"") for i, chunk in enumerate(lines)]
         if final_figures and not (self.reader and self.reader.is_alive()):
@@ -115,9 +117,15 @@ class TerminalRelay:
 
     @staticmethod
     def _write(stream, data: bytes) -> None:
-        stream.flush()
-        stream.buffer.write(data)
-        stream.buffer.flush()
+        try:
+            stream.flush()
+            stream.buffer.write(data)
+            stream.buffer.flush()
+        except OSError:
+            # The terminal is gone (EIO). The workers go on (their record is the job table) and the
+            # pipes are still drained, so none of them blocks; what would be shown goes nowhere, as
+            # does the summary at the end, instead of an error that would lose the workers' statuses.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
     def _read_figures(self) -> None:
         while not self.stop.is_set():
