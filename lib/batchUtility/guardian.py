@@ -27,6 +27,7 @@ interpreter is named) this file is run as the guardian's program instead (`pytho
 guardian.py`), which imports nothing but the standard library's smallest modules.
 """
 import fcntl
+import gc
 import os
 import select
 import signal
@@ -280,6 +281,9 @@ def _fork_guardian(commands_r, replies_w):
     if pid:
         return _Forked(pid)
     try:   # the guardian; it never returns into the worker's code
+        # The worker's objects are never collected here: a file object of the worker's, finalised
+        # by a collection, would close whatever descriptor now has its number (below, they are reused).
+        gc.freeze()
         os.setsid()
         commands, replies = (fcntl.fcntl(fd, fcntl.F_DUPFD, 3) for fd in (commands_r, replies_w))
         devnull = os.open(os.devnull, os.O_RDWR)
