@@ -463,15 +463,17 @@ def run_mpirun(command: List[str], watch: LostHostWatch, stop: Stop) -> int:
         return 127 if isinstance(e, FileNotFoundError) else 126
     # mpirun's stdout (the ranks' obsid and SUMMARY lines) goes straight to ours; its stderr through
     # a filter of Open MPI's noise (see mpirun_output).
-    relay = mpirun_output.Relay(mpirun.stderr, sys.stderr.fileno())
-    # A stop that came while mpirun was being started is passed on at supervise's first turn.
+    relay = None
     try:
+        relay = mpirun_output.Relay(mpirun.stderr, sys.stderr.fileno())   # a thread: may fail to start
+        # A stop that came while mpirun was being started is passed on at supervise's first turn.
         return supervise(mpirun, watch, stop)
     except BaseException:
         stop_and_wait(mpirun)
         raise
     finally:
-        relay.close()
+        if relay is not None:
+            relay.close()
 
 
 # --------------------------------------------------------------------------- the end
