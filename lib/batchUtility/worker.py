@@ -282,7 +282,10 @@ class Worker:
             if not self.quiet:
                 self._say(f".....  [Slot {self.slot.rank}/{self.slot.size} on {self.slot.host}] "
                           f"[#{number}, obsid={claim.obsid}]")
-            launch = self._launch(claim)
+            try:
+                launch = self._launch(claim)
+            finally:
+                self.keeper.hipe_ended()   # from here on a failed renewal does not say HIPE runs on
             self._record(claim, launch)
         except (DatabaseUnavailable, SetupBroken, BlackHole):
             raise
