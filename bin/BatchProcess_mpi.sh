@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# BatchProcess_mpi.sh JOB [--hostfile FILE] [--config FILE] [--dry-run] [mpirun options...]
+# BatchProcess_mpi.sh JOB [--hostfile FILE] [--config FILE] [-v | -q] [--dry-run] [mpirun options...]
 #
 # One `BatchProcess.py JOB run` worker per hostfile slot, started by Open MPI's mpirun on every host;
 # `--help` says more, README.md says all. The launcher is Python (lib/batchUtility/mpi_launch.py):

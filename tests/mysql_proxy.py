@@ -9,7 +9,9 @@ Armed with a pattern (`lose_commit_reply`), the proxy waits for a connection who
 query matching it; when that connection sends COMMIT, the COMMIT goes to the server, the server's
 answer (it committed) is swallowed, and both sides of the connection are closed: the client sees
 error 2013 (lost connection) without knowing whether its transaction committed. That is the
-ambiguous COMMIT of a network cut at the worst moment. Each arming fires once.
+ambiguous COMMIT of a network cut at the worst moment. Each arming fires once. With `hold` (an
+Event) the cut waits for it: the client waits for its answer meanwhile, while `swallowed` counts
+the answers swallowed, so that a test can act between the commit and the client's retry.
 """
 import re
 import socket
@@ -45,6 +47,8 @@ class MySQLProxy:
         self.fired: List[bytes] = []        # the query each firing matched
         self.queries: List[bytes] = []      # every query seen, with log_queries
         self.log_queries = False
+        self.hold: Optional[threading.Event] = None
+        self.swallowed = 0                  # answers to COMMITs swallowed so far (the commits happened)
         self.sockets: List[socket.socket] = []
         self.closed = False
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
@@ -88,6 +92,10 @@ class MySQLProxy:
                 if not data:
                     break
                 if swallow.is_set():
+                    with self.lock:
+                        self.swallowed += 1
+                    if self.hold is not None:
+                        self.hold.wait(60)
                     break
                 client.sendall(data)
         except OSError:

@@ -249,6 +249,26 @@ def test_stop_signal_acts_while_the_database_is_frozen(freeze_env, reaper):
     assert_exactly_once(env, [OBSID])
 
 
+
+@pytest.mark.slow
+def test_a_stopped_worker_waiting_for_a_frozen_database_says_hipe_has_ended(freeze_env, reaper):
+    """SIGTERM the moment mariadbd is frozen, lease 15 s: a renewal then blocks for 5 s, so the first
+    one to fail does so after HIPE was stopped, while the worker tries to put the obsid back. Its
+    warning says HIPE has ended already, never that HIPE keeps running (it did before)."""
+    env = freeze_env
+    env.write_cfg(run={"lease": "15", "db_patience": "600"})
+    env.template("j", probe(first=None))
+    new_job(env)
+    w = Worker(env, reaper, "w")
+    script = wait_first_run(env, reaper)
+    with frozen(env.server):
+        w.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: not alive(script), 5, "HIPE to be stopped while the database is frozen")
+        assert w.wait(60) == 128 + signal.SIGTERM, w.err()
+    err = w.err()
+    assert "database unreachable; HIPE has ended already" in err and "HIPE keeps running" not in err, err
+    assert "stopped by SIGTERM: HIPE stopped; " in err and "the obsid stays claimed until its lease runs out" in err, err
+
 @pytest.mark.slow
 def test_hipe_timeout_acts_while_the_database_is_frozen(freeze_env, reaper):
     """[hipe] timeout = 2.5 with mariadbd frozen right after HIPE started (a heartbeat due every

@@ -4,17 +4,23 @@ A real TCP proxy (`mysql_proxy.py`) sits between the workers and the session's M
 lets a COMMIT through and swallows the server's reply, cutting the connection (the client gets
 error 2013 and cannot tell whether it committed). A claim so cut must keep the obsid it really
 claimed (found again by its token) and run it once; a finish so cut must be counted done once,
-never lost or run again. The job script is the probe of test_faults.py (overlaps, runs) and the
+never lost or run again; a put-back so cut must be known for the worker's own, even once another
+worker has claimed the obsid again. The job script is the probe of test_faults.py (overlaps, runs) and the
 trivial HIPE logs every launch, so "exactly once" is checked on the processes, not only the rows.
 """
+import signal
+import threading
+
 import pytest
 
 from mysql_proxy import MySQLProxy
-from support import OBSID, new_job
-from test_faults import FAST_HIPE, assert_exactly_once, probe
+from support import OBSID, new_job, wait_for
+from test_faults import FAST_HIPE, assert_exactly_once, probe, wait_first_run
+from test_reliability import Worker
 
 CLAIM_UPDATE = r"SET state = 'running'"   # the claim's UPDATE (storage.CLAIM), values filled in by the driver
 FINISH_DONE = r"SET state = 'done'"       # a success's UPDATE (storage.FINISH)
+PUT_BACK = r"SET state = 'pending', ended"  # a put-back's UPDATE (storage.REQUEUE; FINISH sets pipelined next)
 
 
 @pytest.fixture
@@ -74,3 +80,33 @@ def test_a_lost_commit_reply_never_runs_or_counts_an_obsid_twice(proxied, lost):
     history = table.history()
     assert sorted((h["obsid"], h["attempt"], h["outcome"]) for h in history) == [(o, 1, "done") for o in obsids]
     assert f"{len(obsids)} obsids processed" in r.stdout and f"{len(obsids)} done, 0 failed" in r.stdout, r.stdout
+
+
+@pytest.mark.slow
+def test_a_lost_commit_reply_to_a_put_back_is_known_for_its_own(proxied, reaper):
+    """SIGTERM to a worker running HIPE: its put-back commits, the reply is lost, and before the
+    worker retries (the proxy holds the cut) another worker claims the obsid again. The retry finds
+    its own put-back (the history row of its token) and the worker says the obsid was put back, not
+    that it had been taken back; one `stopped` attempt in the history, the obsid the other's."""
+    env = proxied
+    env.write_cfg(sql={"port": str(env.proxy.port)}, run={"lease": "60"})   # a call may wait 20 s for its answer
+    env.template("j", probe(first=None))
+    new_job(env, [OBSID])
+    env.proxy.hold = threading.Event()
+    env.proxy.lose_commit_reply(PUT_BACK)
+    w = Worker(env, reaper, "w")
+    wait_first_run(env, reaper)
+    w.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: env.proxy.swallowed, 30, "the put-back to commit, its answer swallowed")
+    other = env.table("j")
+    again = other.claim("elsewhere", "1/1", 1, 60)
+    assert again is not None and again.obsid == OBSID
+    env.proxy.hold.set()   # the cut: the worker gets 2013 and retries
+    assert w.wait(60) == 128 + signal.SIGTERM, w.err()
+    err = w.err()
+    assert env.proxy.fired == [PUT_BACK.encode()] and "Lost connection" in err, err
+    assert "stopped by SIGTERM: HIPE stopped, obsid put back to pending: worker stopping" in err, err
+    assert "taken back" not in err and "Traceback" not in err, err
+    assert [h["outcome"] for h in other.history(OBSID)] == ["stopped"]
+    [row] = other.rows()
+    assert (row["state"], row["host"], row["attempts"]) == ("running", "elsewhere", 0)

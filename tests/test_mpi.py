@@ -466,6 +466,29 @@ def test_hostfile_places(sqlite_batch, tmp_path):
     assert words[words.index("btl") - 1] == "--mca" and words[words.index("btl") + 1] == "self,tcp"
 
 
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_verbose_and_quiet_reach_the_workers(sqlite_batch, reaper):
+    """-v is BatchProcess.py's, not mpirun's: every worker logs at debug level too (each claim, each
+    SQL statement's time). -q: no worker prints an obsid or SUMMARY line, the launcher no summary,
+    and nobody logs at debug level."""
+    batch = sqlite_batch
+    obsids = make_job(batch, "j", 4, "pass\n", hostfile="localhost slots=2\n")
+    rc, out, err = finish(reaper.launch(batch, "j", "-v", name="verbose"), timeout=120)
+    assert rc == 0, err[-3000:]
+    claims = re.findall(r"^\S+ \S+ DEBUG \[\S+ slot (\d)/2 pid \d+\] claimed obsid (\d+) \(attempt 1\)$", err, re.M)
+    assert sorted(int(o) for _, o in claims) == obsids, err[-3000:]
+    assert re.search(r"^\S+ \S+ DEBUG sql UPDATE ", err, re.M), err[-3000:]   # a claim's: a worker's statement
+    assert len(SUMMARY_LINE.findall(out)) == 2 and "job-wide summary" in out
+
+    assert batch.cli("j", "reset", "--yes").returncode == 0
+    rc, out, err = finish(reaper.launch(batch, "j", "-q", name="quiet"), timeout=120)
+    assert (rc, out) == (0, ""), err[-3000:]
+    assert " DEBUG " not in err and "hostfile" not in err, err[-3000:]
+    done_once_more = [h["obsid"] for h in batch.table("j").history() if h["outcome"] == "done"]
+    assert sorted(done_once_more) == sorted(obsids * 2)
+
 def test_without_mpi(sqlite_batch):
     batch = sqlite_batch
     make_job(batch, "j", 2, "pass\n")

@@ -2,12 +2,14 @@
 import os
 import re
 import signal
+import subprocess
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from conftest import STANDIN
-from support import pid_alive, wait_for
+from conftest import BIN, STANDIN
+from support import new_job, pid_alive, wait_for
 
 OK = "x = obsid * 2\n"
 
@@ -156,6 +158,73 @@ def test_a_stop_signal_stops_hipe_and_puts_the_obsid_back(batch, sig):
     assert f"stopped by {signal.Signals(sig).name}" in err
     assert "SUMMARY: 1 obsids processed" in out
 
+
+
+# Ctrl-C while `run` starts up. How far the command has got, read from /proc: 0 the shell and env
+# of bin/BatchProcess.py (or a pyenv shim), 1 Python starting up with the stop signals held
+# (blocked), 2 batchUtility.startup answering them while the imports run, 3 the worker's (or run -j's)
+# own handlers in place (SIGUSR2 is caught: worker.STOP_SIGNALS).
+CTRL_C_STOP_LINE = re.compile(r"BatchProcess\.py: stopped by SIGINT with no obsid running\Z|\S+ \S+ WARNING \[\S+ slot "
+                              r"\d+/\d+ pid \d+(?: obsid=\d+)?\] stopped by SIGINT(?:: HIPE stopped, obsid put back to "
+                              r"pending| with no obsid running): worker stopping\Z")
+
+
+def _signal_mask(pid, field):
+    try:
+        line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith(field + ":"))
+        return int(line.split()[1], 16)
+    except (OSError, StopIteration):
+        return 0
+
+
+def _start_phase(pid):
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return 0
+    if not os.path.basename(argv[0]).startswith(b"python") or str(BIN).encode() not in argv:
+        return 0
+    if _signal_mask(pid, "SigCgt") & (1 << (signal.SIGUSR2 - 1)):
+        return 3
+    return 1 if _signal_mask(pid, "SigBlk") & (1 << (signal.SIGINT - 1)) else 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", [[], ["-j", "2"]], ids=["run", "run -j 2"])
+def test_ctrl_c_while_run_starts(sqlite_batch, reaper, jobs):
+    """`bin/BatchProcess.py j run` started as a shell starts it (by its path), and Ctrl-C'd (SIGINT
+    to its process group, as a terminal sends it) as soon as it reaches each phase of its start-up,
+    then again and again until it ends: never a KeyboardInterrupt traceback, exit 130 with stop
+    lines only, nothing left running, every obsid back to pending. Before Python the shell may die
+    of the signal itself, silently (a shell reports that as 130 too)."""
+    batch = sqlite_batch
+    obsids = new_job(batch, [1342190001, 1342190002], template=SLOW)
+    reaper.roots.add(batch.root)
+    reached = Counter()
+    for phase in (0, 1, 2, 3):
+        for attempt in range(3):
+            run = reaper.popen(subprocess.Popen([str(BIN), "j", "run", *jobs], stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE, text=True, env=batch.env(), cwd=batch.root,
+                                                start_new_session=True), group=True)
+            wait_for(lambda: run.poll() is not None or _start_phase(run.pid) >= phase, 60,
+                     f"phase {phase} of the start-up", interval=0.0005)
+            reached[_start_phase(run.pid)] += 1
+            for _ in range(20):   # Ctrl-C, then more, some 160 ms of them, until it ends
+                if run.poll() is not None:
+                    break
+                os.killpg(run.pid, signal.SIGINT)
+                try:
+                    run.wait(timeout=0.008)
+                except subprocess.TimeoutExpired:
+                    pass
+            out, err = run.communicate(timeout=60)
+            what = f"phase {phase}, attempt {attempt}: exit {run.returncode}\n{err}"
+            assert "Traceback" not in err and "KeyboardInterrupt" not in err, what
+            assert run.returncode == 130 or (run.returncode == -signal.SIGINT and phase == 0 and err == ""), what
+            assert all(CTRL_C_STOP_LINE.match(line) for line in err.splitlines()), what
+            wait_for(lambda: not reaper.ours(), 30, "every process of the run (workers, guardians, HIPEs) to end")
+            assert batch.table("j").counts() == {"pending": len(obsids), "running": 0, "done": 0, "failed": 0}, what
+    assert reached[1] and reached[2] and reached[3], f"phases hit: {dict(reached)}"
 
 def test_output_is_streamed_to_the_log_while_hipe_runs(batch):
     batch.template("l", "import sys, os, time\nprint('first line')\nsys.stdout.flush()\n"

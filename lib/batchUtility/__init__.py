@@ -15,5 +15,6 @@ Modules, one job each:
   hostfile  the Open MPI hostfile: where it is, its hosts and slots
   mpi_launch  the MPI launcher (bin/BatchProcess_mpi.sh): checks, mpirun, its supervision, the summary
   cli       the command line (bin/BatchProcess.py)
+  startup   BatchProcess.py's first step: a stop signal during the imports is one line, not a traceback
 """
 __version__ = "1.0.0"

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
-from . import __version__, config, report, results, timeline
+from . import __version__, config, report, results, startup, timeline
 from .errors import BadInput, BatchError, JobExists, JobMissing, TemplateMissing
 from .local import LocalRun, job_exit_status
 from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
@@ -132,6 +132,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.quiet = getattr(args, "quiet", False)
     _setup_logging(getattr(args, "verbose", False), args.quiet)
+    if args.command != "run":
+        _stops_as_python_does()
     try:
         check_identifier(args.job)
         cfg = config.load(getattr(args, "config", None))
@@ -139,6 +141,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BatchError as e:
         print(f"{PROG}: error: {error_line(e)}", file=sys.stderr)
         return e.exit_status
+    except KeyboardInterrupt:   # after the command's own clean-up (`new` drops a table it made half-way)
+        print(startup.stop_line(signal.SIGINT), file=sys.stderr)
+        return 130
+
+
+def _stops_as_python_does() -> None:
+    """`run` keeps startup's stop-at-once until its workers set their own handlers (before any claim).
+    The other commands clean up on KeyboardInterrupt, so Ctrl-C raises it again; SIGTERM and SIGHUP
+    end them as they did."""
+    for s, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL),
+                       (signal.SIGHUP, signal.SIG_DFL)):
+        if startup.answers_stops(s):
+            signal.signal(s, default)
 
 
 def error_line(e: BatchError) -> str:

@@ -36,6 +36,7 @@ class LeaseKeeper:
         self._cond = threading.Condition()
         self._claim: Optional[Claim] = None
         self._state = Lease.HELD
+        self._hipe_running = False   # what a failed renewal says: HIPE runs on, or has ended already
         self._next = 0.0
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
@@ -45,10 +46,16 @@ class LeaseKeeper:
         """Keep `claim`'s lease from now on; claimed_at is time.monotonic() taken before the claim
         began. Raises GuardianLost if the guardian cannot be told (HIPE must not start then)."""
         with self._cond:
-            self._claim, self._state = claim, Lease.HELD
+            self._claim, self._state, self._hipe_running = claim, Lease.HELD, True
             self._next = claimed_at + self.every
             self.guardian.fence_at(claimed_at + FENCE_SHARE * claim.lease)
             self._cond.notify()
+
+    def hipe_ended(self) -> None:
+        """HIPE has ended (or never started): the lease is renewed on while the outcome is recorded
+        (or the obsid put back), but a renewal that fails no longer says HIPE runs on."""
+        with self._cond:
+            self._hipe_running = False
 
     def release(self) -> None:
         """The claim's outcome is recorded (or it is lost): stop renewing it."""
@@ -113,10 +120,15 @@ class LeaseKeeper:
     def _report(self, claim: Claim, found: Lease) -> None:
         if found is self._state:
             return
-        if found is Lease.UNKNOWN:
+        if found is Lease.UNKNOWN and self._hipe_running:
             self.say.warning("database unreachable; HIPE keeps running until %.0f%% of the lease (%g s) has "
                              "passed without a renewal", 100 * FENCE_SHARE, claim.lease)
-        elif found is Lease.LOST:
+        elif found is Lease.UNKNOWN:
+            self.say.warning("database unreachable; HIPE has ended already, and what became of the obsid waits "
+                             "for the database (other workers take it back after the lease of %g s)", claim.lease)
+        elif found is Lease.LOST and self._hipe_running:
             self.say.error("claim was taken back (lease of %g s ran out); stopping HIPE", claim.lease)
+        elif found is Lease.LOST:
+            self.say.error("claim was taken back (lease of %g s ran out) after HIPE had ended", claim.lease)
         elif found is Lease.HELD and self._state is Lease.UNKNOWN:
             self.say.info("database back; lease renewed")

@@ -1,7 +1,7 @@
 """The MPI launcher behind bin/BatchProcess_mpi.sh: checks, mpirun's command line, and one loop that
 supervises mpirun (stop signals, a lost host) until it ends, then the job-wide summary.
 
-    python -m batchUtility.mpi_launch JOB [--hostfile FILE] [--config FILE] [--dry-run] [mpirun options...]
+    python -m batchUtility.mpi_launch JOB [--hostfile FILE] [--config FILE] [-v | -q] [--dry-run] [mpirun options...]
 
 (bin/BatchProcess_mpi.sh runs exactly that; see USAGE.) The hostfile itself is read by `hostfile`.
 """
@@ -27,7 +27,7 @@ from .storage import open_table
 
 PROG = "BatchProcess_mpi.sh"
 USAGE = f"""\
-{PROG} JOB [--hostfile FILE] [--config FILE] [--dry-run] [mpirun options...]
+{PROG} JOB [--hostfile FILE] [--config FILE] [-v | -q] [--dry-run] [mpirun options...]
 
 One `BatchProcess.py JOB run` worker per hostfile slot, started by Open MPI's mpirun on every host
 the hostfile names; the job's SQL table is the only coordination. See README.md.
@@ -36,6 +36,9 @@ the hostfile names; the job's SQL table is the only coordination. See README.md.
   python     $HIPE_BATCH_PYTHON, else this checkout's .venv/bin/python, else python3; by absolute
              path, which must be the same on every host
   mpirun     $HIPE_BATCH_MPIRUN, else mpirun from PATH (Open MPI 4.x)
+  -v, --verbose  every worker (and the launcher) also logs each SQL statement's time and each claim
+  -q, --quiet    the workers print nothing unless something needs a person, the launcher no summary
+             (mpirun's own -v or -q: give them after --)
   --dry-run  print the mpirun command line and exit
   $HIPE_BATCH_MPI_GRACE  seconds mpirun may go on once the job has nothing pending or running
              (it waits for good for the ranks of a lost host); default 30
@@ -61,6 +64,8 @@ class Options:
     hostfile: Optional[str] = None
     config: Optional[str] = None
     dry_run: bool = False
+    verbose: bool = False   # -v: passed on to every worker's `run`, as -q is
+    quiet: bool = False
     extra: List[str] = field(default_factory=list)  # passed to mpirun untouched
 
 
@@ -95,6 +100,10 @@ def parse_args(argv: List[str]) -> Options:
             options.config = word.split("=", 1)[1]
         elif word == "--dry-run":
             options.dry_run = True
+        elif word in ("-v", "--verbose"):   # BatchProcess.py's, as every command takes them, not mpirun's
+            options.verbose = True
+        elif word in ("-q", "--quiet"):
+            options.quiet = True
         elif word == "--":
             options.extra += rest
             break
@@ -153,7 +162,7 @@ def _is_loopback_server(sql) -> bool:
         return False
 
 
-def check(cfg, job: str, explicit_hostfile: Optional[str] = None) -> Path:
+def check(cfg, job: str, explicit_hostfile: Optional[str] = None, quiet: bool = False) -> Path:
     """Hostfile, database, job, template and HIPE, checked here once rather than failing in every
     rank; returns the hostfile. BadInput says what is wrong."""
     check_identifier(job)
@@ -181,7 +190,8 @@ def check(cfg, job: str, explicit_hostfile: Optional[str] = None) -> Path:
     if importlib.util.find_spec("mpi4py") is None:
         logging.warning("mpi4py is not installed for %s: each worker takes its rank and size from "
                         "Open MPI's environment instead", sys.executable)
-    print(f"{PROG}: hostfile {path}: {hostfile.describe(hosts)}", file=sys.stderr)
+    if not quiet:
+        print(f"{PROG}: hostfile {path}: {hostfile.describe(hosts)}", file=sys.stderr)
     return path
 
 
@@ -215,7 +225,7 @@ def mpirun_command(mpirun: str, path: Path, options: Options) -> List[str]:
             opts += ["-x", name]
     # The checkout's bin/BatchProcess.py, or the copy `pip install` put in share/hipe-batch/bin.
     return [mpirun, *opts, *options.extra, sys.executable, str(config.share_dir() / "bin" / "BatchProcess.py"),
-            options.job, "run"]
+            options.job, "run", *(["-v"] if options.verbose else []), *(["-q"] if options.quiet else [])]
 
 
 # --------------------------------------------------------------------------- supervising mpirun
@@ -477,24 +487,26 @@ def run_mpirun(command: List[str], watch: LostHostWatch, stop: Stop) -> int:
 
 
 # --------------------------------------------------------------------------- the end
-def summary(sql, job: str, patience: float, call_timeout: float) -> int:
-    """Print the job-wide summary (what `status --hosts` prints); 0 if every obsid is done, else 1."""
+def summary(sql, job: str, patience: float, call_timeout: float, quiet: bool = False) -> int:
+    """Print the job-wide summary (what `status --hosts` prints; nothing if quiet); 0 if every obsid
+    is done, else 1."""
     table = open_table(sql, job, patience, call_timeout=call_timeout)
     try:
         table.require()
-        counts = cli.print_status(table, job, hosts=True)
+        counts = table.counts() if quiet else cli.print_status(table, job, hosts=True)
     finally:
         table.close()
     return 0 if counts[DONE] == sum(counts.values()) else 1
 
 
-def finish(cfg, job: str, status: int, stop: Stop) -> int:
+def finish(cfg, job: str, status: int, stop: Stop, quiet: bool = False) -> int:
     """The job-wide summary, then the launcher's exit status (see USAGE). Each database call is
     bounded as a worker's are (a frozen server must not hold the launcher for a minute), and a
     stopped launcher tries once: it is to end within seconds, the summary is a courtesy."""
-    print(f"{PROG}: job-wide summary of job {job}:", flush=True)
+    if not quiet:
+        print(f"{PROG}: job-wide summary of job {job}:", flush=True)
     try:
-        done = summary(cfg.sql, job, 0.0 if stop.status else INTERACTIVE_PATIENCE, cfg.run.call_timeout)
+        done = summary(cfg.sql, job, 0.0 if stop.status else INTERACTIVE_PATIENCE, cfg.run.call_timeout, quiet)
     except BatchError as e:
         print(f"{PROG}: error: {cli.error_line(e)}", file=sys.stderr, flush=True)
         done = e.exit_status
@@ -510,17 +522,19 @@ def launch(argv: List[str]) -> int:
     stop = Stop()
     stop.install()
     options = parse_args(argv)
+    if options.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
     prepare_environment(options)
     mpirun = find_mpirun()
     grace = grace_seconds()
     cfg = config.load(None)  # --config reaches it (and every rank) as $HIPE_BATCH_CONFIG
-    command = mpirun_command(mpirun, check(cfg, options.job, options.hostfile), options)
+    command = mpirun_command(mpirun, check(cfg, options.job, options.hostfile, options.quiet), options)
     if options.dry_run:
         print(shlex.join(command))
         return 0
     status = run_mpirun(command, LostHostWatch(cfg.sql, options.job, grace, cfg.run.call_timeout), stop)
     stop.uninstall()
-    return finish(cfg, options.job, status, stop)
+    return finish(cfg, options.job, status, stop, options.quiet)
 
 
 def main(argv=None) -> int:

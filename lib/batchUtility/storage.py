@@ -134,6 +134,8 @@ FINISH = """UPDATE {job_table}
 REQUEUE = """UPDATE {job_table}
   SET state = 'pending', ended = {now}, heartbeat = NULL, lease_expires = NULL, reason = :reason, template = :template
   WHERE obsid = :obsid AND token = :token"""
+# A put-back of this claim that committed (its history row, written in the same transaction).
+PUT_BACK_RECORDED = "SELECT 1 FROM {history_table} WHERE token = :token AND obsid = :obsid AND outcome = :outcome"
 # Copies the job row of a claim into the history, as attempt :attempt that ended as :outcome.
 HISTORY_FROM_ROW = """{insert_ignore} INTO {history_table}
   (token, obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason, template)
@@ -676,11 +678,17 @@ class JobTable:
         """Put a claimed obsid back to pending without counting an attempt (the worker was stopped, or
         the fault was the worker's, not the obsid's); the history records the attempt as `outcome`.
 
-        Returns False if the claim had been taken from us already.
+        Returns False if the claim had been taken from us already. Safe to repeat after a lost connection.
         """
         row = {"obsid": claim.obsid, "token": claim.token}
+        tries = []
 
         def put_back(cur):
+            # A try whose COMMIT got no answer may have committed all the same, and the obsid then been
+            # claimed again by another worker (a new token): its history row (our token, our outcome) tells.
+            if tries and self._execute(cur, PUT_BACK_RECORDED, {**row, "outcome": outcome}).fetchone():
+                return True
+            tries.append(True)
             self._execute(cur, REQUEUE, {**row, "reason": reason[:255], "template": template or None})
             if cur.rowcount != 1:
                 return False

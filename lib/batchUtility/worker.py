@@ -271,7 +271,10 @@ class Worker:
             if not self.quiet:
                 self._say(f".....  [Slot {self.slot.rank}/{self.slot.size} on {self.slot.host}] "
                           f"[#{number}, obsid={claim.obsid}]")
-            launch = self._launch(claim)
+            try:
+                launch = self._launch(claim)
+            finally:
+                self.keeper.hipe_ended()   # from here on a failed renewal does not say HIPE runs on
             self._record(claim, launch)
         except (DatabaseUnavailable, SetupBroken, BlackHole):
             raise
@@ -347,8 +350,11 @@ class Worker:
         reason = launch.outcome.reason
         self.stop_said = True
         try:
-            self.table.requeue(claim, reason, patience=min(self.table.patience, STOP_PATIENCE), interrupted=_never)
-            self.log.warning("%s: HIPE stopped, obsid put back to pending: worker stopping", reason)
+            if self.table.requeue(claim, reason, patience=min(self.table.patience, STOP_PATIENCE), interrupted=_never):
+                self.log.warning("%s: HIPE stopped, obsid put back to pending: worker stopping", reason)
+            else:
+                self.log.warning("%s: HIPE stopped; the obsid had been taken back meanwhile (lease %g s): worker "
+                                 "stopping", reason, self.cfg.run.lease)
         except DatabaseUnavailable as e:
             self.log.error("%s: HIPE stopped; %s; the obsid stays claimed until its lease runs out: worker stopping",
                            reason, e)
