@@ -440,6 +440,29 @@ def test_wipe_refuses_while_obsids_run_under_live_leases(batch, reaper):
     a.wait(60)
 
 
+@pytest.mark.slow
+def test_wipe_force_and_new_while_a_worker_runs_counts_nothing_of_the_old_job(batch, reaper):
+    """`wipe --force` then `new` of the same job and obsids while a worker's HIPE runs: that old run
+    is not counted in the new job (its claim is unknown there; the worker says so), and the new job
+    has each obsid run and recorded done once, by claims made after it was created."""
+    env = batch
+    env.template("j", probe(first=None))
+    new_job(env, [OBSID, OBSID + 1])
+    a = Worker(env, reaper, "a")
+    wait_first_run(env, reaper)
+    assert env.cli("j", "wipe", "--yes", "--force").returncode == 0
+    new_job(env, [OBSID, OBSID + 1])
+    created = env.table("j").clock()
+    go(env)
+    assert a.wait(60) == 0, a.err()
+    assert "outcome not recorded: the obsid is no longer this worker's" in a.err()
+    history = env.table("j").history()
+    assert sorted((h["obsid"], h["outcome"]) for h in history) == [(OBSID, "done"), (OBSID + 1, "done")], history
+    assert all(h["started"] >= created for h in history), history
+    assert [r["state"] for r in env.table("j").rows()] == ["done", "done"]
+    assert not probe_figures(env)["overlaps"]
+
+
 # ----------------------------------------------------------------------------- black holes
 @pytest.mark.slow
 def test_worker_out_of_file_descriptors_stops_without_failing_obsids(batch, reaper):

@@ -262,7 +262,7 @@ def test_worker_that_lost_its_claim_changes_nothing(batch, reaper, late):
     os.kill(a.pid, signal.SIGCONT)
     assert a.wait(60) == 0, a.err()
     if late == "finishes_while_stopped":
-        assert "outcome not recorded: the claim had been taken back" in a.err()
+        assert "outcome not recorded: the obsid is no longer this worker's" in a.err()
     else:
         assert "HIPE killed by the guardian: the lease was not renewed in time; the obsid had been taken back" in a.err()
     assert state_of(batch) == after_b, "a worker that had lost its claim changed the job"

@@ -127,8 +127,9 @@ class LeaseKeeper:
             self.say.warning("database unreachable; HIPE has ended already, and what became of the obsid waits "
                              "for the database (other workers take it back after the lease of %g s)", claim.lease)
         elif found is Lease.LOST and self._hipe_running:
-            self.say.error("claim was taken back (lease of %g s ran out); stopping HIPE", claim.lease)
+            self.say.error("claim was taken back (its lease of %g s ran out, or the job was wiped); stopping HIPE", claim.lease)
         elif found is Lease.LOST:
-            self.say.error("claim was taken back (lease of %g s ran out) after HIPE had ended", claim.lease)
+            self.say.error("claim was taken back (its lease of %g s ran out, or the job was wiped) after HIPE had ended",
+                           claim.lease)
         elif found is Lease.HELD and self._state is Lease.UNKNOWN:
             self.say.info("database back; lease renewed")

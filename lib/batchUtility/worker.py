@@ -366,7 +366,8 @@ class Worker:
         limit = run.max_attempts if retried else claim.attempt
         state = self.table.finish(claim, outcome, limit, interrupted=self._stopping, results=launch.results)
         if state is None:
-            self.log.error("outcome not recorded: the claim had been taken back (lease %g s)", run.lease)
+            self.log.error("outcome not recorded: the obsid is no longer this worker's (its lease of %g s ran out "
+                           "and it was taken back, or the job was wiped)", run.lease)
             return
         if outcome.ok:
             self.done += 1
