@@ -629,6 +629,22 @@ def test_killed_or_fenced_attempts_leave_no_result(batch):
     assert results_of(batch, "k") == []
 
 
+def test_a_claim_recorded_done_stays_done_with_its_results(batch):
+    """Only done rows have results (what lets a success without results skip deleting any): a finish
+    that committed though its worker never heard so (a lost COMMIT reply), followed by a put-back or
+    a failure of the same claim, changes nothing; a repeat of the same finish still counts."""
+    new_job(batch, "once", [1], "pass\n")
+    table = batch.table("once")
+    claim = table.claim("h", "1/1", 1)
+    assert table.finish(claim, Outcome(True, "", 0), 3, results={"x": 1}) == "done"
+    assert table.finish(claim, Outcome(True, "", 0), 3, results={"x": 1}) == "done"   # the repeat
+    assert table.requeue(claim, "setup broken", outcome="setup") is False
+    assert table.finish(claim, Outcome(False, "late failure", 1), 3) is None
+    assert [(r["state"], r["attempts"], r["reason"]) for r in table.rows()] == [("done", 1, None)]
+    assert results_of(batch, "once") == [(1, "x", "1", 1.0)]
+    assert [(h["attempt"], h["outcome"]) for h in table.history()] == [(1, "done")]
+
+
 @pytest.mark.slow
 def test_bad_operator_input_is_one_line_and_exit_2(batch):
     new_job(batch, "b", [1], "x = 1\n")

@@ -127,13 +127,17 @@ CLAIM = """UPDATE {job_table}
 CLAIMED_BY = """SELECT obsid, attempts FROM {job_table} WHERE token = :token AND state = 'running'"""
 HEARTBEAT = """UPDATE {job_table} SET heartbeat = {now}, lease_expires = {now} + :lease
   WHERE obsid = :obsid AND token = :token AND state = 'running'"""
+# Finish and requeue change their claim's row only while it runs, or repeat what they did (a repeat
+# after a lost COMMIT reply finds the state it gave): a claim recorded done or failed stays so (a
+# put-back after a finish that did commit). Only `reset` makes a done row pending again, and it deletes
+# its results: so only done rows have results.
 FINISH = """UPDATE {job_table}
   SET state = :state, pipelined = :pipelined, attempts = :attempt, ended = {now}, heartbeat = NULL,
       lease_expires = NULL, exit_code = :exit_code, signal_no = :signal_no, reason = :reason, template = :template
-  WHERE obsid = :obsid AND token = :token"""
+  WHERE obsid = :obsid AND token = :token AND state IN ('running', :state)"""
 REQUEUE = """UPDATE {job_table}
   SET state = 'pending', ended = {now}, heartbeat = NULL, lease_expires = NULL, reason = :reason, template = :template
-  WHERE obsid = :obsid AND token = :token"""
+  WHERE obsid = :obsid AND token = :token AND state IN ('running', 'pending')"""
 # Copies the job row of a claim into the history, as attempt :attempt that ended as :outcome.
 HISTORY_FROM_ROW = """{insert_ignore} INTO {history_table}
   (token, obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason, template)
@@ -662,11 +666,12 @@ class JobTable:
                 return None
             self._execute(cur, HISTORY_FROM_ROW, {**row, "attempt": claim.attempt,
                                                   "outcome": DONE if outcome.ok else FAILED})
-            if state == DONE:
+            # Only done rows have results, and a row becomes done only here: without results there are
+            # none to replace. With results, a finish repeated after a lost COMMIT reply replaces its own.
+            if state == DONE and results:
                 self._execute(cur, RESULTS_DELETE, {"obsid": claim.obsid})
-                if results:
-                    cur.executemany(self.statement(RESULTS_INSERT),
-                                    [result_row(claim.obsid, name, value) for name, value in results.items()])
+                cur.executemany(self.statement(RESULTS_INSERT),
+                                [result_row(claim.obsid, name, value) for name, value in results.items()])
             return state
         return self._transaction(record, f"recording the outcome of obsid {claim.obsid}", patience=patience,
                                  interrupted=interrupted)
