@@ -324,7 +324,9 @@ class JobTable:
         return names
 
     def _execute(self, cur: Any, text: str, params: Optional[Dict[str, Any]] = None, **names: str) -> Any:
-        statement = self.statement(text, **names)
+        return self._send(cur, self.statement(text, **names), params)
+
+    def _send(self, cur: Any, statement: str, params: Optional[Dict[str, Any]]) -> Any:
         started = time.perf_counter()
         if params is None:
             cur.execute(statement)
@@ -333,6 +335,13 @@ class JobTable:
         if log.isEnabledFor(logging.DEBUG):   # -v
             log.debug("sql %s: %.1f ms", " ".join(statement.split())[:80], 1000 * (time.perf_counter() - started))
         return cur
+
+    def _execute_together(self, cur: Any, statements: Sequence[Tuple[str, Dict[str, Any]]]) -> int:
+        """Execute the statements in order; returns the rowcount of the first. Where the dialect can
+        (MySQL), they go to the server in one round trip. So each must be right whatever the earlier
+        ones did: the later ones are not skipped when the first changes nothing."""
+        counts = [self._execute(cur, text, params).rowcount for text, params in statements]
+        return counts[0]
 
     def _transaction(self, work: Callable[[Any], Any], what: str, write: bool = True,
                      patience: Optional[float] = None, interrupted: Optional[Callable[[], bool]] = None) -> Any:
@@ -659,13 +668,16 @@ class JobTable:
         row = {"obsid": claim.obsid, "token": claim.token}
 
         def record(cur):
-            self._execute(cur, FINISH, {**row, "state": state, "pipelined": int(state == DONE), "attempt": claim.attempt,
-                                        "exit_code": outcome.exit_code, "signal_no": outcome.signal,
-                                        "reason": outcome.reason[:255] or None, "template": outcome.template or None})
-            if cur.rowcount != 1:
+            # The history's key is the claim's token: when FINISH changes nothing (the claim was taken
+            # back, or recorded already), HISTORY_FROM_ROW finds no row holding the token, or one whose
+            # attempt the history has already.
+            finished = self._execute_together(cur, [
+                (FINISH, {**row, "state": state, "pipelined": int(state == DONE), "attempt": claim.attempt,
+                          "exit_code": outcome.exit_code, "signal_no": outcome.signal,
+                          "reason": outcome.reason[:255] or None, "template": outcome.template or None}),
+                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": DONE if outcome.ok else FAILED})])
+            if finished != 1:
                 return None
-            self._execute(cur, HISTORY_FROM_ROW, {**row, "attempt": claim.attempt,
-                                                  "outcome": DONE if outcome.ok else FAILED})
             # Only done rows have results, and a row becomes done only here: without results there are
             # none to replace. With results, a finish repeated after a lost COMMIT reply replaces its own.
             if state == DONE and results:
@@ -686,11 +698,10 @@ class JobTable:
         row = {"obsid": claim.obsid, "token": claim.token}
 
         def put_back(cur):
-            self._execute(cur, REQUEUE, {**row, "reason": reason[:255], "template": template or None})
-            if cur.rowcount != 1:
-                return False
-            self._execute(cur, HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": outcome})
-            return True
+            # As in finish: HISTORY_FROM_ROW adds nothing when REQUEUE changes nothing.
+            return self._execute_together(cur, [
+                (REQUEUE, {**row, "reason": reason[:255], "template": template or None}),
+                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": outcome})]) == 1
         return self._transaction(put_back, f"putting obsid {claim.obsid} back", patience=patience,
                                  interrupted=interrupted)
 
@@ -1040,7 +1051,9 @@ class MySQLJobTable(JobTable):
         options = {"host": s.host, "user": s.user, "database": s.db, "charset": "utf8mb4",
                    "connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds,
                    "autocommit": False,
-                   "client_flag": CLIENT.FOUND_ROWS,  # rowcount = rows matched, so repeated writes still count
+                   # rowcount = rows matched, so repeated writes still count; several statements in one
+                   # round trip (_execute_together: every value is a parameter, every identifier checked)
+                   "client_flag": CLIENT.FOUND_ROWS | CLIENT.MULTI_STATEMENTS,
                    "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"}
         if s.port:
             options["port"] = s.port
@@ -1083,6 +1096,16 @@ class MySQLJobTable(JobTable):
 
     def _is_connection_error(self, e: Exception) -> bool:
         return self._code(e) in self.CONNECTION or isinstance(e, self._driver.InterfaceError)
+
+    def _execute_together(self, cur: Any, statements: Sequence[Tuple[str, Dict[str, Any]]]) -> int:
+        # One multi-statement, each statement's values escaped by the driver. Every result is read
+        # before the next call (or the COMMIT): a later statement's error is raised by nextset(), in
+        # the transaction, which is then rolled back (and retried whole if the error passes).
+        text = ";\n".join(cur.mogrify(self.statement(t), p) for t, p in statements)
+        count = self._send(cur, text, None).rowcount
+        while cur.nextset():
+            pass
+        return count
 
     def _stream_cursor(self) -> Any:
         import MySQLdb.cursors
