@@ -39,6 +39,7 @@ STREAM_ROWS = 2000              # rows fetched at a time when streaming (history
 DEFAULT_LEASE = 300.0          # seconds, as [run] lease's default
 DEFAULT_CALL_TIMEOUT = 60.0     # seconds one database call may block, for commands (`run` derives its own from the lease)
 _PARAMETER = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
+Together = Tuple[int, List[Any]]   # what one statement of JobTable._execute_together gave: rowcount, rows
 
 # ----------------------------------------------------------------------------- the statements
 # Braces name identifiers and dialect fragments, filled by JobTable.statement(); colons name values.
@@ -116,13 +117,17 @@ DB_NOW = "SELECT {now}"
 COUNT_ALL = "SELECT COUNT(*) FROM {job_table}"
 
 # Lock (MySQL: skipping rows other claimers hold) the next pending row, longest expected first.
-PICK_PENDING = """SELECT obsid, attempts FROM {job_table} WHERE state = 'pending'
+# MySQL claims in one round trip: FORGET_PICKED; PICK_PENDING; CLAIM; PICKED, the picked row passed
+# from one statement to the next in session variables ({picked_into}, {picked_obsid}).
+PICK_PENDING = """SELECT obsid, attempts{picked_into} FROM {job_table} WHERE state = 'pending'
   ORDER BY expected DESC, obsid LIMIT 1{skip_locked}"""
 CLAIM = """UPDATE {job_table}
   SET state = 'running', pipelined = 0, token = :token, host = :host, worker = :worker, pid = :pid,
       pid_start = :pid_start, started = {now}, heartbeat = {now}, lease_expires = {now} + :lease, ended = NULL,
       exit_code = NULL, signal_no = NULL, template = NULL
-  WHERE obsid = :obsid AND state = 'pending'"""
+  WHERE obsid = {picked_obsid} AND state = 'pending'"""
+FORGET_PICKED = "SET @picked_obsid = NULL, @picked_attempts = NULL"   # a SELECT ... INTO finding no row sets nothing
+PICKED = "SELECT @picked_obsid, @picked_attempts"
 # A claim retried after a lost reply to its COMMIT may have been taken after all: found by its token.
 CLAIMED_BY = """SELECT obsid, attempts FROM {job_table} WHERE token = :token AND state = 'running'"""
 HEARTBEAT = """UPDATE {job_table} SET heartbeat = {now}, lease_expires = {now} + :lease
@@ -269,6 +274,8 @@ class JobTable:
     create_index = "CREATE INDEX IF NOT EXISTS"
     index_exists: Optional[str] = None   # a query for an index, where CREATE INDEX has no IF NOT EXISTS
     skip_locked = ""               # makes PICK_PENDING lock its row, skipping rows others hold
+    picked_into = ""               # where PICK_PENDING puts its row for CLAIM, if not in its result
+    picked_obsid = ":obsid"        # the obsid CLAIM claims
     lock_rows = ""                 # makes STALE lock the rows it reads
     # Index hints ({index} is the index meant), where the planner would read a million rows:
     in_start_order = ""            # the history in start order, streamed from its first row (no sort first)
@@ -307,6 +314,7 @@ class JobTable:
         in (never values), named parameters written the driver's way."""
         filled = text.format(job_table=self.job_table, history_table=self.history_table, now=self.now,
                              insert_ignore=self.insert_ignore, skip_locked=self.skip_locked,
+                             picked_into=self.picked_into, picked_obsid=self.picked_obsid,
                              lock_rows=self.lock_rows, create_index=self.create_index,
                              obsid_type=self.obsid_type, table_options=self.table_options, expiry=EXPIRY,
                              **self._operator_names(text), **names)
@@ -336,12 +344,11 @@ class JobTable:
             log.debug("sql %s: %.1f ms", " ".join(statement.split())[:80], 1000 * (time.perf_counter() - started))
         return cur
 
-    def _execute_together(self, cur: Any, statements: Sequence[Tuple[str, Dict[str, Any]]]) -> int:
-        """Execute the statements in order; returns the rowcount of the first. Where the dialect can
+    def _execute_together(self, cur: Any, statements: Sequence[Tuple[str, Optional[Dict[str, Any]]]]) -> List[Together]:
+        """Execute the statements in order; returns each one's (rowcount, rows). Where the dialect can
         (MySQL), they go to the server in one round trip. So each must be right whatever the earlier
-        ones did: the later ones are not skipped when the first changes nothing."""
-        counts = [self._execute(cur, text, params).rowcount for text, params in statements]
-        return counts[0]
+        ones did: none is skipped when an earlier one changes nothing."""
+        return [_rowcount_and_rows(self._execute(cur, text, params)) for text, params in statements]
 
     def _transaction(self, work: Callable[[Any], Any], what: str, write: bool = True,
                      patience: Optional[float] = None, interrupted: Optional[Callable[[], bool]] = None) -> Any:
@@ -628,16 +635,24 @@ class JobTable:
                     return Claim(int(row[0]), earlier, int(row[1]) + 1, lease)
             token = uuid.uuid4().hex
             tokens.append(token)
-            row = self._execute(cur, PICK_PENDING).fetchone()
-            if row is None:
+            picked = self._pick_and_claim(cur, {"token": token, "host": host[:255], "worker": worker[:32], "pid": pid,
+                                                "pid_start": pid_start, "lease": lease})
+            if picked is None:
                 return None
-            obsid, attempts = int(row[0]), int(row[1])
-            self._execute(cur, CLAIM, {"token": token, "host": host[:255], "worker": worker[:32], "pid": pid,
-                                       "pid_start": pid_start, "obsid": obsid, "lease": lease})
-            if cur.rowcount != 1:
+            obsid, attempts, claimed = picked
+            if claimed != 1:
                 raise BatchError(f"claim of obsid {obsid} lost a race it cannot lose; please report this")
             return Claim(obsid, token, attempts + 1, lease)
         return self._transaction(take, "claiming an obsid", interrupted=interrupted)
+
+    def _pick_and_claim(self, cur: Any, values: Dict[str, Any]) -> Optional[Tuple[int, int, int]]:
+        """Lock the next pending row and claim it with `values` (CLAIM's, the obsid aside): (obsid,
+        attempts so far, rows CLAIM changed), or None if nothing is pending."""
+        row = self._execute(cur, PICK_PENDING).fetchone()
+        if row is None:
+            return None
+        claimed = self._execute(cur, CLAIM, {**values, "obsid": int(row[0])}).rowcount
+        return int(row[0]), int(row[1]), claimed
 
     def heartbeat(self, claim: Claim) -> Lease:
         """Renew the claim's lease (for the claim's own lease seconds): HELD (still ours), LOST (taken
@@ -671,7 +686,7 @@ class JobTable:
             # The history's key is the claim's token: when FINISH changes nothing (the claim was taken
             # back, or recorded already), HISTORY_FROM_ROW finds no row holding the token, or one whose
             # attempt the history has already.
-            finished = self._execute_together(cur, [
+            (finished, _), _ = self._execute_together(cur, [
                 (FINISH, {**row, "state": state, "pipelined": int(state == DONE), "attempt": claim.attempt,
                           "exit_code": outcome.exit_code, "signal_no": outcome.signal,
                           "reason": outcome.reason[:255] or None, "template": outcome.template or None}),
@@ -699,9 +714,10 @@ class JobTable:
 
         def put_back(cur):
             # As in finish: HISTORY_FROM_ROW adds nothing when REQUEUE changes nothing.
-            return self._execute_together(cur, [
+            (requeued, _), _ = self._execute_together(cur, [
                 (REQUEUE, {**row, "reason": reason[:255], "template": template or None}),
-                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": outcome})]) == 1
+                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": outcome})])
+            return requeued == 1
         return self._transaction(put_back, f"putting obsid {claim.obsid} back", patience=patience,
                                  interrupted=interrupted)
 
@@ -933,6 +949,10 @@ class JobTable:
         return self.conn.cursor()
 
 
+def _rowcount_and_rows(cur: Any) -> Together:
+    return cur.rowcount, list(cur.fetchall())
+
+
 def _dicts(cur: Any) -> List[Dict[str, Any]]:
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row)) for row in cur.fetchall()]
@@ -1026,6 +1046,8 @@ class MySQLJobTable(JobTable):
     index_exists = """SELECT 1 FROM information_schema.statistics
   WHERE table_schema = DATABASE() AND table_name = :table AND index_name = :index"""
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    picked_into = " INTO @picked_obsid, @picked_attempts"
+    picked_obsid = "@picked_obsid"
     lock_rows = " FOR UPDATE SKIP LOCKED"   # a row a stuck transaction holds is taken back next time
     in_start_order = " FORCE INDEX ({index})"
     by_state = " FORCE INDEX ({index})"
@@ -1097,15 +1119,21 @@ class MySQLJobTable(JobTable):
     def _is_connection_error(self, e: Exception) -> bool:
         return self._code(e) in self.CONNECTION or isinstance(e, self._driver.InterfaceError)
 
-    def _execute_together(self, cur: Any, statements: Sequence[Tuple[str, Dict[str, Any]]]) -> int:
+    def _execute_together(self, cur: Any, statements: Sequence[Tuple[str, Optional[Dict[str, Any]]]]) -> List[Together]:
         # One multi-statement, each statement's values escaped by the driver. Every result is read
         # before the next call (or the COMMIT): a later statement's error is raised by nextset(), in
         # the transaction, which is then rolled back (and retried whole if the error passes).
         text = ";\n".join(cur.mogrify(self.statement(t), p) for t, p in statements)
-        count = self._send(cur, text, None).rowcount
+        results = [_rowcount_and_rows(self._send(cur, text, None))]
         while cur.nextset():
-            pass
-        return count
+            results.append(_rowcount_and_rows(cur))
+        return results
+
+    def _pick_and_claim(self, cur: Any, values: Dict[str, Any]) -> Optional[Tuple[int, int, int]]:
+        # In one round trip: PICK_PENDING selects INTO the variables CLAIM and PICKED read.
+        _, _, (claimed, _), (_, [(obsid, attempts)]) = self._execute_together(
+            cur, [(FORGET_PICKED, None), (PICK_PENDING, None), (CLAIM, values), (PICKED, None)])
+        return None if obsid is None else (int(obsid), int(attempts), claimed)
 
     def _stream_cursor(self) -> Any:
         import MySQLdb.cursors
