@@ -126,6 +126,7 @@ CLAIM = """UPDATE {job_table}
       pid_start = :pid_start, started = {now}, heartbeat = {now}, lease_expires = {now} + :lease, ended = NULL,
       exit_code = NULL, signal_no = NULL, template = NULL
   WHERE obsid = {picked_obsid} AND state = 'pending'"""
+COMMIT = "COMMIT"   # the last of the statements of a transaction sent in one round trip (MySQL)
 FORGET_PICKED = "SET @picked_obsid = NULL, @picked_attempts = NULL"   # a SELECT ... INTO finding no row sets nothing
 PICKED = "SELECT @picked_obsid, @picked_attempts"
 # A claim retried after a lost reply to its COMMIT may have been taken after all: found by its token.
@@ -299,6 +300,7 @@ class JobTable:
         self.results_table = self.quote(job + RESULTS_SUFFIX)
         self.conn: Any = None
         self._connected_once = False
+        self._committed = False   # the transaction's work sent its COMMIT itself (_execute_together)
         self._transaction(lambda cur: None, "connecting", write=False)   # a reader must not wait for writers
 
     # ----------------------------------------------------------------- identifiers, statements, transactions
@@ -335,6 +337,8 @@ class JobTable:
         return self._send(cur, self.statement(text, **names), params)
 
     def _send(self, cur: Any, statement: str, params: Optional[Dict[str, Any]]) -> Any:
+        if self._committed:   # it would begin a transaction nobody commits
+            raise BatchError("a statement after its transaction's COMMIT; please report this")
         started = time.perf_counter()
         if params is None:
             cur.execute(statement)
@@ -344,10 +348,13 @@ class JobTable:
             log.debug("sql %s: %.1f ms", " ".join(statement.split())[:80], 1000 * (time.perf_counter() - started))
         return cur
 
-    def _execute_together(self, cur: Any, statements: Sequence[Tuple[str, Optional[Dict[str, Any]]]]) -> List[Together]:
+    def _execute_together(self, cur: Any, statements: Sequence[Tuple[str, Optional[Dict[str, Any]]]],
+                          commit: bool = False) -> List[Together]:
         """Execute the statements in order; returns each one's (rowcount, rows). Where the dialect can
         (MySQL), they go to the server in one round trip. So each must be right whatever the earlier
-        ones did: none is skipped when an earlier one changes nothing."""
+        ones did: none is skipped when an earlier one changes nothing (an error stops them all).
+        commit: they end the transaction's work, and the transaction is committed with them (MySQL:
+        in the same round trip, COMMIT their last statement)."""
         return [_rowcount_and_rows(self._execute(cur, text, params)) for text, params in statements]
 
     def _transaction(self, work: Callable[[Any], Any], what: str, write: bool = True,
@@ -364,9 +371,12 @@ class JobTable:
                     self.conn = self._connect()
                     self._connected_once = True
                 cur = self.conn.cursor()
+                self._committed = False
                 self._begin(cur, write)
                 result = work(cur)
-                self.conn.commit()
+                committed, self._committed = self._committed, False
+                if not committed:
+                    self.conn.commit()
                 return result
             except self.Error as e:
                 self._rollback()
@@ -398,6 +408,7 @@ class JobTable:
                 raise
 
     def _rollback(self) -> None:
+        self._committed = False
         try:
             if self.conn is not None:
                 self.conn.rollback()
@@ -636,7 +647,7 @@ class JobTable:
             token = uuid.uuid4().hex
             tokens.append(token)
             picked = self._pick_and_claim(cur, {"token": token, "host": host[:255], "worker": worker[:32], "pid": pid,
-                                                "pid_start": pid_start, "lease": lease})
+                                                "pid_start": pid_start, "lease": lease}, commit=True)
             if picked is None:
                 return None
             obsid, attempts, claimed = picked
@@ -645,9 +656,10 @@ class JobTable:
             return Claim(obsid, token, attempts + 1, lease)
         return self._transaction(take, "claiming an obsid", interrupted=interrupted)
 
-    def _pick_and_claim(self, cur: Any, values: Dict[str, Any]) -> Optional[Tuple[int, int, int]]:
+    def _pick_and_claim(self, cur: Any, values: Dict[str, Any], commit: bool = False) -> Optional[Tuple[int, int, int]]:
         """Lock the next pending row and claim it with `values` (CLAIM's, the obsid aside): (obsid,
-        attempts so far, rows CLAIM changed), or None if nothing is pending."""
+        attempts so far, rows CLAIM changed), or None if nothing is pending. commit: as in
+        _execute_together (here the transaction commits after the work, which must end with this)."""
         row = self._execute(cur, PICK_PENDING).fetchone()
         if row is None:
             return None
@@ -690,7 +702,8 @@ class JobTable:
                 (FINISH, {**row, "state": state, "pipelined": int(state == DONE), "attempt": claim.attempt,
                           "exit_code": outcome.exit_code, "signal_no": outcome.signal,
                           "reason": outcome.reason[:255] or None, "template": outcome.template or None}),
-                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": DONE if outcome.ok else FAILED})])
+                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": DONE if outcome.ok else FAILED})],
+                commit=not (state == DONE and results))
             if finished != 1:
                 return None
             # Only done rows have results, and a row becomes done only here: without results there are
@@ -716,7 +729,7 @@ class JobTable:
             # As in finish: HISTORY_FROM_ROW adds nothing when REQUEUE changes nothing.
             (requeued, _), _ = self._execute_together(cur, [
                 (REQUEUE, {**row, "reason": reason[:255], "template": template or None}),
-                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": outcome})])
+                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": outcome})], commit=True)
             return requeued == 1
         return self._transaction(put_back, f"putting obsid {claim.obsid} back", patience=patience,
                                  interrupted=interrupted)
@@ -1119,20 +1132,25 @@ class MySQLJobTable(JobTable):
     def _is_connection_error(self, e: Exception) -> bool:
         return self._code(e) in self.CONNECTION or isinstance(e, self._driver.InterfaceError)
 
-    def _execute_together(self, cur: Any, statements: Sequence[Tuple[str, Optional[Dict[str, Any]]]]) -> List[Together]:
-        # One multi-statement, each statement's values escaped by the driver. Every result is read
-        # before the next call (or the COMMIT): a later statement's error is raised by nextset(), in
-        # the transaction, which is then rolled back (and retried whole if the error passes).
-        text = ";\n".join(cur.mogrify(self.statement(t), p) for t, p in statements)
+    def _execute_together(self, cur: Any, statements: Sequence[Tuple[str, Optional[Dict[str, Any]]]],
+                          commit: bool = False) -> List[Together]:
+        # One multi-statement, each statement's values escaped by the driver. The server stops at the
+        # first statement that fails (the COMMIT is never reached after an error); every result is read
+        # here, so that error is raised by nextset(), in the transaction, which is then rolled back (and
+        # retried whole if the error passes). A lost reply leaves the COMMIT ambiguous, as a lost reply
+        # to conn.commit() would: what the retries of claim and finish are made for.
+        sent = [*statements, (COMMIT, None)] if commit else statements
+        text = ";\n".join(cur.mogrify(self.statement(t), p) for t, p in sent)
         results = [_rowcount_and_rows(self._send(cur, text, None))]
         while cur.nextset():
             results.append(_rowcount_and_rows(cur))
-        return results
+        self._committed = commit
+        return results[:len(statements)]
 
-    def _pick_and_claim(self, cur: Any, values: Dict[str, Any]) -> Optional[Tuple[int, int, int]]:
+    def _pick_and_claim(self, cur: Any, values: Dict[str, Any], commit: bool = False) -> Optional[Tuple[int, int, int]]:
         # In one round trip: PICK_PENDING selects INTO the variables CLAIM and PICKED read.
         _, _, (claimed, _), (_, [(obsid, attempts)]) = self._execute_together(
-            cur, [(FORGET_PICKED, None), (PICK_PENDING, None), (CLAIM, values), (PICKED, None)])
+            cur, [(FORGET_PICKED, None), (PICK_PENDING, None), (CLAIM, values), (PICKED, None)], commit)
         return None if obsid is None else (int(obsid), int(attempts), claimed)
 
     def _stream_cursor(self) -> Any:
