@@ -3,8 +3,10 @@
 `JobTable` states what each operation guarantees; `MySQLJobTable` and `SQLiteJobTable` are two
 dialects of the same idea. All the project's SQL is in this file, each statement whole and named
 below, with named parameters (`:obsid`; MySQL's driver gets `%(obsid)s`). Every difference between
-the dialects is in its class's block of attributes. Identifiers are judged and quoted here and
-nowhere else (`model.check_identifier`, `JobTable.quote`); every value is a parameter.
+the dialects is in its class: its block of attributes, and its hooks (connections, errors, and on
+MySQL a worker's claim and outcome sent as one multi-statement each, its COMMIT included: one round
+trip each). Identifiers are judged and quoted here and nowhere else (`model.check_identifier`,
+`JobTable.quote`); every value is a parameter.
 
 Row life: pending -> running (claimed, with a fresh token) -> done | failed | pending (a retry).
 `pipelined` is kept for the original's users: 1 means done, nothing else.
