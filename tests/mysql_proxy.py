@@ -3,7 +3,9 @@
 It forwards the MySQL protocol byte for byte, reading the client's side packet by packet
 (3-byte length, 1-byte sequence id, payload; a command is a packet of sequence id 0, its first
 byte the command: 0x03 COM_QUERY). mysqlclient's `conn.commit()` is `mysql_commit()`, which sends
-COM_QUERY "COMMIT" (checked by `log_queries`, which records every query the proxy sees).
+COM_QUERY "COMMIT" (checked by `log_queries`, which records every query the proxy sees); on MariaDB the
+workers also end transactions with a multi-statement whose last statement is COMMIT (storage's
+`_execute_together`): both are a COMMIT here.
 
 Armed with a pattern (`lose_commit_reply`), the proxy waits for a connection whose transaction ran a
 query matching it; when that connection sends COMMIT, the COMMIT goes to the server, the server's
@@ -19,7 +21,7 @@ import threading
 from typing import List, Optional
 
 COM_QUERY = 0x03
-ENDS_TRANSACTION = re.compile(rb"^\s*(COMMIT|ROLLBACK)\b", re.I)
+ENDS_TRANSACTION = re.compile(rb"(?:^|;)\s*(COMMIT|ROLLBACK)\s*;?\s*$", re.I)   # alone, or last
 
 
 def _read_exactly(sock: socket.socket, n: int) -> Optional[bytes]:
@@ -116,8 +118,9 @@ class MySQLProxy:
                 if header[3] == 0 and payload[:1] == bytes([COM_QUERY]):
                     query = payload[1:]
                     matched = self._watch(query, matched)
-                    if matched is not None and ENDS_TRANSACTION.match(query):
-                        if query.lstrip()[:6].upper() == b"COMMIT" and self._fire(matched):
+                    ends = ENDS_TRANSACTION.search(query)
+                    if matched is not None and ends:
+                        if ends.group(1).upper() == b"COMMIT" and self._fire(matched):
                             swallow.set()   # before the COMMIT goes: the very answer to it is swallowed
                         matched = None
                 server.sendall(header + payload)

@@ -606,13 +606,12 @@ STUCK_CLAIM = r'''
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
 from batchUtility import config
-from batchUtility.storage import CLAIM, PICK_PENDING, open_table
+from batchUtility.storage import open_table
 cfg = config.load(sys.argv[2])
 table = open_table(cfg.sql, "j", call_timeout=cfg.run.call_timeout)
 def stuck(cur):
-    obsid = table._execute(cur, PICK_PENDING).fetchone()[0]
-    table._execute(cur, CLAIM, {"token": "f" * 32, "host": "frozen", "worker": "1/1", "pid": os.getpid(),
-                                "obsid": obsid, "lease": 2, "pid_start": None})
+    obsid, _, _ = table._pick_and_claim(cur, {"token": "f" * 32, "host": "frozen", "worker": "1/1", "pid": os.getpid(),
+                                              "lease": 2, "pid_start": None})
     print(obsid, flush=True)
     os.kill(os.getpid(), signal.SIGSTOP)
 table._transaction(stuck, "claiming and freezing")

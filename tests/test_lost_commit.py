@@ -33,23 +33,31 @@ def proxied(mysql_batch):
     proxy.close()
 
 
-def test_the_proxy_loses_the_reply_to_a_commit_that_happened(proxied):
+@pytest.mark.parametrize("commit", ["alone", "last of a multi-statement"])
+def test_the_proxy_loses_the_reply_to_a_commit_that_happened(proxied, commit):
     """The fault itself, so that the tests below can fail: the COMMIT a worker's driver sends is
-    COM_QUERY "COMMIT"; armed, the proxy lets it commit and the client sees 2013."""
+    COM_QUERY "COMMIT", or on MariaDB the last statement of the transaction's one query; armed, the
+    proxy lets it commit and the client sees 2013."""
     import MySQLdb
+    from MySQLdb.constants import CLIENT
     env = proxied
     new_job(env, [OBSID])
     s = env.config().sql
     conn = MySQLdb.connect(host=s.host, port=s.port, user=s.user, password=s.password, database=s.db,
-                           autocommit=False)
+                           autocommit=False, client_flag=CLIENT.MULTI_STATEMENTS)
     env.proxy.log_queries = True
     env.proxy.lose_commit_reply(r"SET expected = 42")
     cur = conn.cursor()
-    cur.execute("UPDATE j SET expected = 42")
     with pytest.raises(MySQLdb.OperationalError) as lost:
-        conn.commit()
+        if commit == "alone":
+            cur.execute("UPDATE j SET expected = 42")
+            conn.commit()
+        else:
+            cur.execute("UPDATE j SET expected = 42;\nCOMMIT")
+            while cur.nextset():
+                pass
     assert lost.value.args[0] in (2013, 2006), lost.value
-    assert env.proxy.queries[-1] == b"COMMIT"
+    assert env.proxy.queries[-1].endswith(b"COMMIT")
     assert [r["expected"] for r in env.table("j").rows()] == [42]   # committed all the same
 
 

@@ -28,6 +28,7 @@ import zlib
 import pytest
 
 from batchUtility import eta, report, timeline
+from batchUtility.errors import BatchError
 from batchUtility.model import Outcome
 from conftest import SHARED_DATA
 from mariadb_server import wait_for
@@ -646,6 +647,38 @@ def test_killed_or_fenced_attempts_leave_no_result(batch):
     wait_for(lambda: table.reclaim_stale(lease=30, max_attempts=3) == [claim.obsid], 30, "the claim to be taken back")
     assert table.finish(claim, Outcome(True, "", 0), 3, results={"late": 2}) is None
     assert results_of(batch, "k") == []
+
+
+def test_a_claim_recorded_done_stays_done_with_its_results(batch):
+    """Only done rows have results (what lets a success without results skip deleting any): a finish
+    that committed though its worker never heard so (a lost COMMIT reply), followed by a put-back or
+    a failure of the same claim, changes nothing; a repeat of the same finish still counts."""
+    new_job(batch, "once", [1], "pass\n")
+    table = batch.table("once")
+    claim = table.claim("h", "1/1", 1)
+    assert table.finish(claim, Outcome(True, "", 0), 3, results={"x": 1}) == "done"
+    assert table.finish(claim, Outcome(True, "", 0), 3, results={"x": 1}) == "done"   # the repeat
+    assert table.requeue(claim, "setup broken", outcome="setup") is False
+    assert table.finish(claim, Outcome(False, "late failure", 1), 3) is None
+    assert [(r["state"], r["attempts"], r["reason"]) for r in table.rows()] == [("done", 1, None)]
+    assert results_of(batch, "once") == [(1, "x", "1", 1.0)]
+    assert [(h["attempt"], h["outcome"]) for h in table.history()] == [(1, "done")]
+
+
+@pytest.mark.parametrize("record", ["finish", "requeue"])
+def test_an_attempt_is_recorded_with_its_history_or_not_at_all(batch, record):
+    """The row and the history are written together (on MariaDB in one multi-statement): when the
+    history cannot be written, the error is said and the row stays as it was."""
+    new_job(batch, "whole", [1], "pass\n")
+    table = batch.table("whole")
+    claim = table.claim("h", "1/1", 1)
+    query(batch, "DROP TABLE whole__attempts")
+    with pytest.raises(BatchError, match="whole__attempts"):
+        if record == "finish":
+            table.finish(claim, Outcome(True, "", 0), 3)
+        else:
+            table.requeue(claim, "stopped")
+    assert [(r["state"], r["token"]) for r in table.rows()] == [("running", claim.token)]
 
 
 @pytest.mark.slow

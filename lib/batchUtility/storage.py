@@ -3,8 +3,10 @@
 `JobTable` states what each operation guarantees; `MySQLJobTable` and `SQLiteJobTable` are two
 dialects of the same idea. All the project's SQL is in this file, each statement whole and named
 below, with named parameters (`:obsid`; MySQL's driver gets `%(obsid)s`). Every difference between
-the dialects is in its class's block of attributes. Identifiers are judged and quoted here and
-nowhere else (`model.check_identifier`, `JobTable.quote`); every value is a parameter.
+the dialects is in its class: its block of attributes, and its hooks (connections, errors, and on
+MySQL a worker's claim and outcome sent as one multi-statement each, its COMMIT included: one round
+trip each). Identifiers are judged and quoted here and nowhere else (`model.check_identifier`,
+`JobTable.quote`); every value is a parameter.
 
 Row life: pending -> running (claimed, with a fresh token) -> done | failed | pending (a retry).
 `pipelined` is kept for the original's users: 1 means done, nothing else.
@@ -39,6 +41,7 @@ STREAM_ROWS = 2000              # rows fetched at a time when streaming (history
 DEFAULT_LEASE = 300.0          # seconds, as [run] lease's default
 DEFAULT_CALL_TIMEOUT = 60.0     # seconds one database call may block, for commands (`run` derives its own from the lease)
 _PARAMETER = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
+Together = Tuple[int, List[Any]]   # what one statement of JobTable._execute_together gave: rowcount, rows
 
 # ----------------------------------------------------------------------------- the statements
 # Braces name identifiers and dialect fragments, filled by JobTable.statement(); colons name values.
@@ -116,26 +119,36 @@ DB_NOW = "SELECT {now}"
 COUNT_ALL = "SELECT COUNT(*) FROM {job_table}"
 
 # Lock (MySQL: skipping rows other claimers hold) the next pending row, longest expected first.
-PICK_PENDING = """SELECT obsid, attempts FROM {job_table} WHERE state = 'pending'
+# MySQL claims in one round trip: FORGET_PICKED; PICK_PENDING; CLAIM; PICKED, the picked row passed
+# from one statement to the next in session variables ({picked_into}, {picked_obsid}).
+PICK_PENDING = """SELECT obsid, attempts{picked_into} FROM {job_table} WHERE state = 'pending'
   ORDER BY expected DESC, obsid LIMIT 1{skip_locked}"""
 CLAIM = """UPDATE {job_table}
   SET state = 'running', pipelined = 0, token = :token, host = :host, worker = :worker, pid = :pid,
       pid_start = :pid_start, started = {now}, heartbeat = {now}, lease_expires = {now} + :lease, ended = NULL,
       exit_code = NULL, signal_no = NULL, template = NULL
-  WHERE obsid = :obsid AND state = 'pending'"""
+  WHERE obsid = {picked_obsid} AND state = 'pending'"""
+COMMIT = "COMMIT"   # the last of the statements of a transaction sent in one round trip (MySQL)
+FORGET_PICKED = "SET @picked_obsid = NULL, @picked_attempts = NULL"   # a SELECT ... INTO finding no row sets nothing
+PICKED = "SELECT @picked_obsid, @picked_attempts"
 # A claim retried after a lost reply to its COMMIT may have been taken after all: found by its token.
 CLAIMED_BY = """SELECT obsid, attempts FROM {job_table} WHERE token = :token AND state = 'running'"""
 HEARTBEAT = """UPDATE {job_table} SET heartbeat = {now}, lease_expires = {now} + :lease
   WHERE obsid = :obsid AND token = :token AND state = 'running'"""
+# Finish and requeue change their claim's row only while it runs, or repeat what they did (a repeat
+# after a lost COMMIT reply finds the state it gave): a claim recorded done or failed stays so (a
+# put-back after a finish that did commit). Only `reset` makes a done row pending again, and it deletes
+# its results: so only done rows have results.
 FINISH = """UPDATE {job_table}
   SET state = :state, pipelined = :pipelined, attempts = :attempt, ended = {now}, heartbeat = NULL,
       lease_expires = NULL, exit_code = :exit_code, signal_no = :signal_no, reason = :reason, template = :template
-  WHERE obsid = :obsid AND token = :token"""
+  WHERE obsid = :obsid AND token = :token AND state IN ('running', :state)"""
 REQUEUE = """UPDATE {job_table}
   SET state = 'pending', ended = {now}, heartbeat = NULL, lease_expires = NULL, reason = :reason, template = :template
-  WHERE obsid = :obsid AND token = :token"""
-# A put-back of this claim that committed (its history row, written in the same transaction).
-PUT_BACK_RECORDED = "SELECT 1 FROM {history_table} WHERE token = :token AND obsid = :obsid AND outcome = :outcome"
+  WHERE obsid = :obsid AND token = :token AND state IN ('running', 'pending')"""
+# An outcome of this claim that committed (its history row, written in the same transaction): a retry
+# after a lost COMMIT reply finds it, though the obsid may have been claimed again since (a new token).
+ATTEMPT_RECORDED = "SELECT 1 FROM {history_table} WHERE token = :token AND obsid = :obsid AND outcome = :outcome"
 # Copies the job row of a claim into the history, as attempt :attempt that ended as :outcome.
 HISTORY_FROM_ROW = """{insert_ignore} INTO {history_table}
   (token, obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason, template)
@@ -267,6 +280,8 @@ class JobTable:
     create_index = "CREATE INDEX IF NOT EXISTS"
     index_exists: Optional[str] = None   # a query for an index, where CREATE INDEX has no IF NOT EXISTS
     skip_locked = ""               # makes PICK_PENDING lock its row, skipping rows others hold
+    picked_into = ""               # where PICK_PENDING puts its row for CLAIM, if not in its result
+    picked_obsid = ":obsid"        # the obsid CLAIM claims
     lock_rows = ""                 # makes STALE lock the rows it reads
     # Index hints ({index} is the index meant), where the planner would read a million rows:
     in_start_order = ""            # the history in start order, streamed from its first row (no sort first)
@@ -290,6 +305,7 @@ class JobTable:
         self.results_table = self.quote(job + RESULTS_SUFFIX)
         self.conn: Any = None
         self._connected_once = False
+        self._committed = False   # the transaction's work sent its COMMIT itself (_execute_together)
         self._transaction(lambda cur: None, "connecting", write=False)   # a reader must not wait for writers
 
     # ----------------------------------------------------------------- identifiers, statements, transactions
@@ -305,6 +321,7 @@ class JobTable:
         in (never values), named parameters written the driver's way."""
         filled = text.format(job_table=self.job_table, history_table=self.history_table, now=self.now,
                              insert_ignore=self.insert_ignore, skip_locked=self.skip_locked,
+                             picked_into=self.picked_into, picked_obsid=self.picked_obsid,
                              lock_rows=self.lock_rows, create_index=self.create_index,
                              obsid_type=self.obsid_type, table_options=self.table_options, expiry=EXPIRY,
                              **self._operator_names(text), **names)
@@ -322,7 +339,11 @@ class JobTable:
         return names
 
     def _execute(self, cur: Any, text: str, params: Optional[Dict[str, Any]] = None, **names: str) -> Any:
-        statement = self.statement(text, **names)
+        return self._send(cur, self.statement(text, **names), params)
+
+    def _send(self, cur: Any, statement: str, params: Optional[Dict[str, Any]]) -> Any:
+        if self._committed:   # it would begin a transaction nobody commits
+            raise BatchError("a statement after its transaction's COMMIT; please report this")
         started = time.perf_counter()
         if params is None:
             cur.execute(statement)
@@ -331,6 +352,15 @@ class JobTable:
         if log.isEnabledFor(logging.DEBUG):   # -v
             log.debug("sql %s: %.1f ms", " ".join(statement.split())[:80], 1000 * (time.perf_counter() - started))
         return cur
+
+    def _execute_together(self, cur: Any, statements: Sequence[Tuple[str, Optional[Dict[str, Any]]]],
+                          commit: bool = False) -> List[Together]:
+        """Execute the statements in order; returns each one's (rowcount, rows). Where the dialect can
+        (MySQL), they go to the server in one round trip. So each must be right whatever the earlier
+        ones did: none is skipped when an earlier one changes nothing (an error stops them all).
+        commit: they end the transaction's work, and the transaction is committed with them (MySQL:
+        in the same round trip, COMMIT their last statement)."""
+        return [_rowcount_and_rows(self._execute(cur, text, params)) for text, params in statements]
 
     def _transaction(self, work: Callable[[Any], Any], what: str, write: bool = True,
                      patience: Optional[float] = None, interrupted: Optional[Callable[[], bool]] = None) -> Any:
@@ -346,9 +376,12 @@ class JobTable:
                     self.conn = self._connect()
                     self._connected_once = True
                 cur = self.conn.cursor()
+                self._committed = False
                 self._begin(cur, write)
                 result = work(cur)
-                self.conn.commit()
+                committed, self._committed = self._committed, False
+                if not committed:
+                    self.conn.commit()
                 return result
             except self.Error as e:
                 self._rollback()
@@ -380,6 +413,7 @@ class JobTable:
                 raise
 
     def _rollback(self) -> None:
+        self._committed = False
         try:
             if self.conn is not None:
                 self.conn.rollback()
@@ -617,16 +651,25 @@ class JobTable:
                     return Claim(int(row[0]), earlier, int(row[1]) + 1, lease)
             token = uuid.uuid4().hex
             tokens.append(token)
-            row = self._execute(cur, PICK_PENDING).fetchone()
-            if row is None:
+            picked = self._pick_and_claim(cur, {"token": token, "host": host[:255], "worker": worker[:32], "pid": pid,
+                                                "pid_start": pid_start, "lease": lease}, commit=True)
+            if picked is None:
                 return None
-            obsid, attempts = int(row[0]), int(row[1])
-            self._execute(cur, CLAIM, {"token": token, "host": host[:255], "worker": worker[:32], "pid": pid,
-                                       "pid_start": pid_start, "obsid": obsid, "lease": lease})
-            if cur.rowcount != 1:
+            obsid, attempts, claimed = picked
+            if claimed != 1:
                 raise BatchError(f"claim of obsid {obsid} lost a race it cannot lose; please report this")
             return Claim(obsid, token, attempts + 1, lease)
         return self._transaction(take, "claiming an obsid", interrupted=interrupted)
+
+    def _pick_and_claim(self, cur: Any, values: Dict[str, Any], commit: bool = False) -> Optional[Tuple[int, int, int]]:
+        """Lock the next pending row and claim it with `values` (CLAIM's, the obsid aside): (obsid,
+        attempts so far, rows CLAIM changed), or None if nothing is pending. commit: as in
+        _execute_together (here the transaction commits after the work, which must end with this)."""
+        row = self._execute(cur, PICK_PENDING).fetchone()
+        if row is None:
+            return None
+        claimed = self._execute(cur, CLAIM, {**values, "obsid": int(row[0])}).rowcount
+        return int(row[0]), int(row[1]), claimed
 
     def heartbeat(self, claim: Claim) -> Lease:
         """Renew the claim's lease (for the claim's own lease seconds): HELD (still ours), LOST (taken
@@ -655,20 +698,32 @@ class JobTable:
         """
         state = DONE if outcome.ok else (FAILED if claim.attempt >= max_attempts else PENDING)
         row = {"obsid": claim.obsid, "token": claim.token}
+        attempt_outcome = DONE if outcome.ok else FAILED
+        tries = []
 
         def record(cur):
-            self._execute(cur, FINISH, {**row, "state": state, "pipelined": int(state == DONE), "attempt": claim.attempt,
-                                        "exit_code": outcome.exit_code, "signal_no": outcome.signal,
-                                        "reason": outcome.reason[:255] or None, "template": outcome.template or None})
-            if cur.rowcount != 1:
+            # As in requeue: a failure put back to pending by a try whose COMMIT reply was lost may be
+            # another worker's claim by now; our history row says that our outcome was recorded.
+            if tries and self._execute(cur, ATTEMPT_RECORDED, {**row, "outcome": attempt_outcome}).fetchone():
+                return state
+            tries.append(True)
+            # The history's key is the claim's token: when FINISH changes nothing (the claim was taken
+            # back, or recorded already), HISTORY_FROM_ROW finds no row holding the token, or one whose
+            # attempt the history has already.
+            (finished, _), _ = self._execute_together(cur, [
+                (FINISH, {**row, "state": state, "pipelined": int(state == DONE), "attempt": claim.attempt,
+                          "exit_code": outcome.exit_code, "signal_no": outcome.signal,
+                          "reason": outcome.reason[:255] or None, "template": outcome.template or None}),
+                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": attempt_outcome})],
+                commit=not (state == DONE and results))
+            if finished != 1:
                 return None
-            self._execute(cur, HISTORY_FROM_ROW, {**row, "attempt": claim.attempt,
-                                                  "outcome": DONE if outcome.ok else FAILED})
-            if state == DONE:
+            # Only done rows have results, and a row becomes done only here: without results there are
+            # none to replace. With results, a finish repeated after a lost COMMIT reply replaces its own.
+            if state == DONE and results:
                 self._execute(cur, RESULTS_DELETE, {"obsid": claim.obsid})
-                if results:
-                    cur.executemany(self.statement(RESULTS_INSERT),
-                                    [result_row(claim.obsid, name, value) for name, value in results.items()])
+                cur.executemany(self.statement(RESULTS_INSERT),
+                                [result_row(claim.obsid, name, value) for name, value in results.items()])
             return state
         return self._transaction(record, f"recording the outcome of obsid {claim.obsid}", patience=patience,
                                  interrupted=interrupted)
@@ -684,16 +739,14 @@ class JobTable:
         tries = []
 
         def put_back(cur):
-            # A try whose COMMIT got no answer may have committed all the same, and the obsid then been
-            # claimed again by another worker (a new token): its history row (our token, our outcome) tells.
-            if tries and self._execute(cur, PUT_BACK_RECORDED, {**row, "outcome": outcome}).fetchone():
+            if tries and self._execute(cur, ATTEMPT_RECORDED, {**row, "outcome": outcome}).fetchone():
                 return True
             tries.append(True)
-            self._execute(cur, REQUEUE, {**row, "reason": reason[:255], "template": template or None})
-            if cur.rowcount != 1:
-                return False
-            self._execute(cur, HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": outcome})
-            return True
+            # As in finish: HISTORY_FROM_ROW adds nothing when REQUEUE changes nothing.
+            (requeued, _), _ = self._execute_together(cur, [
+                (REQUEUE, {**row, "reason": reason[:255], "template": template or None}),
+                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": outcome})], commit=True)
+            return requeued == 1
         return self._transaction(put_back, f"putting obsid {claim.obsid} back", patience=patience,
                                  interrupted=interrupted)
 
@@ -925,6 +978,10 @@ class JobTable:
         return self.conn.cursor()
 
 
+def _rowcount_and_rows(cur: Any) -> Together:
+    return cur.rowcount, list(cur.fetchall())
+
+
 def _dicts(cur: Any) -> List[Dict[str, Any]]:
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row)) for row in cur.fetchall()]
@@ -1032,6 +1089,8 @@ class MySQLJobTable(JobTable):
     index_exists = """SELECT 1 FROM information_schema.statistics
   WHERE table_schema = DATABASE() AND table_name = :table AND index_name = :index"""
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    picked_into = " INTO @picked_obsid, @picked_attempts"
+    picked_obsid = "@picked_obsid"
     lock_rows = " FOR UPDATE SKIP LOCKED"   # a row a stuck transaction holds is taken back next time
     in_start_order = " FORCE INDEX ({index})"
     by_state = " FORCE INDEX ({index})"
@@ -1057,7 +1116,9 @@ class MySQLJobTable(JobTable):
         options = {"host": s.host, "user": s.user, "database": s.db, "charset": "utf8mb4",
                    "connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds,
                    "autocommit": False,
-                   "client_flag": CLIENT.FOUND_ROWS,  # rowcount = rows matched, so repeated writes still count
+                   # rowcount = rows matched, so repeated writes still count; several statements in one
+                   # round trip (_execute_together: every value is a parameter, every identifier checked)
+                   "client_flag": CLIENT.FOUND_ROWS | CLIENT.MULTI_STATEMENTS,
                    "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"}
         if s.port:
             options["port"] = s.port
@@ -1100,6 +1161,27 @@ class MySQLJobTable(JobTable):
 
     def _is_connection_error(self, e: Exception) -> bool:
         return self._code(e) in self.CONNECTION or isinstance(e, self._driver.InterfaceError)
+
+    def _execute_together(self, cur: Any, statements: Sequence[Tuple[str, Optional[Dict[str, Any]]]],
+                          commit: bool = False) -> List[Together]:
+        # One multi-statement, each statement's values escaped by the driver. The server stops at the
+        # first statement that fails (the COMMIT is never reached after an error); every result is read
+        # here, so that error is raised by nextset(), in the transaction, which is then rolled back (and
+        # retried whole if the error passes). A lost reply leaves the COMMIT ambiguous, as a lost reply
+        # to conn.commit() would: what the retries of claim and finish are made for.
+        sent = [*statements, (COMMIT, None)] if commit else statements
+        text = ";\n".join(cur.mogrify(self.statement(t), p) for t, p in sent)
+        results = [_rowcount_and_rows(self._send(cur, text, None))]
+        while cur.nextset():
+            results.append(_rowcount_and_rows(cur))
+        self._committed = commit
+        return results[:len(statements)]
+
+    def _pick_and_claim(self, cur: Any, values: Dict[str, Any], commit: bool = False) -> Optional[Tuple[int, int, int]]:
+        # In one round trip: PICK_PENDING selects INTO the variables CLAIM and PICKED read.
+        _, _, (claimed, _), (_, [(obsid, attempts)]) = self._execute_together(
+            cur, [(FORGET_PICKED, None), (PICK_PENDING, None), (CLAIM, values), (PICKED, None)], commit)
+        return None if obsid is None else (int(obsid), int(attempts), claimed)
 
     def _stream_cursor(self) -> Any:
         import MySQLdb.cursors
