@@ -21,6 +21,7 @@ from test_reliability import Worker
 CLAIM_UPDATE = r"SET state = 'running'"   # the claim's UPDATE (storage.CLAIM), values filled in by the driver
 FINISH_DONE = r"SET state = 'done'"       # a success's UPDATE (storage.FINISH)
 PUT_BACK = r"SET state = 'pending', ended"  # a put-back's UPDATE (storage.REQUEUE; FINISH sets pipelined next)
+FINISH_RETRY = r"SET state = 'pending', pipelined"   # a failure's UPDATE (storage.FINISH) when it is to be retried
 
 
 @pytest.fixture
@@ -118,3 +119,31 @@ def test_a_lost_commit_reply_to_a_put_back_is_known_for_its_own(proxied, reaper)
     assert [h["outcome"] for h in other.history(OBSID)] == ["stopped"]
     [row] = other.rows()
     assert (row["state"], row["host"], row["attempts"]) == ("running", "elsewhere", 0)
+
+
+@pytest.mark.slow
+def test_a_lost_commit_reply_to_a_retried_failure_is_known_for_its_own(proxied, reaper):
+    """An attempt fails and is to be retried: its outcome commits (the obsid pending again), the reply
+    is lost, and before the worker retries another worker claims the obsid. The retry finds its own
+    recorded failure (the history row of its token) and the worker says so, not "not recorded"."""
+    env = proxied
+    env.write_cfg(sql={"port": str(env.proxy.port)}, run={"lease": "60", "retry_errors": "yes", "max_attempts": "3"})
+    env.template("j", "raise ValueError('fails')\n")
+    new_job(env, [OBSID])
+    env.proxy.hold = threading.Event()
+    env.proxy.lose_commit_reply(FINISH_RETRY)
+    w = Worker(env, reaper, "w")
+    wait_for(lambda: env.proxy.swallowed, 60, "the failure to commit, its answer swallowed")
+    other = env.table("j")
+    again = other.claim("elsewhere", "1/1", 1, 60)
+    assert again is not None and again.obsid == OBSID and again.attempt == 2
+    env.proxy.hold.set()   # the cut: the worker gets 2013 and retries
+    wait_for(lambda: "will be retried (attempt 1 of 3)" in w.err(), 60, "the worker to log its failure")
+    w.proc.send_signal(signal.SIGTERM)   # it waits for the obsid running elsewhere
+    assert w.wait(60) == 128 + signal.SIGTERM, w.err()
+    err = w.err()
+    assert env.proxy.fired == [FINISH_RETRY.encode()] and "Lost connection" in err, err
+    assert "not recorded" not in err and "Traceback" not in err, err
+    assert [(h["attempt"], h["outcome"]) for h in other.history(OBSID)] == [(1, "failed")]
+    [row] = other.rows()
+    assert (row["state"], row["host"], row["attempts"]) == ("running", "elsewhere", 1)
