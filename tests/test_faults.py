@@ -224,17 +224,22 @@ def test_the_probe_sees_two_runs_of_one_obsid_at_once(sqlite_batch, reaper):
 
 
 # ----------------------------------------------------------------------------- a frozen database
+def worker_running_hipe(env, reaper, lease):
+    """A worker (lease seconds, patient with the database) whose HIPE runs until go(env): (worker, HIPE's pid)."""
+    env.write_cfg(run={"lease": str(lease), "db_patience": "600"})
+    env.template("j", probe(first=None))
+    new_job(env)
+    w = Worker(env, reaper, "w")
+    return w, wait_first_run(env, reaper)
+
+
 @pytest.mark.slow
 def test_stop_signal_acts_while_the_database_is_frozen(freeze_env, reaper):
     """mariadbd frozen (SIGSTOP) while HIPE runs: SIGTERM to the worker stops HIPE within
     seconds, not when the server thaws; the worker exits 143 within the stop's patience, and
     the obsid is finished by a later run once the server is back."""
     env = freeze_env
-    env.write_cfg(run={"lease": "6", "db_patience": "600"})
-    env.template("j", probe(first=None))
-    new_job(env)
-    w = Worker(env, reaper, "w")
-    script = wait_first_run(env, reaper)
+    w, script = worker_running_hipe(env, reaper, lease=6)
     with frozen(env.server):
         time.sleep(1.5)   # past a heartbeat: the worker's database thread is now stuck in the server
         stopped = time.monotonic()
@@ -249,18 +254,13 @@ def test_stop_signal_acts_while_the_database_is_frozen(freeze_env, reaper):
     assert_exactly_once(env, [OBSID])
 
 
-
 @pytest.mark.slow
 def test_a_stopped_worker_waiting_for_a_frozen_database_says_hipe_has_ended(freeze_env, reaper):
     """SIGTERM the moment mariadbd is frozen, lease 15 s: a renewal then blocks for 5 s, so the first
     one to fail does so after HIPE was stopped, while the worker tries to put the obsid back. Its
     warning says HIPE has ended already, never that HIPE keeps running (it did before)."""
     env = freeze_env
-    env.write_cfg(run={"lease": "15", "db_patience": "600"})
-    env.template("j", probe(first=None))
-    new_job(env)
-    w = Worker(env, reaper, "w")
-    script = wait_first_run(env, reaper)
+    w, script = worker_running_hipe(env, reaper, lease=15)
     with frozen(env.server):
         w.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: not alive(script), 5, "HIPE to be stopped while the database is frozen")
@@ -268,6 +268,7 @@ def test_a_stopped_worker_waiting_for_a_frozen_database_says_hipe_has_ended(free
     err = w.err()
     assert "database unreachable; HIPE has ended already" in err and "HIPE keeps running" not in err, err
     assert "stopped by SIGTERM: HIPE stopped; " in err and "the obsid stays claimed until its lease runs out" in err, err
+
 
 @pytest.mark.slow
 def test_hipe_timeout_acts_while_the_database_is_frozen(freeze_env, reaper):
@@ -321,11 +322,7 @@ def test_late_success_of_a_claim_nobody_took_is_recorded(freeze_env, reaper):
     claim (its token is unchanged), so once the server thaws the success is recorded, not thrown
     away or counted lost."""
     env = freeze_env
-    env.write_cfg(run={"lease": "6", "db_patience": "600"})
-    env.template("j", probe(first=None))
-    new_job(env)
-    w = Worker(env, reaper, "w")
-    script = wait_first_run(env, reaper)
+    w, script = worker_running_hipe(env, reaper, lease=6)
     with frozen(env.server):
         go(env)
         wait_for(lambda: not alive(script), 10, "HIPE to succeed while the database is frozen")
@@ -464,33 +461,6 @@ def test_wipe_force_and_new_while_a_worker_runs_counts_nothing_of_the_old_job(ba
 
 
 # ----------------------------------------------------------------------------- black holes
-@pytest.mark.slow
-def test_worker_out_of_file_descriptors_stops_without_failing_obsids(batch, reaper):
-    """A worker that cannot start HIPE (EMFILE: its file-descriptor limit lowered while it runs, to
-    what it holds already) puts the obsid back uncounted and stops with one line, exit 2; it does
-    not fail the job's obsids one after the other. A healthy run then finishes the job."""
-    env = batch
-    obsids = [OBSID, OBSID + 1, OBSID + 2, OBSID + 3]
-    env.template("j", probe(first=None))
-    new_job(env, obsids)
-    w = Worker(env, reaper, "w")
-    wait_first_run(env, reaper)
-    held = {int(fd) for fd in os.listdir(f"/proc/{w.pid}/fd")}
-    lowest_free = min(set(range(len(held) + 1)) - held)   # a new descriptor would take this number
-    resource.prlimit(w.pid, resource.RLIMIT_NOFILE, (lowest_free, lowest_free))
-    go(env)
-    assert w.wait(60) == 2, w.err()
-    [line] = [x for x in w.err().splitlines() if x.startswith("BatchProcess.py: error: ")]
-    assert "Too many open files" in line and "put back to pending and worker stopped" in line, line
-    assert "Traceback" not in w.err()
-    rows = env.table("j").rows()
-    assert sorted(r["state"] for r in rows) == ["done", "pending", "pending", "pending"]
-    assert all(r["attempts"] == 0 for r in rows if r["state"] == "pending")
-    r = env.cli("j", "run", timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert_exactly_once(env, obsids)
-
-
 class ProcessLimit:
     """A cgroup (v1 pids controller) whose processes can start no more processes or threads: what a
     node at its process limit does (root ignores RLIMIT_NPROC)."""
@@ -527,23 +497,41 @@ def process_limit(name):
         group.rmdir()
 
 
+def limit_descriptors(pid):
+    """EMFILE from now on: the worker's file-descriptor limit lowered to what it holds already."""
+    held = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    lowest_free = min(set(range(len(held) + 1)) - held)   # a new descriptor would take this number
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free, lowest_free))
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def limit_processes(pid):
+    """EAGAIN from now on for fork and new threads: the worker in a pids cgroup at its count."""
+    with process_limit("fork") as limit:
+        limit.freeze(pid)
+        yield
+
+
 @pytest.mark.slow
-def test_worker_that_cannot_start_processes_stops_without_failing_obsids(batch, reaper):
-    """A node at its process limit (fork and thread creation fail with EAGAIN) while a worker runs:
-    the worker finishes what it runs, puts the next obsid back uncounted and stops with one line,
-    exit 2, no traceback; it does not fail the job's obsids. A healthy run then finishes the job."""
+@pytest.mark.parametrize("limit, error", [(limit_descriptors, "Too many open files"),
+                                          (limit_processes, "Resource temporarily unavailable")],
+                         ids=["descriptors", "processes"])
+def test_worker_at_a_limit_stops_without_failing_obsids(batch, reaper, limit, error):
+    """A worker that cannot start HIPE any more (no file descriptors left; the node at its process
+    limit) finishes what it runs, puts the next obsid back uncounted and stops with one line, exit 2,
+    no traceback; it does not fail the job's obsids one after the other. A healthy run then finishes the job."""
     env = batch
     obsids = [OBSID, OBSID + 1, OBSID + 2, OBSID + 3]
     env.template("j", probe(first=None))
     new_job(env, obsids)
     w = Worker(env, reaper, "w")
     wait_first_run(env, reaper)
-    with process_limit("fork") as limit:
-        limit.freeze(w.pid)
+    with limit(w.pid):
         go(env)
         assert w.wait(60) == 2, w.err()
-    errors = [x for x in w.err().splitlines() if x.startswith("BatchProcess.py: error: ")]
-    assert len(errors) == 1 and "Resource temporarily unavailable" in errors[0], w.err()
+    [line] = [x for x in w.err().splitlines() if x.startswith("BatchProcess.py: error: ")]
+    assert error in line and "put back to pending and worker stopped" in line, line
     assert "Traceback" not in w.err()
     rows = env.table("j").rows()
     assert sorted(r["state"] for r in rows) == ["done", "pending", "pending", "pending"], rows
