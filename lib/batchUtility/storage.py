@@ -466,7 +466,7 @@ class JobTable:
             self._transaction(self._add_columns, "adding new columns to the job table")
         if not complete:
             # A job made before results or the operator's indexes existed: add what it lacks, once
-            # (on a million rows an index takes a few seconds; MariaDB builds it without blocking writers).
+            # (on a million rows the hosts index takes about a second; MariaDB builds it without blocking writers).
             log.info("adding the results table and the status indexes to job '%s' (made by an earlier version)", self.job)
             self._transaction(self._create_operator_tables, "adding the results table and the status indexes")
 
