@@ -3,7 +3,7 @@ on SQLite and on a private MariaDB server.
 
 The job is made with `new` and then given a run's worth of state straight in SQL: 60 % done (with
 one attempt each in the history), 1 % failed, 64 running, the rest pending, pipetimes spread from
-332 to 3,662 s. Timed: `status` (with rate and ETA), `status --json`, `status --running` and
+332 to 3,662 s. Timed: `status` (with rate and ETA), `status --json`, `status --hosts`, `status --running` and
 `history --csv` (to the first row, and to the last), in this process (what the database and the
 arithmetic cost) and as commands (with the interpreter's start): the median and the best of several
 runs, with the load average (the machine may be shared).
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import BatchEnv  # noqa: E402
 from mariadb_server import MariaDB  # noqa: E402
 
-from batchUtility import report  # noqa: E402
+from batchUtility import report, storage  # noqa: E402
 
 HOSTS = "CASE obsid % 4 WHEN 0 THEN 'node01' WHEN 1 THEN 'node02' WHEN 2 THEN 'node03' ELSE 'node04' END"
 
@@ -64,6 +64,19 @@ def fill(env: BatchEnv, n: int, base: int):
         c.commit()
 
 
+def plan(env: BatchEnv, statement: str) -> str:
+    """How the database reads `statement` (SQLite: EXPLAIN QUERY PLAN; MariaDB: EXPLAIN's key and extra)."""
+    if env.backend == "sqlite":
+        import sqlite3
+        with sqlite3.connect(env.root / "batch.sqlite") as db:
+            return "; ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + statement))
+    with env.server.admin(env.db) as c:
+        cur = c.cursor()
+        cur.execute("EXPLAIN " + statement)
+        names = [d[0] for d in cur.description]
+        return "; ".join(f"key {r['key']}, rows {r['rows']}, {r['Extra']}" for r in (dict(zip(names, row)) for row in cur))
+
+
 def status_block(table):
     """What `status` reads and writes (cli._status)."""
     figures = table.pace_figures(report.RATE_WINDOW, report.WORKERS_WINDOW)
@@ -92,8 +105,10 @@ def bench(env: BatchEnv, n: int):
     print(f"{env.backend}: {n:,} obsids, a run's state filled in {time.perf_counter() - t:.1f} s", flush=True)
     table = env.table("bench")
     table.require()   # adds the results table and indexes to a job made before them (not here)
+    print(f"  plan of the per-host totals: {plan(env, table.statement(storage.BY_HOST))}")
     print("  in this process:")
     timed("status (counts, failures, rate, ETA)", lambda: status_block(table))
+    timed("status --hosts: per-host totals", table.by_host)
     timed("status --running", lambda: report.running_text(
         table.pace_figures(report.RATE_WINDOW, report.WORKERS_WINDOW, census=False)["running"], time.time(), 6, 30))
     timed("history --csv: first row", lambda: next(iter(table.iter_history())), repeat=1)
@@ -102,7 +117,7 @@ def bench(env: BatchEnv, n: int):
           repeat=1)
     print(f"    ({rows[0]:,} attempts written)")
     print("  as commands (each with the interpreter's start, ~0.1-0.3 s):")
-    for args in (["status"], ["status", "--json"], ["status", "--running"]):
+    for args in (["status"], ["status", "--json"], ["status", "--hosts"], ["status", "--running"]):
         timed(" ".join(args), lambda: env.cli("bench", *args), repeat=7)
     with open(os.devnull, "w") as null:
         timed("history --csv > /dev/null", lambda: env.popen("bench", "history", "--csv", stdout=null).wait(), repeat=1)
