@@ -161,6 +161,8 @@ class LocalRun:
                 os._exit(self._worker(rank, fd))
             os.close(fd)   # the worker's copy alone holds the slot from now on
             self.children[pid] = rank
+            if self.stop_signal:   # it came during the fork: _on_signal did not know this worker yet
+                self._on_signal(self.stop_signal, None)
         if self.relay is None:
             return not_started + self._wait()
         self.relay.start()
@@ -191,15 +193,16 @@ class LocalRun:
         """The forked worker in slot rank/size; its return value is its exit status."""
         status = 1
         try:
-            for s in STOP_SIGNALS:
-                signal.signal(s, signal.SIG_DFL)   # until the worker sets its own handlers
+            # Until the worker takes the signals over, the parent's handler stays: in this copy it only
+            # records a stop (self.children is empty here), which the worker then acts on. Not SIG_DFL:
+            # a signal caught but not yet handled when a handler becomes SIG_DFL is dropped by Python.
             if self.stop_signal:
                 return 128 + self.stop_signal
             os.ftruncate(lock_fd, 0)
             os.write(lock_fd, f"{os.getpid()}\n".encode())
             table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience)
             worker = Worker(self.cfg, table, self.job, Slot(rank, self.size, self.host), out=self.out,
-                            **self.worker_options)
+                            stopped_before=lambda: self.stop_signal, **self.worker_options)
             status = worker.run()
         except BatchError as e:
             print(f"BatchProcess.py: error: [{self.host} slot {rank}/{self.size}] {e}", file=sys.stderr)

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, TextIO
+from typing import Any, Callable, Dict, Optional, TextIO
 
 from . import hipe, report
 from .config import Config
@@ -100,10 +100,13 @@ class Worker:
     """One worker process: claims obsids of one job, launches HIPE on each, records what became of it."""
 
     def __init__(self, cfg: Config, table: Optional[JobTable], job: str, slot: Slot, out: Optional[TextIO] = None,
-                 quiet: bool = False, max_time: Optional[float] = None, claim_until: Optional[float] = None):
+                 quiet: bool = False, max_time: Optional[float] = None, claim_until: Optional[float] = None,
+                 stopped_before: Optional[Callable[[], int]] = None):
         """quiet: print no obsid lines and no SUMMARY (-q); max_time: seconds after which no obsid is
         claimed any more, or claim_until: the same as a time.monotonic() value (`run -j` sets it once
-        for all its workers)."""
+        for all its workers); stopped_before: the stop signal that came before run() took the
+        signals over (a forked worker's first moments), or 0."""
+        self.stopped_before = stopped_before or (lambda: 0)
         self.cfg, self.table, self.job, self.slot = cfg, table, job, slot
         self.out = out or sys.stdout
         self.quiet = quiet
@@ -147,6 +150,7 @@ class Worker:
         """
         self.check_ready()
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        self.stop_signal = self.stop_signal or self.stopped_before()
         started = time.monotonic()
         try:
             self._make_scratch()
