@@ -179,14 +179,6 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Cal
             script.unlink()
 
 
-def _unlink(path: Path) -> None:
-    """Remove a file if it is there (raises OSError for any other failure)."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
 def _not_started(reason: str, started: float) -> Launch:
     return Launch(Outcome(False, reason), time.monotonic() - started, LaunchEnd.NOT_STARTED)
 
@@ -203,7 +195,7 @@ def _launch(request: LaunchRequest, script: Path, cache: Path, started: float, s
         try:
             check_room(request.log_dir)
             for leftover in (marker, results_file):
-                _unlink(leftover)   # the last launch's marker and results must never count for this one
+                leftover.unlink(missing_ok=True)   # the last launch's marker and results must never count for this one
             _write(template, request.template)
             _write(script, script_text(template, obsid, request.out_dir, request.job, marker, results_file,
                                        request.template_path))
