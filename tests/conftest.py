@@ -3,6 +3,7 @@
 `batch` is parametrised over both backends: every test that uses it runs on SQLite and on MariaDB.
 """
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +24,24 @@ BIN = ROOT / "bin" / "BatchProcess.py"
 TRIVIAL_HIPE = ROOT / "tests" / "bin" / "trivial-hipe"
 STANDIN = ROOT / "bin" / "hipe-standin"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def _ignored_by_pytest(signum, frame):
+    pass
+
+
+def _children_start_with_default_stops():
+    """The commands the tests start get the stop signals at their defaults, as a command typed at a
+    terminal does, whatever started pytest: a script's background job (`pytest &`, as CI may be run)
+    starts with SIGINT and SIGQUIT ignored, nohup with SIGHUP ignored, and the tool keeps a stop signal
+    ignored on entry ignored (startup.catch), so Ctrl-C tests would test nothing. pytest itself still
+    ignores them (a handler that does nothing); exec gives its children the default action."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR2):
+        if signal.getsignal(s) is signal.SIG_IGN:
+            signal.signal(s, _ignored_by_pytest)
+
+
+_children_start_with_default_stops()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from . import report
+from . import report, startup
 from .errors import BatchError
 from .slot import Slot, host_name
 from .model import DONE
@@ -94,7 +94,7 @@ class LocalRun:
         if len(slots) < self.size and not self.quiet:
             self._say(f"{self.size - len(slots)} worker(s) of job {self.job} already run on {self.host}: "
                       f"starting {len(slots)} (slot {', '.join(str(r) for r in slots)} of {self.size})")
-        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        previous = startup.catch(self._on_signal, STOP_SIGNALS)
         try:
             statuses = self._start_and_wait(slots)
         finally:

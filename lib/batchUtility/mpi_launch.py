@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from . import cli, config, hostfile, mpirun_output, worker
+from . import cli, config, hostfile, mpirun_output, startup, worker
 from .errors import BadInput, BatchError
 from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
 from .storage import open_table
@@ -247,17 +247,17 @@ class Stop:
     def __init__(self):
         self.status = 0           # 128+N once stop signal N came (the last one counts)
         self.launching = False    # from just before mpirun is started: stop it rather than exit
+        self.caught = ()          # the stop signals handled here (not those ignored when the launcher started)
 
     def install(self):
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._on_signal)
+        self.caught = tuple(startup.catch(self._on_signal, STOP_SIGNALS))   # nohup's SIGHUP stays ignored
         # bin/BatchProcess_mpi.sh holds these signals back while Python starts: one that came
         # meanwhile is delivered now, to the handler. (Unblocked before any child inherits the mask.)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def uninstall(self):
         # As the shell's `trap - TERM INT HUP`: from here on a stop signal ends the launcher at once.
-        for sig in STOP_SIGNALS:
+        for sig in self.caught:
             signal.signal(sig, signal.SIG_DFL)
 
     def _on_signal(self, signum, frame):

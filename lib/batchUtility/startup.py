@@ -27,12 +27,20 @@ def _stop_at_once(signum, frame):
         os._exit(128 + signum)
 
 
+def catch(handler, signals=STOP_SIGNALS) -> dict:
+    """Set handler for each of signals except the ignored ones; the previous handlers, to put back.
+
+    A command started with a stop signal ignored was asked not to stop on it: nohup ignores
+    SIGHUP, and a script's background job (`cmd &`) starts with SIGINT ignored. Every part of the
+    command (start-up, run -j, each worker, the MPI launcher) keeps ignoring it, as the shell's
+    trap does with a signal ignored on entry."""
+    return {s: signal.signal(s, handler) for s in signals if signal.getsignal(s) is not signal.SIG_IGN}
+
+
 def answer_stops() -> None:
-    """From now on a stop signal stops the command at once, with one line (signals ignored by
-    whoever started it, as nohup does, stay ignored); a stop held meanwhile is answered now."""
-    for s in STOP_SIGNALS:
-        if signal.getsignal(s) is not signal.SIG_IGN:
-            signal.signal(s, _stop_at_once)
+    """From now on a stop signal stops the command at once, with one line (except those ignored:
+    see catch()); a stop held meanwhile is answered now."""
+    catch(_stop_at_once)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, TextIO
 
-from . import hipe, report
+from . import hipe, report, startup
 from .config import Config
 from .errors import BadInput, BatchError, BlackHole, DatabaseUnavailable, SetupBroken, TemplateMissing
 from .guardian import Guardian, GuardianLost
@@ -149,7 +149,7 @@ class Worker:
         stayed away too long, 128+N after stop signal N (its obsid put back to pending).
         """
         self.check_ready()
-        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        previous = startup.catch(self._on_signal, STOP_SIGNALS)
         self.stop_signal = self.stop_signal or self.stopped_before()
         started = time.monotonic()
         try:
