@@ -134,6 +134,19 @@ class Reaper:
 
 
 # ----------------------------------------------------------------------------- jobs
+# A job script whose HIPE says it started (outDir/OBSID.started), then runs until the test creates outDir/go.
+GATED = """import os, time
+open(outDir + '%d.started' % obsid, 'w').close()
+while not os.path.exists(outDir + 'go'):
+    time.sleep(0.05)
+"""
+
+
+def ignoring_sigint():
+    """preexec_fn: what a shell does to a script's background job (`cmd &`): SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def new_job(env, obsids=(OBSID,), job="j", template=None):
     """`BatchProcess.py JOB new FILE` for obsids (a BatchEnv, through the command line, exit 0
     asserted), after writing the job's template if one is given. Returns the obsids as a list."""

@@ -40,7 +40,7 @@ import pytest
 
 from conftest import ROOT, BatchEnv
 from mariadb_server import MariaDB
-from support import Reaper, new_job, pid_alive, wait_for
+from support import GATED, Reaper, ignoring_sigint, new_job, pid_alive, wait_for
 from test_faults import assert_exactly_once, freezable_server, freeze_env, frozen, go, probe  # noqa: F401 (fixtures)
 
 MPI_SH = ROOT / "bin" / "BatchProcess_mpi.sh"
@@ -78,12 +78,14 @@ class LauncherReaper(Reaper):
     every process carrying one of the test's HIPE_BATCH_ROOTs in its environment (launcher,
     mpirun, ranks here and in the namespaces, HIPE, its watchdog)."""
 
-    def launch(self, batch, job, *args, env=None, name="launcher"):
+    def launch(self, batch, job, *args, env=None, name="launcher", nohup=False):
+        """nohup: started as `nohup BatchProcess_mpi.sh JOB &` in a script (SIGHUP and SIGINT ignored)."""
         out = open(batch.root / f"{name}.out", "w")
         err = open(batch.root / f"{name}.err", "w")
         self.roots.add(batch.root)
-        proc = subprocess.Popen([str(MPI_SH), job, *map(str, args)], stdout=out, stderr=err, text=True,
-                                env=env or launcher_env(batch), cwd=batch.root, start_new_session=True)
+        proc = subprocess.Popen(["nohup"] * nohup + [str(MPI_SH), job, *map(str, args)], stdout=out, stderr=err,
+                                text=True, env=env or launcher_env(batch), cwd=batch.root, start_new_session=True,
+                                preexec_fn=ignoring_sigint if nohup else None)
         out.close()
         err.close()
         proc.out_path, proc.err_path = batch.root / f"{name}.out", batch.root / f"{name}.err"
@@ -297,6 +299,24 @@ def test_ctrl_c_while_python_starts(sqlite_batch, reaper):
         rc, out, err = finish(launcher, timeout=60)
         assert (rc, out, err) == (130, "", "BatchProcess_mpi.sh: SIGINT: stopped before any worker was started\n"), i
     assert batch.table("j").counts()["pending"] == 2 and batch.calls_list() == []
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_launcher_started_with_nohup_ignores_hangup_and_ctrl_c(sqlite_batch, reaper):
+    """`nohup BatchProcess_mpi.sh j &`: SIGHUP and SIGINT to its process group (a terminal closing,
+    a Ctrl-C) stop neither the launcher nor mpirun nor a worker: the job finishes."""
+    batch = sqlite_batch
+    obsids = make_job(batch, "j", 2, GATED, hostfile="localhost slots=2\n")
+    output = batch.root / "jobs" / "j" / "output"
+    launcher = reaper.launch(batch, "j", nohup=True)
+    wait_for(lambda: launcher.poll() is not None or len(list(output.glob("*.started"))) == 2, 120, "2 HIPEs to run")
+    for sig in (signal.SIGHUP, signal.SIGINT):
+        os.killpg(launcher.pid, sig)
+    (output / "go").touch()
+    rc, out, err = finish(launcher, timeout=120)
+    assert rc == 0 and "stop" not in err.lower(), err[-3000:]
+    done_once(batch, "j", obsids)
 
 
 # What Open MPI 4.1's mpirun can become when a rank dies while connecting to it (see

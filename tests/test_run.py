@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, STANDIN
-from support import new_job, pid_alive, wait_for
+from support import GATED, ignoring_sigint, new_job, pid_alive, wait_for
 
 OK = "x = obsid * 2\n"
 
@@ -226,17 +226,6 @@ def test_ctrl_c_while_run_starts(sqlite_batch, reaper, jobs):
             assert batch.table("j").counts() == {"pending": len(obsids), "running": 0, "done": 0, "failed": 0}, what
     assert reached[1] and reached[2] and reached[3], f"phases hit: {dict(reached)}"
 
-GATED = """import os, time
-open(outDir + '%d.started' % obsid, 'w').close()
-while not os.path.exists(outDir + 'go'):
-    time.sleep(0.05)
-"""
-
-
-def _ignoring_sigint():
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # what a shell does to a script's background job, `cmd &`
-
-
 @pytest.mark.parametrize("jobs", [[], ["-j", "2"]], ids=["run", "run -j 2"])
 def test_a_stop_signal_ignored_at_start_stays_ignored(sqlite_batch, reaper, jobs):
     """`nohup BatchProcess.py j run &` in a script: SIGHUP (the terminal closing) and SIGINT (Ctrl-C)
@@ -248,7 +237,7 @@ def test_a_stop_signal_ignored_at_start_stays_ignored(sqlite_batch, reaper, jobs
     def start():
         run = reaper.popen(subprocess.Popen(["nohup", str(BIN), "j", "run", *jobs], stdout=subprocess.PIPE,
                                             stderr=subprocess.PIPE, text=True, env=batch.env(), cwd=batch.root,
-                                            start_new_session=True, preexec_fn=_ignoring_sigint), group=True)
+                                            start_new_session=True, preexec_fn=ignoring_sigint), group=True)
         running = len(obsids) if jobs else 1
         wait_for(lambda: len(list(output.glob("*.started"))) == running, 60, f"{running} HIPE(s) to run")
         return run
