@@ -475,7 +475,7 @@ def run_mpirun(command: List[str], watch: LostHostWatch, stop: Stop) -> int:
     # a filter of Open MPI's noise (see mpirun_output).
     relay = None
     try:
-        relay = mpirun_output.Relay(mpirun.stderr, sys.stderr.fileno())   # a thread: may fail to start
+        relay = mpirun_output.Relay(mpirun.stderr, sys.stderr.fileno(), lambda: bool(stop.status))   # a thread: may fail to start
         # A stop that came while mpirun was being started is passed on at supervise's first turn.
         return supervise(mpirun, watch, stop)
     except BaseException:

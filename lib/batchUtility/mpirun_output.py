@@ -9,7 +9,10 @@ prints on every stop however clean it is (the ranks' own lines pass unchanged):
   mpirun fails to tell the other ranks about it, and goes on. A worker stopped by the launcher
   ends with 128+N, one with failed obsids with 1; which worker ended how is in the job table;
 - `[warn] Epoll MOD(1) on fd 23 failed. Old events were 6; ...: Bad file descriptor`, from the
-  event library inside mpirun, when a stop ends a rank that is still starting.
+  event library inside mpirun, when a stop ends a rank that is still starting;
+- once stopping only: `[host:pid] PMIX ERROR: UNREACHABLE in file .../ptl_base_connection_hdlr.c at
+  line N`, when a stop ends a rank while it connects to mpirun. mpirun may then hang, and the
+  launcher says so in its own words when it ends it (mpi_launch.HangWatch).
 
 The relay always reads on, whatever becomes of its own writes, so mpirun never blocks on a full
 pipe. Should the launcher itself be killed (SIGKILL), mpirun (which ignores SIGPIPE) runs on and
@@ -19,19 +22,21 @@ import os
 import re
 import signal
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 NOISE = re.compile(rb"\S+: Forwarding signal %d to job|\[[^\]\s]*\] PMIX ERROR: BAD-PARAM in file "
                    rb"\S*pmix_event_notification\.c at line \d+|\[warn\] Epoll [A-Z]+\(\d+\) on fd \d+ failed\. "
                    rb"[^\n]*: Bad file descriptor" % int(signal.SIGUSR2))
+STOP_NOISE = re.compile(rb"\[[^\]\s]*\] PMIX ERROR: UNREACHABLE in file \S*ptl_base_connection_hdlr\.c at line \d+")
 DRAIN_PATIENCE = 5.0  # seconds to wait, once mpirun is gone, for the pipe's end (a rank it orphaned may hold it)
 
 
 class Relay:
-    """Copies whole lines from `pipe` (mpirun's stderr) to file descriptor `to`, dropping NOISE."""
+    """Copies whole lines from `pipe` (mpirun's stderr) to file descriptor `to`, dropping NOISE, and
+    STOP_NOISE once stopping() is true."""
 
-    def __init__(self, pipe, to: int):
-        self.pipe, self.to = pipe, to
+    def __init__(self, pipe, to: int, stopping: Callable[[], bool] = lambda: False):
+        self.pipe, self.to, self.stopping = pipe, to, stopping
         self.thread: Optional[threading.Thread] = threading.Thread(target=self._run, name="mpirun-stderr",
                                                                    daemon=True)
         self.thread.start()
@@ -47,9 +52,12 @@ class Relay:
             if not chunk:
                 break
             *lines, rest = (rest + chunk).split(b"\n")
-            self._write(b"".join(line + b"\n" for line in lines if not NOISE.fullmatch(line)))
-        if rest and not NOISE.fullmatch(rest):
+            self._write(b"".join(line + b"\n" for line in lines if not self._noise(line)))
+        if rest and not self._noise(rest):
             self._write(rest)
+
+    def _noise(self, line: bytes) -> bool:
+        return bool(NOISE.fullmatch(line) or (STOP_NOISE.fullmatch(line) and self.stopping()))
 
     def _write(self, data: bytes) -> None:
         while data and self.to >= 0:
