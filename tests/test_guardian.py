@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -214,14 +215,35 @@ def test_one_guardian_serves_many_launches(guardian):
     assert guardian.pid == pid and guardian.alive()
 
 
-def test_launch_after_the_deadline_is_killed_at_once(guardian):
+@pytest.mark.parametrize("with_launch", [False, True], ids=["sent at once", "sent with the launch"])
+def test_launch_after_the_deadline_is_killed_at_once(guardian, with_launch):
     """A worker that was frozen between its claim and HIPE's start launches past its deadline: the
-    guardian kills HIPE as soon as it hears of it."""
-    guardian.fence_at(time.monotonic() - 0.1)
+    guardian kills HIPE as soon as it hears of it, also when the deadline goes with the launch."""
+    guardian.fence_at(time.monotonic() - 0.1, with_launch=with_launch)
     proc = hipe_group()
     guardian.launch(proc.pid)
     assert proc.wait(5) == -signal.SIGKILL
     wait_for(lambda: not group_members(proc.pid), 5, "HIPE's grandchild to be killed too")
+
+
+def unread(g):
+    """Bytes the worker wrote to its guardian that the guardian has not read yet."""
+    return int.from_bytes(fcntl.ioctl(g._commands, termios.FIONREAD, b"\0" * 4), "little")
+
+
+def test_a_deadline_sent_at_once_passes_one_held_for_the_launch(guardian):
+    """The heartbeat thread may renew the lease (a later deadline, sent at once) between the claim
+    (its deadline held back for the launch) and HIPE's start: the later deadline counts, never the
+    earlier one sent after it."""
+    guardian.fence_at(time.monotonic() - 0.1, with_launch=True)   # what the claim held back
+    guardian.fence_at(time.monotonic() + 60)                      # the renewal
+    proc = hipe_group()
+    guardian.launch(proc.pid)
+    wait_for(lambda: unread(guardian) == 0, 5, "the guardian to read the launch")
+    time.sleep(0.2)   # the guardian handles what it read at once: a kill would come now
+    assert proc.poll() is None and len(group_members(proc.pid)) == 2
+    guardian.fence_at(time.monotonic() - 0.1)
+    assert proc.wait(5) == -signal.SIGKILL   # the guardian has the group: it kills at a passed deadline
 
 
 def test_terminal_signals_do_not_stop_the_guardian_and_sigterm_takes_hipe_down(guardian):

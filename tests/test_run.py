@@ -33,8 +33,18 @@ def test_eight_concurrent_workers_do_every_obsid_exactly_once(batch):
     assert len(history) == 500 and {h["outcome"] for h in history} == {"done"}
 
 
+# The job script checks that HIPE's pool cache folder is empty, then leaves a folder and a file in it.
+FILLS_ITS_POOL_CACHE = """import os
+cache = [line.split()[3] for line in open(os.environ['TRIVIAL_HIPE_CALLS']) if line.split()[0] == str(obsid)][-1]
+assert os.listdir(cache) == [], 'pool cache not empty: %r' % os.listdir(cache)
+os.mkdir(os.path.join(cache, 'pool'))
+open(os.path.join(cache, 'pool', 'product.fits'), 'w').write('x')
+open(os.path.join(cache, 'index'), 'w').write('y')
+"""
+
+
 def test_output_lines_launch_and_temporaries(batch):
-    batch.template("o", "import sys\nprint('out %d' % obsid)\nsys.stderr.write('err\\n')\n")
+    batch.template("o", FILLS_ITS_POOL_CACHE + "import sys\nprint('out %d' % obsid)\nsys.stderr.write('err\\n')\n")
     batch.cli("o", "new", batch.obsid_file([11, 12]))
     r = batch.cli("o", "run")
     assert r.returncode == 0, r.stderr
@@ -47,8 +57,8 @@ def test_output_lines_launch_and_temporaries(batch):
     assert (log / "11.stdout").read_text() == "out 11\n" and (log / "11.stderr").read_text() == "err\n"
     calls = [line.split() for line in batch.calls.read_text().splitlines()]
     assert [c[2] for c in calls] == ["512m", "512m"]                    # java.vm.memory.max
-    caches = [c[3] for c in calls]
-    assert len(set(caches)) == 2 and not any(os.path.exists(c) for c in caches)   # fresh, then removed
+    caches = [c[3] for c in calls]   # each launch found its pool cache empty (the script says so), and
+    assert not any(os.path.exists(c) for c in caches)   # it is removed with the worker's temporary folder
     assert not any(os.path.exists(os.path.dirname(c)) for c in caches)  # the temporary script's folder too
 
 

@@ -151,6 +151,7 @@ class Guardian:
         """python: run the guardian in that interpreter (a fresh process) rather than fork it."""
         import threading
         self._lock = threading.Lock()
+        self._deferred = ""   # a fence-at line to send with the next launch
         self.fenced = set()   # groups the guardian killed at a deadline, as it told us
         commands_r, self._commands = os.pipe()
         self._replies, replies_w = os.pipe()
@@ -181,8 +182,14 @@ class Guardian:
             self.close()
             raise GuardianLost("the guardian did not start" + ("" if ready else f" within {timeout:g} s"))
 
-    def _send(self, line):
+    def _send(self, line, deferred=None):
+        """Write line, after the deferred fence-at if any; deferred: a fence-at line to send with the
+        next launch instead of now. All under the lock, so that lines never pass each other."""
         with self._lock:
+            if deferred is not None:
+                self._deferred = deferred
+                return
+            line, self._deferred = self._deferred + line, ""
             if self._commands is None:
                 raise GuardianLost("the guardian was closed")
             try:
@@ -192,9 +199,15 @@ class Guardian:
             if written != len(line):
                 raise GuardianLost(f"the guardian (pid {self.proc.pid}) does not keep up")
 
-    def fence_at(self, deadline: float):
-        """HIPE may run until `deadline` (time.monotonic() seconds), unless a later one is sent."""
-        self._send(f"fence-at {deadline:.6f}\n")
+    def fence_at(self, deadline: float, with_launch: bool = False):
+        """HIPE may run until `deadline` (time.monotonic() seconds), unless a later one is sent.
+        with_launch: sent with the next launch (one write, one wake-up of the guardian, instead of
+        two), unless another deadline is sent first; the guardian reads it before the launch."""
+        line = f"fence-at {deadline:.6f}\n"
+        if with_launch:
+            self._send("", deferred=line)
+        else:
+            self._send(line)   # a deferred one is older: it goes first
 
     def launch(self, pgid: int):
         self._send(f"launch {pgid}\n")

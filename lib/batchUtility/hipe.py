@@ -127,6 +127,14 @@ def _write(path: Path, text: str) -> None:
         raise OSError(e.errno, e.strerror, str(path)) from None
 
 
+def _text_of(path: Path) -> Optional[str]:
+    """The file's text, or None if it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def open_log(path: Path) -> int:
     """A fresh log file for HIPE's output, opened without following a symbolic link."""
     keep_previous(path)
@@ -143,8 +151,7 @@ def temporary_folder() -> Path:
 
 def make_scratch(job: str) -> Path:
     """A worker's temporary folder for its launches, in temporary_folder(), made once (raises
-    OSError): each launch writes its script, template copy and marker there, and makes only its
-    pool cache folder."""
+    OSError): each launch writes its script, template copy, marker and pool cache there."""
     return Path(tempfile.mkdtemp(prefix=f"hipe-batch-{job}-", dir=temporary_folder()))
 
 
@@ -159,24 +166,50 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Cal
     what the heartbeat thread found, so no database call ever delays a stop or a timeout.
     Anything that keeps HIPE from starting (no HIPE, no file descriptors, processes, memory or
     disk space) ends as NOT_STARTED: a fault of this worker's setup, not of the obsid.
-    scratch: the worker's temporary folder (make_scratch). The launch's script and fresh pool cache
-    folder are removed whatever happens; the template's copy, marker and results stay in the worker's
-    folder until the next launch overwrites or removes them (or the worker removes the folder): on a
-    busy disk each file created costs an inode allocation (at 32 workers, ext4_create and ext4_mkdir
-    were about 40 % of the workers' CPU), so a launch creates as few as it can.
+    scratch: the worker's temporary folder (make_scratch). The launch's script is removed and its
+    pool cache folder emptied whatever happens; the template's copy, marker and results stay in the
+    worker's folder until the next launch overwrites or removes them (or the worker removes the
+    folder). A launch creates and frees as little as it can: on a busy disk each file created costs an
+    inode allocation (at 32 workers, ext4_create and ext4_mkdir were about 40 % of the workers' CPU),
+    and on a disk mounted with `discard` each folder removed (and each file rewritten) waits for the
+    device to discard the freed block. So the pool cache folder is the worker's, emptied before and
+    after each launch rather than made and removed, and the template's copy is rewritten only when it changed.
     """
     started = time.monotonic()
+    cache = scratch / "pool-cache"
     try:
-        cache = Path(tempfile.mkdtemp(prefix="pool-cache-", dir=scratch))
+        _empty_folder(cache)
     except OSError as e:
-        return _not_started(f"cannot create a temporary folder in {scratch}: {e.strerror}", started)
+        what = (f"cannot empty the pool cache folder {cache}" if cache.is_dir()
+                else f"cannot create a temporary folder in {scratch}")
+        return _not_started(f"{what}: {e.strerror}", started)
     script = scratch / f"{request.job}_{request.obsid}.py"
     try:
         return _launch(request, script, cache, started, should_stop, lease, guardian)
     finally:
-        shutil.rmtree(cache, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            _empty_folder(cache)
         with contextlib.suppress(OSError):
             script.unlink()
+
+
+def _empty_folder(folder: Path) -> None:
+    """Make folder an empty folder: created if missing, whatever is in it removed (raises OSError)."""
+    try:
+        entries = list(os.scandir(folder))
+    except NotADirectoryError:   # a script replaced it with a file
+        folder.unlink()
+        entries = None
+    except FileNotFoundError:
+        entries = None
+    if entries is None:
+        folder.mkdir()
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
 
 
 def _not_started(reason: str, started: float) -> Launch:
@@ -196,7 +229,8 @@ def _launch(request: LaunchRequest, script: Path, cache: Path, started: float, s
             check_room(request.log_dir)
             for leftover in (marker, results_file):
                 leftover.unlink(missing_ok=True)   # the last launch's marker and results must never count for this one
-            _write(template, request.template)
+            if _text_of(template) != request.template:
+                _write(template, request.template)
             _write(script, script_text(template, obsid, request.out_dir, request.job, marker, results_file,
                                        request.template_path))
             out = open_log(stdout_path)   # one at a time: a failed second open must not lose the first fd
