@@ -55,6 +55,7 @@ def test_output_lines_launch_and_temporaries(batch):
                         r"\(\d+\.\d\d minutes/obsid\); 2 done, 0 failed", lines[2])
     log = batch.root / "jobs" / "o" / "log"
     assert (log / "11.stdout").read_text() == "out 11\n" and (log / "11.stderr").read_text() == "err\n"
+    assert sorted(os.listdir(log)) == ["11.stderr", "11.stdout", "12.stderr", "12.stdout"]   # nothing else, ever
     calls = [line.split() for line in batch.calls.read_text().splitlines()]
     assert [c[2] for c in calls] == ["512m", "512m"]                    # java.vm.memory.max
     caches = [c[3] for c in calls]   # each launch found its pool cache empty (the script says so), and
