@@ -20,7 +20,7 @@ from .config import Config
 from .errors import BadInput, BatchError, BlackHole, DatabaseUnavailable, SetupBroken, TemplateMissing
 from .guardian import Guardian, GuardianLost
 from .lease import LeaseKeeper
-from .model import FAILED, INTERACTIVE_PATIENCE, Claim, LaunchEnd, Outcome
+from .model import FAILED, INTERACTIVE_PATIENCE, PENDING, Claim, LaunchEnd, Outcome
 from .slot import Slot, process_gone, process_start
 from .storage import JobTable, open_table
 
@@ -118,7 +118,10 @@ class Worker:
         self.log = _Context(logger, {"host": slot.host, "slot": slot.name, "obsid": None})
         self.stop_signal = 0
         self.stop_said = False   # whether the line saying what the stop did with the obsid was logged
-        self.numbers: Dict[int, int] = {}   # obsid -> its number n in `[#n, obsid=X]`
+        self.processed = 0   # how many obsids (not attempts) this worker has run: the last n of `[#n, obsid=X]`
+        # obsid -> its n, for the obsids this worker put back to pending (a retry keeps its number);
+        # only those, so that a worker's memory does not grow with every obsid it runs
+        self.numbers_back: Dict[int, int] = {}
         self.attempts = self.done = self.failed = 0
         self.script_errors = 0   # of the worker's first attempts, all ended by script errors so far
         self.halted = False
@@ -128,11 +131,6 @@ class Worker:
         self.keeper: Optional[LeaseKeeper] = None
         self.quick_failures, self.failing_since = 0, 0.0
         self.template_version, self.template_changed = "", False
-
-    @property
-    def processed(self) -> int:
-        """How many obsids (not attempts) this worker has run."""
-        return len(self.numbers)
 
     def check_ready(self) -> None:
         """See check_ready()."""
@@ -267,7 +265,10 @@ class Worker:
             time.sleep(min(hipe.POLL, end - time.monotonic()))
 
     def _process(self, claim: Claim, claimed_at: float) -> None:
-        number = self.numbers.setdefault(claim.obsid, len(self.numbers) + 1)   # a retry keeps its number
+        number = self.numbers_back.pop(claim.obsid, 0)
+        if not number:
+            self.processed += 1
+            number = self.processed
         self.attempts += 1
         self.log.extra["obsid"] = claim.obsid
         try:
@@ -279,7 +280,8 @@ class Worker:
                 launch = self._launch(claim)
             finally:
                 self.keeper.hipe_ended()   # from here on a failed renewal does not say HIPE runs on
-            self._record(claim, launch)
+            if self._record(claim, launch) == PENDING:
+                self.numbers_back[claim.obsid] = number
         except (DatabaseUnavailable, SetupBroken, BlackHole):
             raise
         except (BatchError, OSError, GuardianLost) as e:
@@ -317,8 +319,9 @@ class Worker:
         self.template_version = self.template_version or version
         return version
 
-    def _record(self, claim: Claim, launch: hipe.Launch) -> None:
-        """Tell the table what became of the claim, according to how the launch ended."""
+    def _record(self, claim: Claim, launch: hipe.Launch) -> Optional[str]:
+        """Tell the table what became of the claim, according to how the launch ended; the obsid's
+        state now if this worker recorded it (PENDING: it may come back)."""
         if launch.end is LaunchEnd.STOPPED:
             self._put_back_stopped(claim, launch)
         elif launch.end is LaunchEnd.NOT_STARTED:
@@ -332,12 +335,11 @@ class Worker:
             # the guardian killed HIPE. Not the obsid's fault: back to pending uncounted, if still ours.
             if self._put_back(claim, launch.outcome.reason, "fenced", launch.outcome.template):
                 self.log.warning("%s; obsid back to pending", launch.outcome.reason)
-            else:
-                self.log.warning("%s; the obsid had been taken back meanwhile", launch.outcome.reason)
-        elif launch.end is LaunchEnd.CLAIM_LOST:
-            pass  # the obsid is another worker's now: neither done nor failed by this one
-        else:
-            self._finish(claim, launch)
+                return PENDING
+            self.log.warning("%s; the obsid had been taken back meanwhile", launch.outcome.reason)
+        elif launch.end is not LaunchEnd.CLAIM_LOST:   # lost: another worker's now, neither done nor failed by this one
+            return self._finish(claim, launch)
+        return None
 
     def _put_back(self, claim: Claim, reason: str, outcome: str, template: str = "") -> bool:
         """Requeue uncounted, waiting at most STOP_PATIENCE (the lease takes it back otherwise)."""
@@ -363,7 +365,7 @@ class Worker:
             self.log.error("%s: HIPE stopped; %s; the obsid stays claimed until its lease runs out: worker stopping",
                            reason, e)
 
-    def _finish(self, claim: Claim, launch: hipe.Launch) -> None:
+    def _finish(self, claim: Claim, launch: hipe.Launch) -> Optional[str]:
         outcome, run = launch.outcome, self.cfg.run
         # A script error would only fail again: the obsid fails at once, unless retry_errors says otherwise.
         retried = not outcome.script_error or run.retry_errors
@@ -372,7 +374,7 @@ class Worker:
         if state is None:
             self.log.error("outcome not recorded: the obsid is no longer this worker's (its lease of %g s ran out "
                            "and it was taken back, or the job was wiped)", run.lease)
-            return
+            return None
         if outcome.ok:
             self.done += 1
             self.quick_failures = 0
@@ -385,6 +387,7 @@ class Worker:
                            Path(self.dir, "log", f"{claim.obsid}.stderr"))
             self._judge_failure(launch)
         self._halt_if_hopeless(outcome)
+        return state
 
     def _judge_failure(self, launch: hipe.Launch) -> None:
         """Stop if this worker looks like a black hole: quick failures in a row while others succeed."""
