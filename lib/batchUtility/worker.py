@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, TextIO
+from typing import Any, Callable, Dict, Optional, TextIO, Union
 
 from . import hipe, report, startup
 from .config import Config
@@ -342,28 +342,36 @@ class Worker:
         return None
 
     def _put_back(self, claim: Claim, reason: str, outcome: str, template: str = "") -> bool:
-        """Requeue uncounted, waiting at most STOP_PATIENCE (the lease takes it back otherwise)."""
-        try:
-            return self.table.requeue(claim, reason, outcome=outcome, template=template,
-                                      patience=min(self.table.patience, STOP_PATIENCE), interrupted=_never)
-        except DatabaseUnavailable as e:
-            self.log.error("%s; obsid stays claimed until its lease runs out", e)
+        """Requeue uncounted; whether it was put back (False: taken back meanwhile, or the database
+        did not answer, which is logged)."""
+        done = self._requeue(claim, reason, outcome=outcome, template=template)
+        if isinstance(done, DatabaseUnavailable):
+            self.log.error("%s; obsid stays claimed until its lease runs out", done)
             return False
+        return done
 
     def _put_back_stopped(self, claim: Claim, launch: hipe.Launch) -> None:
-        # A stop should be quick: the database gets STOP_PATIENCE, not the run's patience (the lease
-        # takes the obsid back all the same if it is away), and the stop signal no longer cuts the wait short.
         reason = launch.outcome.reason
         self.stop_said = True
-        try:
-            if self.table.requeue(claim, reason, patience=min(self.table.patience, STOP_PATIENCE), interrupted=_never):
-                self.log.warning("%s: HIPE stopped, obsid put back to pending: worker stopping", reason)
-            else:
-                self.log.warning("%s: HIPE stopped; the obsid had been taken back meanwhile (lease %g s): worker "
-                                 "stopping", reason, self.cfg.run.lease)
-        except DatabaseUnavailable as e:
+        done = self._requeue(claim, reason)
+        if isinstance(done, DatabaseUnavailable):
             self.log.error("%s: HIPE stopped; %s; the obsid stays claimed until its lease runs out: worker stopping",
-                           reason, e)
+                           reason, done)
+        elif done:
+            self.log.warning("%s: HIPE stopped, obsid put back to pending: worker stopping", reason)
+        else:
+            self.log.warning("%s: HIPE stopped; the obsid had been taken back meanwhile (its lease of %g s ran out, "
+                             "or the job was wiped): worker stopping", reason, self.cfg.run.lease)
+
+    def _requeue(self, claim: Claim, reason: str, **kw: Any) -> Union[bool, DatabaseUnavailable]:
+        # A put-back should be quick (a stop above all): the database gets STOP_PATIENCE, not the run's
+        # patience (the lease takes the obsid back all the same if it is away), and a stop signal no
+        # longer cuts the wait short.
+        try:
+            return self.table.requeue(claim, reason, patience=min(self.table.patience, STOP_PATIENCE),
+                                      interrupted=_never, **kw)
+        except DatabaseUnavailable as e:
+            return e
 
     def _finish(self, claim: Claim, launch: hipe.Launch) -> Optional[str]:
         outcome, run = launch.outcome, self.cfg.run
