@@ -20,7 +20,7 @@ from .config import Config
 from .errors import BadInput, BatchError, BlackHole, DatabaseUnavailable, SetupBroken, TemplateMissing
 from .guardian import Guardian, GuardianLost
 from .lease import LeaseKeeper
-from .model import FAILED, INTERACTIVE_PATIENCE, PENDING, Claim, LaunchEnd, Outcome
+from .model import DONE, FAILED, INTERACTIVE_PATIENCE, PENDING, Claim, LaunchEnd, Outcome
 from .slot import Slot, process_gone, process_start
 from .storage import JobTable, open_table
 
@@ -119,8 +119,8 @@ class Worker:
         self.stop_signal = 0
         self.stop_said = False   # whether the line saying what the stop did with the obsid was logged
         self.processed = 0   # how many obsids (not attempts) this worker has run: the last n of `[#n, obsid=X]`
-        # obsid -> its n, for the obsids this worker put back to pending (a retry keeps its number);
-        # only those, so that a worker's memory does not grow with every obsid it runs
+        # obsid -> its n, for the obsids this worker did not see end done or failed (a retry keeps its
+        # number); only those, so that a worker's memory does not grow with every obsid it runs
         self.numbers_back: Dict[int, int] = {}
         self.attempts = self.done = self.failed = 0
         self.script_errors = 0   # of the worker's first attempts, all ended by script errors so far
@@ -280,7 +280,7 @@ class Worker:
                 launch = self._launch(claim)
             finally:
                 self.keeper.hipe_ended()   # from here on a failed renewal does not say HIPE runs on
-            if self._record(claim, launch) == PENDING:
+            if self._record(claim, launch) not in (DONE, FAILED):   # it may come back to this worker
                 self.numbers_back[claim.obsid] = number
         except (DatabaseUnavailable, SetupBroken, BlackHole):
             raise
@@ -321,7 +321,7 @@ class Worker:
 
     def _record(self, claim: Claim, launch: hipe.Launch) -> Optional[str]:
         """Tell the table what became of the claim, according to how the launch ended; the obsid's
-        state now if this worker recorded it (PENDING: it may come back)."""
+        state now if this worker recorded it (else None)."""
         if launch.end is LaunchEnd.STOPPED:
             self._put_back_stopped(claim, launch)
         elif launch.end is LaunchEnd.NOT_STARTED:
