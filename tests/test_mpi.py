@@ -313,7 +313,7 @@ def test_launcher_started_with_nohup_ignores_hangup_and_ctrl_c(sqlite_batch, rea
     wait_for(lambda: launcher.poll() is not None or len(list(output.glob("*.started"))) == 2, 120, "2 HIPEs to run")
     for sig in (signal.SIGHUP, signal.SIGINT):
         os.killpg(launcher.pid, sig)
-    (output / "go").touch()
+    go(batch)
     rc, out, err = finish(launcher, timeout=120)
     assert rc == 0 and "stop" not in err.lower(), err[-3000:]
     done_once(batch, "j", obsids)

@@ -237,6 +237,7 @@ def test_ctrl_c_while_run_starts(sqlite_batch, reaper, jobs):
             assert batch.table("j").counts() == {"pending": len(obsids), "running": 0, "done": 0, "failed": 0}, what
     assert reached[1] and reached[2] and reached[3], f"phases hit: {dict(reached)}"
 
+
 @pytest.mark.parametrize("jobs", [[], ["-j", "2"]], ids=["run", "run -j 2"])
 def test_a_stop_signal_ignored_at_start_stays_ignored(sqlite_batch, reaper, jobs):
     """`nohup BatchProcess.py j run &` in a script: SIGHUP (the terminal closing) and SIGINT (Ctrl-C)

@@ -182,13 +182,10 @@ class Guardian:
             self.close()
             raise GuardianLost("the guardian did not start" + ("" if ready else f" within {timeout:g} s"))
 
-    def _send(self, line, deferred=None):
-        """Write line, after the deferred fence-at if any; deferred: a fence-at line to send with the
-        next launch instead of now. All under the lock, so that lines never pass each other."""
+    def _send(self, line):
+        """Write line, after the deferred fence-at if any (older: it goes first). Under the lock, so
+        that lines of the two threads never pass each other."""
         with self._lock:
-            if deferred is not None:
-                self._deferred = deferred
-                return
             line, self._deferred = self._deferred + line, ""
             if self._commands is None:
                 raise GuardianLost("the guardian was closed")
@@ -204,10 +201,11 @@ class Guardian:
         with_launch: sent with the next launch (one write, one wake-up of the guardian, instead of
         two), unless another deadline is sent first; the guardian reads it before the launch."""
         line = f"fence-at {deadline:.6f}\n"
-        if with_launch:
-            self._send("", deferred=line)
-        else:
-            self._send(line)   # a deferred one is older: it goes first
+        if not with_launch:
+            self._send(line)
+            return
+        with self._lock:
+            self._deferred = line
 
     def launch(self, pgid: int):
         self._send(f"launch {pgid}\n")

@@ -105,7 +105,16 @@ ROOM = 4096   # bytes check_room writes: a page, what a full disk refuses first
 
 # folder -> (its device and inode, a removed file kept open in it): check_room's probes, this process's only.
 _probes: Dict[Path, Tuple[Tuple[int, int], int]] = {}
-_probes_pid = [0]
+
+
+def _forget_probes() -> None:
+    # A forked process makes its own: with one shared, a check could find the page another had just written.
+    for _, fd in _probes.values():
+        os.close(fd)   # the parent's, inherited across the fork
+    _probes.clear()
+
+
+os.register_at_fork(after_in_child=_forget_probes)
 
 
 def check_room(folder: Path) -> None:
@@ -129,13 +138,7 @@ def check_room(folder: Path) -> None:
 
 
 def _probe(folder: Path) -> int:
-    """This process's probe file in folder, made anew if folder is now another folder. A forked
-    process makes its own: with one shared, a check could find the page another had just written."""
-    if _probes_pid[0] != os.getpid():
-        for _, fd in _probes.values():
-            os.close(fd)   # the parent's, inherited across the fork
-        _probes.clear()
-        _probes_pid[0] = os.getpid()
+    """This process's probe file in folder, made anew if folder is now another folder."""
     st = os.stat(folder)
     known = _probes.get(folder)
     if known is not None and known[0] == (st.st_dev, st.st_ino):
