@@ -202,6 +202,13 @@ MessageTimeout=10
         r = self.run(["scontrol", "-o", "show", "job", str(job_id)], check=False)
         return re.findall(r"JobState=(\S+)", r.stdout)
 
+    def over(self, job_id) -> bool:
+        """Whether nothing of the job (no task of an array) can run any more. Not while scontrol does not
+        answer, and not while a task is CONFIGURING or COMPLETING: neither is pending nor running in
+        scontrol's words, yet the job's processes may still start or run."""
+        states = self.array_states(job_id)
+        return bool(states) and all(s in ENDED for s in states)
+
     def wait_ended(self, job_id, timeout) -> List[str]:
         """Wait until the job (every task of an array) has ended; returns their states."""
         def ended():
@@ -248,6 +255,13 @@ MessageTimeout=10
             ps = subprocess.run(["ps", "-o", "pid,ppid,args", "-p", ",".join(map(str, left))], capture_output=True,
                                 text=True).stdout if left else ""
             raise AssertionError(f"{e}:\n{ps}") from None
+
+    def cancel_all(self):
+        """Kill every job of this cluster and wait until none of their processes is left, so that a test
+        that failed half-way leaves nothing running into the next one."""
+        self.run(["scancel", "--user=root", "--signal=KILL", "--full"], check=False)
+        self.run(["scancel", "--user=root"], check=False)
+        self.wait_no_job_processes(60)
 
     def kill_node(self, node):
         """The node is lost: SIGKILL its slurmd and everything in its namespace (slurmstepd, tasks, HIPE)."""
