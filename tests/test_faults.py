@@ -736,35 +736,40 @@ def fill(folder, leave=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("full", ["log", "tmpdir"])
+@pytest.mark.parametrize("full", ["log", "log, the script failing", "tmpdir"])
 def test_a_full_disk_puts_the_obsid_back_uncounted(batch, reaper, tmp_path, small_tmpfs, full):
-    """A full disk (ENOSPC): log/'s fills up while the first obsid runs, or TMPDIR's is so nearly
-    full that a launch's files do not fit. The obsid that cannot be launched goes back to pending
-    uncounted, the worker stops with one line naming the full disk (exit 2, no traceback), a new
-    `run` on the full disk refuses to start and claims nothing, and once space is freed the job
-    finishes, each obsid run once. (With TMPDIR full while HIPE runs, the launch's own files go
-    when it ends, and the next launch finds their room.)"""
+    """A full disk (ENOSPC): log/'s fills up while the first obsid runs (whose script then succeeds,
+    or fails), or TMPDIR's is so nearly full that a launch's files do not fit. The obsid whose HIPE
+    ends on the full log disk, or cannot be launched, goes back to pending uncounted: its log may
+    have lost lines unseen (a JVM ignores failed writes), and a failure may be the disk's doing.
+    The worker stops with one line naming the full disk (exit 2, no traceback), a new `run` on the
+    full disk refuses to start and claims nothing, and once space is freed the job finishes, each
+    obsid recorded done once, never run twice at once. (With TMPDIR full while HIPE runs, the
+    launch's own files go when it ends, and the next launch finds their room.)"""
     env = batch
-    env.template("j", probe(first=None))
+    failing = f"\nif obsid == {OBSID} and n == 1:\n    raise RuntimeError('its first run fails')\n" if "failing" in full else ""
+    env.template("j", probe(first=None) + failing)
     new_job(env, [OBSID, OBSID + 1])
     log, tmpdir = env.root / "jobs" / "j" / "log", tmp_path / "tmpdir"
     for folder in (log, tmpdir):
         folder.mkdir(parents=True, exist_ok=True)
-    disk = small_tmpfs(log if full == "log" else tmpdir)
-    if full == "log":
+    disk = small_tmpfs(log if full.startswith("log") else tmpdir)
+    before = {OBSID: ("pending", 0), OBSID + 1: ("pending", 0)}
+    if full.startswith("log"):
         w = Worker(env, reaper, "w", TMPDIR=tmpdir)
         wait_first_run(env, reaper, obsid=OBSID)
         filler = fill(disk)
         go(env)
-        back, before = OBSID + 1, {OBSID: ("done", 1), OBSID + 1: ("pending", 0)}
     else:
         filler = fill(disk, leave=4096)   # room for run's check at its start, not for a launch's files
         w = Worker(env, reaper, "w", TMPDIR=tmpdir)
-        back, before = OBSID, {OBSID: ("pending", 0), OBSID + 1: ("pending", 0)}
     assert w.wait(60) == 2, w.err()
     [line] = [x for x in w.err().splitlines() if x.startswith("BatchProcess.py: error: ")]
     assert "cannot write" in line and "No space left on device" in line and str(disk) in line, line
-    assert f"obsid {back} put back to pending and worker stopped" in line, line
+    assert f"obsid {OBSID} put back to pending and worker stopped" in line, line
+    if full.startswith("log"):
+        ended = "failed" if failing else "succeeded"
+        assert f"when HIPE ended, so its log may be incomplete (it {ended})" in line, line
     assert "Traceback" not in w.err()
     assert {r["obsid"]: (r["state"], r["attempts"]) for r in env.table("j").rows()} == before
 
@@ -778,9 +783,9 @@ def test_a_full_disk_puts_the_obsid_back_uncounted(batch, reaper, tmp_path, smal
     r = env.cli("j", "run", env=env.env(TMPDIR=tmpdir))
     assert r.returncode == 0, r.stderr
     figures = assert_exactly_once(env, [OBSID, OBSID + 1])
-    assert figures["runs"] == 2
-    assert [h["outcome"] for h in env.table("j").history(back)] == ["setup", "done"]
-    assert env.table("j").row(back)["attempts"] == 1
+    assert figures["runs"] == (3 if full.startswith("log") else 2)   # the run on the full log disk is run again
+    assert [h["outcome"] for h in env.table("j").history(OBSID)] == ["setup", "done"]
+    assert env.table("j").row(OBSID)["attempts"] == 1
 
 
 def test_run_refuses_an_empty_or_comment_only_template(batch):

@@ -6,6 +6,7 @@ What the script records with batchResult (a block of the preamble, `results.py`)
 beside it, read only when the launch succeeded.
 """
 import contextlib
+import errno
 import os
 import select
 import shutil
@@ -101,6 +102,8 @@ def keep_previous(path: Path) -> None:
 
 
 ROOM = 4096   # bytes check_room writes: a page, what a full disk refuses first
+# What check_room may say of a disk that fails the writes of files already open there too.
+WRITES_FAIL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
 # folder -> (its device and inode, a removed file kept open in it): check_room's probes, this process's only.
@@ -152,6 +155,18 @@ def _probe(folder: Path) -> int:
     return fd
 
 
+def _writes_failing(folder: Path) -> Optional[str]:
+    """Why files already open in folder cannot be written now (its disk full, read-only or failing),
+    else None. Not for folder gone or replaced: files opened before are still written, and the next
+    launch names the fault."""
+    try:
+        check_room(folder)
+    except OSError as e:
+        if e.errno in WRITES_FAIL:
+            return e.strerror
+    return None
+
+
 def _write(path: Path, text: str) -> None:
     """Write a file of the launch; an error names the file (a full disk fails at the write or the
     close, and Python names no file then)."""
@@ -199,7 +214,8 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Cal
     the claim was taken, stop HIPE so that the obsid never runs twice at once); lease() only reads
     what the heartbeat thread found, so no database call ever delays a stop or a timeout.
     Anything that keeps HIPE from starting (no HIPE, no file descriptors, processes, memory or
-    disk space) ends as NOT_STARTED: a fault of this worker's setup, not of the obsid.
+    disk space) ends as SETUP_FAULT: a fault of this worker's setup, not of the obsid; so does a
+    HIPE that ends with log_dir's disk full, whatever it did (its log may have lost lines unseen).
     scratch: the worker's temporary folder (make_scratch). The launch's pool cache folder is emptied
     whatever happens; its script, the template's copy, marker and results stay in the worker's folder
     until the next launch renames, overwrites or removes them (or the worker removes the folder).
@@ -216,7 +232,7 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Cal
     except OSError as e:
         what = (f"cannot empty the pool cache folder {cache}" if cache.is_dir()
                 else f"cannot create a temporary folder in {scratch}")
-        return _not_started(f"{what}: {e.strerror}", started)
+        return _setup_fault(f"{what}: {e.strerror}", started)
     script = scratch / f"{request.job}_{request.obsid}.py"
     try:
         return _launch(request, script, cache, started, should_stop, lease, guardian)
@@ -254,8 +270,8 @@ def _empty_folder(folder: Path) -> None:
             os.unlink(entry.path)
 
 
-def _not_started(reason: str, started: float) -> Launch:
-    return Launch(Outcome(False, reason), time.monotonic() - started, LaunchEnd.NOT_STARTED)
+def _setup_fault(reason: str, started: float) -> Launch:
+    return Launch(Outcome(False, reason), time.monotonic() - started, LaunchEnd.SETUP_FAULT)
 
 
 def _launch(request: LaunchRequest, script: Path, cache: Path, started: float, should_stop: Callable[[], int],
@@ -279,7 +295,7 @@ def _launch(request: LaunchRequest, script: Path, cache: Path, started: float, s
             out = open_log(stdout_path)   # one at a time: a failed second open must not lose the first fd
             err = open_log(stderr_path)
         except OSError as e:
-            return _not_started(f"cannot write {e.filename or script.parent}: {e.strerror}", started)
+            return _setup_fault(f"cannot write {e.filename or script.parent}: {e.strerror}", started)
         try:
             # HIPE writes straight into the log files (nothing held in memory), in a session of its own
             # so that a timeout, a stop or its guardian can kill its whole process group. The database
@@ -287,7 +303,7 @@ def _launch(request: LaunchRequest, script: Path, cache: Path, started: float, s
             proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                     start_new_session=True, env=_hipe_environment())
         except OSError as e:
-            return _not_started(f"cannot start HIPE ({command[0]}): {e.strerror}", started)
+            return _setup_fault(f"cannot start HIPE ({command[0]}): {e.strerror}", started)
     finally:
         for fd in (out, err):
             if fd is not None:
@@ -297,9 +313,15 @@ def _launch(request: LaunchRequest, script: Path, cache: Path, started: float, s
         try:
             guardian.launch(proc.pid)
         except GuardianLost as e:
-            return _not_started(f"HIPE stopped at once: {e}", started)
-        return _with_results(_wait(proc, exit_watch, hipe.timeout, started, marker, stderr_path, should_stop,
-                                   lease, guardian), results_file)
+            return _setup_fault(f"HIPE stopped at once: {e}", started)
+        launch = _wait(proc, exit_watch, hipe.timeout, started, marker, stderr_path, should_stop, lease, guardian)
+        # HIPE wrote its logs onto a full disk, and a JVM ignores failed writes: its log may be
+        # incomplete, and a failure may be the disk's doing. Neither done nor failed, then.
+        failing = _writes_failing(request.log_dir) if launch.end is LaunchEnd.FINISHED else None
+        if failing:
+            return _setup_fault(f"cannot write {request.log_dir}: {failing} when HIPE ended, so its log may be "
+                                f"incomplete (it {'succeeded' if launch.outcome.ok else 'failed'})", started)
+        return _with_results(launch, results_file)
     finally:
         # The guardian hears first, while HIPE is not yet reaped (its group id cannot be reused yet);
         # then whatever HIPE left behind in its group is killed, and HIPE reaped.
@@ -332,7 +354,7 @@ def _wait(proc: subprocess.Popen, exit_watch: Optional[int], timeout: float, sta
                           LaunchEnd.CLAIM_LOST)
         if not guardian.alive():
             _stop(proc, exit_watch)
-            return _not_started(f"the guardian (pid {guardian.pid}) died; HIPE stopped", started)
+            return _setup_fault(f"the guardian (pid {guardian.pid}) died; HIPE stopped", started)
     code = _exit_code(proc)
     seconds = time.monotonic() - started
     if code == -signal.SIGKILL and guardian.was_fenced(proc.pid, wait=1.0):

@@ -57,7 +57,7 @@ class LaunchEnd(enum.Enum):
     FINISHED = "finished"        # HIPE exited (or timed out and was killed): the outcome says ok or not
     STOPPED = "stopped"          # this worker got a stop signal and stopped HIPE: not the obsid's fault
     CLAIM_LOST = "claim lost"    # the lease was taken back: the obsid is another worker's now
-    NOT_STARTED = "not started"  # HIPE could not be launched at all: a fault of the setup, not of the obsid
+    SETUP_FAULT = "setup fault"  # HIPE could not be launched or watched, or ended on a full log disk: not the obsid's fault
     FENCED = "fenced"            # the guardian killed HIPE: the lease was not renewed in time (not the obsid's fault)
 
 

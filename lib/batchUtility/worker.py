@@ -298,10 +298,10 @@ class Worker:
             template = self.template.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             return hipe.Launch(Outcome(False, f"cannot read template {self.template}: {e}"), 0.0,
-                               LaunchEnd.NOT_STARTED)
+                               LaunchEnd.SETUP_FAULT)
         if not has_statement(template):   # being rewritten in place, say: never count that as a success
             return hipe.Launch(Outcome(False, f"template {self.template} holds no statement now"), 0.0,
-                               LaunchEnd.NOT_STARTED)
+                               LaunchEnd.SETUP_FAULT)
         version = self._template_version(template)
         request = hipe.LaunchRequest(self.cfg.hipe, template, self.job, claim.obsid, self.dir / "output",
                                      self.dir / "log", template_path=self.template)
@@ -324,10 +324,11 @@ class Worker:
         state now if this worker recorded it (else None)."""
         if launch.end is LaunchEnd.STOPPED:
             self._put_back_stopped(claim, launch)
-        elif launch.end is LaunchEnd.NOT_STARTED:
+        elif launch.end is LaunchEnd.SETUP_FAULT:
             # HIPE could not be started here (HIPE or the template gone, no file descriptors, no
-            # memory, a full disk...): not the obsid's fault. Put it back uncounted and stop, rather
-            # than fail every obsid of the job in turn in a few seconds (a black hole).
+            # memory, a full disk...) or ended with its log disk full: not the obsid's fault. Put it
+            # back uncounted and stop, rather than fail every obsid of the job in turn in a few
+            # seconds (a black hole).
             self._put_back(claim, launch.outcome.reason, "setup")
             raise SetupBroken(launch.outcome.reason, claim.obsid)
         elif launch.end is LaunchEnd.FENCED:
