@@ -63,6 +63,58 @@ def test_output_lines_launch_and_temporaries(batch):
     assert not any(os.path.exists(os.path.dirname(c)) for c in caches)  # the temporary script's folder too
 
 
+# Obsid 11's script leaves behind a process that escaped HIPE's process group (setsid) and goes on
+# writing into 11's pool cache by its path, making the folder again if it is gone (as a Java cache
+# would); obsid 12's script, run next by the same worker, lets it write 5 more times, then checks
+# that its own pool cache is still empty.
+STRAY = """import os, sys, time
+cache, count, stop = sys.argv[1:]
+n = 0
+while not os.path.exists(stop):
+    try:
+        if not os.path.isdir(cache):
+            os.mkdir(cache)
+        open(os.path.join(cache, 'stray-%d' % n), 'w').write('x')
+    except OSError:
+        pass
+    n += 1
+    open(count, 'a').write('.')
+    time.sleep(0.01)
+"""
+LEAVES_A_STRAY_WRITER = """import os, subprocess, sys, time
+cache = [line.split()[3] for line in open(os.environ['TRIVIAL_HIPE_CALLS']) if line.split()[0] == str(obsid)][-1]
+count, stop = os.path.join(outDir, 'stray-writes'), os.path.join(outDir, 'stop')
+def writes():
+    return os.path.getsize(count) if os.path.exists(count) else 0
+if obsid == 11:
+    stray = subprocess.Popen([sys.executable, '-c', STRAY, cache, count, stop], start_new_session=True)
+    open(os.path.join(outDir, 'stray-pid'), 'w').write(str(stray.pid))
+    while not writes():
+        time.sleep(0.01)
+else:
+    seen, end = writes(), time.time() + 60
+    while writes() < seen + 5 and time.time() < end:
+        time.sleep(0.01)
+    assert writes() >= seen + 5, 'the stray process stopped writing'
+    assert os.listdir(cache) == [], 'a stray process wrote into this pool cache: %r' % os.listdir(cache)
+"""
+
+
+def test_a_process_escaped_from_hipe_cannot_write_into_the_next_pool_cache(batch, reaper):
+    batch.template("e", f"STRAY = {STRAY!r}\n" + LEAVES_A_STRAY_WRITER)
+    batch.cli("e", "new", batch.obsid_file([11, 12]))
+    output = batch.root / "jobs" / "e" / "output"
+    try:
+        r = batch.cli("e", "run")
+        assert r.returncode == 0, r.stderr + (output.parent / "log" / "12.stderr").read_text()
+        assert [row["state"] for row in batch.table("e").rows()] == ["done", "done"]
+        assert pid_alive(int((output / "stray-pid").read_text()))   # it did escape: the test tried
+    finally:
+        (output / "stop").touch()
+        if (output / "stray-pid").exists():
+            reaper.watch(int((output / "stray-pid").read_text()))
+
+
 def test_an_earlier_attempts_logs_are_kept(batch):
     batch.template("r", "print('attempt at %d' % obsid)\n")
     batch.cli("r", "new", batch.obsid_file([6]))

@@ -223,14 +223,14 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Cal
     inode allocation (at 32 workers, ext4_create and ext4_mkdir were about 40 % of the workers' CPU),
     and on a disk mounted with `discard` each folder removed (and each file rewritten) waits for the
     device to discard the freed block. So the pool cache folder is the worker's, emptied before and
-    after each launch rather than made and removed, and the template's copy is rewritten only when it changed.
+    after each launch rather than made and removed (and renamed, see _fresh_cache), and the
+    template's copy is rewritten only when it changed.
     """
     started = time.monotonic()
-    cache = scratch / "pool-cache"
     try:
-        _empty_folder(cache)
+        cache = _fresh_cache(scratch)
     except OSError as e:
-        what = (f"cannot empty the pool cache folder {cache}" if cache.is_dir()
+        what = (f"cannot empty the pool cache folder {e.filename}" if scratch.is_dir()
                 else f"cannot create a temporary folder in {scratch}")
         return _setup_fault(f"{what}: {e.strerror}", started)
     script = scratch / f"{request.job}_{request.obsid}.py"
@@ -239,6 +239,27 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Cal
     finally:
         with contextlib.suppress(OSError):
             _empty_folder(cache)
+
+
+CACHE_PREFIX = "pool-cache."
+
+
+def _fresh_cache(scratch: Path) -> Path:
+    """This launch's pool cache folder in scratch, empty, under a name no earlier launch had (raises
+    OSError). The last launch's folder is emptied and renamed rather than replaced (no inode made):
+    a process that escaped its HIPE's process group (setsid) and still writes into that folder by
+    its path finds no such folder, instead of writing into this launch's cache."""
+    fresh = scratch / f"{CACHE_PREFIX}{time.monotonic_ns()}"
+    with os.scandir(scratch) as entries:
+        earlier = [Path(e.path) for e in entries if e.name.startswith(CACHE_PREFIX)]
+    if not earlier:
+        fresh.mkdir()
+        return fresh
+    for folder in earlier[1:]:   # none, unless a process that escaped made its old folder again
+        _remove(folder)
+    os.rename(earlier[0], fresh)   # first: what is written by the old path from now on fails
+    _empty_folder(fresh)
+    return fresh
 
 
 def _rename_last_script(folder: Path, script: Path) -> None:
@@ -264,10 +285,15 @@ def _empty_folder(folder: Path) -> None:
         folder.mkdir()
         return
     for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.unlink(entry.path)
+        _remove(Path(entry.path))
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a whole folder (not following a symbolic link; raises OSError)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _setup_fault(reason: str, started: float) -> Launch:
