@@ -115,6 +115,36 @@ def test_a_process_escaped_from_hipe_cannot_write_into_the_next_pool_cache(batch
             reaper.watch(int((output / "stray-pid").read_text()))
 
 
+def test_links_a_script_leaves_in_the_workers_folder_are_not_followed(batch, tmp_path):
+    """A script that replaces its pool cache folder, its own script and the template's copy (the
+    worker's temporary folder) by symbolic links to a user's files: the worker empties the cache
+    and rewrites the scripts at the next launch, and must replace the links, never touch what they
+    point to."""
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    (precious / "notes.py").write_text("# notes")
+    batch.template("l", f"""import os, shutil
+cache = [line.split()[3] for line in open(os.environ['TRIVIAL_HIPE_CALLS']) if line.split()[0] == str(obsid)][-1]
+assert os.path.isdir(cache) and not os.path.islink(cache) and os.listdir(cache) == []
+shutil.rmtree(cache)
+os.symlink({str(precious)!r}, cache)
+folder = os.path.dirname(cache)
+scripts = [name for name in os.listdir(folder) if name.endswith('.py')]
+assert 'template.py' in scripts and len(scripts) >= 2, scripts
+for name in scripts:
+    os.remove(os.path.join(folder, name))
+    os.symlink({str(precious / "notes.py")!r}, os.path.join(folder, name))
+""")
+    batch.cli("l", "new", batch.obsid_file([21, 22, 23]))
+    r = batch.cli("l", "run")
+    assert sorted(os.listdir(precious)) == ["notes.py", "thesis.tex"]
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    assert (precious / "notes.py").read_text() == "# notes"
+    assert r.returncode == 0, r.stderr
+    assert [row["state"] for row in batch.table("l").rows()] == ["done", "done", "done"]
+
+
 def test_an_earlier_attempts_logs_are_kept(batch):
     batch.template("r", "print('attempt at %d' % obsid)\n")
     batch.cli("r", "new", batch.obsid_file([6]))

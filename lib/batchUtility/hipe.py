@@ -168,10 +168,15 @@ def _writes_failing(folder: Path) -> Optional[str]:
 
 
 def _write(path: Path, text: str) -> None:
-    """Write a file of the launch; an error names the file (a full disk fails at the write or the
+    """Write a file of the launch, never through a symbolic link (a script may leave one in the
+    worker's folder: it is replaced); an error names the file (a full disk fails at the write or the
     close, and Python names no file then)."""
     try:
-        path.write_text(text, encoding="utf-8")
+        if path.is_symlink():
+            path.unlink()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(text)
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(path)) from None
 
@@ -267,16 +272,20 @@ def _rename_last_script(folder: Path, script: Path) -> None:
     reused rather than one created and one removed per launch."""
     with os.scandir(folder) as entries:
         for entry in entries:
-            if entry.name.endswith(".py") and entry.name not in ("template.py", script.name) and entry.is_file():
+            if (entry.name.endswith(".py") and entry.name not in ("template.py", script.name)
+                    and entry.is_file(follow_symlinks=False)):
                 os.rename(entry.path, script)
                 return
 
 
 def _empty_folder(folder: Path) -> None:
-    """Make folder an empty folder: created if missing, whatever is in it removed (raises OSError)."""
+    """Make folder an empty folder: created if missing, whatever is in it removed (raises OSError).
+    A symbolic link there (a script may replace its cache by one) is removed, never followed."""
     try:
+        if folder.is_symlink():
+            raise NotADirectoryError(folder)
         entries = list(os.scandir(folder))
-    except NotADirectoryError:   # a script replaced it with a file
+    except NotADirectoryError:   # a script replaced it with a file or a link
         folder.unlink()
         entries = None
     except FileNotFoundError:
