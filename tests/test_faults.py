@@ -702,6 +702,40 @@ def test_a_fault_of_ours_mid_run_puts_the_obsid_back(batch, reaper, tmp_path, fa
     assert rows[OBSID] == (("failed", 1) if fault == "tmpdir_gone" else ("done", 1))
 
 
+def test_a_pool_cache_that_cannot_be_emptied_stops_the_worker(batch, tmp_path):
+    """The first obsid's script leaves a file in its pool cache that nobody can remove (immutable):
+    the next launch cannot give HIPE an empty cache, so that obsid goes back to pending uncounted and
+    the worker stops with one line naming the folder and the file (exit 2); the first stays done."""
+    env = batch
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    trial = tmpdir / "trial"
+    trial.write_text("")
+    if subprocess.run(["chattr", "+i", str(trial)], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a file immutable here (chattr +i needs root and a file system that has it)")
+    subprocess.run(["chattr", "-i", str(trial)], check=True)
+    env.template("j", f"""import os, subprocess
+if obsid == {OBSID}:
+    cache = [line.split()[3] for line in open(os.environ['TRIVIAL_HIPE_CALLS']) if line.split()[0] == str(obsid)][-1]
+    locked = os.path.join(cache, 'locked')
+    open(locked, 'w').write('x')
+    subprocess.check_call(['chattr', '+i', locked])
+""")
+    new_job(env, [OBSID, OBSID + 1])
+    try:
+        r = env.cli("j", "run", env=env.env(TMPDIR=tmpdir))
+    finally:
+        for locked in tmpdir.rglob("locked"):
+            subprocess.run(["chattr", "-i", str(locked)], check=True)
+    assert r.returncode == 2, r.stderr
+    [line] = [x for x in r.stderr.splitlines() if x.startswith("BatchProcess.py: error: ")]
+    assert "cannot empty the pool cache folder in " in line and "/locked): Operation not permitted" in line, line
+    assert f"obsid {OBSID + 1} put back to pending and worker stopped" in line, line
+    assert "Traceback" not in r.stderr
+    assert {row["obsid"]: (row["state"], row["attempts"]) for row in env.table("j").rows()} == {
+        OBSID: ("done", 1), OBSID + 1: ("pending", 0)}
+
+
 @pytest.fixture
 def small_tmpfs():
     """mount(folder): a 256 KiB tmpfs mounted on folder (a disk to fill); unmounted at the end.

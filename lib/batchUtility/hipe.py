@@ -235,7 +235,7 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Cal
     try:
         cache = _fresh_cache(scratch)
     except OSError as e:
-        what = (f"cannot empty the pool cache folder {e.filename}" if scratch.is_dir()
+        what = (f"cannot empty the pool cache folder in {scratch} ({e.filename})" if scratch.is_dir()
                 else f"cannot create a temporary folder in {scratch}")
         return _setup_fault(f"{what}: {e.strerror}", started)
     script = scratch / f"{request.job}_{request.obsid}.py"
@@ -251,7 +251,7 @@ CACHE_PREFIX = "pool-cache."
 
 def _fresh_cache(scratch: Path) -> Path:
     """This launch's pool cache folder in scratch, empty, under a name no earlier launch had (raises
-    OSError). The last launch's folder is emptied and renamed rather than replaced (no inode made):
+    OSError). The last launch's folder is renamed and emptied rather than replaced (no inode made):
     a process that escaped its HIPE's process group (setsid) and still writes into that folder by
     its path finds no such folder, instead of writing into this launch's cache."""
     fresh = scratch / f"{CACHE_PREFIX}{time.monotonic_ns()}"
