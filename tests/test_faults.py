@@ -822,6 +822,55 @@ def test_a_full_disk_puts_the_obsid_back_uncounted(batch, reaper, tmp_path, smal
     assert env.table("j").row(OBSID)["attempts"] == 1
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["writes nothing there", "fails to write its product"])
+def test_a_full_output_disk_puts_the_obsid_back_uncounted(batch, tmp_path, small_tmpfs, script):
+    """output/ (the script's outDir) on a disk of its own that fills while the first obsid runs:
+    whether its script then succeeds (writing nothing there) or fails to write its product, the
+    obsid goes back to pending uncounted, not failed for the disk's fault nor done with products
+    that may be incomplete, and the worker stops with one line naming output/. A new `run` refuses
+    while it is full; once space is freed the job finishes."""
+    env = batch
+    go, started = tmp_path / "go", tmp_path / "started"
+    env.template("j", f"""import os, time
+open({str(started)!r}, 'a').write('%d\\n' % obsid)
+while not os.path.exists({str(go)!r}):
+    time.sleep(0.02)
+if {"fails" in script!r}:
+    open(os.path.join(outDir, 'product-%d.fits' % obsid), 'w').write('x' * 100000)
+""")
+    new_job(env, [OBSID, OBSID + 1])
+    output = env.root / "jobs" / "j" / "output"
+    output.mkdir(parents=True, exist_ok=True)
+    disk = small_tmpfs(output)
+    proc = env.popen("j", "run", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: started.exists() and started.read_text() == f"{OBSID}\n", 60, "the first obsid to run")
+    filler = fill(disk)
+    go.touch()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    [line] = [x for x in err.splitlines() if x.startswith("BatchProcess.py: error: ")]
+    ended = "failed" if "fails" in script else "succeeded"
+    assert (f"cannot write {output}: No space left on device when HIPE ended, so its products may be incomplete "
+            f"(it {ended}); obsid {OBSID} put back to pending and worker stopped") in line, line
+    assert "Traceback" not in err
+    pending = {OBSID: ("pending", 0), OBSID + 1: ("pending", 0)}
+    assert {r["obsid"]: (r["state"], r["attempts"]) for r in env.table("j").rows()} == pending
+
+    r = env.cli("j", "run")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert f"folder {output} is not writable: No space left on device" in r.stderr, r.stderr
+    assert {r["obsid"]: (r["state"], r["attempts"]) for r in env.table("j").rows()} == pending
+    filler.unlink()
+    for leftover in output.glob("product-*"):
+        leftover.unlink()
+    r = env.cli("j", "run")
+    assert r.returncode == 0, r.stderr
+    assert {r["obsid"]: (r["state"], r["attempts"]) for r in env.table("j").rows()} == {
+        OBSID: ("done", 1), OBSID + 1: ("done", 1)}
+    assert [h["outcome"] for h in env.table("j").history(OBSID)] == ["setup", "done"]
+
+
 def test_run_refuses_an_empty_or_comment_only_template(batch):
     """A template with nothing but blank lines and comments would count every obsid done with
     nothing done: `run` refuses it, exit 2, one line, nothing claimed."""

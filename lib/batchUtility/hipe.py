@@ -167,6 +167,17 @@ def _writes_failing(folder: Path) -> Optional[str]:
     return None
 
 
+def _ended_on_a_failing_disk(request: LaunchRequest) -> Optional[str]:
+    """Why HIPE's logs or products may be incomplete, if log_dir's or out_dir's disk is full (or
+    read-only, or failing) now that HIPE has ended; else None. A JVM ignores failed writes to its
+    output, and a failure may be the disk's doing: such a launch is neither done nor failed."""
+    for folder, what in ((request.log_dir, "log"), (request.out_dir, "products")):
+        failing = _writes_failing(folder)
+        if failing:
+            return f"cannot write {folder}: {failing} when HIPE ended, so its {what} may be incomplete"
+    return None
+
+
 def _write(path: Path, text: str) -> None:
     """Write a file of the launch, never through a symbolic link (a script may leave one in the
     worker's folder: it is replaced); an error names the file (a full disk fails at the write or the
@@ -220,7 +231,7 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Cal
     what the heartbeat thread found, so no database call ever delays a stop or a timeout.
     Anything that keeps HIPE from starting (no HIPE, no file descriptors, processes, memory or
     disk space) ends as SETUP_FAULT: a fault of this worker's setup, not of the obsid; so does a
-    HIPE that ends with log_dir's disk full, whatever it did (its log may have lost lines unseen).
+    HIPE that ends with log_dir's or out_dir's disk full, whatever it did (_ended_on_a_failing_disk).
     scratch: the worker's temporary folder (make_scratch). The launch's pool cache folder is emptied
     whatever happens; its script, the template's copy, marker and results stay in the worker's folder
     until the next launch renames, overwrites or removes them (or the worker removes the folder).
@@ -319,7 +330,8 @@ def _launch(request: LaunchRequest, script: Path, cache: Path, started: float, s
     out = err = None
     try:
         try:
-            check_room(request.log_dir)
+            for folder in (request.log_dir, request.out_dir):
+                check_room(folder)
             for leftover in (marker, results_file):
                 leftover.unlink(missing_ok=True)   # the last launch's marker and results must never count for this one
             if _text_of(template) != request.template:
@@ -350,12 +362,9 @@ def _launch(request: LaunchRequest, script: Path, cache: Path, started: float, s
         except GuardianLost as e:
             return _setup_fault(f"HIPE stopped at once: {e}", started)
         launch = _wait(proc, exit_watch, hipe.timeout, started, marker, stderr_path, should_stop, lease, guardian)
-        # HIPE wrote its logs onto a full disk, and a JVM ignores failed writes: its log may be
-        # incomplete, and a failure may be the disk's doing. Neither done nor failed, then.
-        failing = _writes_failing(request.log_dir) if launch.end is LaunchEnd.FINISHED else None
+        failing = _ended_on_a_failing_disk(request) if launch.end is LaunchEnd.FINISHED else None
         if failing:
-            return _setup_fault(f"cannot write {request.log_dir}: {failing} when HIPE ended, so its log may be "
-                                f"incomplete (it {'succeeded' if launch.outcome.ok else 'failed'})", started)
+            return _setup_fault(f"{failing} (it {'succeeded' if launch.outcome.ok else 'failed'})", started)
         return _with_results(launch, results_file)
     finally:
         # The guardian hears first, while HIPE is not yet reaped (its group id cannot be reused yet);

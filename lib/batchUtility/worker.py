@@ -78,7 +78,7 @@ def check_ready(cfg: Config, job: str) -> None:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise BadInput(f"cannot create {folder}: {e.strerror}") from None
-    check_writable(cfg.job_dir(job) / "log", "folder")
+        check_writable(folder, "folder")
     check_writable(hipe.temporary_folder(), "TMPDIR")
 
 
@@ -89,7 +89,7 @@ def has_statement(script: str) -> bool:
 
 def check_writable(folder: Path, what: str) -> None:
     """Raise BadInput unless a page can be written in folder (not read-only, not full, not gone);
-    each launch checks log/ again (hipe.check_room)."""
+    each launch checks log/ and output/ again (hipe.check_room)."""
     try:
         hipe.check_room(folder)
     except OSError as e:
