@@ -185,8 +185,7 @@ def _write(path: Path, text: str) -> None:
     try:
         if path.is_symlink():
             path.unlink()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        with open(fd, "w", encoding="utf-8") as f:
+        with open(_open_own(path), "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(path)) from None
@@ -203,6 +202,11 @@ def _text_of(path: Path) -> Optional[str]:
 def open_log(path: Path) -> int:
     """A fresh log file for HIPE's output, opened without following a symbolic link."""
     keep_previous(path)
+    return _open_own(path)
+
+
+def _open_own(path: Path) -> int:
+    """path opened to be written from its start, created if missing; never through a symbolic link (ELOOP)."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
 
 
@@ -292,18 +296,12 @@ def _rename_last_script(folder: Path, script: Path) -> None:
 def _empty_folder(folder: Path) -> None:
     """Make folder an empty folder: created if missing, whatever is in it removed (raises OSError).
     A symbolic link there (a script may replace its cache by one) is removed, never followed."""
-    try:
-        if folder.is_symlink():
-            raise NotADirectoryError(folder)
-        entries = list(os.scandir(folder))
-    except NotADirectoryError:   # a script replaced it with a file or a link
+    if folder.is_symlink() or folder.exists() and not folder.is_dir():   # a script replaced it
         folder.unlink()
-        entries = None
-    except FileNotFoundError:
-        entries = None
-    if entries is None:
+    if not folder.exists():
         folder.mkdir()
         return
+    entries = list(os.scandir(folder))
     for entry in entries:
         _remove(Path(entry.path))
 
