@@ -55,6 +55,15 @@ def reaper():
 
 
 @pytest.fixture(scope="session")
+def c_standin(tmp_path_factory):
+    """The benchmarks' C HIPE stand-in (tests/bench/standin.c): exit 0 and the completion marker, in
+    about a millisecond, for tests of thousands of launches. It does not run the job script."""
+    out = tmp_path_factory.mktemp("standin") / "hipe-c"
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out), str(ROOT / "tests" / "bench" / "standin.c")], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
 def mariadb(tmp_path_factory):
     server = MariaDB(tmp_path_factory.mktemp("mariadb")).start()
     yield server

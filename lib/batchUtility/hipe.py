@@ -247,50 +247,74 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Cal
     template's copy is rewritten only when it changed.
     """
     started = time.monotonic()
+    script = scratch / f"{request.job}_{request.obsid}.py"
     try:
-        cache = _fresh_cache(scratch)
+        entries = _entries(scratch)
+        cache = _fresh_cache(scratch, entries)
     except OSError as e:
         what = (f"cannot empty the pool cache folder in {scratch} ({e.filename})" if scratch.is_dir()
                 else f"cannot create a temporary folder in {scratch}")
         return _setup_fault(f"{what}: {e.strerror}", started)
-    script = scratch / f"{request.job}_{request.obsid}.py"
     try:
-        return _launch(request, script, cache, started, should_stop, lease, guardian)
+        _reuse_last_script(entries, request.job, script)
+        _clear(entries, keep={TEMPLATE, script.name, cache.name})
+    except OSError as e:
+        return _setup_fault(f"cannot clear the worker's temporary folder {scratch} ({e.filename}): {e.strerror}",
+                            started)
+    try:
+        return _launch(request, scratch, script, cache, started, should_stop, lease, guardian)
     finally:
         with contextlib.suppress(OSError):
             _empty_folder(cache)
 
 
 CACHE_PREFIX = "pool-cache."
+TEMPLATE = "template.py"   # the template's text as read at claim time, in the worker's folder
 
 
-def _fresh_cache(scratch: Path) -> Path:
+def _entries(scratch: Path) -> List[os.DirEntry]:
+    """What the worker's folder holds now (raises OSError): one scan serves every step of a launch's set-up."""
+    with os.scandir(scratch) as entries:
+        return list(entries)
+
+
+def _fresh_cache(scratch: Path, entries: List[os.DirEntry]) -> Path:
     """This launch's pool cache folder in scratch, empty, under a name no earlier launch had (raises
     OSError). The last launch's folder is renamed and emptied rather than replaced (no inode made):
     a process that escaped its HIPE's process group (setsid) and still writes into that folder by
-    its path finds no such folder, instead of writing into this launch's cache."""
+    its path finds no such folder, instead of writing into this launch's cache. Any other folder of
+    that name is left to _clear."""
     fresh = scratch / f"{CACHE_PREFIX}{time.monotonic_ns()}"
-    with os.scandir(scratch) as entries:
-        earlier = [Path(e.path) for e in entries if e.name.startswith(CACHE_PREFIX)]
-    if not earlier:
+    earlier = next((e for e in entries if e.name.startswith(CACHE_PREFIX) and e.is_dir(follow_symlinks=False)), None)
+    if earlier is None:
         fresh.mkdir()
         return fresh
-    for folder in earlier[1:]:   # none, unless a process that escaped made its old folder again
-        _remove(folder)
-    os.rename(earlier[0], fresh)   # first: what is written by the old path from now on fails
+    os.rename(earlier.path, fresh)   # first: what is written by the old path from now on fails
     _empty_folder(fresh)
     return fresh
 
 
-def _rename_last_script(folder: Path, script: Path) -> None:
-    """The last launch's script, if any, renamed to this launch's name, to be overwritten: a file
-    reused rather than one created and one removed per launch."""
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if (entry.name.endswith(".py") and entry.name not in ("template.py", script.name)
-                    and entry.is_file(follow_symlinks=False)):
-                os.rename(entry.path, script)
-                return
+def _reuse_last_script(entries: List[os.DirEntry], job: str, script: Path) -> None:
+    """The last launch's script in the worker's folder (entries), if any, renamed to this launch's
+    name, to be overwritten: a file reused rather than one created and one removed per launch.
+    Only a regular file named as this worker's scripts are (JOB_OBSID.py) is taken."""
+    prefix = f"{job}_"
+    for entry in entries:
+        if (entry.name != script.name and entry.name.startswith(prefix) and entry.name.endswith(".py")
+                and entry.name[len(prefix):-3].isdigit() and entry.is_file(follow_symlinks=False)):
+            os.rename(entry.path, script)
+            return
+
+
+def _clear(entries: List[os.DirEntry], keep: set) -> None:
+    """Remove from the worker's folder whatever was in it (entries) but the names in keep: the last
+    launch's marker and results (they must never count for this one), its old pool cache folders,
+    and anything its script left there. So the folder holds at most one launch's files, however
+    many obsids the worker runs. Names only: a symbolic link is removed, never followed."""
+    for entry in entries:
+        if entry.name not in keep:
+            with contextlib.suppress(FileNotFoundError):   # renamed above, or gone meanwhile
+                _remove(Path(entry.path))
 
 
 def _empty_folder(folder: Path) -> None:
@@ -318,29 +342,28 @@ def _setup_fault(reason: str, started: float) -> Launch:
     return Launch(Outcome(False, reason), time.monotonic() - started, LaunchEnd.SETUP_FAULT)
 
 
-def _launch(request: LaunchRequest, script: Path, cache: Path, started: float, should_stop: Callable[[], int],
-            lease: Callable[[], Lease], guardian: Guardian) -> Launch:
-    hipe, obsid, folder = request.hipe, request.obsid, script.parent
-    marker, results_file = folder / "completed", folder / "results.jsonl"
-    template = folder / "template.py"   # the text read at claim time, run under the template's own name
+def _launch(request: LaunchRequest, scratch: Path, script: Path, cache: Path, started: float,
+            should_stop: Callable[[], int], lease: Callable[[], Lease], guardian: Guardian) -> Launch:
+    """Write the launch's files in scratch (the worker's folder, already cleared by run_obsid), start
+    HIPE and wait for its end. Nothing outside scratch is written but HIPE's two logs."""
+    hipe, obsid = request.hipe, request.obsid
+    marker, results_file = scratch / "completed", scratch / "results.jsonl"
+    template = scratch / TEMPLATE   # the text read at claim time, run under the template's own name
     stdout_path, stderr_path = request.log_dir / f"{obsid}.stdout", request.log_dir / f"{obsid}.stderr"
     command = hipe_command(hipe, cache, script)
     out = err = None
     try:
         try:
-            for folder in (request.log_dir, request.out_dir):
-                check_room(folder)
-            for leftover in (marker, results_file):
-                leftover.unlink(missing_ok=True)   # the last launch's marker and results must never count for this one
+            check_room(request.log_dir)
+            check_room(request.out_dir)
             if _text_of(template) != request.template:
                 _write(template, request.template)
-            _rename_last_script(folder, script)
             _write(script, script_text(template, obsid, request.out_dir, request.job, marker, results_file,
                                        request.template_path))
             out = open_log(stdout_path)   # one at a time: a failed second open must not lose the first fd
             err = open_log(stderr_path)
         except OSError as e:
-            return _setup_fault(f"cannot write {e.filename or script.parent}: {e.strerror}", started)
+            return _setup_fault(f"cannot write {e.filename or scratch}: {e.strerror}", started)
         try:
             # HIPE writes straight into the log files (nothing held in memory), in a session of its own
             # so that a timeout, a stop or its guardian can kill its whole process group. The database

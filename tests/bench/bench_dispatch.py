@@ -108,7 +108,7 @@ def run_once(suite, tool, n, scripts, state):
 
 
 def main(suite, args):
-    n_obsids, workers = args.obsids, tuple(args.workers or WORKERS)
+    n_obsids, workers = args.obsids or 2000, tuple(args.workers or WORKERS)
     started_load = load_average()
     ids = obsids(n_obsids)
     scripts = Scripts(suite.tmp / "dispatch-scripts", ids)

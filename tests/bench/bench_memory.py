@@ -39,7 +39,7 @@ def at(samples, share):
 
 
 def main(suite, args):
-    n_obsids = args.obsids
+    n_obsids = args.obsids or 2000
     started_load = load_average()
     rows = []
     for backend in ("sqlite", "mysql"):

@@ -3,7 +3,7 @@
 
     .venv/bin/python tests/bench/run.py [--quick] [NAME ...]
 
-NAME: dispatch, launch, makespan, scale, claims, memory (default: all, in that order). Each prints a table
+NAME: dispatch, launch, makespan, scale, claims, memory, flat (default: all, in that order). Each prints a table
 and appends it, with date, machine, load, commit and versions, to tests/bench/RESULTS.md.
 --quick: one repetition instead of the median of 3, shorter sleeps and runs (see each benchmark).
 """
@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_claims  # noqa: E402
 import bench_dispatch  # noqa: E402
+import bench_flat  # noqa: E402
 import bench_launch  # noqa: E402
 import bench_makespan  # noqa: E402
 import bench_memory  # noqa: E402
@@ -25,7 +26,7 @@ import bench_scale  # noqa: E402
 import common  # noqa: E402
 
 BENCHMARKS = {"dispatch": bench_dispatch, "launch": bench_launch, "makespan": bench_makespan, "scale": bench_scale,
-              "claims": bench_claims, "memory": bench_memory}
+              "claims": bench_claims, "memory": bench_memory, "flat": bench_flat}
 
 
 def main(argv=None) -> int:
@@ -35,7 +36,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", action="append", default=[], metavar="TOOL",
                         help="dispatch: only tools whose column name holds TOOL (repeatable)")
     parser.add_argument("--no-save", action="store_true", help="print the tables, do not append them to RESULTS.md")
-    parser.add_argument("--obsids", type=int, default=2000, help="dispatch and memory: obsids per run (default 2,000)")
+    parser.add_argument("--obsids", type=int, default=None,
+                        help="dispatch, memory: obsids per run (default 2,000); flat: 20,000 (5,000 with --quick)")
     parser.add_argument("--workers", type=int, action="append", default=None,
                         help="dispatch: worker counts (default 1, 8 and 32; repeatable)")
     parser.add_argument("--compare", action="append", default=[], metavar="CHECKOUT",
