@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())  # in any test layer
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 TEST_COMMAND = "bash .ci/install && .venv/bin/ruff check . && .venv/bin/python -m pytest"
