@@ -13,9 +13,8 @@ from typing import Callable, Optional, Tuple
 
 import pytest
 
-from conftest import BatchEnv
 from mariadb_server import PASSWORD
-from support import environ, wait_for
+from support import BatchEnv, environ, wait_for
 
 from batchUtility.model import Outcome
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, TRIVIAL_HIPE
-from mariadb_server import wait_for
+from support import BIN, ROOT, TRIVIAL_HIPE, wait_for
 
 SLOT_LINE = re.compile(r"^\.\.\.\.\.  \[Slot (\d+)/(\d+) on (\S+)\] \[#(\d+), obsid=(\d+)\]$", re.M)
 SUMMARY_LINE = re.compile(r"^\S+ SLOT (\d+) SUMMARY: ", re.M)

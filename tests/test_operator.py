@@ -30,8 +30,7 @@ import pytest
 from batchUtility import eta, report, storage, timeline
 from batchUtility.errors import BatchError
 from batchUtility.model import Outcome
-from conftest import SHARED_DATA
-from mariadb_server import wait_for
+from support import SHARED_DATA, wait_for
 
 SVG = "{http://www.w3.org/2000/svg}"
 COUNTS = {"pending": 300, "running": 16, "done": 1380, "failed": 5}

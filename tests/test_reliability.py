@@ -17,33 +17,11 @@ import time
 import MySQLdb
 import pytest
 
-from conftest import TRIVIAL_HIPE, BatchEnv
 from fault_soak import soak
 from mariadb_server import PASSWORD, MariaDB
-from support import OBSID, new_job, pid_alive, proc_state, wait_for
+from support import OBSID, TRIVIAL_HIPE, BatchEnv, Worker, in_transaction, new_job, pid_alive, proc_state, wait_for
 
 from batchUtility.model import Outcome
-
-
-# ----------------------------------------------------------------------------- processes
-class Worker:
-    """One `BatchProcess.py JOB run` in the background, its output going to files."""
-
-    def __init__(self, env, reaper, name, job="j", **env_extra):
-        self.out_path, self.err_path = env.root / f"{name}.out", env.root / f"{name}.err"
-        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = reaper.popen(env.popen(job, "run", stdout=out, stderr=err,
-                                               env=env.env(**env_extra) if env_extra else None))
-        self.pid = self.proc.pid
-
-    def err(self):
-        return self.err_path.read_text()
-
-    def out(self):
-        return self.out_path.read_text()
-
-    def wait(self, timeout=60):
-        return self.proc.wait(timeout=timeout)
 
 
 # ----------------------------------------------------------------------------- job templates
@@ -124,25 +102,6 @@ def state_of(env, job="j"):
         return table.rows(), sorted(table.history(), key=lambda h: (h["obsid"], h["started"] or 0))
     finally:
         table.close()
-
-
-def in_transaction(env):
-    """Whether some connection holds an open write transaction on the job's database."""
-    if env.backend == "sqlite":
-        probe = sqlite3.connect(str(env.root / "batch.sqlite"), timeout=0, isolation_level=None)
-        try:
-            probe.execute("BEGIN IMMEDIATE")
-            probe.execute("ROLLBACK")
-            return False
-        except sqlite3.OperationalError:
-            return True
-        finally:
-            probe.close()
-    with env.server.admin() as c:
-        cur = c.cursor()
-        cur.execute("SELECT COUNT(*) FROM information_schema.innodb_trx t JOIN information_schema.processlist p"
-                    " ON p.id = t.trx_mysql_thread_id WHERE p.db = %s", (env.db,))
-        return cur.fetchone()[0] > 0
 
 
 def stop_between_transactions(env, proc, timeout=30):

@@ -32,12 +32,11 @@ import time
 
 import pytest
 
-from conftest import ROOT, BatchEnv
-from mariadb_server import MariaDB, wait_for
+from mariadb_server import MariaDB
 from slurm_cluster import Namespaces, SlurmCluster, missing_commands
+from support import ROOT, BatchEnv, wait_for
 
-sys.path.insert(0, str(ROOT / "lib"))
-from batchUtility.slot import Slot, slurm_slot  # noqa: E402
+from batchUtility.slot import Slot, slurm_slot
 
 SBATCH_SH = ROOT / "bin" / "BatchProcess_sbatch.sh"
 ARRAY_SH = ROOT / "bin" / "BatchProcess_array.sh"
