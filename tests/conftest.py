@@ -17,6 +17,10 @@ from support import ROOT, BatchEnv, CliResult, Reaper
 
 from batchUtility import cli
 
+# The tests written once and collected by two layers, and the bad-input table: asserts explained as in
+# test modules.
+pytest.register_assert_rewrite("bad_input_cases", "cli_inprocess_cases")
+
 
 def _ignored_by_pytest(signum, frame):
     pass

@@ -4,6 +4,7 @@ fixtures here (they are in conftest.py), and no import of conftest or of a test 
 standalone scripts (fault_soak.py, bench_new.py, bench/) and mariadb_server.py can use it too.
 """
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -332,3 +333,28 @@ class CliResult:
         assert self.code == 2, self
         assert len(lines) == 1 and lines[0].startswith("BatchProcess.py: error: "), self.err
         return lines[0][len("BatchProcess.py: error: "):]
+
+
+# ----------------------------------------------------------------------------- made-up runs (the operator's view)
+SVG = "{http://www.w3.org/2000/svg}"
+COUNTS = {"pending": 300, "running": 16, "done": 1380, "failed": 5}
+
+
+def made_up_run(lanes=8, per_lane=20, seed=7, now=1_700_000_000.0):
+    """Attempts of a run: `lanes` host+slot lanes, some failed, lost and stopped, the last ones running."""
+    rng = random.Random(seed)
+    attempts, obsid = [], 1342000000
+    for lane in range(lanes):
+        host, slot = f"node{lane // 4 + 1:02d}", f"{lane % 4 + 1}/{lanes}"
+        t = now - per_lane * 100.0
+        for i in range(per_lane):
+            d = rng.uniform(20, 120)
+            running = i == per_lane - 1
+            outcome = "running" if running else rng.choice(["done"] * 8 + ["failed", "lost", "stopped"])
+            attempts.append({"obsid": obsid, "attempt": 1, "host": host, "worker": slot, "pid": 1000 + lane,
+                             "started": t, "ended": None if running else t + d, "outcome": outcome,
+                             "exit_code": 1 if outcome == "failed" else 0, "signal_no": None,
+                             "reason": "HIPE exited with status 1: <ValueError> & \x07bell" if outcome == "failed" else ""})
+            obsid += 1
+            t += d + 1
+    return attempts, now

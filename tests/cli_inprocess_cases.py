@@ -1,7 +1,10 @@
 """The command line called in-process: `batchUtility.cli.main(argv)` with the output taken by capsys,
-as sqlite-utils tests its CLI. The same paths as test_commands.py (which runs the real script in a
-subprocess, as users do) in a fraction of the time: new, reset, status, wipe and their errors, on
-SQLite and on the session's MariaDB. `run` stays in test_run.py: it launches HIPE and owns signals.
+as sqlite-utils tests its CLI. The same paths as tests/system/test_commands.py (which runs the real
+script in a subprocess, as users do) in a fraction of the time: new, reset, status, wipe and their
+errors. `run` stays in tests/system/test_run.py: it launches HIPE and owns signals.
+
+Not a test module: the tests are written once here and collected by tests/unit/test_cli_inprocess.py
+(where `batch` is SQLite) and tests/integration/test_cli_inprocess.py (where it is the session's MariaDB).
 """
 import json
 

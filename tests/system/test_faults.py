@@ -22,7 +22,7 @@ import pytest
 
 from exactly_once import FAST_HIPE, assert_exactly_once, frozen, go, probe, probe_events, probe_figures, wait_first_run
 from mariadb_server import PASSWORD, USER
-from support import OBSID, Worker, in_transaction, new_job, proc_state, wait_for
+from support import OBSID, ROOT, Worker, in_transaction, new_job, proc_state, wait_for
 from support import pid_alive as alive
 
 
@@ -460,7 +460,7 @@ def test_client_frozen_inside_a_transaction_stalls_nobody(mysql_batch, reaper):
     env.write_cfg(hipe={"command": FAST_HIPE}, run={"lease": "6", "db_patience": "20"})
     env.template("j", probe(first=0.05))
     new_job(env, obsids)
-    lib = Path(__file__).resolve().parents[1] / "lib"
+    lib = ROOT / "lib"
     stuck = reaper.popen(subprocess.Popen([sys.executable, "-c", STUCK_CLAIM, str(lib), str(env.cfg_path)],
                                           stdout=subprocess.PIPE, text=True))
     held = int(stuck.stdout.readline())
@@ -485,7 +485,7 @@ def test_status_answers_while_an_sqlite_writer_is_frozen(sqlite_batch, reaper):
     still answers at once (WAL: readers do not wait for writers)."""
     env = sqlite_batch
     new_job(env, [OBSID, OBSID + 1])
-    stuck = reaper.popen(subprocess.Popen([sys.executable, "-c", STUCK_CLAIM, str(Path(__file__).resolve().parents[1] / "lib"),
+    stuck = reaper.popen(subprocess.Popen([sys.executable, "-c", STUCK_CLAIM, str(ROOT / "lib"),
                                            str(env.cfg_path)], stdout=subprocess.PIPE, text=True))
     stuck.stdout.readline()
     wait_for(lambda: proc_state(stuck.pid) == "T", 10, "the writer to freeze inside its transaction")

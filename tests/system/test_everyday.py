@@ -269,13 +269,6 @@ def test_quiet_speaks_when_something_needs_a_person(batch):
 OK_TEMPLATE = "x = obsid * 2\n"
 
 
-@pytest.mark.parametrize("text,seconds", [("90m", 5400), ("8h", 28800), ("45s", 45), ("2d", 172800), ("30", 30),
-                                          ("1.5h", 5400)])
-def test_max_time_values(text, seconds):
-    from batchUtility.cli import duration
-    assert duration(text) == seconds
-
-
 @pytest.mark.slow
 def test_max_time_stops_claiming_and_lets_the_running_obsid_finish(batch):
     batch.template("j", "import time\ntime.sleep(1.5)\n")
