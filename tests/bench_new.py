@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import BatchEnv  # noqa: E402
 from mariadb_server import MariaDB  # noqa: E402
+from support import BatchEnv  # noqa: E402
 
 from batchUtility.model import Outcome  # noqa: E402
 

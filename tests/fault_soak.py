@@ -31,8 +31,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from conftest import SHARED_DATA, TRIVIAL_HIPE, BatchEnv  # noqa: E402
-from mariadb_server import MariaDB, wait_for  # noqa: E402
+from mariadb_server import MariaDB  # noqa: E402
+from support import SHARED_DATA, TRIVIAL_HIPE, BatchEnv, wait_for  # noqa: E402
 
 # Python 3 (the trivial HIPE runs templates with CPython). A probe file per obsid holds the pid of
 # the run in progress; finding it held by a live process means two runs at once.

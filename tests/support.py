@@ -1,15 +1,119 @@
-"""Helpers shared by the tests: waiting for a condition, looking at processes, killing what a test
-started, and making a job. No fixtures here (they are in conftest.py), and no import of conftest,
-so that the standalone scripts (fault_soak.py, bench_new.py) and mariadb_server.py can use it too.
+"""Helpers shared by the tests: the paths, a batch environment (`BatchEnv`), waiting for a
+condition, looking at processes, killing what a test started, making a job, running workers. No
+fixtures here (they are in conftest.py), and no import of conftest or of a test module, so that the
+standalone scripts (fault_soak.py, bench_new.py, bench/) and mariadb_server.py can use it too.
 """
 import os
+import random
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "lib") not in sys.path:   # the standalone scripts run without pytest's pythonpath
+    sys.path.insert(0, str(ROOT / "lib"))
+
+from batchUtility import config  # noqa: E402
+from batchUtility.storage import open_table  # noqa: E402
+
+BIN = ROOT / "bin" / "BatchProcess.py"
+TRIVIAL_HIPE = ROOT / "tests" / "bin" / "trivial-hipe"
+STANDIN = ROOT / "bin" / "hipe-standin"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
 OBSID = 1342191755   # a real Herschel obsid, the one most tests use
+
+
+# ----------------------------------------------------------------------------- a batch environment
+class BatchEnv:
+    """A HIPE_BATCH_ROOT of its own (batch.cfg, jobs/), on one backend, with the trivial HIPE."""
+
+    def __init__(self, root: Path, backend: str, server=None, db=None):
+        self.root, self.backend, self.server, self.db = root, backend, server, db
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.cfg_path = root / "batch.cfg"
+        self.calls = root / "hipe-calls.txt"
+        self.write_cfg()
+
+    def sql_section(self):
+        if self.backend == "sqlite":
+            return {"backend": "sqlite", "path": "batch.sqlite", "table": "v11_1"}
+        return self.server.cfg_sql(self.db)
+
+    def write_cfg(self, sql=None, hipe=None, run=None, raw=None):
+        """Write batch.cfg: the defaults for this env, updated by the given sections' keys."""
+        sections = {"sql": {**self.sql_section(), **(sql or {})},
+                    "hipe": {"command": str(TRIVIAL_HIPE), "memory": "512m", **(hipe or {})},
+                    "run": {"lease": "30", "max_attempts": "3", "db_patience": "60", **(run or {})}}
+        text = raw if raw is not None else "".join(
+            f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items() if v is not None) + "\n"
+            for name, keys in sections.items())
+        self.cfg_path.write_text(text)
+        self.cfg_path.chmod(0o600)
+        return self.cfg_path
+
+    def env(self, **extra):
+        env = dict(os.environ, HIPE_BATCH_ROOT=str(self.root), TRIVIAL_HIPE_CALLS=str(self.calls),
+                   PYTHONUNBUFFERED="1")
+        env.pop("HIPE_BATCH_CONFIG", None)
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def cli(self, *args, timeout=300, input=None, env=None):
+        """Run bin/BatchProcess.py with args; returns the CompletedProcess (text)."""
+        return subprocess.run([sys.executable, str(BIN), *map(str, args)], capture_output=True, text=True,
+                              timeout=timeout, input=input, env=env or self.env(), cwd=self.root)
+
+    def popen(self, *args, env=None, **kw):
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen([sys.executable, str(BIN), *map(str, args)], text=True,
+                                env=env or self.env(), cwd=self.root, **kw)
+
+    def config(self):
+        return config.load(str(self.cfg_path))
+
+    def table(self, job, **kw):
+        return open_table(self.config().sql, job, **kw)
+
+    def template(self, job, text):
+        path = self.root / "jobs" / job / f"{job}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def obsid_file(self, obsids, name="obsids.txt"):
+        path = self.root / name
+        path.write_text("".join(f"{o}\n" for o in obsids))
+        return path
+
+    def load_master(self, *sql_files):
+        """Create the master table v11_1 and load SQL files into it (sample data or the 2014 dump)."""
+        if self.backend == "sqlite":
+            db = sqlite3.connect(self.root / "batch.sqlite")
+            db.executescript((ROOT / "sql" / "master_sqlite.sql").read_text())
+            for f in sql_files:
+                db.executescript(Path(f).read_text())
+            db.commit()
+            db.close()
+            return None
+        results = []
+        for f in [ROOT / "sql" / "master_mysql.sql", *sql_files]:
+            data = subprocess.run(["zcat", str(f)], capture_output=True).stdout if str(f).endswith(".gz") \
+                else Path(f).read_bytes()
+            results.append(subprocess.run(["mariadb", f"--socket={self.server.socket}", "-uroot", self.db],
+                                          input=data, capture_output=True))
+        return results
+
+    def calls_list(self):
+        """The obsid of every HIPE call made so far, in call order."""
+        if not self.calls.exists():
+            return []
+        return [int(line.split()[0]) for line in self.calls.read_text().splitlines() if line.strip()]
 
 
 # ----------------------------------------------------------------------------- waiting
@@ -174,3 +278,83 @@ def tables(env):
 def obsids_of(env, job):
     """The obsids of a job's table, in table order."""
     return [r["obsid"] for r in env.table(job).rows()]
+
+
+# ----------------------------------------------------------------------------- workers
+class Worker:
+    """One `BatchProcess.py JOB run` in the background, its output going to files."""
+
+    def __init__(self, env, reaper, name, job="j", **env_extra):
+        self.out_path, self.err_path = env.root / f"{name}.out", env.root / f"{name}.err"
+        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
+            self.proc = reaper.popen(env.popen(job, "run", stdout=out, stderr=err,
+                                               env=env.env(**env_extra) if env_extra else None))
+        self.pid = self.proc.pid
+
+    def err(self):
+        return self.err_path.read_text()
+
+    def out(self):
+        return self.out_path.read_text()
+
+    def wait(self, timeout=60):
+        return self.proc.wait(timeout=timeout)
+
+
+def in_transaction(env):
+    """Whether some connection holds an open write transaction on the job's database."""
+    if env.backend == "sqlite":
+        probe = sqlite3.connect(str(env.root / "batch.sqlite"), timeout=0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            probe.close()
+    with env.server.admin() as c:
+        cur = c.cursor()
+        cur.execute("SELECT COUNT(*) FROM information_schema.innodb_trx t JOIN information_schema.processlist p"
+                    " ON p.id = t.trx_mysql_thread_id WHERE p.db = %s", (env.db,))
+        return cur.fetchone()[0] > 0
+
+
+@dataclass
+class CliResult:
+    """What `cli.main(argv)` called in-process gave: its exit status and what it wrote."""
+    code: int
+    out: str
+    err: str
+
+    def error(self):
+        """The one error line, asserting there is exactly one and exit status 2."""
+        lines = self.err.strip().splitlines()
+        assert self.code == 2, self
+        assert len(lines) == 1 and lines[0].startswith("BatchProcess.py: error: "), self.err
+        return lines[0][len("BatchProcess.py: error: "):]
+
+
+# ----------------------------------------------------------------------------- made-up runs (the operator's view)
+SVG = "{http://www.w3.org/2000/svg}"
+COUNTS = {"pending": 300, "running": 16, "done": 1380, "failed": 5}
+
+
+def made_up_run(lanes=8, per_lane=20, seed=7, now=1_700_000_000.0):
+    """Attempts of a run: `lanes` host+slot lanes, some failed, lost and stopped, the last ones running."""
+    rng = random.Random(seed)
+    attempts, obsid = [], 1342000000
+    for lane in range(lanes):
+        host, slot = f"node{lane // 4 + 1:02d}", f"{lane % 4 + 1}/{lanes}"
+        t = now - per_lane * 100.0
+        for i in range(per_lane):
+            d = rng.uniform(20, 120)
+            running = i == per_lane - 1
+            outcome = "running" if running else rng.choice(["done"] * 8 + ["failed", "lost", "stopped"])
+            attempts.append({"obsid": obsid, "attempt": 1, "host": host, "worker": slot, "pid": 1000 + lane,
+                             "started": t, "ended": None if running else t + d, "outcome": outcome,
+                             "exit_code": 1 if outcome == "failed" else 0, "signal_no": None,
+                             "reason": "HIPE exited with status 1: <ValueError> & \x07bell" if outcome == "failed" else ""})
+            obsid += 1
+            t += d + 1
+    return attempts, now

@@ -23,11 +23,11 @@ for p in (str(TESTS), str(ROOT / "lib")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from conftest import BIN, TRIVIAL_HIPE, BatchEnv  # noqa: E402,F401
 from mariadb_server import MariaDB  # noqa: E402
+from support import BIN, TRIVIAL_HIPE, BatchEnv  # noqa: E402,F401
 
 FIRST_OBSID = 1342000000
-# ../shared/data beside the checkout (as tests/conftest.py has it), or beside a folder above it (a
+# ../shared/data beside the checkout (as tests/support.py has it), or beside a folder above it (a
 # git worktree kept in a subfolder of the main checkout's parent).
 SHARED_DATA = next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
                    ROOT.parent / "shared" / "data")

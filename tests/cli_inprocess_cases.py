@@ -1,60 +1,23 @@
 """The command line called in-process: `batchUtility.cli.main(argv)` with the output taken by capsys,
-as sqlite-utils tests its CLI. The same paths as test_commands.py (which runs the real script in a
-subprocess, as users do) in a fraction of the time: new, reset, status, wipe and their errors, on
-SQLite and on the session's MariaDB. `run` stays in test_run.py: it launches HIPE and owns signals.
+as sqlite-utils tests its CLI. The same paths as tests/system/test_commands.py (which runs the real
+script in a subprocess, as users do) in a fraction of the time: new, reset, status, wipe and their
+errors. `run` stays in tests/system/test_run.py: it launches HIPE and owns signals.
+
+Not a test module: the tests are written once here and collected by tests/unit/test_cli_inprocess.py
+(where `batch` is SQLite) and tests/integration/test_cli_inprocess.py (where it is the session's MariaDB).
 """
 import json
-import logging
-from dataclasses import dataclass
 
 import pytest
 
-from conftest import ROOT
-from support import obsids_of, tables
+from support import ROOT, obsids_of, tables
 
-from batchUtility import cli
 from batchUtility.model import Outcome
 
 SAMPLE = ROOT / "sql" / "sample_master.sql"
 PREFIX = "BatchProcess.py: error: "
 WHAT_AN_OBSID_IS = "a positive whole number of at most 10 digits"
 NOT_OBSID = f"is not an obsid ({WHAT_AN_OBSID_IS})"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def error(self):
-        """The one error line, asserting there is exactly one and exit status 2."""
-        lines = self.err.strip().splitlines()
-        assert self.code == 2, self
-        assert len(lines) == 1 and lines[0].startswith(PREFIX), self.err
-        return lines[0][len(PREFIX):]
-
-
-@pytest.fixture
-def main(batch, capsys, monkeypatch):
-    """main(*argv): cli.main in this process, in batch's root, returning a Result."""
-    monkeypatch.setenv("HIPE_BATCH_ROOT", str(batch.root))
-    for name in ("HIPE_BATCH_CONFIG", "HIPE_BATCH_PASSWORD"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(batch.root)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level   # cli.main sets up logging its own way
-
-    def call(*argv):
-        capsys.readouterr()
-        try:
-            code = cli.main([str(a) for a in argv])
-        except SystemExit as e:   # argparse's usage errors
-            code = e.code
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-    yield call
-    root.handlers[:], root.level = handlers, level
 
 
 # ----------------------------------------------------------------------------- new

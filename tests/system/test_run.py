@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, STANDIN
-from support import GATED, ignoring_sigint, new_job, pid_alive, wait_for
+from support import BIN, GATED, STANDIN, ignoring_sigint, new_job, pid_alive, wait_for
 
 OK = "x = obsid * 2\n"
 

@@ -3,8 +3,7 @@ import json
 
 import pytest
 
-from conftest import ROOT, SHARED_DATA
-from support import obsids_of, tables
+from support import ROOT, SHARED_DATA, obsids_of, tables
 
 from batchUtility.model import Lease
 

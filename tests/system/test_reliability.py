@@ -9,41 +9,16 @@ import os
 import re
 import signal
 import socket
-import sqlite3
 import sys
-import threading
 import time
 
 import MySQLdb
 import pytest
 
-from conftest import TRIVIAL_HIPE, BatchEnv
 from fault_soak import soak
 from mariadb_server import PASSWORD, MariaDB
-from support import OBSID, new_job, pid_alive, proc_state, wait_for
+from support import OBSID, TRIVIAL_HIPE, BatchEnv, Worker, in_transaction, new_job, pid_alive, proc_state, wait_for
 
-from batchUtility.model import Outcome
-
-
-# ----------------------------------------------------------------------------- processes
-class Worker:
-    """One `BatchProcess.py JOB run` in the background, its output going to files."""
-
-    def __init__(self, env, reaper, name, job="j", **env_extra):
-        self.out_path, self.err_path = env.root / f"{name}.out", env.root / f"{name}.err"
-        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = reaper.popen(env.popen(job, "run", stdout=out, stderr=err,
-                                               env=env.env(**env_extra) if env_extra else None))
-        self.pid = self.proc.pid
-
-    def err(self):
-        return self.err_path.read_text()
-
-    def out(self):
-        return self.out_path.read_text()
-
-    def wait(self, timeout=60):
-        return self.proc.wait(timeout=timeout)
 
 
 # ----------------------------------------------------------------------------- job templates
@@ -124,25 +99,6 @@ def state_of(env, job="j"):
         return table.rows(), sorted(table.history(), key=lambda h: (h["obsid"], h["started"] or 0))
     finally:
         table.close()
-
-
-def in_transaction(env):
-    """Whether some connection holds an open write transaction on the job's database."""
-    if env.backend == "sqlite":
-        probe = sqlite3.connect(str(env.root / "batch.sqlite"), timeout=0, isolation_level=None)
-        try:
-            probe.execute("BEGIN IMMEDIATE")
-            probe.execute("ROLLBACK")
-            return False
-        except sqlite3.OperationalError:
-            return True
-        finally:
-            probe.close()
-    with env.server.admin() as c:
-        cur = c.cursor()
-        cur.execute("SELECT COUNT(*) FROM information_schema.innodb_trx t JOIN information_schema.processlist p"
-                    " ON p.id = t.trx_mysql_thread_id WHERE p.db = %s", (env.db,))
-        return cur.fetchone()[0] > 0
 
 
 def stop_between_transactions(env, proc, timeout=30):
@@ -490,68 +446,6 @@ def test_lock_wait_timeout_is_retried(outage_env, reaper):
     assert "database trouble while recording the outcome" in w.err()
 
 
-def test_deadlock_is_retried(mysql_batch, caplog):
-    """Error 1213 (deadlock): InnoDB rolls back the smaller transaction, ours; the whole
-    transaction is retried and succeeds."""
-    caplog.set_level("DEBUG", logger="batchUtility.storage")
-    env = mysql_batch
-    obsids = list(range(OBSID, OBSID + 50))
-    env.table("j", create=True).create(obsids)
-    table = env.table("j")
-    a, b = obsids[0], obsids[1]
-    other = MySQLdb.connect(unix_socket=env.server.socket, user="root", database=env.db, autocommit=False)
-    ours_at_b = threading.Event()
-    errors, calls = [], []
-
-    def other_side():
-        try:
-            cur = other.cursor()
-            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")  # as the workers
-            cur.execute("UPDATE j SET reason = 'other' WHERE obsid > %s", (a,))  # 49 rows, b among them
-            ready.set()
-            ours_at_b.wait(30)
-            cur.execute("UPDATE j SET reason = 'other' WHERE obsid = %s", (a,))   # waits for ours: a cycle
-            other.commit()
-        except Exception as e:   # reported by the main thread
-            errors.append(e)
-            other.rollback()
-
-    def waiting_for_a():
-        # Its UPDATE of row a under way (it can only end after ours): innodb_trx's trx_state does not
-        # always say LOCK WAIT for it on MariaDB 10.11 (seen: RUNNING for 30 s, the UPDATE waiting).
-        with env.server.admin() as c:
-            cur = c.cursor()
-            cur.execute("SELECT COUNT(*) FROM information_schema.processlist WHERE command = 'Query' AND info = %s",
-                        (f"UPDATE j SET reason = 'other' WHERE obsid = {a}",))
-            return cur.fetchone()[0] > 0
-
-    def work(cur):
-        calls.append(1)
-        cur.execute("UPDATE j SET reason = 'ours' WHERE obsid = %s", (a,))
-        if len(calls) == 1:
-            ours_at_b.set()
-            wait_for(waiting_for_a, 30, "the other transaction to wait for row a")
-        cur.execute("UPDATE j SET reason = 'ours' WHERE obsid = %s", (b,))   # deadlock on the first try
-
-    ready = threading.Event()
-    thread = threading.Thread(target=other_side, daemon=True)
-    thread.start()
-    try:
-        assert ready.wait(30)
-        table._transaction(work, "testing a deadlock")
-    finally:
-        ours_at_b.set()
-        thread.join(60)
-        other.close()
-    assert not errors and not thread.is_alive()
-    assert len(calls) == 2
-    # Deadlocks are part of a busy job: logged at DEBUG while they are retried, not as warnings.
-    deadlocks = [r for r in caplog.records if "1213" in r.getMessage() and "Deadlock" in r.getMessage()]
-    assert deadlocks and {r.levelname for r in deadlocks} == {"DEBUG"}
-    reasons = {r["obsid"]: r["reason"] for r in table.rows()}
-    assert reasons[a] == "ours" and reasons[b] == "ours" and reasons[obsids[2]] == "other"
-
-
 @pytest.mark.slow
 def test_lost_connections_are_retried(mysql_batch, reaper):
     """Connections killed by the server again and again mid-run (error 2013/2006): every
@@ -591,34 +485,3 @@ def test_lost_connections_are_retried(mysql_batch, reaper):
     assert not [h for h in env.table("j").history() if h["outcome"] == "failed"]
 
 
-def test_sqlite_busy_is_retried(sqlite_batch, caplog):
-    """SQLITE_BUSY ("database is locked") past the busy timeout is retried, not an error."""
-    env = sqlite_batch
-    env.table("j", create=True).create([OBSID])
-    table = env.table("j")
-    table.conn.execute("PRAGMA busy_timeout = 50")   # meet the lock at once instead of after 30 s
-    held, errors = threading.Event(), []
-
-    def hold_the_lock():
-        holder = sqlite3.connect(str(env.root / "batch.sqlite"), isolation_level=None)
-        try:
-            holder.execute("BEGIN IMMEDIATE")
-            held.set()
-            wait_for(lambda: any("database is locked" in r.getMessage() for r in caplog.records), 30,
-                     "the claim to meet the lock")
-        except Exception as e:
-            errors.append(e)
-        finally:
-            holder.execute("ROLLBACK")
-            holder.close()
-
-    thread = threading.Thread(target=hold_the_lock, daemon=True)
-    thread.start()
-    try:
-        assert held.wait(30)
-        claim = table.claim("host", "1/1", os.getpid())
-    finally:
-        thread.join(60)
-    assert not errors
-    assert claim is not None and claim.obsid == OBSID
-    assert table.finish(claim, Outcome(True, "", 0), 3) == "done"

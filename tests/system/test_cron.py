@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, BatchEnv
-from mariadb_server import wait_for
+from support import ROOT, BatchEnv, wait_for
 
 pytestmark = [pytest.mark.cron, pytest.mark.slow]
 

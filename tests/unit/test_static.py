@@ -1,8 +1,8 @@
 """Checks of the code itself, not of its behaviour: slips a reader misses and a linter has no rule for."""
 import ast
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from support import ROOT
+
 SOURCES = sorted([*(ROOT / "lib" / "batchUtility").rglob("*.py"), ROOT / "bin" / "BatchProcess.py"])
 
 SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)

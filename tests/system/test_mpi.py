@@ -38,10 +38,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, BatchEnv
+from exactly_once import assert_exactly_once, frozen, go, probe
 from mariadb_server import MariaDB
-from support import GATED, Reaper, ignoring_sigint, new_job, pid_alive, wait_for
-from test_faults import assert_exactly_once, freezable_server, freeze_env, frozen, go, probe  # noqa: F401 (fixtures)
+from support import GATED, ROOT, BatchEnv, Reaper, ignoring_sigint, new_job, pid_alive, wait_for
 
 MPI_SH = ROOT / "bin" / "BatchProcess_mpi.sh"
 SLOT_LINE = re.compile(r"^\.\.\.\.\.  \[Slot (\d+)/(\d+) on (\S+)\] \[#(\d+), obsid=(\d+)\]$", re.M)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from mariadb_server import wait_for
+from support import ROOT, wait_for
 
 from batchUtility.guardian import Guardian, GuardianLost
 
-LIB = Path(__file__).resolve().parents[1] / "lib"
+LIB = ROOT / "lib"
 
 # argv: fence window (s) renewed every 0.1 s. Prints {"guardian": pid, "pgid": pid} once HIPE's
 # stand-in runs; when the group dies, prints {"fenced": bool} and exits.

@@ -1,7 +1,6 @@
 """Slurm: workers started by srun and by job arrays, on a real Slurm cluster started here.
 
-- test_slot_*: where a worker's slot comes from (MPI, an srun step, a job array task, nothing), from
-  environments as Slurm sets them (pure, no cluster).
+- (tests/unit/test_slurm.py: where a worker's slot comes from, from environments as Slurm sets them.)
 - test_scripts_refuse_*: the sbatch scripts outside Slurm or without a job: one line, exit 2.
 - The cluster (tests/slurm_cluster.py): munged, slurmctld and one slurmd of Debian's Slurm 22.05,
   in a temporary folder, on ports of their own; sinfo shows the node idle, then:
@@ -32,12 +31,10 @@ import time
 
 import pytest
 
-from conftest import ROOT, BatchEnv
-from mariadb_server import MariaDB, wait_for
+from mariadb_server import MariaDB
 from slurm_cluster import Namespaces, SlurmCluster, missing_commands
+from support import ROOT, BatchEnv, wait_for
 
-sys.path.insert(0, str(ROOT / "lib"))
-from batchUtility.slot import Slot, slurm_slot  # noqa: E402
 
 SBATCH_SH = ROOT / "bin" / "BatchProcess_sbatch.sh"
 ARRAY_SH = ROOT / "bin" / "BatchProcess_array.sh"
@@ -55,42 +52,7 @@ marker=$(sed -n 's/^open("\(.*\)", "w")\.close()$/\1/p' "$script" | tail -n 1)
 """
 
 
-# --------------------------------------------------------------------------- slots (pure)
-def test_slot_of_srun_step():
-    env = {"SLURM_STEP_ID": "0", "SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_STEP_NUM_TASKS": "16"}
-    assert slurm_slot(env, "n01") == Slot(6, 16, "n01")
-
-
-def test_slot_of_batch_script_is_no_step():
-    # The batch script has SLURM_PROCID=0 and the allocation's SLURM_NTASKS, but is no srun step.
-    assert slurm_slot({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "7"}, "n01") is None
-
-
-@pytest.mark.parametrize("task, first, last, step, count, expected", [
-    ("1", "1", "64", "1", "64", (1, 64)),
-    ("64", "1", "64", "1", "64", (64, 64)),
-    ("0", "0", "7", "1", "8", (1, 8)),       # --array=0-7
-    ("7", "0", "7", "1", "8", (8, 8)),
-    ("11", "2", "20", "9", "3", (2, 3)),     # --array=2-20:9 is 2, 11, 20 (as Slurm 22.05 sets it)
-    ("17", "3", "40", "1", "3", (15, 38)),   # --array=3,17,40: a list, its place in 3..40
-])
-def test_slot_of_array_task(task, first, last, step, count, expected):
-    env = {"SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_MIN": first, "SLURM_ARRAY_TASK_MAX": last,
-           "SLURM_ARRAY_TASK_STEP": step, "SLURM_ARRAY_TASK_COUNT": count, "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}
-    assert slurm_slot(env, "n02") == Slot(*expected, "n02")
-
-
-def test_slot_precedence():
-    array = {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "4"}
-    # srun of several tasks inside an array task: the step's slot; of one task: the array's.
-    step4 = {"SLURM_STEP_ID": "0", "SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "4"}
-    step1 = {"SLURM_STEP_ID": "0", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"}
-    assert slurm_slot({**array, **step4}, "h") == Slot(2, 4, "h")
-    assert slurm_slot({**array, **step1}, "h") == Slot(3, 4, "h")
-    assert slurm_slot({}, "h") is None
-    assert slurm_slot({"SLURM_STEP_ID": "0", "SLURM_PROCID": "x", "SLURM_NTASKS": "2"}, "h") is None
-
-
+# --------------------------------------------------------------------------- slots from Slurm's environment
 def run_worker_env(batch, **env):
     """`BatchProcess.py JOB run` with env, outside Slurm; returns its stdout."""
     clean = {k: v for k, v in batch.env().items() if not k.startswith(("SLURM", "OMPI_", "PMI"))}

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, TRIVIAL_HIPE
-from mariadb_server import wait_for
+from support import BIN, ROOT, TRIVIAL_HIPE, wait_for
 
 SLOT_LINE = re.compile(r"^\.\.\.\.\.  \[Slot (\d+)/(\d+) on (\S+)\] \[#(\d+), obsid=(\d+)\]$", re.M)
 SUMMARY_LINE = re.compile(r"^\S+ SLOT (\d+) SUMMARY: ", re.M)
@@ -268,13 +267,6 @@ def test_quiet_speaks_when_something_needs_a_person(batch):
 
 
 OK_TEMPLATE = "x = obsid * 2\n"
-
-
-@pytest.mark.parametrize("text,seconds", [("90m", 5400), ("8h", 28800), ("45s", 45), ("2d", 172800), ("30", 30),
-                                          ("1.5h", 5400)])
-def test_max_time_values(text, seconds):
-    from batchUtility.cli import duration
-    assert duration(text) == seconds
 
 
 @pytest.mark.slow
