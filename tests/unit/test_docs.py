@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())  # in any test layer
+from support import ROOT
+
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 TEST_COMMAND = "bash .ci/install && .venv/bin/ruff check . && .venv/bin/python -m pytest"
