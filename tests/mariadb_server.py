@@ -41,9 +41,12 @@ class MariaDB:
         if not self.installed:
             self.install()
         self.log = open(self.base / "mariadbd.log", "ab")
+        # Its temporary tables in a folder of its own: /tmp is shared with other servers and other work.
+        (self.base / "tmp").mkdir(exist_ok=True)
         self.proc = subprocess.Popen(
             ["mariadbd", f"--datadir={self.datadir}", f"--socket={self.socket}", f"--port={self.port}",
              f"--bind-address={self.bind}", "--user=root", f"--pid-file={self.base / 'mariadbd.pid'}",
+             f"--tmpdir={self.base / 'tmp'}",
              "--innodb-buffer-pool-size=64M", "--innodb-log-file-size=48M", "--max-connections=500",
              "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=2"],
             stdout=self.log, stderr=self.log)

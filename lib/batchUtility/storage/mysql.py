@@ -1,0 +1,127 @@
+"""MySQL or MariaDB: one server shared by every worker on every host."""
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .engine import Together, _rowcount_and_rows
+from .statements import CLAIM, COMMIT, FORGET_PICKED, PICK_PENDING, PICKED
+from .table import JobTable
+
+
+class MySQLJobTable(JobTable):
+    """MySQL or MariaDB, shared by every worker on every host."""
+
+    parameter = r"%(\1)s"
+    quote_char = "`"
+    now = "UNIX_TIMESTAMP(NOW(6))"
+    insert_ignore = "INSERT IGNORE"
+    obsid_type = "BIGINT"
+    table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+    create_index = "CREATE INDEX"   # no IF NOT EXISTS: index_exists is asked first
+    index_exists = """SELECT 1 FROM information_schema.statistics
+  WHERE table_schema = DATABASE() AND table_name = :table AND index_name = :index"""
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+    picked_into = " INTO @picked_obsid, @picked_attempts"
+    picked_obsid = "@picked_obsid"
+    lock_rows = " FOR UPDATE SKIP LOCKED"   # a row a stuck transaction holds is taken back next time
+    in_start_order = " FORCE INDEX ({index})"
+    by_state = " FORCE INDEX ({index})"
+    columns_of = """SELECT LOWER(column_name) FROM information_schema.columns
+  WHERE table_schema = DATABASE() AND table_name = :name ORDER BY ordinal_position"""
+    table_names = "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
+    # Lock wait, deadlock, server shutting down / gone / unreachable / lost, too many connections.
+    TRANSIENT = {1205, 1213, 1053, 1040, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
+    CONNECTION = {1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        import MySQLdb  # imported here so that SQLite users need no MySQL client library
+        self._driver = MySQLdb
+        self.Error = MySQLdb.Error
+        super().__init__(*args, **kwargs)
+
+    def _connect(self) -> Any:
+        from MySQLdb.constants import CLIENT
+        s = self.settings
+        # Every wait for the server is bounded: without read and write timeouts a frozen server (or a
+        # network silently dropping packets) blocks a query for as long as it lasts.
+        seconds = math.ceil(self.call_timeout)
+        options = {"host": s.host, "user": s.user, "database": s.db, "charset": "utf8mb4",
+                   "connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds,
+                   "autocommit": False,
+                   # rowcount = rows matched, so repeated writes still count; several statements in one
+                   # round trip (_execute_together: every value is a parameter, every identifier checked)
+                   "client_flag": CLIENT.FOUND_ROWS | CLIENT.MULTI_STATEMENTS,
+                   "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"}
+        if s.port:
+            options["port"] = s.port
+        if s.socket:
+            options["unix_socket"] = s.socket
+        if s.password:
+            options["password"] = s.password
+        # MySQL's own option file, as the mysql client reads it: it may hold the password (so that
+        # batch.cfg need not), the port or the socket. What batch.cfg says takes precedence.
+        option_file = s.option_file or os.path.expanduser("~/.my.cnf")
+        if os.path.isfile(option_file):
+            options["read_default_file"] = option_file
+        conn = self._driver.connect(**options)
+        try:
+            self._limit_session(conn.cursor(), seconds)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _limit_session(self, cur: Any, seconds: int) -> None:
+        """Short lock waits (retried whole), and a transaction left idle by a stuck client (a frozen
+        worker between its UPDATE and its COMMIT) aborted by the server, so that its row locks
+        never stall the other workers for long. idle_transaction_timeout is MariaDB's (10.3+);
+        MySQL has none, and there the lock waits' bound and SKIP LOCKED must do."""
+        # Half the call's timeout: a lock wait must end as "lock wait timeout" (retried whole), not as
+        # the client's read timeout, which costs the connection.
+        cur.execute(f"SET SESSION innodb_lock_wait_timeout = {max(1, seconds // 2)}")
+        try:
+            cur.execute(f"SET SESSION idle_transaction_timeout = {max(2, seconds)}")
+        except self._driver.OperationalError as e:
+            if self._code(e) != 1193:   # unknown system variable: not MariaDB
+                raise
+
+    def _code(self, e: Exception) -> Optional[int]:
+        return e.args[0] if e.args and isinstance(e.args[0], int) else None
+
+    def _is_transient(self, e: Exception) -> bool:
+        return self._code(e) in self.TRANSIENT or isinstance(e, self._driver.InterfaceError)
+
+    def _is_connection_error(self, e: Exception) -> bool:
+        return self._code(e) in self.CONNECTION or isinstance(e, self._driver.InterfaceError)
+
+    def _execute_together(self, cur: Any, statements: Sequence[Tuple[str, Optional[Dict[str, Any]]]],
+                          commit: bool = False) -> List[Together]:
+        # One multi-statement, each statement's values escaped by the driver. The server stops at the
+        # first statement that fails (the COMMIT is never reached after an error); every result is read
+        # here, so that error is raised by nextset(), in the transaction, which is then rolled back (and
+        # retried whole if the error passes). A lost reply leaves the COMMIT ambiguous, as a lost reply
+        # to conn.commit() would: what the retries of claim and finish are made for.
+        sent = [*statements, (COMMIT, None)] if commit else statements
+        text = ";\n".join(cur.mogrify(self.statement(t), p) for t, p in sent)
+        results = [_rowcount_and_rows(self._send(cur, text, None))]
+        while cur.nextset():
+            results.append(_rowcount_and_rows(cur))
+        self._committed = commit
+        return results[:len(statements)]
+
+    def _pick_and_claim(self, cur: Any, values: Dict[str, Any], commit: bool = False) -> Optional[Tuple[int, int, int]]:
+        # In one round trip: PICK_PENDING selects INTO the variables CLAIM and PICKED read.
+        _, _, (claimed, _), (_, [(obsid, attempts)]) = self._execute_together(
+            cur, [(FORGET_PICKED, None), (PICK_PENDING, None), (CLAIM, values), (PICKED, None)], commit)
+        return None if obsid is None else (int(obsid), int(attempts), claimed)
+
+    def _stream_cursor(self) -> Any:
+        import MySQLdb.cursors
+        return self.conn.cursor(MySQLdb.cursors.SSCursor)   # rows stay on the server until fetched
+
+    def _is_lock_conflict(self, e: Exception) -> bool:
+        return self._code(e) == 1213
+
+    def _is_duplicate_index(self, e: Exception) -> bool:
+        return self._code(e) == 1061   # ER_DUP_KEYNAME
+

@@ -1,0 +1,91 @@
+"""SQLite: the embedded default, one database file on one machine."""
+import os
+import sqlite3
+import time
+from typing import Any, List, Optional, Tuple
+
+from ..errors import BadInput, BatchError, JobMissing
+from .table import JobTable
+
+
+class SQLiteJobTable(JobTable):
+    """The embedded default: one database file on one machine, many worker processes."""
+
+    parameter = r":\1"
+    quote_char = '"'
+    now = "((julianday('now') - 2440587.5) * 86400.0)"
+    insert_ignore = "INSERT OR IGNORE"
+    obsid_type = "INTEGER"          # INTEGER PRIMARY KEY is SQLite's rowid: no second index
+    table_options = ""
+    create_index = "CREATE INDEX IF NOT EXISTS"
+    index_exists = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND tbl_name = :table AND name = :index"
+    finished_only = " WHERE state IN ('done', 'failed')"   # the same words as BY_HOST's: SQLite then uses it
+    skip_locked = ""                # no row locks: BEGIN IMMEDIATE holds the database's only write lock
+    lock_rows = ""
+    in_start_order = ""             # SQLite reads the index in order by itself
+    by_state = ""
+    columns_of = "SELECT name FROM pragma_table_info(:name)"
+    table_names = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    Error = sqlite3.Error
+
+    def _connect(self) -> sqlite3.Connection:
+        path = self.settings.path
+        if not path.parent.is_dir():
+            raise BadInput(f"cannot use {self.settings.describe()}: folder {path.parent} does not exist")
+        if not self.create_database and not path.exists():
+            raise JobMissing(self.job, self.settings.describe(), database_missing=True)
+        # isolation_level=None: transactions are begun explicitly, so a claim's write lock is taken
+        # at BEGIN IMMEDIATE and not half-way through (which could deadlock two claimers).
+        # A writer stuck inside a transaction (a frozen worker) holds the file's one write lock: the
+        # others wait at most call_timeout per try, and retry within their patience.
+        conn = sqlite3.connect(str(path), timeout=self.call_timeout, isolation_level=None)
+        self._identity = self._identity or _file_identity(path)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.call_timeout * 1000)}")
+        self._switch_to_wal(conn)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    _identity: Optional[Tuple[int, int]] = None   # (st_dev, st_ino) of the file when first opened
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> None:
+        """WAL: readers (status) never block the workers, nor a writer them. The switch does not wait
+        on busy_timeout: while another connection switches the same new file (two `new` at once), it
+        fails at once with "database is locked", which is no trouble to warn about: try again."""
+        deadline = time.monotonic() + self.call_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if not self._is_transient(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _begin(self, cur: Any, write: bool) -> None:
+        # A file deleted or replaced under the workers: without this check they would go on writing
+        # into the old file (kept alive by their open descriptors), and all their work would be lost.
+        if self._identity is not None and _file_identity(self.settings.path) != self._identity:
+            raise BatchError(f"{self.settings.describe()} was deleted or replaced while in use; stopping "
+                             "(the work recorded since is in the old file, which is gone)")
+        cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def _columns(self, cur: Any, table: str) -> Optional[List[str]]:
+        # SQLite's table names ignore case: `HIFI` would be the job `hifi` (and `HIFI wipe` drop it).
+        cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ? COLLATE NOCASE", (table,))
+        found = cur.fetchone()
+        if found is not None and found[0] != table:
+            raise BadInput(f"'{table}' differs only in case from the table '{found[0]}' in {self.settings.describe()}, "
+                           f"and SQLite's names ignore case: use '{found[0]}'")
+        return super()._columns(cur, table)
+
+    def _is_transient(self, e: Exception) -> bool:
+        return isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
+
+
+def _file_identity(path: Any) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+

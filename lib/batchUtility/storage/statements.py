@@ -1,0 +1,231 @@
+"""Every SQL statement of the job table, whole and named; the dialects' fragments are attributes of
+their classes (sqlite.py, mysql.py). Every value is a parameter; identifiers are quoted by
+`Engine.quote` and nowhere else.
+"""
+from typing import Dict, Iterator, Sequence, Tuple
+
+_CHUNK = 500                    # obsids per IN (...) list
+RESULTS_SUFFIX = "__results"    # the job's results table (job names may not contain "__")
+
+# ----------------------------------------------------------------------------- the statements
+# Braces name identifiers and dialect fragments, filled by Engine.statement(); colons name values.
+# {job_table} is the job's table, {history_table} its attempts, {now} the database's clock.
+
+# Plain CREATE TABLE: of two `new` of one job at the same moment, one fails (JobExists).
+CREATE_JOB_TABLE = """CREATE TABLE {job_table} (
+  obsid {obsid_type} NOT NULL PRIMARY KEY,
+  pipelined TINYINT NOT NULL DEFAULT 0,
+  state VARCHAR(7) NOT NULL DEFAULT 'pending',
+  expected INT NULL,
+  attempts INT NOT NULL DEFAULT 0,
+  token CHAR(32) NULL,
+  host VARCHAR(255) NULL,
+  worker VARCHAR(32) NULL,
+  pid INT NULL,
+  pid_start BIGINT NULL,
+  started DOUBLE NULL,
+  heartbeat DOUBLE NULL,
+  lease_expires DOUBLE NULL,
+  ended DOUBLE NULL,
+  exit_code INT NULL,
+  signal_no INT NULL,
+  reason VARCHAR(255) NULL,
+  template VARCHAR(16) NULL
+){table_options}"""
+
+CREATE_HISTORY_TABLE = """CREATE TABLE {history_table} (
+  token CHAR(32) NOT NULL PRIMARY KEY,
+  obsid BIGINT NOT NULL,
+  attempt INT NOT NULL,
+  host VARCHAR(255) NULL,
+  worker VARCHAR(32) NULL,
+  pid INT NULL,
+  started DOUBLE NULL,
+  ended DOUBLE NULL,
+  exit_code INT NULL,
+  signal_no INT NULL,
+  outcome VARCHAR(8) NOT NULL,
+  reason VARCHAR(255) NULL,
+  template VARCHAR(16) NULL
+){table_options}"""
+
+CREATE_CLAIM_INDEX = "{create_index} {index} ON {job_table} (state, expected DESC, obsid)"
+CREATE_HISTORY_INDEX = "{create_index} {index} ON {history_table} (obsid)"
+# Columns added since the first release: `require()` adds each one a table lacks (ALTER TABLE ADD
+# COLUMN), so jobs created by an older version keep working. A later column is one more line here.
+ADDED_COLUMNS = {
+    "job_table": (("lease_expires", "DOUBLE NULL"), ("template", "VARCHAR(16) NULL"),
+                  # the claiming worker's process start time (ticks since boot): see slot.process_start
+                  ("pid_start", "BIGINT NULL")),
+    "history_table": (("template", "VARCHAR(16) NULL"),),
+}
+ADD_COLUMN = "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+DROP_HISTORY_TABLE = "DROP TABLE IF EXISTS {history_table}"
+DROP_JOB_TABLE = "DROP TABLE IF EXISTS {job_table}"
+
+INSERT_FROM_MASTER = """{insert_ignore} INTO {job_table} (obsid, expected)
+  SELECT obsid, {expected} FROM {master_table} WHERE obsid IS NOT NULL"""
+INSERT_OBSID = "{insert_ignore} INTO {job_table} (obsid) VALUES (:obsid)"
+MASTER_OBSIDS = "SELECT obsid FROM {master_table} WHERE obsid IS NOT NULL"
+EXPECTED_FROM_MASTER = """UPDATE {job_table}
+  SET expected = (SELECT m.pipetime FROM {master_table} m WHERE m.obsid = {job_table}.obsid)
+  WHERE expected IS NULL"""
+# An obsid without a pipetime (a job made from a file) expects what its successful attempts took in
+# an earlier job's history {earlier_history}: so that long obsids are still claimed first. Only pending
+# rows: a finished row is left exactly as its run left it.
+EXPECTED_FROM_HISTORY = """UPDATE {job_table}
+  SET expected = (SELECT ROUND(AVG(h.ended - h.started)) FROM {earlier_history} h
+                  WHERE h.obsid = {job_table}.obsid AND h.outcome = 'done')
+  WHERE expected IS NULL AND state = 'pending'
+    AND obsid IN (SELECT obsid FROM {earlier_history} WHERE outcome = 'done')"""
+
+DB_NOW = "SELECT {now}"
+COUNT_ALL = "SELECT COUNT(*) FROM {job_table}"
+
+# Lock (MySQL: skipping rows other claimers hold) the next pending row, longest expected first.
+# MySQL claims in one round trip: FORGET_PICKED; PICK_PENDING; CLAIM; PICKED, the picked row passed
+# from one statement to the next in session variables ({picked_into}, {picked_obsid}).
+PICK_PENDING = """SELECT obsid, attempts{picked_into} FROM {job_table} WHERE state = 'pending'
+  ORDER BY expected DESC, obsid LIMIT 1{skip_locked}"""
+CLAIM = """UPDATE {job_table}
+  SET state = 'running', pipelined = 0, token = :token, host = :host, worker = :worker, pid = :pid,
+      pid_start = :pid_start, started = {now}, heartbeat = {now}, lease_expires = {now} + :lease, ended = NULL,
+      exit_code = NULL, signal_no = NULL, template = NULL
+  WHERE obsid = {picked_obsid} AND state = 'pending'"""
+COMMIT = "COMMIT"   # the last of the statements of a transaction sent in one round trip (MySQL)
+FORGET_PICKED = "SET @picked_obsid = NULL, @picked_attempts = NULL"   # a SELECT ... INTO finding no row sets nothing
+PICKED = "SELECT @picked_obsid, @picked_attempts"
+# A claim retried after a lost reply to its COMMIT may have been taken after all: found by its token.
+CLAIMED_BY = """SELECT obsid, attempts FROM {job_table} WHERE token = :token AND state = 'running'"""
+HEARTBEAT = """UPDATE {job_table} SET heartbeat = {now}, lease_expires = {now} + :lease
+  WHERE obsid = :obsid AND token = :token AND state = 'running'"""
+# Finish and requeue change their claim's row only while it runs, or repeat what they did (a repeat
+# after a lost COMMIT reply finds the state it gave): a claim recorded done or failed stays so (a
+# put-back after a finish that did commit). Only `reset` makes a done row pending again, and it deletes
+# its results: so only done rows have results.
+FINISH = """UPDATE {job_table}
+  SET state = :state, pipelined = :pipelined, attempts = :attempt, ended = {now}, heartbeat = NULL,
+      lease_expires = NULL, exit_code = :exit_code, signal_no = :signal_no, reason = :reason, template = :template
+  WHERE obsid = :obsid AND token = :token AND state IN ('running', :state)"""
+REQUEUE = """UPDATE {job_table}
+  SET state = 'pending', ended = {now}, heartbeat = NULL, lease_expires = NULL, reason = :reason, template = :template
+  WHERE obsid = :obsid AND token = :token AND state IN ('running', 'pending')"""
+# An outcome of this claim that committed (its history row, written in the same transaction): a retry
+# after a lost COMMIT reply finds it, though the obsid may have been claimed again since (a new token).
+ATTEMPT_RECORDED = "SELECT 1 FROM {history_table} WHERE token = :token AND obsid = :obsid AND outcome = :outcome"
+# Copies the job row of a claim into the history, as attempt :attempt that ended as :outcome.
+HISTORY_FROM_ROW = """{insert_ignore} INTO {history_table}
+  (token, obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason, template)
+  SELECT token, obsid, :attempt, host, worker, pid, started, ended, exit_code, signal_no, :outcome, reason, template
+  FROM {job_table} WHERE obsid = :obsid AND token = :token"""
+
+# A running row's lease is its own (lease_expires); rows claimed by an older version have none, and
+# go by the reader's :lease. Each row also tells the lease it was given, for the reason recorded.
+EXPIRY = "COALESCE(lease_expires, heartbeat + :lease)"
+STALE = """SELECT obsid, COALESCE(lease_expires - heartbeat, :lease) FROM {job_table}
+  WHERE state = 'running' AND {expiry} < :db_now ORDER BY obsid{lock_rows}"""
+# The running rows of one host, whose workers' processes can be looked at directly.
+RUNNING_ON_HOST = """SELECT obsid, pid, pid_start FROM {job_table} WHERE state = 'running' AND host = :host
+  ORDER BY obsid{lock_rows}"""
+LOST_MARK = "UPDATE {job_table} SET ended = {now}, reason = :reason WHERE obsid IN ({obsids})"
+LOST_TO_HISTORY = """{insert_ignore} INTO {history_table}
+  (token, obsid, attempt, host, worker, pid, started, ended, outcome, reason)
+  SELECT token, obsid, attempts + 1, host, worker, pid, started, ended, 'lost', reason
+  FROM {job_table} WHERE obsid IN ({obsids})"""
+LOST_RELEASE = """UPDATE {job_table}
+  SET state = CASE WHEN attempts + 1 >= :max_attempts THEN 'failed' ELSE 'pending' END,
+      attempts = attempts + 1, token = NULL, heartbeat = NULL, lease_expires = NULL
+  WHERE obsid IN ({obsids})"""
+
+# Rows under a live lease (expiring at or after :db_now) are never reset: they would run twice at once.
+RESET_ALL = """UPDATE {job_table}
+  SET state = 'pending', pipelined = 0, attempts = 0, token = NULL, host = NULL, worker = NULL, pid = NULL,
+      started = NULL, heartbeat = NULL, lease_expires = NULL, ended = NULL, exit_code = NULL, signal_no = NULL,
+      reason = NULL
+  WHERE (state <> 'running' OR heartbeat IS NULL OR {expiry} < :db_now)
+    AND (:only_failed = 0 OR state = 'failed')"""
+RESET_LISTED = """UPDATE {job_table}
+  SET state = 'pending', pipelined = 0, attempts = 0, token = NULL, host = NULL, worker = NULL, pid = NULL,
+      started = NULL, heartbeat = NULL, lease_expires = NULL, ended = NULL, exit_code = NULL, signal_no = NULL,
+      reason = NULL
+  WHERE (state <> 'running' OR heartbeat IS NULL OR {expiry} < :db_now)
+    AND (:only_failed = 0 OR state = 'failed') AND obsid IN ({obsids})"""
+COUNT_LIVE_RUNNING = "SELECT COUNT(*) FROM {job_table} WHERE state = 'running' AND {expiry} >= :db_now"
+# Obsids other workers finished lately (is this worker the only one whose attempts all fail?).
+DONE_ELSEWHERE = """SELECT COUNT(*) FROM {job_table} WHERE state = 'done' AND ended >= {now} - :seconds
+  AND NOT (host = :host AND pid = :pid)"""
+PRESENT = "SELECT obsid FROM {job_table} WHERE obsid IN ({obsids})"
+
+COUNT_BY_STATE = "SELECT state, COUNT(*) FROM {job_table} GROUP BY state"
+# One probe of the claim index (COUNT_BY_STATE reads every row): asked by waiting workers once a second.
+ANY_RUNNING = "SELECT 1 FROM {job_table} WHERE state = 'running' LIMIT 1"
+FIRST_FAILURES = """SELECT obsid, attempts, reason FROM {job_table}{by_state} WHERE state = 'failed'
+  ORDER BY obsid LIMIT :limit"""
+# Grouped in the order of the hosts index (state, host), which holds every column read: no
+# temporary table, no sort, no row read (JobTable.by_host adds each host's two states up).
+BY_HOST = """SELECT host, state, COUNT(*), SUM(ended - started)
+  FROM {job_table} WHERE state IN ('done', 'failed') GROUP BY state, host"""
+HISTORY_ALL = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason,
+       template FROM {history_table}{in_start_order} ORDER BY started, obsid"""
+HISTORY_OF_OBSID = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason,
+       template FROM {history_table} WHERE obsid = :obsid ORDER BY started, obsid"""
+ALL_ROWS = "SELECT * FROM {job_table} ORDER BY obsid"
+ONE_ROW = "SELECT * FROM {job_table} WHERE obsid = :obsid"
+
+# ----------------------------------------------------------------------------- the operator's view
+# Results of done obsids (`batchResult` in job scripts): value as text, number for SQL's sums.
+CREATE_RESULTS_TABLE = """CREATE TABLE IF NOT EXISTS {results_table} (
+  obsid BIGINT NOT NULL,
+  name VARCHAR(64) NOT NULL,
+  value TEXT NOT NULL,
+  number DOUBLE NULL,
+  PRIMARY KEY (obsid, name)
+){table_options}"""
+DROP_RESULTS_TABLE = "DROP TABLE IF EXISTS {results_table}"
+# Recent finishes (the rate, the speed, the workers seen) and the history in time order, fast on
+# a million rows: each reads a range of one of these indexes.
+CREATE_ENDED_INDEX = "{create_index} {index} ON {job_table} (ended)"
+CREATE_HISTORY_STARTED_INDEX = "{create_index} {index} ON {history_table} (started, obsid)"
+# BY_HOST (`status --json`, `--hosts`) from this index alone, not from whole rows. MariaDB: claims
+# and finishes change `state`, so they move their row's entry in it, as in the claim index; it also
+# finds a host's running rows (RUNNING_ON_HOST). SQLite: a partial index of the finished rows
+# ({finished_only}), which claims never touch (whole, it slowed claims: tests/bench/RESULTS.md).
+CREATE_HOSTS_INDEX = "{create_index} {index} ON {job_table} (state, host, started, ended){finished_only}"
+HOSTS_INDEX = "__hosts"   # the newest index: a job without it is given the operator's tables and indexes
+
+RESULTS_DELETE = "DELETE FROM {results_table} WHERE obsid = :obsid"
+RESULTS_DELETE_LISTED = "DELETE FROM {results_table} WHERE obsid IN ({obsids})"
+RESULTS_DELETE_ALL = "DELETE FROM {results_table}"
+RESULTS_INSERT = """INSERT INTO {results_table} (obsid, name, value, number)
+  VALUES (:obsid, :name, :value, :number)"""
+RESULT_NAMES = """SELECT DISTINCT r.name FROM {results_table} r JOIN {job_table} j ON j.obsid = r.obsid
+  WHERE j.state = 'done' ORDER BY r.name"""
+# One row per done obsid and result (name NULL: a done obsid without results), by obsid.
+RESULTS_OF_DONE = """SELECT j.obsid, r.name, r.value FROM {job_table} j
+  LEFT JOIN {results_table} r ON r.obsid = j.obsid WHERE j.state = 'done' ORDER BY j.obsid, r.name"""
+
+# The count in each state and the pending ones by expected duration, in one read of the claim index
+# in its own order (state, expected DESC): each entry is read once, not once by state and again by
+# expected (tests/bench/RESULTS.md).
+STATE_BY_EXPECTED = """SELECT state, expected, COUNT(*) FROM {job_table}
+  GROUP BY state, expected ORDER BY state, expected DESC"""
+RUNNING_NOW = """SELECT obsid, attempts + 1 AS attempt, host, worker, pid, started, heartbeat, expected, reason
+  FROM {job_table} WHERE state = 'running' ORDER BY host, worker, pid, obsid"""
+RECENT_DONE = """SELECT expected, ended - started FROM {job_table}
+  WHERE ended IS NOT NULL AND state = 'done' ORDER BY ended DESC LIMIT :limit"""
+FINISHED_SINCE = """SELECT COUNT(*), MIN(started) FROM {job_table}
+  WHERE ended >= :since AND state IN ('done', 'failed')"""
+WORKERS_SEEN = """SELECT COUNT(*) FROM (
+  SELECT host, worker, pid FROM {job_table} WHERE state = 'running' AND heartbeat >= :since
+  UNION SELECT host, worker, pid FROM {job_table} WHERE ended >= :since) seen"""
+HISTORY_SINCE = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason
+  FROM {history_table}{in_start_order} WHERE started >= :since ORDER BY started, obsid"""
+
+
+def in_list(obsids: Sequence[int], size: int = _CHUNK) -> Iterator[Tuple[str, Dict[str, int]]]:
+    """The one way an `IN ({obsids})` list is written: per chunk of `size` obsids, the list of named
+    parameters (':obsid_0, :obsid_1, ...') and their values."""
+    obsids = list(obsids)
+    for start in range(0, len(obsids), size):
+        names = [f"obsid_{i}" for i in range(len(obsids[start:start + size]))]
+        yield ", ".join(":" + name for name in names), dict(zip(names, obsids[start:start + size]))

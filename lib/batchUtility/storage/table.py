@@ -1,0 +1,439 @@
+"""The job table: one row per obsid and what became of it.
+
+Row life: pending -> running (claimed, with a fresh token) -> done | failed | pending (a retry).
+`pipelined` is kept for the original's users: 1 means done, nothing else.
+Every write a worker makes about its obsid names the claim's token (fencing): once its claim was
+reclaimed or reset, the token no longer matches and the write changes nothing.
+The lease belongs to the claim: the row's `lease_expires` is set from the claiming worker's own
+[run] lease at the claim and at every heartbeat, and whoever takes obsids back (a worker, `reset`)
+goes by it, never by a lease of its own: a host with another batch.cfg cannot cut a claim short.
+Times are the database's clock in epoch seconds, so hosts with skewed clocks agree on leases.
+"""
+import logging
+import time
+import uuid
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..errors import BadInput, BatchError, DatabaseUnavailable, JobExists, JobMissing, NotAJobTable
+from ..model import (DONE, FAILED, HISTORY_SUFFIX, INTERACTIVE_PATIENCE, PENDING, SQL_NAME, Claim, Lease, Outcome,
+                     check_identifier)
+from ..obsids import WHAT_AN_OBSID_IS, as_obsid
+from ..results import as_row as result_row
+from .engine import Engine
+from .reads import Reads
+from .statements import (ADD_COLUMN, ADDED_COLUMNS, ATTEMPT_RECORDED, CLAIM, CLAIMED_BY, COUNT_LIVE_RUNNING,
+                         CREATE_CLAIM_INDEX, CREATE_ENDED_INDEX, CREATE_HISTORY_INDEX, CREATE_HISTORY_STARTED_INDEX,
+                         CREATE_HISTORY_TABLE, CREATE_HOSTS_INDEX, CREATE_JOB_TABLE, CREATE_RESULTS_TABLE, DONE_ELSEWHERE,
+                         DROP_HISTORY_TABLE, DROP_JOB_TABLE, DROP_RESULTS_TABLE, EXPECTED_FROM_HISTORY,
+                         EXPECTED_FROM_MASTER, FINISH, HEARTBEAT, HISTORY_FROM_ROW, HOSTS_INDEX, INSERT_FROM_MASTER,
+                         INSERT_OBSID, LOST_MARK, LOST_RELEASE, LOST_TO_HISTORY, MASTER_OBSIDS, PICK_PENDING, PRESENT,
+                         REQUEUE, RESET_ALL, RESET_LISTED, RESULTS_DELETE, RESULTS_DELETE_ALL, RESULTS_DELETE_LISTED,
+                         RESULTS_INSERT, RESULTS_SUFFIX, RUNNING_ON_HOST, STALE, in_list)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE = 300.0          # seconds, as [run] lease's default
+
+
+class JobTable(Reads, Engine):
+    """One job's table of obsids, on one connection that is re-opened after it is lost.
+
+    Every operation is one transaction, retried whole on passing errors (deadlock, lock wait,
+    lost connection, SQLITE_BUSY) for up to `patience` seconds, after which DatabaseUnavailable
+    is raised; anything else raises BatchError naming the database and what was being done.
+    The operations a worker calls take `patience=` and `interrupted=` (asked between retries:
+    a worker told to stop must not sit out a long outage); the constructor's are the defaults.
+    """
+
+    # ----------------------------------------------------------------- indexes
+    def _has_index(self, cur: Any, index: str, table: str) -> bool:
+        return self._execute(cur, self.index_exists, {"table": table, "index": index}).fetchone() is not None
+
+    def _create_index(self, cur: Any, text: str, index: str, table: str) -> None:
+        # Where CREATE INDEX has no IF NOT EXISTS, a retried create may find the index there already.
+        if not self._has_index(cur, index, table):
+            try:
+                self._execute(cur, text, index=self.quote(index))
+            except self.Error as e:
+                # Two `new --add` at once (cron): the other one made the index since we looked.
+                if not self._is_duplicate_index(e):
+                    raise
+
+    def _is_duplicate_index(self, e: Exception) -> bool:
+        return False
+
+    # ----------------------------------------------------------------- the job table's life
+    def exists(self) -> bool:
+        """Whether the job's table exists (whatever its shape)."""
+        return self._transaction(lambda cur: self._columns(cur, self.job) is not None, "looking for the job", write=False)
+
+    def require(self) -> None:
+        """Raise JobMissing or NotAJobTable unless the job's table exists and is a job table of this tool."""
+        def check(cur):
+            columns = self._columns(cur, self.job)
+            if columns is None:
+                raise JobMissing(self.job, self.settings.describe())
+            history = self._columns(cur, self.job + HISTORY_SUFFIX)
+            if "token" not in columns or history is None:
+                raise NotAJobTable(self.job, self.settings.describe(), columns)
+            missing = self._missing_columns({"job_table": columns, "history_table": history})
+            return missing, self._columns(cur, self.job + RESULTS_SUFFIX) is not None and self._has_index(
+                cur, self.job + HOSTS_INDEX, self.job)
+        missing, complete = self._transaction(check, "looking for the job", write=False)
+        if missing:
+            self._transaction(self._add_columns, "adding new columns to the job table")
+        if not complete:
+            # A job made before results or the operator's indexes existed: add what it lacks, once
+            # (MariaDB builds the indexes without blocking writers; its cost: tests/bench/RESULTS.md).
+            log.info("adding the results table and the status indexes to job '%s' (made by an earlier version)", self.job)
+            self._transaction(self._create_operator_tables, "adding the results table and the status indexes")
+
+    def _require_made(self, patience: float = INTERACTIVE_PATIENCE) -> None:
+        """require(), allowing for a job another `new --add` is making this very moment (two cron
+        lines at once): its table is there, its history table may come a moment later (MySQL
+        commits each CREATE TABLE on its own)."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                return self.require()
+            except NotAJobTable as e:
+                if "token" not in e.columns or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
+
+    def _create_operator_tables(self, cur: Any) -> None:
+        self._execute(cur, CREATE_RESULTS_TABLE)
+        self._create_index(cur, CREATE_ENDED_INDEX, self.job + "__ended", self.job)
+        self._create_index(cur, CREATE_HISTORY_STARTED_INDEX, self.job + "__attempts_started", self.job + HISTORY_SUFFIX)
+        self._create_index(cur, CREATE_HOSTS_INDEX, self.job + HOSTS_INDEX, self.job)
+
+    def _missing_columns(self, present: Dict[str, List[str]]) -> List[Tuple[str, str, str]]:
+        return [(table, column, definition) for table, added in ADDED_COLUMNS.items()
+                for column, definition in added if column not in present[table]]
+
+    def _add_columns(self, cur: Any) -> None:
+        """Give a job table of an older version the columns it lacks; idempotent, so that several
+        workers starting at once may all try (a column another added meanwhile is skipped)."""
+        present = {"job_table": self._columns(cur, self.job) or [],
+                   "history_table": self._columns(cur, self.job + HISTORY_SUFFIX) or []}
+        for table, column, definition in self._missing_columns(present):
+            names = {"table": getattr(self, table), "column": self.quote(column), "definition": definition}
+            try:
+                self._execute(cur, ADD_COLUMN, **names)
+            except self.Error:
+                if column not in (self._columns(cur, self.job if table == "job_table" else self.job + HISTORY_SUFFIX) or []):
+                    raise
+                log.debug("column %s was added by another worker meanwhile", column)
+
+    def create(self, obsids: Optional[Sequence[int]] = None, master: str = "", add: bool = False) -> int:
+        """Create the job's table holding `obsids`, or every obsid of table `master` when obsids is None.
+
+        With add, the job may exist already, and only obsids not yet in it are inserted (without
+        add, an existing job raises JobExists). When the master table exists, its pipetime becomes
+        each obsid's expected duration, so that long obsids are claimed first; obsids it gives none
+        for expect what their earlier successful attempts took, in any job of the database. All or nothing: on
+        any error a table this call created is dropped again. Returns how many obsids were added.
+        """
+        if master:
+            check_identifier(master, "master table name")
+            if master == self.job:
+                raise BadInput(f"job name '{self.job}' is the master table's name; choose another")
+        existed = self.exists()
+        if existed and not add:
+            raise JobExists(self.job, self.total())
+        if existed:
+            self._require_made()
+        master_columns = self._transaction(lambda cur: self._columns(cur, master), "reading the master table",
+                                           write=False) if master else None
+        if obsids is None and (master_columns is None or "obsid" not in master_columns):
+            why = "has no column 'obsid'" if master_columns else "not found"
+            raise BadInput(f"master table '{master}' {why} in {self.settings.describe()} ([sql] table in batch.cfg)")
+        expected = "pipetime" if master_columns and "pipetime" in master_columns else None
+        master_table = self.quote(master) if master else ""
+        if obsids is None:
+            self._transaction(lambda cur: self._check_master_obsids(cur, master, master_table), "reading the master table",
+                              write=False)
+
+        def fill(cur):
+            before = self._count(cur)
+            if obsids is None:
+                self._execute(cur, INSERT_FROM_MASTER, master_table=master_table, expected=expected or "NULL")
+            else:
+                insert = self.statement(INSERT_OBSID)
+                for start in range(0, len(obsids), 50_000):
+                    cur.executemany(insert, [{"obsid": o} for o in obsids[start:start + 50_000]])
+                if expected:
+                    self._execute(cur, EXPECTED_FROM_MASTER, master_table=master_table)
+            self._expect_from_history(cur)
+            return self._count(cur) - before
+
+        if not existed:
+            try:
+                self._transaction(self._create_tables, "creating the job table")
+            except BatchError:
+                if not self.exists():
+                    raise
+                if not add:   # another `new` of this job created it a moment ago: it is theirs
+                    raise JobExists(self.job, self.total()) from None
+                # Another `new --add` (a second cron line) made it a moment ago: add to it, never drop it.
+                existed = True
+                self._require_made()
+        try:
+            return self._transaction(fill, "filling the job table")
+        except BaseException:
+            if not existed:
+                self.drop()
+            raise
+
+    def _check_master_obsids(self, cur: Any, master: str, master_table: str) -> None:
+        """Raise BadInput at the master table's first value that is not an obsid, as for a file's
+        lines: the database would turn 'abc' into 0 and '1342191756abc' into 1342191756."""
+        self._execute(cur, MASTER_OBSIDS, master_table=master_table)
+        while True:
+            rows = cur.fetchmany(10_000)
+            if not rows:
+                return
+            for (value,) in rows:
+                if as_obsid(value) is None:
+                    raise BadInput(f"master table '{master}' in {self.settings.describe()}: obsid {value!r} is not an "
+                                   f"obsid ({WHAT_AN_OBSID_IS}); nothing was created")
+
+    def _expect_from_history(self, cur: Any) -> None:
+        """Fill the expected durations the master table did not give from earlier attempts at the
+        same obsids, in the histories of every job of the database (the first, by job name, that
+        has a successful attempt of an obsid gives the mean of them)."""
+        for history in sorted(self._history_tables(cur)):
+            self._execute(cur, EXPECTED_FROM_HISTORY, earlier_history=self.quote(history))
+
+    def _history_tables(self, cur: Any) -> List[str]:
+        """Every job history in the database: JOB__attempts with the columns this tool gives it."""
+        names = [r[0] for r in self._execute(cur, self.table_names).fetchall()]
+        candidates = [n for n in names if n.endswith(HISTORY_SUFFIX) and SQL_NAME.match(n)
+                      and "__" not in n[:-len(HISTORY_SUFFIX)]]
+        return [n for n in candidates if {"obsid", "outcome", "started", "ended"} <= set(self._columns(cur, n) or ())]
+
+    def _create_tables(self, cur: Any) -> None:
+        self._execute(cur, CREATE_JOB_TABLE)
+        self._execute(cur, CREATE_HISTORY_TABLE)
+        self._create_index(cur, CREATE_CLAIM_INDEX, self.job + "__claim", self.job)
+        self._create_index(cur, CREATE_HISTORY_INDEX, self.job + "__attempts_obsid", self.job + HISTORY_SUFFIX)
+        self._create_operator_tables(cur)
+
+    def drop(self) -> None:
+        """Drop the job's table, its history and its results, and nothing else."""
+        def drop(cur):
+            self._execute(cur, DROP_RESULTS_TABLE)
+            self._execute(cur, DROP_HISTORY_TABLE)
+            self._execute(cur, DROP_JOB_TABLE)
+        self._transaction(drop, "dropping the job table")
+
+    # ----------------------------------------------------------------- what workers do
+    def claim(self, host: str, worker: str, pid: int, lease: float = DEFAULT_LEASE, *, pid_start: Optional[int] = None,
+              interrupted: Optional[Callable[[], bool]] = None) -> Optional[Claim]:
+        """Atomically take the next pending obsid for this worker, longest expected first.
+
+        No two callers, in any process or on any host, ever get the same row: the row is locked
+        (MySQL: FOR UPDATE SKIP LOCKED, so claimers pass each other instead of queueing; SQLite:
+        BEGIN IMMEDIATE holds the database's only write lock) and marked running with a token
+        that only this claim knows. The row's lease runs out `lease` seconds after the claim unless
+        heartbeats renew it. Returns None when nothing is pending.
+
+        Each try has a fresh token; a try whose COMMIT got no answer (the connection broke) may have
+        committed all the same, so the next try first looks for a row holding an earlier token.
+        """
+        tokens: List[str] = []
+
+        def take(cur):
+            for earlier in tokens:
+                row = self._execute(cur, CLAIMED_BY, {"token": earlier}).fetchone()
+                if row is not None:
+                    return Claim(int(row[0]), earlier, int(row[1]) + 1, lease)
+            token = uuid.uuid4().hex
+            tokens.append(token)
+            picked = self._pick_and_claim(cur, {"token": token, "host": host[:255], "worker": worker[:32], "pid": pid,
+                                                "pid_start": pid_start, "lease": lease}, commit=True)
+            if picked is None:
+                return None
+            obsid, attempts, claimed = picked
+            if claimed != 1:
+                raise BatchError(f"claim of obsid {obsid} lost a race it cannot lose; please report this")
+            return Claim(obsid, token, attempts + 1, lease)
+        return self._transaction(take, "claiming an obsid", interrupted=interrupted)
+
+    def _pick_and_claim(self, cur: Any, values: Dict[str, Any], commit: bool = False) -> Optional[Tuple[int, int, int]]:
+        """Lock the next pending row and claim it with `values` (CLAIM's, the obsid aside): (obsid,
+        attempts so far, rows CLAIM changed), or None if nothing is pending. commit: as in
+        _execute_together (here the transaction commits after the work, which must end with this)."""
+        row = self._execute(cur, PICK_PENDING).fetchone()
+        if row is None:
+            return None
+        claimed = self._execute(cur, CLAIM, {**values, "obsid": int(row[0])}).rowcount
+        return int(row[0]), int(row[1]), claimed
+
+    def heartbeat(self, claim: Claim) -> Lease:
+        """Renew the claim's lease (for the claim's own lease seconds): HELD (still ours), LOST (taken
+        from us) or UNKNOWN (database unreachable).
+
+        Never waits longer than one call: a worker keeps its HIPE running through a short outage.
+        """
+        def beat(cur):
+            self._execute(cur, HEARTBEAT, {"obsid": claim.obsid, "token": claim.token, "lease": claim.lease})
+            return Lease.HELD if cur.rowcount == 1 else Lease.LOST
+        try:
+            return self._transaction(beat, "refreshing a lease", patience=0)
+        except DatabaseUnavailable:
+            return Lease.UNKNOWN
+
+    def finish(self, claim: Claim, outcome: Outcome, max_attempts: int, *, patience: Optional[float] = None,
+               interrupted: Optional[Callable[[], bool]] = None,
+               results: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+        """Record an outcome for a claim, if the claim is still ours (else nothing changes).
+
+        Success makes the obsid done and replaces its results with `results` (name: number or
+        string), in the same transaction; a failure makes it pending again while attempts remain,
+        failed when they are used up, and writes no result. The attempt is added to the history.
+        Returns the new state, or None if the claim had been taken from us. Safe to repeat after a
+        lost connection.
+        """
+        state = DONE if outcome.ok else (FAILED if claim.attempt >= max_attempts else PENDING)
+        row = {"obsid": claim.obsid, "token": claim.token}
+        attempt_outcome = DONE if outcome.ok else FAILED
+        tries = []
+
+        def record(cur):
+            # As in requeue: a failure put back to pending by a try whose COMMIT reply was lost may be
+            # another worker's claim by now; our history row says that our outcome was recorded.
+            if tries and self._execute(cur, ATTEMPT_RECORDED, {**row, "outcome": attempt_outcome}).fetchone():
+                return state
+            tries.append(True)
+            # The history's key is the claim's token: when FINISH changes nothing (the claim was taken
+            # back, or recorded already), HISTORY_FROM_ROW finds no row holding the token, or one whose
+            # attempt the history has already.
+            (finished, _), _ = self._execute_together(cur, [
+                (FINISH, {**row, "state": state, "pipelined": int(state == DONE), "attempt": claim.attempt,
+                          "exit_code": outcome.exit_code, "signal_no": outcome.signal,
+                          "reason": outcome.reason[:255] or None, "template": outcome.template or None}),
+                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": attempt_outcome})],
+                commit=not (state == DONE and results))
+            if finished != 1:
+                return None
+            # Only done rows have results, and a row becomes done only here: without results there are
+            # none to replace. With results, a finish repeated after a lost COMMIT reply replaces its own.
+            if state == DONE and results:
+                self._execute(cur, RESULTS_DELETE, {"obsid": claim.obsid})
+                cur.executemany(self.statement(RESULTS_INSERT),
+                                [result_row(claim.obsid, name, value) for name, value in results.items()])
+            return state
+        return self._transaction(record, f"recording the outcome of obsid {claim.obsid}", patience=patience,
+                                 interrupted=interrupted)
+
+    def requeue(self, claim: Claim, reason: str, *, outcome: str = "stopped", template: str = "",
+                patience: Optional[float] = None, interrupted: Optional[Callable[[], bool]] = None) -> bool:
+        """Put a claimed obsid back to pending without counting an attempt (the worker was stopped, or
+        the fault was the worker's, not the obsid's); the history records the attempt as `outcome`.
+
+        Returns False if the claim had been taken from us already. Safe to repeat after a lost connection.
+        """
+        row = {"obsid": claim.obsid, "token": claim.token}
+        tries = []
+
+        def put_back(cur):
+            if tries and self._execute(cur, ATTEMPT_RECORDED, {**row, "outcome": outcome}).fetchone():
+                return True
+            tries.append(True)
+            # As in finish: HISTORY_FROM_ROW adds nothing when REQUEUE changes nothing.
+            (requeued, _), _ = self._execute_together(cur, [
+                (REQUEUE, {**row, "reason": reason[:255], "template": template or None}),
+                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": outcome})], commit=True)
+            return requeued == 1
+        return self._transaction(put_back, f"putting obsid {claim.obsid} back", patience=patience,
+                                 interrupted=interrupted)
+
+    def reclaim_stale(self, lease: float, max_attempts: int, *,
+                      interrupted: Optional[Callable[[], bool]] = None) -> List[int]:
+        """Take back every running obsid whose lease ran out (its worker is dead or cut off).
+
+        The lease is the row's own (`lease_expires`, from its claiming worker); `lease` only serves
+        rows claimed by an older version, which have none. Each costs an attempt and goes back to
+        pending, or to failed once max_attempts are used; its token is cleared, so the lost worker
+        can no longer record anything for it. Rows another transaction holds locked are skipped
+        (MySQL: SKIP LOCKED), so a worker frozen inside a transaction never stalls this one.
+        Returns the obsids taken back.
+        """
+        def reclaim(cur):
+            found = self._execute(cur, STALE, {"db_now": self._db_now(cur), "lease": lease}).fetchall()
+            by_lease: Dict[float, List[int]] = {}
+            for obsid, given in found:
+                by_lease.setdefault(round(float(given), 3), []).append(int(obsid))
+            for given, stale in sorted(by_lease.items()):
+                self._take_back(cur, stale, f"worker lost: no heartbeat for {given:g} s", max_attempts)
+            return sorted(int(obsid) for obsid, _ in found)
+        return self._transaction(reclaim, "reclaiming obsids of lost workers", interrupted=interrupted)
+
+    def done_elsewhere(self, seconds: float, host: str, pid: int) -> int:
+        """How many obsids workers other than (host, pid) finished in the last `seconds`."""
+        def count(cur):
+            return int(self._execute(cur, DONE_ELSEWHERE, {"seconds": seconds, "host": host, "pid": pid}).fetchone()[0])
+        return self._transaction(count, "counting other workers' successes", write=False)
+
+    def live_running(self, lease: float) -> int:
+        """How many obsids run under a live lease (`lease`: for rows of an older version only)."""
+        def count(cur):
+            return int(self._execute(cur, COUNT_LIVE_RUNNING, {"db_now": self._db_now(cur), "lease": lease}).fetchone()[0])
+        return self._transaction(count, "counting running obsids", write=False)
+
+    def reclaim_dead_here(self, host: str, gone: Callable[[int, Optional[int]], bool], max_attempts: int, *,
+                          interrupted: Optional[Callable[[], bool]] = None) -> List[int]:
+        """Take back at once the running obsids claimed on `host` (this host) by a process that is
+        gone: gone(pid, pid_start) says so (slot.process_gone). Each costs an attempt, as with
+        reclaim_stale; claims of other hosts are left to their lease. Returns the obsids taken back."""
+        def reclaim(cur):
+            rows = self._execute(cur, RUNNING_ON_HOST, {"host": host[:255]}).fetchall()
+            dead = [(int(obsid), pid) for obsid, pid, start in rows
+                    if pid is not None and gone(int(pid), None if start is None else int(start))]
+            for obsid, pid in dead:
+                self._take_back(cur, [obsid], f"worker lost: its process {pid} on {host} is gone", max_attempts)
+            return [obsid for obsid, _ in dead]
+        return self._transaction(reclaim, "reclaiming obsids of dead workers of this host", interrupted=interrupted)
+
+    def _take_back(self, cur: Any, obsids: Sequence[int], reason: str, max_attempts: int) -> None:
+        """The obsids' attempts end as `lost`: to pending, or failed once max_attempts are used; tokens cleared."""
+        for listed, params in in_list(obsids):
+            self._execute(cur, LOST_MARK, {**params, "reason": reason}, obsids=listed)
+            self._execute(cur, LOST_TO_HISTORY, params, obsids=listed)
+            self._execute(cur, LOST_RELEASE, {**params, "max_attempts": max_attempts}, obsids=listed)
+
+    # ----------------------------------------------------------------- what users do
+    def reset(self, lease: float, only_failed: bool = False, obsids: Optional[Sequence[int]] = None) -> Tuple[int, int]:
+        """Put obsids back to pending with their attempts cleared (the history is kept).
+
+        All of them, only failed ones, or the listed ones (each must be in the job, else BadInput
+        and nothing changes). Obsids running under a live lease are left alone: resetting them
+        would run them twice at once. Returns (how many were reset, how many were left running).
+        """
+        def reset(cur):
+            which = {"db_now": self._db_now(cur), "lease": lease, "only_failed": int(only_failed)}
+            # A reset obsid is no longer done, so it has no results; obsids left running have none.
+            if obsids is None:
+                changed = self._execute(cur, RESET_ALL, which).rowcount
+                if not only_failed:
+                    self._execute(cur, RESULTS_DELETE_ALL)
+            else:
+                missing = [o for o in obsids if o not in self._present(cur, obsids)]
+                if missing:
+                    raise BadInput(f"{len(missing)} obsid(s) not in job '{self.job}', e.g. {missing[0]}; nothing was reset")
+                changed = 0
+                for listed, params in in_list(obsids):
+                    changed += self._execute(cur, RESET_LISTED, {**which, **params}, obsids=listed).rowcount
+                    if not only_failed:
+                        self._execute(cur, RESULTS_DELETE_LISTED, params, obsids=listed)
+            running = self._execute(cur, COUNT_LIVE_RUNNING, {"db_now": which["db_now"], "lease": lease}).fetchone()[0]
+            return changed, int(running)
+        return self._transaction(reset, "resetting obsids")
+
+    def _present(self, cur: Any, obsids: Sequence[int]) -> set:
+        found = set()
+        for listed, params in in_list(obsids):
+            found.update(int(r[0]) for r in self._execute(cur, PRESENT, params, obsids=listed).fetchall())
+        return found
+
