@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
-from . import __version__, config, report, results, startup, timeline
+from . import __version__, config, report, results, signals, timeline
 from .errors import BadInput, BatchError, JobExists, JobMissing, TemplateMissing
 from .local import LocalRun, job_exit_status
 from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
@@ -142,17 +142,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: error: {error_line(e)}", file=sys.stderr)
         return e.exit_status
     except KeyboardInterrupt:   # after the command's own clean-up (`new` drops a table it made half-way)
-        print(startup.stop_line(signal.SIGINT), file=sys.stderr)
+        print(signals.stop_line(signal.SIGINT), file=sys.stderr)
         return 130
 
 
 def _stops_as_python_does() -> None:
-    """`run` keeps startup's stop-at-once until its workers set their own handlers (before any claim).
+    """`run` keeps answering stops at once (signals) until its workers set their own handlers (before any claim).
     The other commands clean up on KeyboardInterrupt, so Ctrl-C raises it again; SIGTERM and SIGHUP
     end them as they did."""
     for s, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL),
                        (signal.SIGHUP, signal.SIG_DFL)):
-        if startup.answers_stops(s):
+        if signals.answers_stops(s):
             signal.signal(s, default)
 
 

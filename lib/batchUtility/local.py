@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from . import report, startup
+from . import report, signals
 from .errors import BatchError
 from .slot import Slot, host_name
 from .model import DONE
 from .relay import TerminalRelay
 from .storage import open_table
-from .worker import STOP_SIGNALS, Worker
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class LocalRun:
         if len(slots) < self.size and not self.quiet:
             self._say(f"{self.size - len(slots)} worker(s) of job {self.job} already run on {self.host}: "
                       f"starting {len(slots)} (slot {', '.join(str(r) for r in slots)} of {self.size})")
-        previous = startup.catch(self._on_signal, STOP_SIGNALS)
+        previous = signals.catch(self._on_signal, signals.WORKER_STOP_SIGNALS)
         try:
             statuses = self._start_and_wait(slots)
         finally:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from . import cli, config, hostfile, mpirun_output, startup, worker
+from . import cli, config, hostfile, mpirun_output, signals, worker
 from .errors import BadInput, BatchError
 from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
 from .storage import open_table
@@ -48,7 +48,6 @@ Exit status: 0 when every obsid of the job is done; 1 when some failed or are un
 bad input (nothing started); 3 when the database stayed away; mpirun's status when mpirun itself
 failed; 128+N after signal N.
 """
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 REPEAT = 2.0       # seconds between SIGUSR2s to mpirun once stopping (see Stop)
 WATCH_POLL = 5.0   # seconds between looks at the job table for a lost host (see LostHostWatch)
 TICK = 0.2         # the supervising loop's longest nap: how late a stop signal is passed on at most
@@ -250,10 +249,10 @@ class Stop:
         self.caught = ()          # the stop signals handled here (not those ignored when the launcher started)
 
     def install(self):
-        self.caught = tuple(startup.catch(self._on_signal, STOP_SIGNALS))   # nohup's SIGHUP stays ignored
+        self.caught = tuple(signals.catch(self._on_signal))   # nohup's SIGHUP stays ignored
         # bin/BatchProcess_mpi.sh holds these signals back while Python starts: one that came
         # meanwhile is delivered now, to the handler. (Unblocked before any child inherits the mask.)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals.STOP_SIGNALS)
 
     def uninstall(self):
         # As the shell's `trap - TERM INT HUP`: from here on a stop signal ends the launcher at once.
