@@ -17,7 +17,8 @@ from .errors import BadInput, BatchError, JobExists, JobMissing, TemplateMissing
 from .local import LocalRun, job_exit_status
 from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
 from .obsids import MAX_OBSID, WHAT_AN_OBSID_IS, read_obsids
-from .slot import current_slot, host_name, process_gone
+from .procfs import process_gone
+from .slot import current_slot, host_name
 from .storage import JobTable, open_table
 from .worker import Worker
 

@@ -23,6 +23,7 @@ from typing import List, Optional
 from . import cli, config, hostfile, mpirun_output, signals, worker
 from .errors import BadInput, BatchError
 from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
+from .procfs import has_children, process_state
 from .storage import open_table
 
 PROG = "BatchProcess_mpi.sh"
@@ -341,38 +342,13 @@ class HangWatch:
         self.stopping_since = now if self.stopping_since is None else self.stopping_since
         if now - self.stopping_since >= STOP_DEADLINE:
             return f"still running {STOP_DEADLINE:g} s after the stop"
-        if _has_children(self.mpirun.pid):
+        if has_children(self.mpirun.pid):
             self.childless_since = None
             return None
         self.childless_since = now if self.childless_since is None else self.childless_since
         if now - self.childless_since >= HUNG_AFTER:
             return f"has had no worker left for {HUNG_AFTER:g} s yet does not end (Open MPI hangs so at times)"
         return None
-
-
-def _has_children(pid: int) -> bool:
-    """Whether any live process (not a zombie: a hung mpirun reaps no dead rank) has `pid` as its
-    parent (Linux /proc; True where that cannot be told)."""
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return True
-    for name in names:
-        state, parent = _stat(name) if name.isdigit() else (None, None)
-        if parent == pid and state != "Z":
-            return True
-    return False
-
-
-def _stat(pid) -> tuple:
-    """(state, parent pid) of a process, (None, None) if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None, None
-    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'
-    state, parent = stat[stat.rindex(b")") + 2:].split()[:2]
-    return state.decode(), int(parent)
 
 
 def _frozen_childless(mpirun: subprocess.Popen) -> bool:
@@ -382,9 +358,9 @@ def _frozen_childless(mpirun: subprocess.Popen) -> bool:
         return True  # gone and reaped: its pid may be another process's by now
     mpirun.send_signal(signal.SIGSTOP)
     deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline and _stat(mpirun.pid)[0] not in ("T", "Z", None):
+    while time.monotonic() < deadline and process_state(mpirun.pid)[0] not in ("T", "Z", None):
         time.sleep(0.01)
-    if _stat(mpirun.pid)[0] == "T" and not _has_children(mpirun.pid):
+    if process_state(mpirun.pid)[0] == "T" and not has_children(mpirun.pid):
         return True
     mpirun.send_signal(signal.SIGCONT)
     return False

@@ -21,7 +21,8 @@ from .errors import BadInput, BatchError, BlackHole, DatabaseUnavailable, SetupB
 from .guardian import Guardian, GuardianLost
 from .lease import LeaseKeeper
 from .model import DONE, FAILED, INTERACTIVE_PATIENCE, PENDING, Claim, LaunchEnd, Outcome
-from .slot import Slot, process_gone, process_start
+from .procfs import process_gone, process_start
+from .slot import Slot
 from .storage import JobTable, open_table
 
 logger = logging.getLogger(__name__)
