@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from . import cli, config, hostfile, mpirun_output, signals, worker
+from . import config, hostfile, mpirun_output, signals, worker
 from .errors import BadInput, BatchError
-from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
+from .frontend import exit_status_of, job_summary, say_error, summary_heading
+from .model import INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
 from .procfs import has_children, process_state
 from .storage import open_table
 
@@ -374,11 +375,6 @@ def _own_process_group() -> dict:
     return {"preexec_fn": os.setpgrp}  # the launcher has no threads, so preexec_fn is safe here
 
 
-def _status_of(returncode: int) -> int:
-    """A child's exit status as the shell gave it: 128+N when signal N ended it."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
 def supervise(mpirun: subprocess.Popen, watch: LostHostWatch, stop: Stop) -> int:
     """Wait for mpirun, passing stop signals on and ending it if it outlives the job; its status
     (0 when the launcher ended it because the job itself was finished)."""
@@ -411,7 +407,7 @@ def supervise(mpirun: subprocess.Popen, watch: LostHostWatch, stop: Stop) -> int
                 pass
     finally:
         watch.close()
-    return _status_of(mpirun.returncode)
+    return exit_status_of(mpirun.returncode)
 
 
 def end(mpirun: subprocess.Popen, term: bool = True) -> None:
@@ -462,29 +458,16 @@ def run_mpirun(command: List[str], watch: LostHostWatch, stop: Stop) -> int:
 
 
 # --------------------------------------------------------------------------- the end
-def summary(sql, job: str, patience: float, call_timeout: float, quiet: bool = False) -> int:
-    """Print the job-wide summary (what `status --hosts` prints; nothing if quiet); 0 if every obsid
-    is done, else 1."""
-    table = open_table(sql, job, patience, call_timeout=call_timeout)
-    try:
-        table.require()
-        counts = table.counts() if quiet else cli.print_status(table, job, hosts=True)
-    finally:
-        table.close()
-    return 0 if counts[DONE] == sum(counts.values()) else 1
-
-
 def finish(cfg, job: str, status: int, stop: Stop, quiet: bool = False) -> int:
     """The job-wide summary, then the launcher's exit status (see USAGE). Each database call is
     bounded as a worker's are (a frozen server must not hold the launcher for a minute), and a
     stopped launcher tries once: it is to end within seconds, the summary is a courtesy."""
     if not quiet:
-        print(f"{PROG}: job-wide summary of job {job}:", flush=True)
+        print(f"{PROG}: {summary_heading(job)}", flush=True)
     try:
-        done = summary(cfg.sql, job, 0.0 if stop.status else INTERACTIVE_PATIENCE, cfg.run.call_timeout, quiet)
+        done = job_summary(cfg.sql, job, 0.0 if stop.status else INTERACTIVE_PATIENCE, cfg.run.call_timeout, quiet)
     except BatchError as e:
-        print(f"{PROG}: error: {cli.error_line(e)}", file=sys.stderr, flush=True)
-        done = e.exit_status
+        done = say_error(PROG, e)
     if stop.status:
         return stop.status
     if status != 0:
@@ -520,8 +503,7 @@ def main(argv=None) -> int:
         print(USAGE, end="", file=sys.stdout if u.status == 0 else sys.stderr)
         return u.status
     except BatchError as e:
-        print(f"{PROG}: error: {cli.error_line(e)}", file=sys.stderr)
-        return e.exit_status
+        return say_error(PROG, e)
 
 
 if __name__ == "__main__":
