@@ -180,18 +180,19 @@ def _own_process_group() -> dict:
     return {"preexec_fn": os.setpgrp}  # the launcher has no threads, so preexec_fn is safe here
 
 
-def supervise(child: subprocess.Popen, watch: LostHostWatch, stop: Stop, name: str, hangs: str = "") -> int:
+def supervise(child: subprocess.Popen, watch: LostHostWatch, stop: Stop, name: str,
+              hangs: Optional[str] = None) -> int:
     """Wait for the child (called `name` in the launcher's lines), passing stop signals on and ending
-    it if it outlives the job or hangs; its status (0 when the launcher ended it because the job
-    itself was finished)."""
+    it if it outlives the job or (hangs not None) hangs once stopping, which is then said with why
+    and hangs; its status (0 when the launcher ended it because the job itself was finished)."""
     job, grace = watch.job, watch.grace
-    hang = HangWatch(child, hangs)
+    hang = None if hangs is None else HangWatch(child, hangs)
     next_usr2 = None  # when SIGUSR2 is due (again), once stopping
     try:
         while child.poll() is None:
             now = time.monotonic()
             if stop.status and (next_usr2 is None or now >= next_usr2):
-                why = hang.hung(now)
+                why = hang and hang.hung(now)
                 if why:
                     print(f"{stop.prog}: {name} {why}: ending it", file=sys.stderr, flush=True)
                     end(child, term=not frozen_childless(child))
@@ -240,7 +241,7 @@ def stop_and_wait(child: subprocess.Popen) -> None:
             pass
 
 
-def run(command: List[str], watch: LostHostWatch, stop: Stop, name: str, hangs: str = "",
+def run(command: List[str], watch: LostHostWatch, stop: Stop, name: str, hangs: Optional[str] = None,
         relay: Optional[Callable] = None) -> int:
     """Start the child and supervise it to its end; its status as supervise() gives it.
 
