@@ -34,24 +34,14 @@
 # nodes' workers take its obsids back after the lease. No --ntasks: give it, or --nodes with
 # --ntasks-per-node (a default here would clash with those), else one worker. No --time: your
 # site's default applies; give one.
+#
+# The launcher is Python (lib/batchUtility/srun_launch.py, with supervise.py): this script only finds
+# the checkout and the interpreter and hands over to it, arguments, signals and exit status.
 set -u
-
 prog=BatchProcess_sbatch.sh
-# Stopping. srun must not get the stop itself: srun turns a SIGTERM or SIGHUP it receives into
-# SIGKILL for every task, too soon for a worker to put its obsid back. So srun runs in a process
-# group of its own (`scancel --full` signals this script's group, and Slurm's --signal=B: this
-# script only), and this script turns TERM, INT and HUP into SIGUSR2 to srun, which srun forwards
-# to every task on every node; the worker treats SIGUSR2 as it treats SIGTERM. Repeated every
-# 2 s while srun runs, for tasks that were still starting when the first one came.
-stop=0 pid=""
-on_signal() {
-  stop=$1
-  echo "$prog: $2: every worker puts its running obsid back to pending and stops" >&2
-  [ -z "$pid" ] || kill -USR2 "$pid" 2>/dev/null
-}
-trap 'on_signal 143 SIGTERM' TERM
-trap 'on_signal 130 SIGINT' INT
-trap 'on_signal 129 SIGHUP' HUP
+for sig in TERM:143 INT:130 HUP:129; do  # until the launcher takes over: nothing started yet
+  trap "echo '$prog: SIG${sig%:*}: stopped before any worker was started' >&2; exit ${sig#*:}" "${sig%:*}"
+done
 
 # Where the checkout is. sbatch runs a copy of this script from slurmd's spool folder, so its own
 # path says nothing: Slurm's record of the submitted command does. (Inline in both Slurm scripts:
@@ -81,99 +71,15 @@ bin_dir=$(find_bin_dir) || {
 }
 checkout=$(dirname "$bin_dir")
 . "$bin_dir/slurm_common.sh"
-
-parse_job_arguments "sbatch [options] $prog JOB [--mpi] [--config FILE]" --mpi "$@"
-launcher=${HIPE_BATCH_LAUNCHER:-srun}
-[ "$extra_given" = 1 ] && launcher=mpi
-case $launcher in
-  srun|mpi|mpirun) ;;
-  *) die "HIPE_BATCH_LAUNCHER=$launcher: must be srun or mpi" ;;
-esac
-[ -n "${SLURM_JOB_ID:-}" ] || die "not inside a Slurm job: submit this script with sbatch (or run it in salloc)"
-grace=${HIPE_BATCH_SLURM_GRACE:-60}
-[[ $grace =~ ^[0-9]+$ ]] || die "HIPE_BATCH_SLURM_GRACE=$grace is not a whole number of seconds"
-
 pick_python
 
-if [ "$launcher" != srun ]; then
-  # mpirun on the allocation's nodes, one slot per task: BatchProcess_mpi.sh does the rest (its
-  # stop handling and summary included), so it replaces this script.
-  hostfile=${TMPDIR:-/tmp}/hipe-batch-hostfile.$SLURM_JOB_ID
-  nodes=($(scontrol show hostnames "$SLURM_JOB_NODELIST")) || die "scontrol show hostnames failed"
-  counts=()
-  for word in ${SLURM_TASKS_PER_NODE//,/ }; do  # e.g. 8(x2),4: 8 on each of two nodes, then 4
-    if [[ $word =~ ^([0-9]+)\(x([0-9]+)\)$ ]]; then
-      for ((i = 0; i < BASH_REMATCH[2]; i++)); do counts+=("${BASH_REMATCH[1]}"); done
-    else
-      counts+=("$word")
-    fi
-  done
-  : > "$hostfile" || die "cannot write $hostfile"
-  for i in "${!nodes[@]}"; do echo "${nodes[$i]} slots=${counts[$i]:-1}" >> "$hostfile"; done
-  trap - TERM INT HUP
-  [ "$stop" = 0 ] || exit "$stop"
-  exec "$bin_dir/BatchProcess_mpi.sh" "$job" --hostfile "$hostfile" ${config[@]+"${config[@]}"}
-fi
-
-# The database and the job, checked once here rather than failing in every task.
-batch status >/dev/null || exit $?
-
-# srun does not pass the allocation's --cpus-per-task on to its tasks (Slurm 22.05): say it again,
-# or each task (and HIPE under it) may be bound to one core.
-step=(--mpi=none --kill-on-bad-exit=0 --no-kill)
-[ -n "${SLURM_CPUS_PER_TASK:-}" ] && step+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
-echo "$prog: job $job: ${SLURM_NTASKS:-?} worker(s) on ${SLURM_JOB_NODELIST} (Slurm job $SLURM_JOB_ID)" >&2
-status=0
-if [ "$stop" = 0 ]; then  # else stopped before any worker was started: only the summary
-  set -m  # job control: srun gets a process group of its own
-  srun "${step[@]}" "$python" "$bin_dir/BatchProcess.py" "$job" run ${config[@]+"${config[@]}"} </dev/null &
-  pid=$!
-  set +m
-  [ "$stop" = 0 ] || kill -USR2 "$pid" 2>/dev/null  # a stop that came while srun was being started
-fi
-# Waiting for srun, which also waits for good for the tasks of a node that was lost: they are not
-# "terminated" for it (--no-kill, which lets the other nodes' workers run on). So once the job has
-# had nothing pending or running for $grace seconds (the workers leave within seconds of that) and
-# srun is still there, srun is ended. Polled by short naps, which a trapped signal cuts short.
-ended="" tick=0 idle_since=""
-while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; do
-  sleep 1 &
-  nap=$!
-  wait "$nap" 2>/dev/null
-  kill "$nap" 2>/dev/null
-  tick=$((tick + 1))
-  if [ "$stop" != 0 ]; then
-    [ $((tick % 2)) = 0 ] && kill -USR2 "$pid" 2>/dev/null
-  elif [ -n "$ended" ]; then
-    [ $((SECONDS - ended)) -ge 30 ] && kill -KILL "$pid" 2>/dev/null
-  elif [ $((tick % 5)) = 0 ]; then
-    if ! job_finished; then
-      idle_since=""
-    elif [ -z "$idle_since" ]; then
-      idle_since=$SECONDS
-    elif [ $((SECONDS - idle_since)) -ge "$grace" ]; then
-      echo "$prog: job $job has had nothing left to run for $((SECONDS - idle_since)) s, yet srun still" \
-           "waits for tasks that are gone (a lost node?): ending srun" >&2
-      kill -TERM "$pid" 2>/dev/null
-      ended=$SECONDS
-    fi
-  fi
-done
-if [ -n "$pid" ]; then
-  wait "$pid"
-  status=$?
-  [ -n "$ended" ] && status=0
-fi
-trap - TERM INT HUP
-
-echo "$prog: job-wide summary of job $job:"
-batch status --hosts
-summary=1
-batch status --json | "$python" -c 'import json, sys; d = json.load(sys.stdin); sys.exit(d["done"] != d["total"])' \
-  && summary=0
-if [ "$stop" != 0 ]; then
-  exit "$stop"
-elif [ "$summary" != 0 ] && [ "$status" != 0 ]; then
-  echo "$prog: srun ended with status $status" >&2
-fi
-exit "$summary"
+# exec: the launcher is this very process, so signals sent to it (scancel, Slurm's --signal=B:)
+# reach it. Stop signals are held (blocked) until its handlers are in place, as in BatchProcess_mpi.sh.
+hold=()
+env --block-signal=INT true >/dev/null 2>&1 && hold=(env --block-signal=TERM --block-signal=INT --block-signal=HUP)
+exec ${hold[@]+"${hold[@]}"} "$python" -c '
+import signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+sys.path.insert(0, sys.argv.pop(1))
+from batchUtility.srun_launch import main
+sys.exit(main())' "$checkout/lib" "$@"

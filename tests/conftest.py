@@ -30,7 +30,7 @@ def _children_start_with_default_stops():
     """The commands the tests start get the stop signals at their defaults, as a command typed at a
     terminal does, whatever started pytest: a script's background job (`pytest &`, as CI may be run)
     starts with SIGINT and SIGQUIT ignored, nohup with SIGHUP ignored, and the tool keeps a stop signal
-    ignored on entry ignored (startup.catch), so Ctrl-C tests would test nothing. pytest itself still
+    ignored on entry ignored (signals.catch), so Ctrl-C tests would test nothing. pytest itself still
     ignores them (a handler that does nothing); exec gives its children the default action."""
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR2):
         if signal.getsignal(s) is signal.SIG_IGN:

@@ -10,25 +10,21 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
-from . import __version__, config, report, results, startup, timeline
-from .errors import BadInput, BatchError, JobExists, JobMissing, TemplateMissing
-from .local import LocalRun, job_exit_status
+from . import __version__, config, report, results, signals, timeline
+from .errors import BadInput, BatchError
+from .frontend import COMMAND, EXIT_STATUSES, job_exit_status, print_status, say_error, status_block
+from .local import LocalRun
 from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
 from .obsids import MAX_OBSID, WHAT_AN_OBSID_IS, read_obsids
-from .slot import current_slot, host_name, process_gone
+from .procfs import process_gone
+from .slot import current_slot, host_name
 from .storage import JobTable, open_table
 from .worker import Worker
 
-PROG = "BatchProcess.py"
+PROG = COMMAND
 WATCH_EVERY = 5.0   # seconds between redraws of `status --watch`
-EXIT_STATUSES = """exit status (the same for run, run -j N and BatchProcess_mpi.sh):
-  0      every obsid of the job is done (other commands: done as asked)
-  1      some obsids failed or are not done yet
-  2      bad input: one line says what; nothing was changed
-  3      the database stayed away too long
-  128+N  stopped by signal N (130 Ctrl-C, 143 SIGTERM); running obsids were put back to pending"""
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\Z")
 _DURATION_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -139,34 +135,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = config.load(getattr(args, "config", None))
         return COMMANDS[args.command](cfg, args)
     except BatchError as e:
-        print(f"{PROG}: error: {error_line(e)}", file=sys.stderr)
-        return e.exit_status
+        return say_error(PROG, e)
     except KeyboardInterrupt:   # after the command's own clean-up (`new` drops a table it made half-way)
-        print(startup.stop_line(signal.SIGINT), file=sys.stderr)
+        print(signals.stop_line(signal.SIGINT), file=sys.stderr)
         return 130
 
 
 def _stops_as_python_does() -> None:
-    """`run` keeps startup's stop-at-once until its workers set their own handlers (before any claim).
+    """`run` keeps answering stops at once (signals) until its workers set their own handlers (before any claim).
     The other commands clean up on KeyboardInterrupt, so Ctrl-C raises it again; SIGTERM and SIGHUP
     end them as they did."""
     for s, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL),
                        (signal.SIGHUP, signal.SIG_DFL)):
-        if startup.answers_stops(s):
+        if signals.answers_stops(s):
             signal.signal(s, default)
-
-
-def error_line(e: BatchError) -> str:
-    """The error as the user reads it: the domain errors get what to type next."""
-    if isinstance(e, JobMissing) and e.database_missing:
-        return f"{e} (create a job with: {PROG} {e.job} new [FILE])"
-    if isinstance(e, JobMissing):
-        return f"{e}: create it with: {PROG} {e.job} new [FILE]"
-    if isinstance(e, JobExists):
-        return f"{e}: use --add to add new obsids, or `{PROG} {e.job} wipe` first"
-    if isinstance(e, TemplateMissing):
-        return f"{e} (`{PROG} {e.job} new` copies the example)"
-    return str(e)
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
@@ -293,19 +275,6 @@ def cmd_status(cfg: config.Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(table: JobTable, job: str, failures: int = 10, hosts: bool = False,
-            as_json: bool = False) -> Tuple[str, Dict[str, int]]:
-    """The status block (or JSON), and the counts it rests on."""
-    figures = table.pace_figures(report.RATE_WINDOW, report.WORKERS_WINDOW)
-    counts = figures["counts"]
-    first_failures = table.failures(max(0, failures))
-    by_host = table.by_host() if hosts or as_json else None
-    pace = report.pace_of(figures)
-    text = (report.status_json(job, counts, first_failures, by_host, pace) if as_json
-            else report.status_text(job, counts, first_failures, by_host, pace))
-    return text, counts
-
-
 def _watch(table, args: argparse.Namespace) -> int:
     """Redraw the status every args.watch seconds until nothing is pending or running; in place on
     a terminal (ANSI: cursor up, clear), as plain blocks one after the other elsewhere."""
@@ -318,7 +287,7 @@ def _watch(table, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
-            text, counts = _status(table, args.job, args.failures, args.hosts)
+            text, counts = status_block(table, args.job, args.failures, args.hosts)
             if terminal:
                 width = shutil.get_terminal_size().columns - 1   # no line may wrap, or the redraw drifts
                 text = "\n".join(line[:width] for line in text.splitlines())
@@ -385,7 +354,7 @@ def cmd_report(cfg: config.Config, args: argparse.Namespace) -> int:
     if args.svg:
         written.append(_write(args.svg, timeline.standalone_svg(attempts, now, args.job)))
     if args.file:
-        block, _ = _status(table, args.job, failures=0)   # the page lists every failed obsid below
+        block, _ = status_block(table, args.job, failures=0)   # the page lists every failed obsid below
         page = timeline.page(args.job, block, table.by_host(), table.failures(10_000), attempts, now,
                              cfg.job_dir(args.job) / "log")
         written.append(_write(args.file, page))
@@ -415,14 +384,6 @@ def cmd_results(cfg: config.Config, args: argparse.Namespace) -> int:
         raise BadInput(f"cannot write {args.csv}: {e.strerror}") from None
     print(f"{count} done obsids, {len(names)} result names, written to {args.csv}")
     return 0
-
-
-def print_status(table: JobTable, job: str, failures: int = 10, hosts: bool = False,
-                 as_json: bool = False) -> Dict[str, int]:
-    """Print what `status` prints (also the MPI launcher's job-wide summary); returns the counts."""
-    text, counts = _status(table, job, failures, hosts, as_json)
-    print(text, flush=True)
-    return counts
 
 
 def cmd_wipe(cfg: config.Config, args: argparse.Namespace) -> int:

@@ -34,23 +34,17 @@ import signal
 import sys
 import time
 
+try:
+    from .procfs import one_thread, process_start
+except ImportError:   # run as the guardian's own program (python -S -I guardian.py): no package, and
+    # -I leaves this folder off sys.path; procfs imports nothing but os.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from procfs import one_thread, process_start
+
 READY = b"ready\n"
 
 
 # ----------------------------------------------------------------------------- the guardian's side
-def _start_time(pid):
-    """Field 22 of /proc/PID/stat (start time in clock ticks), or None if there is no such process.
-
-    A group is only killed while its leader is the process that was launched, or gone: a leader's
-    pid is not reused while its group has members, so a leader with another start time means the
-    whole group ended and the number now belongs to someone else."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 class _Watch:
     """The guardian's state: the launched groups and the deadline they may run until."""
 
@@ -65,7 +59,7 @@ class _Watch:
             self.deadline = float(arg)
         elif word == "launch":
             pgid = int(arg)
-            self.groups[pgid] = _start_time(pgid)
+            self.groups[pgid] = process_start(pgid)
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self.kill_all("fenced")   # launched after its lease's safety margin had passed
         elif word == "finished":
@@ -73,7 +67,10 @@ class _Watch:
 
     def kill_all(self, why):
         for pgid, started in list(self.groups.items()):
-            leader = _start_time(pgid)
+            # Killed only while its leader is the process launched, or gone (a zombie too): a leader's
+            # pid is not reused while its group has members, so a leader with another start time
+            # means the whole group ended and the number now belongs to someone else.
+            leader = process_start(pgid)
             if leader is None or leader == started:
                 try:
                     os.killpg(pgid, signal.SIGKILL)
@@ -156,7 +153,7 @@ class Guardian:
         commands_r, self._commands = os.pipe()
         self._replies, replies_w = os.pipe()
         try:
-            if python is None and _one_thread():
+            if python is None and one_thread():
                 self.proc = _fork_guardian(commands_r, replies_w)
             else:
                 self.proc = _exec_guardian(python or sys.executable, commands_r, replies_w)
@@ -256,14 +253,6 @@ class Guardian:
         if self._replies is not None:
             os.close(self._replies)
             self._replies = None
-
-
-def _one_thread():
-    """Whether this process has one thread, native ones included (threading counts Python's only)."""
-    try:
-        return len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        return False
 
 
 def _exec_guardian(python, commands_r, replies_w):

@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from . import report, startup
+from . import report, signals
 from .errors import BatchError
+from .frontend import job_exit_status, summary_heading
 from .slot import Slot, host_name
-from .model import DONE
 from .relay import TerminalRelay
 from .storage import open_table
-from .worker import STOP_SIGNALS, Worker
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,6 @@ def take_free_slots(job_dir: Path, host: str, size: int) -> Dict[int, int]:
             continue
         taken[rank] = fd
     return taken
-
-
-def job_exit_status(counts) -> int:
-    """The job-level exit status: 0 when every obsid of the job is done, else 1."""
-    return 0 if counts[DONE] == sum(counts.values()) else 1
 
 
 class LocalRun:
@@ -94,7 +89,7 @@ class LocalRun:
         if len(slots) < self.size and not self.quiet:
             self._say(f"{self.size - len(slots)} worker(s) of job {self.job} already run on {self.host}: "
                       f"starting {len(slots)} (slot {', '.join(str(r) for r in slots)} of {self.size})")
-        previous = startup.catch(self._on_signal, STOP_SIGNALS)
+        previous = signals.catch(self._on_signal, signals.WORKER_STOP_SIGNALS)
         try:
             statuses = self._start_and_wait(slots)
         finally:
@@ -226,7 +221,7 @@ class LocalRun:
             counts = table.counts()
             status = job_exit_status(counts)
             if not self.quiet:   # -q: the failures this run met were logged as errors already
-                self._say(f"job-wide summary of job {self.job}:")
+                self._say(summary_heading(self.job))
                 self._say(report.status_text(self.job, counts, table.failures(), table.by_host()))
         finally:
             table.close()

@@ -1,5 +1,5 @@
-"""The MPI launcher behind bin/BatchProcess_mpi.sh: checks, mpirun's command line, and one loop that
-supervises mpirun (stop signals, a lost host) until it ends, then the job-wide summary.
+"""The MPI launcher behind bin/BatchProcess_mpi.sh: checks, mpirun's command line, mpirun supervised
+until it ends (stop signals, a lost host, a hang: see supervise), then the job-wide summary.
 
     python -m batchUtility.mpi_launch JOB [--hostfile FILE] [--config FILE] [-v | -q] [--dry-run] [mpirun options...]
 
@@ -12,17 +12,16 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from . import cli, config, hostfile, mpirun_output, startup, worker
+from . import config, hostfile, mpirun_output, supervise, worker
 from .errors import BadInput, BatchError
-from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
+from .frontend import job_summary, say_error, summary_heading
+from .model import INTERACTIVE_PATIENCE, check_identifier
 from .storage import open_table
 
 PROG = "BatchProcess_mpi.sh"
@@ -48,13 +47,6 @@ Exit status: 0 when every obsid of the job is done; 1 when some failed or are un
 bad input (nothing started); 3 when the database stayed away; mpirun's status when mpirun itself
 failed; 128+N after signal N.
 """
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-REPEAT = 2.0       # seconds between SIGUSR2s to mpirun once stopping (see Stop)
-WATCH_POLL = 5.0   # seconds between looks at the job table for a lost host (see LostHostWatch)
-TICK = 0.2         # the supervising loop's longest nap: how late a stop signal is passed on at most
-END_PATIENCE = 15.0  # seconds an mpirun that outlived its job gets after SIGTERM, then after SIGKILL
-HUNG_AFTER = 10.0  # seconds a stopping mpirun with no process left under it gets, then SIGKILL (see HangWatch)
-STOP_DEADLINE = 60.0  # seconds a stopping mpirun gets to end at all, then it is ended (see HangWatch)
 
 
 # --------------------------------------------------------------------------- arguments
@@ -229,287 +221,26 @@ def mpirun_command(mpirun: str, path: Path, options: Options) -> List[str]:
 
 
 # --------------------------------------------------------------------------- supervising mpirun
-class Stop:
-    """What SIGTERM, SIGINT and SIGHUP do, caught from the start so that no stop is lost.
+def run_mpirun(command: List[str], watch: supervise.LostHostWatch, stop: supervise.Stop) -> int:
+    """Start mpirun and supervise it to its end (see supervise); mpirun's status as supervise() gives it.
 
-    mpirun cannot pass SIGTERM or SIGINT on: on either it kills the ranks itself (SIGKILL one
-    second later, too soon for them to put their obsids back), and ess_base_forward_signals
-    refuses SIGTERM. So mpirun runs in a process group of its own (a Ctrl-C in the terminal
-    reaches the launcher only), and the launcher turns TERM, INT and HUP into SIGUSR2 to mpirun,
-    which mpirun forwards to every rank on every host; the worker treats SIGUSR2 as it treats
-    SIGTERM. A stop that comes before mpirun is being started means mpirun never starts.
-
-    The handler only takes note (and says so with one os.write, which cannot collide with a print
-    it interrupted): the supervising loop does the signalling, so that no Popen method is ever
-    entered twice at once.
-    """
-
-    def __init__(self):
-        self.status = 0           # 128+N once stop signal N came (the last one counts)
-        self.launching = False    # from just before mpirun is started: stop it rather than exit
-        self.caught = ()          # the stop signals handled here (not those ignored when the launcher started)
-
-    def install(self):
-        self.caught = tuple(startup.catch(self._on_signal, STOP_SIGNALS))   # nohup's SIGHUP stays ignored
-        # bin/BatchProcess_mpi.sh holds these signals back while Python starts: one that came
-        # meanwhile is delivered now, to the handler. (Unblocked before any child inherits the mask.)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-
-    def uninstall(self):
-        # As the shell's `trap - TERM INT HUP`: from here on a stop signal ends the launcher at once.
-        for sig in self.caught:
-            signal.signal(sig, signal.SIG_DFL)
-
-    def _on_signal(self, signum, frame):
-        self.status = 128 + signum
-        name = signal.Signals(signum).name
-        if not self.launching:
-            _say(f"{PROG}: {name}: stopped before any worker was started")
-            raise SystemExit(self.status)
-        _say(f"{PROG}: {name}: every worker puts its running obsid back to pending and stops")
-
-
-def _say(line: str) -> None:
-    os.write(sys.stderr.fileno(), (line + "\n").encode(errors="replace"))
-
-
-class LostHostWatch:
-    """Ends an mpirun that outlives its job.
-
-    Open MPI 4.1 with --enable-recovery lets the other ranks run on when a host is lost (its daemon
-    killed or cut off), but mpirun then waits for that host's ranks for good, even once the other
-    ranks have finished the job. So once the job has had nothing pending or running for `grace`
-    seconds (the workers leave within seconds of that) and mpirun is still there, it is ended.
-    """
-
-    def __init__(self, sql, job: str, grace: float, call_timeout: float):
-        self.sql, self.job, self.grace, self.call_timeout = sql, job, grace, call_timeout
-        self.table = None
-        self.idle_since: Optional[float] = None
-        self.next_look = time.monotonic()
-
-    def outlived(self, now: float) -> bool:
-        """Whether mpirun has outlived the job by `grace` seconds; looks at the table every WATCH_POLL s."""
-        if now < self.next_look:
-            return False
-        self.next_look = now + WATCH_POLL
-        counts = self._counts()
-        if counts is None or counts[PENDING] or counts[RUNNING]:
-            self.idle_since = None
-            return False
-        self.idle_since = now if self.idle_since is None else self.idle_since
-        return now - self.idle_since >= self.grace
-
-    def _counts(self):
-        # One try a look (patience 0), never the retry loop: the supervising loop must not sit in a
-        # database outage while a stop signal waits to be passed on. The database away is no reason
-        # to end mpirun: the workers wait for it.
-        try:
-            if self.table is None:
-                self.table = open_table(self.sql, self.job, 0.0, call_timeout=self.call_timeout)
-            return self.table.counts()
-        except BatchError as e:
-            logging.debug("lost-host watch: %s", e)
-            self.close()
-            return None
-
-    def close(self):
-        if self.table is not None:
-            self.table.close()
-            self.table = None
-
-
-class HangWatch:
-    """Ends an mpirun that hangs once stopping.
-
-    Open MPI 4.1's mpirun can deadlock for good when a rank dies while it connects to mpirun's PMIx
-    server (in MPI_Init): SIGUSR2 kills a rank that has no handler yet, so a stop that comes while
-    the ranks start can do that. Seen: mpirun's main thread waits in the PMIx server's
-    deregister_client while the PMIx thread waits for a lock, with no rank left ("PMIX ERROR:
-    UNREACHABLE in ptl_base_connection_hdlr.c"); mpirun then ignores every signal but SIGKILL. So a
-    stopping mpirun with no process left under it for HUNG_AFTER s is killed (nothing of it is left
-    to orphan), and one still there STOP_DEADLINE s after the stop is ended as `end` does (the
-    workers have long had time to put their obsids back: a HIPE stop and a database wait).
-    """
-
-    def __init__(self, mpirun: subprocess.Popen):
-        self.mpirun = mpirun
-        self.stopping_since: Optional[float] = None
-        self.childless_since: Optional[float] = None
-
-    def hung(self, now: float) -> Optional[str]:
-        """Why mpirun is to be ended now, else None; called every REPEAT s once stopping."""
-        self.stopping_since = now if self.stopping_since is None else self.stopping_since
-        if now - self.stopping_since >= STOP_DEADLINE:
-            return f"still running {STOP_DEADLINE:g} s after the stop"
-        if _has_children(self.mpirun.pid):
-            self.childless_since = None
-            return None
-        self.childless_since = now if self.childless_since is None else self.childless_since
-        if now - self.childless_since >= HUNG_AFTER:
-            return f"has had no worker left for {HUNG_AFTER:g} s yet does not end (Open MPI hangs so at times)"
-        return None
-
-
-def _has_children(pid: int) -> bool:
-    """Whether any live process (not a zombie: a hung mpirun reaps no dead rank) has `pid` as its
-    parent (Linux /proc; True where that cannot be told)."""
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return True
-    for name in names:
-        state, parent = _stat(name) if name.isdigit() else (None, None)
-        if parent == pid and state != "Z":
-            return True
-    return False
-
-
-def _stat(pid) -> tuple:
-    """(state, parent pid) of a process, (None, None) if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None, None
-    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'
-    state, parent = stat[stat.rindex(b")") + 2:].split()[:2]
-    return state.decode(), int(parent)
-
-
-def _frozen_childless(mpirun: subprocess.Popen) -> bool:
-    """Whether mpirun, stopped (SIGSTOP: it cannot start a rank meanwhile), has no child: then
-    SIGKILL orphans nothing. Else it is let go on (SIGCONT)."""
-    if mpirun.poll() is not None:
-        return True  # gone and reaped: its pid may be another process's by now
-    mpirun.send_signal(signal.SIGSTOP)
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline and _stat(mpirun.pid)[0] not in ("T", "Z", None):
-        time.sleep(0.01)
-    if _stat(mpirun.pid)[0] == "T" and not _has_children(mpirun.pid):
-        return True
-    mpirun.send_signal(signal.SIGCONT)
-    return False
-
-
-def _own_process_group() -> dict:
-    # mpirun gets a process group of its own (as `set -m` gave it in the shell): a Ctrl-C in the
-    # terminal goes to the launcher's group only, and the launcher decides what mpirun gets.
-    if sys.version_info >= (3, 11):
-        return {"process_group": 0}
-    return {"preexec_fn": os.setpgrp}  # the launcher has no threads, so preexec_fn is safe here
-
-
-def _status_of(returncode: int) -> int:
-    """A child's exit status as the shell gave it: 128+N when signal N ended it."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def supervise(mpirun: subprocess.Popen, watch: LostHostWatch, stop: Stop) -> int:
-    """Wait for mpirun, passing stop signals on and ending it if it outlives the job; its status
-    (0 when the launcher ended it because the job itself was finished)."""
-    job, grace = watch.job, watch.grace
-    hang = HangWatch(mpirun)
-    next_usr2 = None  # when SIGUSR2 is due (again), once stopping
-    try:
-        while mpirun.poll() is None:
-            now = time.monotonic()
-            if stop.status and (next_usr2 is None or now >= next_usr2):
-                why = hang.hung(now)
-                if why:
-                    print(f"{PROG}: mpirun {why}: ending it", file=sys.stderr, flush=True)
-                    end(mpirun, term=not _frozen_childless(mpirun))
-                    break
-                # Ranks still starting have no handler yet (SIGUSR2 ends them before they claim
-                # anything) or do not exist yet (mpirun forwards a signal only to the ranks it has
-                # started): so the signal is repeated every REPEAT s until mpirun ends, and no rank
-                # goes on to run the job.
-                mpirun.send_signal(signal.SIGUSR2)
-                next_usr2 = now + REPEAT
-            elif not stop.status and watch.outlived(now):
-                print(f"{PROG}: job {job} has nothing left to run, yet mpirun still waits {grace:g} s later "
-                      "for workers that are gone (a lost host?): ending mpirun", file=sys.stderr, flush=True)
-                end(mpirun)
-                return 0
-            try:
-                mpirun.wait(timeout=TICK)
-            except subprocess.TimeoutExpired:
-                pass
-    finally:
-        watch.close()
-    return _status_of(mpirun.returncode)
-
-
-def end(mpirun: subprocess.Popen, term: bool = True) -> None:
-    """SIGTERM (unless term is false), then SIGKILL, END_PATIENCE s apart; returns once mpirun is
-    gone (reaped)."""
-    for send in (mpirun.terminate, mpirun.kill)[0 if term else 1:]:
-        send()  # a no-op once Popen has reaped mpirun: never a signal to a reused pid
-        try:
-            mpirun.wait(timeout=END_PATIENCE)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-    mpirun.wait()  # SIGKILL always ends it in the end; no zombie left behind
-
-
-def stop_and_wait(mpirun: subprocess.Popen) -> None:
-    """Stop the workers as a stop signal would and wait for mpirun: for when the launcher itself
-    fails while mpirun runs, which must not leave mpirun and the ranks running unsupervised."""
-    while mpirun.poll() is None:
-        mpirun.send_signal(signal.SIGUSR2)
-        try:
-            mpirun.wait(timeout=REPEAT)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def run_mpirun(command: List[str], watch: LostHostWatch, stop: Stop) -> int:
-    """Start mpirun and supervise it to its end; mpirun's status as supervise() gives it."""
-    stop.launching = True  # from here on a stop signal stops the workers: mpirun is (being) started
-    try:
-        mpirun = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, **_own_process_group())
-    except OSError as e:  # as the shell had it: mpirun's status is 127 (not found) or 126 (not runnable)
-        print(f"{PROG}: {command[0]}: {e.strerror}", file=sys.stderr, flush=True)
-        return 127 if isinstance(e, FileNotFoundError) else 126
-    # mpirun's stdout (the ranks' obsid and SUMMARY lines) goes straight to ours; its stderr through
-    # a filter of Open MPI's noise (see mpirun_output).
-    relay = None
-    try:
-        relay = mpirun_output.Relay(mpirun.stderr, sys.stderr.fileno(), lambda: bool(stop.status))   # a thread: may fail to start
-        # A stop that came while mpirun was being started is passed on at supervise's first turn.
-        return supervise(mpirun, watch, stop)
-    except BaseException:
-        stop_and_wait(mpirun)
-        raise
-    finally:
-        if relay is not None:
-            relay.close()
+    mpirun's stdout (the ranks' obsid and SUMMARY lines) goes straight to ours; its stderr through
+    a filter of Open MPI's noise (see mpirun_output)."""
+    return supervise.run(command, watch, stop, "mpirun", hangs=" (Open MPI hangs so at times)",
+                         relay=mpirun_output.Relay)
 
 
 # --------------------------------------------------------------------------- the end
-def summary(sql, job: str, patience: float, call_timeout: float, quiet: bool = False) -> int:
-    """Print the job-wide summary (what `status --hosts` prints; nothing if quiet); 0 if every obsid
-    is done, else 1."""
-    table = open_table(sql, job, patience, call_timeout=call_timeout)
-    try:
-        table.require()
-        counts = table.counts() if quiet else cli.print_status(table, job, hosts=True)
-    finally:
-        table.close()
-    return 0 if counts[DONE] == sum(counts.values()) else 1
-
-
-def finish(cfg, job: str, status: int, stop: Stop, quiet: bool = False) -> int:
+def finish(cfg, job: str, status: int, stop: supervise.Stop, quiet: bool = False) -> int:
     """The job-wide summary, then the launcher's exit status (see USAGE). Each database call is
     bounded as a worker's are (a frozen server must not hold the launcher for a minute), and a
     stopped launcher tries once: it is to end within seconds, the summary is a courtesy."""
     if not quiet:
-        print(f"{PROG}: job-wide summary of job {job}:", flush=True)
+        print(f"{PROG}: {summary_heading(job)}", flush=True)
     try:
-        done = summary(cfg.sql, job, 0.0 if stop.status else INTERACTIVE_PATIENCE, cfg.run.call_timeout, quiet)
+        done = job_summary(cfg.sql, job, 0.0 if stop.status else INTERACTIVE_PATIENCE, cfg.run.call_timeout, quiet)
     except BatchError as e:
-        print(f"{PROG}: error: {cli.error_line(e)}", file=sys.stderr, flush=True)
-        done = e.exit_status
+        done = say_error(PROG, e)
     if stop.status:
         return stop.status
     if status != 0:
@@ -519,7 +250,7 @@ def finish(cfg, job: str, status: int, stop: Stop, quiet: bool = False) -> int:
 
 
 def launch(argv: List[str]) -> int:
-    stop = Stop()
+    stop = supervise.Stop(PROG)
     stop.install()
     options = parse_args(argv)
     if options.verbose:
@@ -532,7 +263,7 @@ def launch(argv: List[str]) -> int:
     if options.dry_run:
         print(shlex.join(command))
         return 0
-    status = run_mpirun(command, LostHostWatch(cfg.sql, options.job, grace, cfg.run.call_timeout), stop)
+    status = run_mpirun(command, supervise.LostHostWatch(cfg.sql, options.job, grace, cfg.run.call_timeout), stop)
     stop.uninstall()
     return finish(cfg, options.job, status, stop, options.quiet)
 
@@ -545,8 +276,7 @@ def main(argv=None) -> int:
         print(USAGE, end="", file=sys.stdout if u.status == 0 else sys.stderr)
         return u.status
     except BatchError as e:
-        print(f"{PROG}: error: {cli.error_line(e)}", file=sys.stderr)
-        return e.exit_status
+        return say_error(PROG, e)
 
 
 if __name__ == "__main__":

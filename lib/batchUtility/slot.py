@@ -101,23 +101,3 @@ def _mpi_slot(env, host) -> Slot:
         return Slot(rank + 1, size, host)
     comm = MPI.COMM_WORLD
     return Slot(comm.Get_rank() + 1, comm.Get_size(), host)
-
-
-def process_start(pid: int) -> Optional[int]:
-    """When process pid started (clock ticks since boot, /proc/PID/stat field 22), or None if there
-    is no such live process (a zombie is dead). With the pid, it names a process: a pid reused by a
-    later process has another start time."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()   # the command name may hold spaces and ')'
-    except (OSError, IndexError):
-        return None
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
-
-
-def process_gone(pid: int, started: Optional[int]) -> bool:
-    """Whether the process pid that started at `started` (None: not known) no longer runs on this host."""
-    now = process_start(pid)
-    return now is None or (started is not None and now != started)

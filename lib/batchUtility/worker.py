@@ -15,20 +15,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, TextIO, Union
 
-from . import hipe, report, startup
+from . import hipe, report, signals
 from .config import Config
 from .errors import BadInput, BatchError, BlackHole, DatabaseUnavailable, SetupBroken, TemplateMissing
 from .guardian import Guardian, GuardianLost
 from .lease import LeaseKeeper
 from .model import DONE, FAILED, INTERACTIVE_PATIENCE, PENDING, Claim, LaunchEnd, Outcome
-from .slot import Slot, process_gone, process_start
+from .procfs import process_gone, process_start
+from .slot import Slot
 from .storage import JobTable, open_table
 
 logger = logging.getLogger(__name__)
 
 # SIGUSR2 is how bin/BatchProcess_mpi.sh stops its ranks: mpirun forwards it to every rank on every
 # host, whereas on SIGTERM or SIGINT mpirun kills them too soon for them to put their obsids back.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
+STOP_SIGNALS = signals.WORKER_STOP_SIGNALS
 # Waiting for obsids running elsewhere: the first look after WAIT_FIRST seconds, then doubling up to
 # WAIT_POLL. So a worker leaves, or takes an obsid put back to pending, within about a second, and
 # looks at the table at most once a second once it has waited a little.
@@ -147,7 +148,7 @@ class Worker:
         stayed away too long, 128+N after stop signal N (its obsid put back to pending).
         """
         self.check_ready()
-        previous = startup.catch(self._on_signal, STOP_SIGNALS)
+        previous = signals.catch(self._on_signal, STOP_SIGNALS)
         self.stop_signal = self.stop_signal or self.stopped_before()
         started = time.monotonic()
         try:

@@ -255,7 +255,7 @@ def test_launcher_stopped(mysql_batch, reaper, how):
     for noise in ("Traceback", "PMIX", "Forwarding signal"):
         assert noise not in out + err, err
     lines = err.splitlines()
-    if how == "SIGTERM while starting":   # a hung mpirun ended (see mpi_launch.HangWatch) is said in one line
+    if how == "SIGTERM while starting":   # a hung mpirun ended (see supervise.HangWatch) is said in one line
         lines = [line for line in lines if not line.startswith("BatchProcess_mpi.sh: mpirun has had no worker")]
     launcher_lines = [f"BatchProcess_mpi.sh: hostfile {batch.root / 'hostfile'}: 1 host(s), 4 slot(s): localhost 4",
                       f"BatchProcess_mpi.sh: {name}: every worker puts its running obsid back to pending and stops"]
@@ -319,7 +319,7 @@ def test_launcher_started_with_nohup_ignores_hangup_and_ctrl_c(sqlite_batch, rea
 
 
 # What Open MPI 4.1's mpirun can become when a rank dies while connecting to it (see
-# mpi_launch.HangWatch): no rank left, deaf to every signal but SIGKILL, never ending.
+# supervise.HangWatch): no rank left, deaf to every signal but SIGKILL, never ending.
 HUNG_MPIRUN = """#!{python}
 import os, signal, sys, time
 if sys.argv[1:] == ["--version"]:

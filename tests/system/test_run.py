@@ -255,7 +255,7 @@ def test_a_stop_signal_stops_hipe_and_puts_the_obsid_back(batch, sig):
 # Ctrl-C while `run` starts up. How far the command has got, read from /proc: 0 the shell and env
 # of bin/BatchProcess.py (or a pyenv shim), 1 Python starting up with the stop signals held
 # (blocked), 2 batchUtility.startup answering them while the imports run, 3 the worker's (or run -j's)
-# own handlers in place (SIGUSR2 is caught: worker.STOP_SIGNALS).
+# own handlers in place (SIGUSR2 is caught: signals.WORKER_STOP_SIGNALS).
 CTRL_C_STOP_LINE = re.compile(r"BatchProcess\.py: stopped by SIGINT with no obsid running\Z|\S+ \S+ WARNING \[\S+ slot "
                               r"\d+/\d+ pid \d+(?: obsid=\d+)?\] stopped by SIGINT(?:: HIPE stopped, obsid put back to "
                               r"pending| with no obsid running): worker stopping\Z")

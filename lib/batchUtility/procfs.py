@@ -1,0 +1,63 @@
+"""What Linux's /proc says of a process: when it started, whether it is gone, its state and parent,
+whether it has children, whether this process has one thread.
+
+A pid alone does not name a process (pids are reused); a pid with its start time does. Imports only
+os: the guardian, run as its own program (`python -S -I guardian.py`), uses it too.
+"""
+import os
+
+
+def _stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name (state first), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # "pid (comm) state ppid ...": comm may hold spaces and ')', so split after the last ')'
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start(pid: int):
+    """When process pid started (clock ticks since boot, /proc/PID/stat field 22), or None if there
+    is no such live process (a zombie is dead). With the pid, it names a process: a pid reused by a
+    later process has another start time."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def process_gone(pid: int, started) -> bool:
+    """Whether the process pid that started at `started` (None: not known) no longer runs on this host."""
+    now = process_start(pid)
+    return now is None or (started is not None and now != started)
+
+
+def process_state(pid) -> tuple:
+    """(state, parent pid) of a process (state as ps shows it: R, S, T, Z, ...), (None, None) if it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None, None
+    return fields[0].decode(), int(fields[1])
+
+
+def has_children(pid: int) -> bool:
+    """Whether any live process (not a zombie: a hung parent reaps no dead child) has `pid` as its
+    parent (True where that cannot be told)."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return True
+    for name in names:
+        state, parent = process_state(name) if name.isdigit() else (None, None)
+        if parent == pid and state != "Z":
+            return True
+    return False
+
+
+def one_thread() -> bool:
+    """Whether this process has one thread, native ones included (threading counts Python's only)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
