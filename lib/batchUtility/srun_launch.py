@@ -168,7 +168,8 @@ def launch(argv: List[str]) -> int:
     # srun waits for good for the tasks of a node that was lost (--no-kill lets the other nodes'
     # workers run on): the watch ends it once the job has had nothing left to run for grace seconds.
     watch = supervise.LostHostWatch(cfg.sql, job, grace, cfg.run.call_timeout)
-    status = supervise.run(srun_command(job, config_args, env), watch, stop, "srun")
+    # srun gets 30 s between SIGTERM and SIGKILL, as BatchProcess_sbatch.sh gave it before it was Python.
+    status = supervise.run(srun_command(job, config_args, env), watch, stop, "srun", patience=30.0)
     stop.uninstall()
     return finish(cfg, job, status, stop)
 

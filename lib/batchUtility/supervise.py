@@ -181,10 +181,11 @@ def _own_process_group() -> dict:
 
 
 def supervise(child: subprocess.Popen, watch: LostHostWatch, stop: Stop, name: str,
-              hangs: Optional[str] = None) -> int:
+              hangs: Optional[str] = None, patience: float = END_PATIENCE) -> int:
     """Wait for the child (called `name` in the launcher's lines), passing stop signals on and ending
-    it if it outlives the job or (hangs not None) hangs once stopping, which is then said with why
-    and hangs; its status (0 when the launcher ended it because the job itself was finished)."""
+    it if it outlives the job (SIGTERM, SIGKILL patience s later) or (hangs not None) hangs once
+    stopping, which is then said with why and hangs; its status (0 when the launcher ended it
+    because the job itself was finished)."""
     job, grace = watch.job, watch.grace
     hang = None if hangs is None else HangWatch(child, hangs)
     next_usr2 = None  # when SIGUSR2 is due (again), once stopping
@@ -206,7 +207,7 @@ def supervise(child: subprocess.Popen, watch: LostHostWatch, stop: Stop, name: s
             elif not stop.status and watch.outlived(now):
                 print(f"{stop.prog}: job {job} has nothing left to run, yet {name} still waits {grace:g} s later "
                       f"for workers that are gone (a lost host?): ending {name}", file=sys.stderr, flush=True)
-                end(child)
+                end(child, patience=patience)
                 return 0
             try:
                 child.wait(timeout=TICK)
@@ -217,13 +218,13 @@ def supervise(child: subprocess.Popen, watch: LostHostWatch, stop: Stop, name: s
     return exit_status_of(child.returncode)
 
 
-def end(child: subprocess.Popen, term: bool = True) -> None:
-    """SIGTERM (unless term is false), then SIGKILL, END_PATIENCE s apart; returns once the child
-    is gone (reaped)."""
+def end(child: subprocess.Popen, term: bool = True, patience: float = END_PATIENCE) -> None:
+    """SIGTERM (unless term is false), then SIGKILL, patience s apart; returns once the child is
+    gone (reaped)."""
     for send in (child.terminate, child.kill)[0 if term else 1:]:
         send()  # a no-op once Popen has reaped the child: never a signal to a reused pid
         try:
-            child.wait(timeout=END_PATIENCE)
+            child.wait(timeout=patience)
             return
         except subprocess.TimeoutExpired:
             continue
@@ -242,7 +243,7 @@ def stop_and_wait(child: subprocess.Popen) -> None:
 
 
 def run(command: List[str], watch: LostHostWatch, stop: Stop, name: str, hangs: Optional[str] = None,
-        relay: Optional[Callable] = None) -> int:
+        relay: Optional[Callable] = None, patience: float = END_PATIENCE) -> int:
     """Start the child and supervise it to its end; its status as supervise() gives it.
 
     relay(stderr, fd, stopping), if given, copies the child's stderr (a pipe) to fd: a thread, with
@@ -259,7 +260,7 @@ def run(command: List[str], watch: LostHostWatch, stop: Stop, name: str, hangs: 
         if relay is not None:
             copier = relay(child.stderr, sys.stderr.fileno(), lambda: bool(stop.status))   # a thread: may fail to start
         # A stop that came while the child was being started is passed on at supervise's first turn.
-        return supervise(child, watch, stop, name, hangs)
+        return supervise(child, watch, stop, name, hangs, patience)
     except BaseException:
         stop_and_wait(child)
         raise
