@@ -1,7 +1,7 @@
 """The errors a user sees: each carries its facts, a one-line message and the exit status to leave with.
 
 The domain errors (JobMissing, JobExists, NotAJobTable, TemplateMissing) carry data; their message
-names no command. The command line words them, adding what to type next (`cli.error_line`).
+names no command. The command line words them, adding what to type next (`frontend.error_line`).
 """
 from pathlib import Path
 from typing import Sequence

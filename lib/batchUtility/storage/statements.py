@@ -55,7 +55,7 @@ CREATE_HISTORY_INDEX = "{create_index} {index} ON {history_table} (obsid)"
 # COLUMN), so jobs created by an older version keep working. A later column is one more line here.
 ADDED_COLUMNS = {
     "job_table": (("lease_expires", "DOUBLE NULL"), ("template", "VARCHAR(16) NULL"),
-                  # the claiming worker's process start time (ticks since boot): see slot.process_start
+                  # the claiming worker's process start time (ticks since boot): see procfs.process_start
                   ("pid_start", "BIGINT NULL")),
     "history_table": (("template", "VARCHAR(16) NULL"),),
 }

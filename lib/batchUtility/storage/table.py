@@ -385,7 +385,7 @@ class JobTable(Reads, Engine):
     def reclaim_dead_here(self, host: str, gone: Callable[[int, Optional[int]], bool], max_attempts: int, *,
                           interrupted: Optional[Callable[[], bool]] = None) -> List[int]:
         """Take back at once the running obsids claimed on `host` (this host) by a process that is
-        gone: gone(pid, pid_start) says so (slot.process_gone). Each costs an attempt, as with
+        gone: gone(pid, pid_start) says so (procfs.process_gone). Each costs an attempt, as with
         reclaim_stale; claims of other hosts are left to their lease. Returns the obsids taken back."""
         def reclaim(cur):
             rows = self._execute(cur, RUNNING_ON_HOST, {"host": host[:255]}).fetchall()
