@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, TextIO, Union
 
-from . import hipe, report, startup
+from . import hipe, report, startup, workdir
 from .config import Config
 from .errors import BadInput, BatchError, BlackHole, DatabaseUnavailable, SetupBroken, TemplateMissing
 from .guardian import Guardian, GuardianLost
@@ -79,7 +79,7 @@ def check_ready(cfg: Config, job: str) -> None:
         except OSError as e:
             raise BadInput(f"cannot create {folder}: {e.strerror}") from None
         check_writable(folder, "folder")
-    check_writable(hipe.temporary_folder(), "TMPDIR")
+    check_writable(workdir.temporary_folder(), "TMPDIR")
 
 
 def has_statement(script: str) -> bool:
@@ -89,9 +89,9 @@ def has_statement(script: str) -> bool:
 
 def check_writable(folder: Path, what: str) -> None:
     """Raise BadInput unless a page can be written in folder (not read-only, not full, not gone);
-    each launch checks log/ and output/ again (hipe.check_room)."""
+    each launch checks log/ and output/ again (workdir.check_room)."""
     try:
-        hipe.check_room(folder)
+        workdir.check_room(folder)
     except OSError as e:
         raise BadInput(f"{what} {folder} is not writable: {e.strerror}") from None
 
@@ -174,11 +174,11 @@ class Worker:
         return 128 + self.stop_signal if self.stop_signal else status
 
     def _make_scratch(self) -> None:
-        """The temporary folder of this worker's launches (hipe.make_scratch), removed when it ends."""
+        """The temporary folder of this worker's launches (workdir.make_scratch), removed when it ends."""
         try:
-            self.scratch = hipe.make_scratch(self.job)
+            self.scratch = workdir.make_scratch(self.job)
         except OSError as e:
-            raise BadInput(f"cannot create a temporary folder in {hipe.temporary_folder()}: {e.strerror}") from None
+            raise BadInput(f"cannot create a temporary folder in {workdir.temporary_folder()}: {e.strerror}") from None
 
     def _start_guard(self) -> None:
         """The guardian (kills HIPE if this worker dies or cannot renew its lease in time) and the
