@@ -17,11 +17,11 @@ It kills each launched group with SIGKILL when the pipe ends (the worker died) o
 deadline passes without a newer one (the worker is frozen, or could not renew its lease): it fences
 the worker off from its claim before the lease, which another worker may then take, runs out. It
 answers `fenced PGID` on its other pipe for a group it killed at the deadline, so that the worker
-learns why HIPE died. The guardian is forked from the worker (about 1 ms, against some 20 ms of
-CPU for a fresh interpreter: at 64 workers on 2 cores, the difference was most of a second before
-the last worker's first claim). The forked guardian keeps nothing of the worker but its two pipe
-ends; it then sleeps in select() until a line or a deadline comes. Forking is only safe while the
-worker has a single thread, native ones counted (an MPI rank has Open MPI's, which Python does not
+learns why HIPE died. The guardian is forked from the worker: a fresh interpreter per worker costs
+far more CPU, which delays the last worker's first claim when many start at once (figures:
+tests/bench/RESULTS.md). The forked guardian keeps nothing of the worker but its two pipe ends;
+it then sleeps in select() until a line or a deadline comes. Forking is only safe while the worker
+has a single thread, native ones counted (an MPI rank has Open MPI's, which Python does not
 see: one could hold a lock the forked guardian then waits on for good); otherwise (or when an
 interpreter is named) this file is run as the guardian's program instead (`python -S -I
 guardian.py`), which imports nothing but the standard library's smallest modules.

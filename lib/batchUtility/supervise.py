@@ -1,4 +1,4 @@
-"""Supervising a launcher's child (mpirun today): started in a process group of its own, stop
+"""Supervising a launcher's child (mpirun or srun): started in a process group of its own, stop
 signals passed on to it as SIGUSR2, ended when it outlives its job or hangs once stopping, never
 left running unsupervised.
 

@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, TextIO, Union
 
-from . import hipe, report, signals
+from . import hipe, report, signals, workdir
 from .config import Config
 from .errors import BadInput, BatchError, BlackHole, DatabaseUnavailable, SetupBroken, TemplateMissing
 from .guardian import Guardian, GuardianLost
 from .lease import LeaseKeeper
-from .model import DONE, FAILED, INTERACTIVE_PATIENCE, PENDING, Claim, LaunchEnd, Outcome
+from .model import DONE, FAILED, INTERACTIVE_PATIENCE, PENDING, Claim, LaunchEnd, Lease, Outcome
 from .procfs import process_gone, process_start
 from .slot import Slot
 from .storage import JobTable, open_table
@@ -40,6 +40,9 @@ STOP_PATIENCE = INTERACTIVE_PATIENCE  # seconds a stopping worker waits for the 
 # workers succeed, mean this worker's host is broken; it stops rather than fail the whole job.
 BLACK_HOLE_FAILURES = 5
 QUICK_FAILURE = 10.0
+
+# What runs one obsid: hipe.run_obsid's signature (request, should_stop, lease, guardian, scratch).
+Launcher = Callable[[hipe.LaunchRequest, Callable[[], int], Callable[[], Lease], Guardian, Path], hipe.Launch]
 
 
 class _Context(logging.LoggerAdapter):
@@ -80,7 +83,7 @@ def check_ready(cfg: Config, job: str) -> None:
         except OSError as e:
             raise BadInput(f"cannot create {folder}: {e.strerror}") from None
         check_writable(folder, "folder")
-    check_writable(hipe.temporary_folder(), "TMPDIR")
+    check_writable(workdir.temporary_folder(), "TMPDIR")
 
 
 def has_statement(script: str) -> bool:
@@ -90,9 +93,9 @@ def has_statement(script: str) -> bool:
 
 def check_writable(folder: Path, what: str) -> None:
     """Raise BadInput unless a page can be written in folder (not read-only, not full, not gone);
-    each launch checks log/ and output/ again (hipe.check_room)."""
+    each launch checks log/ and output/ again (workdir.check_room)."""
     try:
-        hipe.check_room(folder)
+        workdir.check_room(folder)
     except OSError as e:
         raise BadInput(f"{what} {folder} is not writable: {e.strerror}") from None
 
@@ -102,12 +105,23 @@ class Worker:
 
     def __init__(self, cfg: Config, table: Optional[JobTable], job: str, slot: Slot, out: Optional[TextIO] = None,
                  quiet: bool = False, max_time: Optional[float] = None, claim_until: Optional[float] = None,
-                 stopped_before: Optional[Callable[[], int]] = None):
+                 stopped_before: Optional[Callable[[], int]] = None, *, launcher: Launcher = hipe.run_obsid,
+                 guardian: Callable[[], Guardian] = Guardian,
+                 lease_keeper: Optional[Callable[[Guardian], LeaseKeeper]] = None):
         """quiet: print no obsid lines and no SUMMARY (-q); max_time: seconds after which no obsid is
         claimed any more, or claim_until: the same as a time.monotonic() value (`run -j` sets it once
         for all its workers); stopped_before: the stop signal that came before run() took the
-        signals over (a forked worker's first moments), or 0."""
+        signals over (a forked worker's first moments), or 0.
+
+        The collaborators, real unless given (batchUtility.testing has fakes): table, the job's
+        table; launcher, what runs one obsid (hipe.run_obsid); guardian, what starts the guardian
+        (Guardian), and lease_keeper, what starts the lease keeper given the guardian (a LeaseKeeper
+        on a database connection of its own). Both are started when run() starts and closed when it
+        ends, in that order: the guardian is forked while the worker has a single thread."""
         self.stopped_before = stopped_before or (lambda: 0)
+        self.launcher = launcher
+        self.start_guardian = guardian
+        self.start_lease_keeper = lease_keeper or self._lease_keeper
         self.cfg, self.table, self.job, self.slot = cfg, table, job, slot
         self.out = out or sys.stdout
         self.quiet = quiet
@@ -175,22 +189,26 @@ class Worker:
         return 128 + self.stop_signal if self.stop_signal else status
 
     def _make_scratch(self) -> None:
-        """The temporary folder of this worker's launches (hipe.make_scratch), removed when it ends."""
+        """The temporary folder of this worker's launches (workdir.make_scratch), removed when it ends."""
         try:
-            self.scratch = hipe.make_scratch(self.job)
+            self.scratch = workdir.make_scratch(self.job)
         except OSError as e:
-            raise BadInput(f"cannot create a temporary folder in {hipe.temporary_folder()}: {e.strerror}") from None
+            raise BadInput(f"cannot create a temporary folder in {workdir.temporary_folder()}: {e.strerror}") from None
 
     def _start_guard(self) -> None:
         """The guardian (kills HIPE if this worker dies or cannot renew its lease in time) and the
         heartbeat thread, on a database connection of its own."""
         try:
-            self.guardian = Guardian()
+            self.guardian = self.start_guardian()
         except GuardianLost as e:
             raise BadInput(f"cannot run: {e}") from None
+        self.keeper = self.start_lease_keeper(self.guardian)
+
+    def _lease_keeper(self, guardian: Guardian) -> LeaseKeeper:
+        """The real lease keeper: its heartbeat thread renews the lease on a database connection of its own."""
         cfg = self.cfg
-        self.keeper = LeaseKeeper(lambda: open_table(cfg.sql, self.job, patience=0, call_timeout=cfg.run.call_timeout),
-                                  self.guardian, cfg.run.heartbeat, say=self.log)
+        return LeaseKeeper(lambda: open_table(cfg.sql, self.job, patience=0, call_timeout=cfg.run.call_timeout),
+                           guardian, cfg.run.heartbeat, say=self.log)
 
     def _stop_guard(self) -> None:
         if self.keeper is not None:
@@ -306,7 +324,7 @@ class Worker:
         version = self._template_version(template)
         request = hipe.LaunchRequest(self.cfg.hipe, template, self.job, claim.obsid, self.dir / "output",
                                      self.dir / "log", template_path=self.template)
-        launch = hipe.run_obsid(request, lambda: self.stop_signal, self.keeper.state, self.guardian, self.scratch)
+        launch = self.launcher(request, lambda: self.stop_signal, self.keeper.state, self.guardian, self.scratch)
         return dataclasses.replace(launch, outcome=dataclasses.replace(launch.outcome, template=version))
 
     def _template_version(self, text: str) -> str:

@@ -16,7 +16,7 @@ import time
 
 from common import load_average, md_table, record
 
-from batchUtility import hipe
+from batchUtility import hipe, workdir
 from batchUtility.model import Lease, Outcome
 
 
@@ -48,7 +48,7 @@ def _launcher(cfg, folder):
     else:
         extra = {"tick": lambda: Lease.HELD, "tick_every": 3600.0}
     if "scratch" in params:   # the worker's temporary folder, made once per worker
-        scratch = hipe.make_scratch("launch")
+        scratch = workdir.make_scratch("launch")
         extra["scratch"] = scratch
         closers.append(lambda: shutil.rmtree(scratch, ignore_errors=True))
 

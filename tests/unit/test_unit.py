@@ -18,7 +18,8 @@ from support import Reaper, pid_alive, wait_for
 
 from batchUtility import config, report, storage
 from batchUtility.errors import BadInput
-from batchUtility.hipe import _last_words, _verdict, hipe_command, keep_previous, make_scratch, py2_string, script_text
+from batchUtility.hipe import _last_words, _verdict, hipe_command, py2_string, script_text
+from batchUtility.workdir import keep_previous, make_scratch
 from batchUtility.obsids import read_obsids
 from batchUtility.slot import Slot, current_slot
 from batchUtility.model import Outcome, check_identifier

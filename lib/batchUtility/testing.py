@@ -1,0 +1,381 @@
+"""Fakes for testing a worker's decisions in-process, in milliseconds (as procrastinate's
+testing.InMemoryConnector): a job table in memory, a launcher that returns scripted launches without
+starting any process, and a guardian and a lease keeper that start nothing.
+
+    table = InMemoryJobTable("j", [1, 2])
+    Worker(cfg, table, "j", slot, launcher=FakeLauncher(then=done()), guardian=FakeGuardian,
+           lease_keeper=FakeLeaseKeeper).run()
+    assert [row["state"] for row in table.rows()] == ["done", "done"]
+
+InMemoryJobTable keeps storage.JobTable's guarantees for the operations a worker and its lease keeper
+call, on the same rows and history (the same columns, the same states and attempt counts): a claim
+is one pending row, longest expected first, marked running with a fresh token; a write about a claim
+changes its row only while the row holds the claim's token (fencing), so an outcome that comes after
+its claim was taken back changes nothing; a finish counts the attempt, a put-back (requeue) does not,
+a take-back (reclaim_stale, reclaim_dead_here) counts it and clears the token. Times are its clock's
+(time.time by default), as storage's are the database's.
+"""
+import signal
+import threading
+import time
+import uuid
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+from .guardian import Guardian
+from .hipe import Launch, LaunchRequest
+from .model import DONE, FAILED, INTERACTIVE_PATIENCE, PENDING, RUNNING, STATES, Claim, LaunchEnd, Lease, Outcome
+from .storage import DEFAULT_LEASE
+
+COLUMNS = ("obsid", "pipelined", "state", "expected", "attempts", "token", "host", "worker", "pid", "pid_start",
+           "started", "heartbeat", "lease_expires", "ended", "exit_code", "signal_no", "reason", "template")
+HISTORY_COLUMNS = ("obsid", "attempt", "host", "worker", "pid", "started", "ended", "exit_code", "signal_no",
+                   "outcome", "reason", "template")
+
+
+class InMemoryJobTable:
+    """One job's table of obsids in memory, with the operations of storage.JobTable that a worker
+    and its lease keeper call (each one atomic, under a lock), and its reads for tests. Arguments a
+    database needs (patience, interrupted) are taken and ignored: nothing here waits."""
+
+    def __init__(self, job: str = "job", obsids: Iterable[int] = (), *, expected: Optional[Mapping[int, int]] = None,
+                 patience: float = INTERACTIVE_PATIENCE, clock: Callable[[], float] = time.time):
+        self.job, self.patience, self.clock = job, patience, clock
+        self._lock = threading.Lock()
+        self._rows: Dict[int, Dict[str, Any]] = {}
+        self._history: Dict[str, Dict[str, Any]] = {}   # token -> the attempt (the history's key, as storage's)
+        self._results: Dict[int, Dict[str, Any]] = {}
+        self.calls: List[tuple] = []   # (operation, claim) of each finish and requeue asked, in order
+        self.add(obsids, expected)
+
+    # ----------------------------------------------------------------- filling, and what only a test does
+    def add(self, obsids: Iterable[int], expected: Optional[Mapping[int, int]] = None) -> None:
+        """Pending rows for obsids not in the table yet (`new`, `new --add`)."""
+        with self._lock:
+            for obsid in obsids:
+                if obsid not in self._rows:
+                    row = dict.fromkeys(COLUMNS)
+                    row.update(obsid=obsid, pipelined=0, state=PENDING, attempts=0,
+                               expected=(expected or {}).get(obsid))
+                    self._rows[obsid] = row
+
+    def take_back(self, obsid: int, max_attempts: int) -> List[int]:
+        """What another worker does to obsid's claim once its lease ran out: the lease made to have run
+        out now, then reclaim_stale (an attempt counted, the token cleared)."""
+        with self._lock:
+            row = self._rows[obsid]
+            if row["state"] == RUNNING and row["lease_expires"] is not None:
+                shift = row["lease_expires"] - self.clock() + 1.0
+                row["lease_expires"] -= shift
+                row["heartbeat"] -= shift
+        return self.reclaim_stale(DEFAULT_LEASE, max_attempts)
+
+    # ----------------------------------------------------------------- what workers do
+    def claim(self, host: str, worker: str, pid: int, lease: float = DEFAULT_LEASE, *, pid_start: Optional[int] = None,
+              interrupted: Optional[Callable[[], bool]] = None) -> Optional[Claim]:
+        """Take the next pending obsid, longest expected first (then by obsid), with a fresh token;
+        None when nothing is pending."""
+        with self._lock:
+            pending = [row for row in self._rows.values() if row["state"] == PENDING]
+            if not pending:
+                return None
+            # ORDER BY expected DESC, obsid: NULL comes last in descending order (SQLite and MariaDB).
+            row = min(pending, key=lambda r: (r["expected"] is None, -(r["expected"] or 0), r["obsid"]))
+            now, token = self.clock(), uuid.uuid4().hex
+            row.update(state=RUNNING, pipelined=0, token=token, host=host[:255], worker=worker[:32], pid=pid,
+                       pid_start=pid_start, started=now, heartbeat=now, lease_expires=now + lease, ended=None,
+                       exit_code=None, signal_no=None, template=None)
+            return Claim(row["obsid"], token, row["attempts"] + 1, lease)
+
+    def heartbeat(self, claim: Claim) -> Lease:
+        """Renew the claim's lease: HELD while the row runs under its token, else LOST."""
+        with self._lock:
+            row = self._held(claim, (RUNNING,))
+            if row is None:
+                return Lease.LOST
+            now = self.clock()
+            row.update(heartbeat=now, lease_expires=now + claim.lease)
+            return Lease.HELD
+
+    def finish(self, claim: Claim, outcome: Outcome, max_attempts: int, *, patience: Optional[float] = None,
+               interrupted: Optional[Callable[[], bool]] = None,
+               results: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+        """Record an outcome if the claim is still ours: done (its results replaced), pending while
+        attempts remain, failed once they are used up; the attempt goes to the history. The new state,
+        or None if the claim had been taken from us (nothing changes then)."""
+        with self._lock:
+            self.calls.append(("finish", claim))
+            state = DONE if outcome.ok else (FAILED if claim.attempt >= max_attempts else PENDING)
+            row = self._held(claim, (RUNNING, state))
+            if row is None:
+                return None
+            row.update(state=state, pipelined=int(state == DONE), attempts=claim.attempt, ended=self.clock(),
+                       heartbeat=None, lease_expires=None, exit_code=outcome.exit_code, signal_no=outcome.signal,
+                       reason=outcome.reason[:255] or None, template=outcome.template or None)
+            self._to_history(row, claim.attempt, DONE if outcome.ok else FAILED)
+            if state == DONE and results:
+                self._results[claim.obsid] = dict(results)
+            return state
+
+    def requeue(self, claim: Claim, reason: str, *, outcome: str = "stopped", template: str = "",
+                patience: Optional[float] = None, interrupted: Optional[Callable[[], bool]] = None) -> bool:
+        """Put a claimed obsid back to pending without counting an attempt; the history records the
+        attempt as `outcome`. False if the claim had been taken from us already."""
+        with self._lock:
+            self.calls.append(("requeue", claim))
+            row = self._held(claim, (RUNNING, PENDING))
+            if row is None:
+                return False
+            row.update(state=PENDING, ended=self.clock(), heartbeat=None, lease_expires=None, reason=reason[:255],
+                       template=template or None)
+            self._to_history(row, claim.attempt, outcome)
+            return True
+
+    def reclaim_stale(self, lease: float, max_attempts: int, *,
+                      interrupted: Optional[Callable[[], bool]] = None) -> List[int]:
+        """Take back every running obsid whose lease ran out (the row's own; `lease` for rows without
+        one): an attempt counted, the token cleared. The obsids taken back."""
+        with self._lock:
+            now = self.clock()
+            stale = sorted((row for row in self._rows.values() if row["state"] == RUNNING
+                            and self._expiry(row, lease) is not None and self._expiry(row, lease) < now),
+                           key=lambda r: r["obsid"])
+            for row in stale:
+                given = (row["lease_expires"] - row["heartbeat"] if row["lease_expires"] is not None
+                         and row["heartbeat"] is not None else lease)
+                self._take_back(row, f"worker lost: no heartbeat for {round(float(given), 3):g} s", max_attempts)
+            return [row["obsid"] for row in stale]
+
+    def reclaim_dead_here(self, host: str, gone: Callable[[int, Optional[int]], bool], max_attempts: int, *,
+                          interrupted: Optional[Callable[[], bool]] = None) -> List[int]:
+        """Take back at once the running obsids claimed on host by a process gone(pid, pid_start) says
+        is gone: an attempt counted each, as with reclaim_stale. The obsids taken back."""
+        with self._lock:
+            dead = [row for obsid, row in sorted(self._rows.items()) if row["state"] == RUNNING
+                    and row["host"] == host[:255] and row["pid"] is not None and gone(row["pid"], row["pid_start"])]
+            for row in dead:
+                self._take_back(row, f"worker lost: its process {row['pid']} on {host} is gone", max_attempts)
+            return [row["obsid"] for row in dead]
+
+    def done_elsewhere(self, seconds: float, host: str, pid: int) -> int:
+        """How many obsids workers other than (host, pid) finished in the last `seconds`."""
+        with self._lock:
+            since = self.clock() - seconds
+            return sum(1 for row in self._rows.values() if row["state"] == DONE and row["ended"] >= since
+                       and not (row["host"] == host and row["pid"] == pid))
+
+    def live_running(self, lease: float) -> int:
+        """How many obsids run under a live lease (`lease`: for rows without one)."""
+        with self._lock:
+            now = self.clock()
+            return sum(1 for row in self._rows.values() if row["state"] == RUNNING
+                       and self._expiry(row, lease) is not None and self._expiry(row, lease) >= now)
+
+    def any_running(self, *, interrupted: Optional[Callable[[], bool]] = None) -> bool:
+        with self._lock:
+            return any(row["state"] == RUNNING for row in self._rows.values())
+
+    def counts(self, *, interrupted: Optional[Callable[[], bool]] = None) -> Dict[str, int]:
+        """How many obsids are in each state (every state present, zero or not)."""
+        with self._lock:
+            found = dict.fromkeys(STATES, 0)
+            for row in self._rows.values():
+                found[row["state"]] += 1
+            return found
+
+    def total(self) -> int:
+        return len(self._rows)
+
+    def exists(self) -> bool:
+        return True
+
+    def require(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    # ----------------------------------------------------------------- reads, as storage's
+    def rows(self) -> List[Dict[str, Any]]:
+        """Every row, by obsid (copies)."""
+        with self._lock:
+            return [dict(row) for _, row in sorted(self._rows.items())]
+
+    def row(self, obsid: int) -> Optional[Dict[str, Any]]:
+        with self._lock:
+            row = self._rows.get(obsid)
+            return None if row is None else dict(row)
+
+    def history(self, obsid: Optional[int] = None) -> List[Dict[str, Any]]:
+        """Every recorded attempt (of one obsid, or all), oldest first, with storage's columns."""
+        with self._lock:
+            found = [{k: h[k] for k in HISTORY_COLUMNS} for h in self._history.values()
+                     if obsid is None or h["obsid"] == obsid]
+        return sorted(found, key=lambda h: (h["started"], h["obsid"]))
+
+    def results(self, obsid: int) -> Dict[str, Any]:
+        """What a done obsid's script recorded with batchResult."""
+        with self._lock:
+            return dict(self._results.get(obsid, {}))
+
+    # ----------------------------------------------------------------- the table's own steps (lock held)
+    def _held(self, claim: Claim, states: Sequence[str]) -> Optional[Dict[str, Any]]:
+        """The claim's row if it still holds the claim's token in one of states (fencing), else None."""
+        row = self._rows.get(claim.obsid)
+        return row if row is not None and row["token"] == claim.token and row["state"] in states else None
+
+    @staticmethod
+    def _expiry(row: Dict[str, Any], lease: float) -> Optional[float]:
+        if row["lease_expires"] is not None:
+            return row["lease_expires"]
+        return None if row["heartbeat"] is None else row["heartbeat"] + lease
+
+    def _to_history(self, row: Dict[str, Any], attempt: int, outcome: str) -> None:
+        """The row's attempt in the history, keyed by its token: a repeat adds nothing (INSERT IGNORE)."""
+        if row["token"] not in self._history:
+            self._history[row["token"]] = {**{k: row.get(k) for k in HISTORY_COLUMNS}, "attempt": attempt,
+                                           "outcome": outcome}
+
+    def _take_back(self, row: Dict[str, Any], reason: str, max_attempts: int) -> None:
+        """The attempt ends as `lost`: to pending, or failed once max_attempts are used; token cleared."""
+        row.update(ended=self.clock(), reason=reason)
+        if row["token"] not in self._history:
+            self._history[row["token"]] = {**{k: row.get(k) for k in HISTORY_COLUMNS}, "attempt": row["attempts"] + 1,
+                                           "exit_code": None, "signal_no": None, "template": None,
+                                           "outcome": "lost"}
+        row.update(state=FAILED if row["attempts"] + 1 >= max_attempts else PENDING, attempts=row["attempts"] + 1,
+                   token=None, heartbeat=None, lease_expires=None)
+
+
+# ----------------------------------------------------------------------------- the launcher
+# A step of a FakeLauncher's script: a launch to return, or what makes one from the request and the
+# worker's should_stop().
+Step = Union[Launch, Callable[[LaunchRequest, Callable[[], int]], Launch]]
+
+
+class FakeLauncher:
+    """Launches nothing: each call returns the next step of its script (a launch, or what a callable
+    step makes), then `then` for every later call; with no step left, AssertionError. Called as
+    hipe.run_obsid is; the requests it was given are kept, in order."""
+
+    def __init__(self, *script: Step, then: Optional[Step] = None):
+        self.script, self.then = list(script), then
+        self.requests: List[LaunchRequest] = []
+
+    def __call__(self, request: LaunchRequest, should_stop: Callable[[], int], lease: Callable[[], Lease],
+                 guardian: Guardian, scratch: Any) -> Launch:
+        self.requests.append(request)
+        step = self.script.pop(0) if self.script else self.then
+        if step is None:
+            raise AssertionError(f"no launch scripted for obsid {request.obsid} (launch {len(self.requests)})")
+        return step if isinstance(step, Launch) else step(request, should_stop)
+
+    @property
+    def obsids(self) -> List[int]:
+        """The obsids launched, in order."""
+        return [request.obsid for request in self.requests]
+
+
+def done(seconds: float = 0.01, results: Optional[Dict[str, Any]] = None) -> Launch:
+    """HIPE exited 0 with the script run to its end."""
+    return Launch(Outcome(True, "", 0), seconds, results=results)
+
+
+def script_error(status: int = 1, seconds: float = 0.01) -> Launch:
+    """HIPE exited with status (the script raised): the script's own fault."""
+    return Launch(Outcome(False, f"HIPE exited with status {status}: Traceback", status, script_error=True), seconds)
+
+
+def killed(signum: int = signal.SIGKILL, seconds: float = 0.01) -> Launch:
+    """HIPE killed by a signal this worker did not send (the OOM killer, say): worth a retry."""
+    return Launch(Outcome(False, f"HIPE killed by {signal.Signals(signum).name}", None, signum), seconds)
+
+
+def setup_fault(reason: str = "cannot start HIPE (hipe): No such file or directory") -> Launch:
+    """HIPE could not be started here: this worker's fault, not the obsid's."""
+    return Launch(Outcome(False, reason), 0.0, LaunchEnd.SETUP_FAULT)
+
+
+def fenced(seconds: float = 0.01) -> Launch:
+    """The guardian killed HIPE: the lease was not renewed in time."""
+    return Launch(Outcome(False, "HIPE killed by the guardian: the lease was not renewed in time", None,
+                          signal.SIGKILL), seconds, LaunchEnd.FENCED)
+
+
+def claim_lost(table: InMemoryJobTable, max_attempts: int) -> Step:
+    """Another worker takes the claim back while HIPE runs (table.take_back), and the launch ends as
+    run_obsid's does when the lease keeper finds the claim lost."""
+    def step(request: LaunchRequest, should_stop: Callable[[], int]) -> Launch:
+        table.take_back(request.obsid, max_attempts)
+        return Launch(Outcome(False, "claim lost to another worker; HIPE stopped"), 0.01, LaunchEnd.CLAIM_LOST)
+    return step
+
+
+def stopped(signum: int = signal.SIGTERM) -> Step:
+    """Stop signal signum comes while HIPE runs: sent to this process for real (the worker's handler
+    must be set, else AssertionError, not the signal's default action), and the launch ends as
+    run_obsid's does when should_stop() says so."""
+    def step(request: LaunchRequest, should_stop: Callable[[], int]) -> Launch:
+        if not callable(signal.getsignal(signum)):
+            raise AssertionError(f"no handler for {signal.Signals(signum).name}: the worker did not catch it")
+        signal.raise_signal(signum)
+        stop = should_stop()
+        if not stop:
+            raise AssertionError(f"{signal.Signals(signum).name} sent, but should_stop() says 0")
+        return Launch(Outcome(False, f"stopped by {signal.Signals(stop).name}"), 0.01, LaunchEnd.STOPPED, stop)
+    return step
+
+
+def slow(launch: Launch, wall: float) -> Step:
+    """launch, returned after `wall` seconds of real time (for --max-time)."""
+    def step(request: LaunchRequest, should_stop: Callable[[], int]) -> Launch:
+        time.sleep(wall)
+        return launch
+    return step
+
+
+# ----------------------------------------------------------------------------- guardian and lease keeper
+class FakeGuardian:
+    """A guardian that starts no process: HIPE is never launched, so there is nothing to kill."""
+
+    pid = 0
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.deadlines: List[float] = []
+
+    def fence_at(self, deadline: float, with_launch: bool = False) -> None:
+        self.deadlines.append(deadline)
+
+    def alive(self) -> bool:
+        return not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeLeaseKeeper:
+    """A lease keeper without a thread: the lease is `lease` (HELD unless a test changes it); the
+    claims held are kept, in order."""
+
+    def __init__(self, guardian: Any) -> None:
+        self.guardian = guardian
+        self.lease = Lease.HELD
+        self.held: List[Claim] = []
+        self.holding: Optional[Claim] = None
+        self.closed = False
+
+    def hold(self, claim: Claim, claimed_at: float) -> None:
+        self.held.append(claim)
+        self.holding = claim
+
+    def hipe_ended(self) -> None:
+        pass
+
+    def release(self) -> None:
+        self.holding = None
+
+    def state(self) -> Lease:
+        return self.lease
+
+    def close(self) -> None:
+        self.closed = True

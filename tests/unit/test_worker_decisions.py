@@ -1,0 +1,240 @@
+"""The worker's decisions, in-process and in milliseconds: a real Worker over an in-memory job table,
+with a launcher that returns scripted launches and a guardian and lease keeper that start nothing
+(batchUtility.testing). What became of each obsid is read from the table's rows and history."""
+import io
+import os
+import signal
+import sys
+
+import pytest
+
+from batchUtility import worker as worker_module
+from batchUtility.config import Config, HipeSettings, RunSettings
+from batchUtility.errors import BlackHole, SetupBroken
+from batchUtility.model import Outcome
+from batchUtility.slot import Slot
+from batchUtility.testing import (FakeGuardian, FakeLauncher, FakeLeaseKeeper, InMemoryJobTable, claim_lost, done,
+                                  fenced, killed, script_error, setup_fault, slow, stopped)
+from batchUtility.worker import Worker
+
+JOB = "j"
+
+
+@pytest.fixture
+def make(tmp_path):
+    """make(table, launcher, **run settings) -> a Worker of job j over table, its collaborators fakes.
+    The job's folder is real (run() checks the template and HIPE first, as it always does)."""
+    (tmp_path / "jobs" / JOB).mkdir(parents=True)
+    (tmp_path / "jobs" / JOB / f"{JOB}.py").write_text("print(obsid)\n")
+    made = []
+
+    def make(table, launcher, max_time=None, **run):
+        settings = {"lease": 30.0, "max_attempts": 3, "db_patience": 60.0, "wait_for_running": True, **run}
+        cfg = Config(tmp_path / "batch.cfg", tmp_path, None, HipeSettings((sys.executable,), "512m", (), 0.0),
+                     RunSettings(**settings))
+        w = Worker(cfg, table, JOB, Slot(1, 1, "here"), out=io.StringIO(), max_time=max_time,
+                   launcher=launcher, guardian=FakeGuardian, lease_keeper=FakeLeaseKeeper)
+        made.append(w)
+        return w
+    yield make
+    for w in made:   # whatever run() did, it closed what it started and removed its folder
+        if w.guardian is not None:
+            assert w.guardian.closed and w.keeper.closed
+        assert w.scratch is None or not w.scratch.exists()
+
+
+def states(table):
+    return {row["obsid"]: (row["state"], row["attempts"]) for row in table.rows()}
+
+
+def outcomes(table, obsid=None):
+    return [(h["obsid"], h["attempt"], h["outcome"]) for h in table.history(obsid)]
+
+
+def test_a_done_outcome_is_recorded_with_its_results_and_template(make):
+    table = InMemoryJobTable(JOB, [1, 2])
+    launcher = FakeLauncher(done(results={"flux": 1.5}), done())
+    w = make(table, launcher)
+    assert w.run() == 0
+    assert states(table) == {1: ("done", 1), 2: ("done", 1)}
+    assert outcomes(table) == [(1, 1, "done"), (2, 1, "done")]
+    assert table.results(1) == {"flux": 1.5} and table.results(2) == {}
+    assert table.row(1)["pipelined"] == 1 and table.row(1)["host"] == "here" and table.row(1)["pid"] == os.getpid()
+    assert len(table.row(1)["template"]) == 12   # the template's version, recorded with the outcome
+    assert (w.done, w.failed, w.attempts, w.processed) == (2, 0, 2, 2)
+    assert "[#2, obsid=2]" in w.out.getvalue()
+
+
+def test_a_script_error_fails_at_once(make):
+    table = InMemoryJobTable(JOB, [1])
+    launcher = FakeLauncher(script_error())
+    assert make(table, launcher).run() == 1
+    assert states(table) == {1: ("failed", 1)}
+    assert outcomes(table) == [(1, 1, "failed")]
+    assert table.row(1)["exit_code"] == 1
+    assert launcher.obsids == [1]
+
+
+def test_a_script_error_is_retried_with_retry_errors(make):
+    table = InMemoryJobTable(JOB, [1])
+    launcher = FakeLauncher(script_error(), done())
+    assert make(table, launcher, retry_errors=True).run() == 0
+    assert outcomes(table) == [(1, 1, "failed"), (1, 2, "done")]
+
+
+def test_a_retriable_failure_goes_back_to_pending_until_max_attempts(make):
+    table = InMemoryJobTable(JOB, [1, 2])
+    seen = []
+
+    def look(request, should_stop):   # the third launch of obsid 1: what the table says meanwhile
+        seen.append((states(table)[1], outcomes(table, 1)))
+        return killed()
+    launcher = FakeLauncher(killed(), killed(), look, done())
+    w = make(table, launcher)
+    assert w.run() == 1
+    assert launcher.obsids == [1, 1, 1, 2]
+    assert seen == [(("running", 2), [(1, 1, "failed"), (1, 2, "failed")])]   # pending between tries, counted
+    assert states(table) == {1: ("failed", 3), 2: ("done", 1)}
+    assert outcomes(table, 1) == [(1, 1, "failed"), (1, 2, "failed"), (1, 3, "failed")]
+    assert (w.done, w.failed, w.attempts, w.processed) == (1, 1, 4, 2)
+    assert "[#1, obsid=1]" in w.out.getvalue() and "[#2, obsid=1]" not in w.out.getvalue()   # a retry keeps its number
+
+
+def test_a_setup_fault_puts_the_obsid_back_uncounted_and_stops_the_worker(make):
+    table = InMemoryJobTable(JOB, [1, 2])
+    launcher = FakeLauncher(setup_fault("cannot start HIPE (hipe): No such file or directory"))
+    with pytest.raises(SetupBroken) as raised:
+        make(table, launcher).run()
+    assert raised.value.obsid == 1 and "cannot start HIPE" in raised.value.reason
+    assert states(table) == {1: ("pending", 0), 2: ("pending", 0)}
+    assert outcomes(table) == [(1, 1, "setup")]
+    assert launcher.obsids == [1]
+
+
+def test_an_error_on_the_way_to_the_record_is_a_setup_fault(make):
+    table = InMemoryJobTable(JOB, [1])
+
+    def broken(request, should_stop):
+        raise OSError(24, "Too many open files")
+    with pytest.raises(SetupBroken, match="Too many open files"):
+        make(table, FakeLauncher(broken)).run()
+    assert states(table) == {1: ("pending", 0)}
+    assert outcomes(table) == [(1, 1, "setup")]
+
+
+def test_fenced_goes_back_uncounted_and_the_worker_goes_on(make):
+    table = InMemoryJobTable(JOB, [1])
+    assert make(table, FakeLauncher(fenced(), done())).run() == 0
+    assert outcomes(table) == [(1, 1, "fenced"), (1, 1, "done")]
+    assert states(table) == {1: ("done", 1)}
+
+
+def other_worker_finished(table, obsid):
+    """Another worker, on another host, claimed obsid and ran it to success just now."""
+    table.add([obsid], expected={obsid: 10 ** 6})   # claimed first
+    claim = table.claim("elsewhere", "1/1", 4242, 30.0)
+    assert claim.obsid == obsid
+    assert table.finish(claim, Outcome(True, "", 0), 3) == "done"
+
+
+def test_quick_failures_while_others_succeed_make_a_black_hole(make):
+    table = InMemoryJobTable(JOB, [1, 2, 3], expected={1: 30, 2: 20, 3: 10})
+    other_worker_finished(table, 100)
+    launcher = FakeLauncher(then=killed())
+    with pytest.raises(BlackHole) as raised:
+        make(table, launcher, max_attempts=10).run()
+    assert (raised.value.failures, raised.value.elsewhere) == (worker_module.BLACK_HOLE_FAILURES, 1)
+    assert launcher.obsids == [1] * worker_module.BLACK_HOLE_FAILURES
+    assert states(table) == {1: ("pending", 5), 2: ("pending", 0), 3: ("pending", 0), 100: ("done", 1)}
+
+
+def test_a_success_here_starts_the_count_of_quick_failures_again(make):
+    table = InMemoryJobTable(JOB, [1, 2], expected={1: 20, 2: 10})
+    other_worker_finished(table, 100)
+    launcher = FakeLauncher(*[killed()] * 4, done(), then=killed())
+    with pytest.raises(BlackHole):
+        make(table, launcher, max_attempts=10).run()
+    assert launcher.obsids == [1] * 5 + [2] * worker_module.BLACK_HOLE_FAILURES
+    assert states(table) == {1: ("done", 5), 2: ("pending", 5), 100: ("done", 1)}
+
+
+def test_quick_failures_with_no_success_elsewhere_are_no_black_hole(make):
+    table = InMemoryJobTable(JOB, [1, 2])
+    launcher = FakeLauncher(then=killed())
+    assert make(table, launcher).run() == 1   # every obsid fails here and nowhere succeeds: the obsids' fault
+    assert states(table) == {1: ("failed", 3), 2: ("failed", 3)}
+    assert len(launcher.obsids) == 6
+
+
+def test_slow_failures_are_no_black_hole(make):
+    table = InMemoryJobTable(JOB, [1, 2])
+    other_worker_finished(table, 100)
+    launcher = FakeLauncher(then=killed(seconds=worker_module.QUICK_FAILURE))
+    assert make(table, launcher).run() == 1
+    assert states(table) == {1: ("failed", 3), 2: ("failed", 3), 100: ("done", 1)}
+
+
+def test_halt_after_stops_a_worker_whose_first_attempts_are_all_script_errors(make):
+    table = InMemoryJobTable(JOB, [1, 2, 3, 4])
+    launcher = FakeLauncher(then=script_error())
+    w = make(table, launcher, halt_after=2)
+    assert w.run() == 1
+    assert w.halted
+    assert states(table) == {1: ("failed", 1), 2: ("failed", 1), 3: ("pending", 0), 4: ("pending", 0)}
+    assert launcher.obsids == [1, 2]
+
+
+def test_one_attempt_through_means_no_halt(make):
+    table = InMemoryJobTable(JOB, [1, 2, 3, 4])
+    launcher = FakeLauncher(done(), then=script_error())
+    w = make(table, launcher, halt_after=2)
+    assert w.run() == 1
+    assert not w.halted
+    assert states(table) == {1: ("done", 1), 2: ("failed", 1), 3: ("failed", 1), 4: ("failed", 1)}
+
+
+def test_a_stop_signal_puts_the_obsid_back_as_stopped(make):
+    table = InMemoryJobTable(JOB, [1, 2])
+    before = signal.getsignal(signal.SIGTERM)
+    launcher = FakeLauncher(stopped(signal.SIGTERM), then=done())
+    assert make(table, launcher).run() == 128 + signal.SIGTERM
+    assert states(table) == {1: ("pending", 0), 2: ("pending", 0)}
+    assert outcomes(table) == [(1, 1, "stopped")]
+    assert table.row(1)["reason"] == "stopped by SIGTERM"
+    assert launcher.obsids == [1]   # nothing claimed after the stop
+    assert signal.getsignal(signal.SIGTERM) is before   # the worker's handler taken away again
+
+
+def test_a_claim_lost_records_nothing(make):
+    table = InMemoryJobTable(JOB, [1])
+    launcher = FakeLauncher(claim_lost(table, max_attempts=3), done())
+    w = make(table, launcher)
+    assert w.run() == 0
+    first, second = w.keeper.held
+    # Taken back by another worker (an attempt counted there); this worker wrote nothing for its first
+    # claim (no finish, no put-back), claimed the obsid again and recorded that claim's outcome.
+    assert [(op, claim.token) for op, claim in table.calls] == [("finish", second.token)]
+    assert outcomes(table) == [(1, 1, "lost"), (1, 2, "done")]
+    assert states(table) == {1: ("done", 2)}
+    assert (w.done, w.failed) == (1, 0)
+
+
+def test_max_time_stops_claiming(make):
+    table = InMemoryJobTable(JOB, [1, 2, 3])
+    launcher = FakeLauncher(slow(done(), 0.05), then=done())
+    w = make(table, launcher, max_time=0.04)
+    assert w.run() == 0
+    assert launcher.obsids == [1]
+    assert states(table) == {1: ("done", 1), 2: ("pending", 0), 3: ("pending", 0)}
+
+
+def test_the_table_fences_a_late_outcome():
+    table = InMemoryJobTable(JOB, [1])
+    old = table.claim("here", "1/1", 1, 30.0)
+    assert table.take_back(1, max_attempts=3) == [1]
+    new = table.claim("there", "1/1", 2, 30.0)
+    assert (old.attempt, new.attempt) == (1, 2)
+    assert table.finish(old, Outcome(True), 3) is None and table.requeue(old, "stopped") is False
+    assert table.heartbeat(old).value == "lost" and table.heartbeat(new).value == "held"
+    assert table.finish(new, Outcome(False, "boom"), 2) == "failed"
+    assert outcomes(table) == [(1, 1, "lost"), (1, 2, "failed")]
