@@ -39,7 +39,7 @@ def use_the_checkouts_venv():
 
 
 if __name__ == "__main__":
-    from batchUtility import startup   # first: os, signal and sys only
+    from batchUtility import startup  # first: os, signal and sys only
     startup.answer_stops()
     use_the_checkouts_venv()
     sys.exit(startup.main())

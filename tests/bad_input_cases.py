@@ -12,9 +12,8 @@ from typing import Callable, Optional, Tuple
 
 import pytest
 
-from mariadb_server import PASSWORD
-
 from batchUtility.model import Outcome
+from mariadb_server import PASSWORD
 
 PREFIX = "BatchProcess.py: error: "
 OBSIDS = [1342191755, 1342191756, 1342191757]

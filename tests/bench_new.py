@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mariadb_server import MariaDB  # noqa: E402
-from support import BatchEnv  # noqa: E402
-
-from batchUtility.model import Outcome  # noqa: E402
+from batchUtility.model import Outcome
+from mariadb_server import MariaDB
+from support import BatchEnv
 
 
 def bench(env: BatchEnv, n: int):

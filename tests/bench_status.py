@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mariadb_server import MariaDB  # noqa: E402
-from support import BatchEnv  # noqa: E402
-
-from batchUtility import report, storage  # noqa: E402
+from batchUtility import report, storage
+from mariadb_server import MariaDB
+from support import BatchEnv
 
 HOSTS = "CASE obsid % 4 WHEN 0 THEN 'node01' WHEN 1 THEN 'node02' WHEN 2 THEN 'node03' ELSE 'node04' END"
 

@@ -10,9 +10,8 @@ import json
 
 import pytest
 
-from support import ROOT, obsids_of, tables
-
 from batchUtility.model import Outcome
+from support import ROOT, obsids_of, tables
 
 SAMPLE = ROOT / "sql" / "sample_master.sql"
 PREFIX = "BatchProcess.py: error: "

@@ -11,11 +11,10 @@ import subprocess
 
 import pytest
 
+from batchUtility import cli
 from exactly_once import thaw
 from mariadb_server import MariaDB
 from support import ROOT, BatchEnv, CliResult, Reaper
-
-from batchUtility import cli
 
 # The tests written once and collected by two layers, and the bad-input table: asserts explained as in
 # test modules.

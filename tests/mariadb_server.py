@@ -7,7 +7,7 @@ from pathlib import Path
 
 import MySQLdb
 
-from support import wait_for   # its home is support.py; still importable from here
+from support import wait_for  # its home is support.py; still importable from here
 
 USER, PASSWORD = "hipeuser", "s3cret-pw"
 

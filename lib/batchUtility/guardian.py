@@ -258,7 +258,8 @@ class Guardian:
 def _exec_guardian(python, commands_r, replies_w):
     """The guardian as a fresh interpreter running this file (its pipes as stdin and stdout)."""
     import subprocess
-    from .config import PASSWORD_ENV   # here: this file also runs on its own, as the guardian
+
+    from .config import PASSWORD_ENV  # here: this file also runs on its own, as the guardian
     if not python:
         raise GuardianLost("no Python interpreter to run the guardian")
     try:

@@ -27,8 +27,8 @@ from typing import Dict, List, Optional
 from . import report, signals
 from .errors import BatchError
 from .frontend import job_exit_status, summary_heading
-from .slot import Slot, host_name
 from .relay import TerminalRelay
+from .slot import Slot, host_name
 from .storage import open_table
 from .worker import Worker
 

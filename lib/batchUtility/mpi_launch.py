@@ -211,7 +211,7 @@ def mpirun_command(mpirun: str, path: Path, options: Options) -> List[str]:
     # The environment every rank needs, also on hosts reached by ssh: PATH (HIPE, java, python), the
     # library and Python paths, and every HIPE_* variable (HIPE_BATCH_ROOT, _CONFIG, _PASSWORD, ...).
     # mpirun sends these values to its daemons itself: none appears on any command line.
-    names = ["PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV"] + sorted(n for n in os.environ if n.startswith("HIPE_"))
+    names = ["PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV", *sorted(n for n in os.environ if n.startswith("HIPE_"))]
     for name in names:
         if name in os.environ:
             opts += ["-x", name]

@@ -217,7 +217,7 @@ def duration_words(seconds: float) -> str:
     """3725 -> '1 h 02 min'; 75 -> '1 min 15 s'; 2.5 -> '2.5 s'; 2 days and more in days and hours."""
     if seconds < 9.95:
         return f"{seconds:.1f} s"
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s} s"
     if s < 3600:
@@ -259,7 +259,7 @@ def running_text(rows: Iterable[dict], now: float, heartbeat_every: float, lease
         age = now - r["heartbeat"] if r["heartbeat"] is not None else None
         mark = "" if age is None or age <= 2 * heartbeat_every else (
             "  STALE: lease ran out" if age > lease else "  LATE")
-        lines.append(f"{r['obsid']:>12}  {str(r['host'] or '?')[:20]:<20} {str(r['worker'] or '?'):>7} "
+        lines.append(f"{r['obsid']:>12}  {str(r['host'] or '?')[:20]:<20} {r['worker'] or '?'!s:>7} "
                      f"{r['pid'] if r['pid'] is not None else '?':>8} "
                      f"{_short(now - r['started'] if r['started'] is not None else None):>11} "
                      f"{_short(r.get('expected')):>11} {_short(age) + ' ago' if age is not None else '?':>10}{mark}")

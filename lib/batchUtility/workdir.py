@@ -145,7 +145,7 @@ def clear(entries: List[os.DirEntry], keep: set) -> None:
 def empty_folder(folder: Path) -> None:
     """Make folder an empty folder: created if missing, whatever is in it removed (raises OSError).
     A symbolic link there (a script may replace its cache by one) is removed, never followed."""
-    if folder.is_symlink() or folder.exists() and not folder.is_dir():   # a script replaced it
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):   # a script replaced it
         folder.unlink()
     if not folder.exists():
         folder.mkdir()

@@ -19,8 +19,19 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import (BIN, CpuMeter, commit_of, has_run_j, load_average, md_table, median, obsids, record, start_workers,
-                    wait_workers)
+from common import (
+    BIN,
+    CpuMeter,
+    commit_of,
+    has_run_j,
+    load_average,
+    md_table,
+    median,
+    obsids,
+    record,
+    start_workers,
+    wait_workers,
+)
 
 WORKERS = (1, 8, 32)
 TOOLS = ("xargs -P", "parallel -j", "parallel --sqlworker (MariaDB)", "run (SQLite)", "run (MariaDB)")

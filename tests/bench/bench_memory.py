@@ -8,7 +8,6 @@ from pathlib import Path
 from common import load_average, md_table, obsids, record, wait_workers
 
 
-
 def rss_kib(pid):
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

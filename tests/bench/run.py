@@ -16,14 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_claims  # noqa: E402
-import bench_dispatch  # noqa: E402
-import bench_flat  # noqa: E402
-import bench_launch  # noqa: E402
-import bench_makespan  # noqa: E402
-import bench_memory  # noqa: E402
-import bench_scale  # noqa: E402
-import common  # noqa: E402
+import bench_claims
+import bench_dispatch
+import bench_flat
+import bench_launch
+import bench_makespan
+import bench_memory
+import bench_scale
+import common
 
 BENCHMARKS = {"dispatch": bench_dispatch, "launch": bench_launch, "makespan": bench_makespan, "scale": bench_scale,
               "claims": bench_claims, "memory": bench_memory, "flat": bench_flat}

@@ -3,9 +3,8 @@ import json
 
 import pytest
 
-from support import ROOT, SHARED_DATA, obsids_of, tables
-
 from batchUtility.model import Lease
+from support import ROOT, SHARED_DATA, obsids_of, tables
 
 SAMPLE = ROOT / "sql" / "sample_master.sql"
 

@@ -3,9 +3,9 @@ import os
 import re
 import signal
 import socket
-import time
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -162,7 +162,7 @@ def test_two_overlapping_run_j_3_never_exceed_the_cap(batch, tmp_path):
     second = batch.cli("j", "run", "-j", "3", env=env)
     assert second.returncode == 0 and "3 worker(s) of job j already run on" in second.stdout, second
     assert "SUMMARY" not in second.stdout and SLOT_LINE.findall(second.stdout) == []
-    out, err = first.communicate(timeout=300)
+    _out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     seen = [int(n) for n in Path(str(probe) + ".max").read_text().split()]
     assert len(seen) == 15 and max(seen) <= 3 and max(seen) >= 2
@@ -181,7 +181,7 @@ def test_run_j_starts_only_the_missing_workers(sqlite_batch, tmp_path):
     wait_for(lambda: len(batch.calls_list()) >= 2, 60, "two workers")
     second = batch.popen("j", "run", "-j", "3", env=env)
     out2, err2 = second.communicate(timeout=300)
-    out1, err1 = first.communicate(timeout=300)
+    _out1, err1 = first.communicate(timeout=300)
     assert (first.returncode, second.returncode) == (0, 0), err1 + err2
     assert "2 worker(s) of job j already run on" in out2 and "starting 1 (slot 3 of 3)" in out2
     assert {(m[0], m[1]) for m in SLOT_LINE.findall(out2)} == {("3", "3")}
@@ -361,7 +361,7 @@ def test_a_dead_worker_on_this_host_is_seen_at_once(batch):
     r = batch.cli("j", "reset", "--stale")
     assert r.returncode == 0 and r.stdout.startswith("1 obsids of lost workers taken back"), r.stdout
     assert time.monotonic() - t0 < 5
-    [five, six] = batch.table("j").rows()
+    [five, _six] = batch.table("j").rows()
     assert (five["state"], five["attempts"]) == ("pending", 1) and "gone" in five["reason"]
     worker = batch.popen("j", "run")
     wait_for(lambda: len(batch.calls_list()) >= 2, 60, "the next HIPE")

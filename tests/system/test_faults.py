@@ -691,7 +691,7 @@ if {"fails" in script!r}:
     wait_for(lambda: started.exists() and started.read_text() == f"{OBSID}\n", 60, "the first obsid to run")
     filler = fill(disk)
     go.touch()
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
     [line] = [x for x in err.splitlines() if x.startswith("BatchProcess.py: error: ")]
     ended = "failed" if "fails" in script else "succeeded"
@@ -739,7 +739,7 @@ def test_two_simultaneous_new_of_one_job_one_fails(batch, reaper):
         results = [(p.wait(60), p.stdout.read(), p.stderr.read()) for p in procs]
         codes = sorted(code for code, _, _ in results)
         assert codes == [0, 2], results
-        winner = [i for i, (code, _, _) in enumerate(results) if code == 0][0]
+        winner = next(i for i, (code, _, _) in enumerate(results) if code == 0)
         loser_err = results[1 - winner][2]
         assert "exists already" in loser_err and len(loser_err.splitlines()) == 1, loser_err
         rows = env.table(job).rows()
@@ -896,7 +896,7 @@ def test_a_job_table_of_an_older_version_gets_the_new_columns(batch, reaper):
                 c.cursor().execute(statement)
     workers = [reaper.popen(env.popen("j", "run")) for _ in range(2)]
     for w in workers:
-        out, err = w.communicate(timeout=60)
+        _out, err = w.communicate(timeout=60)
         assert w.returncode == 0, err
     table = env.table("j")
     assert {"lease_expires", "template"} <= set(table.rows()[0])

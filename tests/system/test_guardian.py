@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from support import ROOT, wait_for
-
 from batchUtility.guardian import Guardian, GuardianLost
+from support import ROOT, wait_for
 
 LIB = ROOT / "lib"
 

@@ -1,11 +1,10 @@
 """The lease keeper (lib/batchUtility/lease.py): a real guardian and a real job table."""
 import time
 
-from support import new_job, wait_for
-
 from batchUtility.guardian import Guardian
 from batchUtility.lease import LeaseKeeper
 from batchUtility.model import Lease, Outcome
+from support import new_job, wait_for
 
 
 def test_the_lease_is_renewed_after_many_short_claims(batch):

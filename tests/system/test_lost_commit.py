@@ -13,8 +13,8 @@ import threading
 
 import pytest
 
-from mysql_proxy import MySQLProxy
 from exactly_once import FAST_HIPE, assert_exactly_once, probe, wait_first_run
+from mysql_proxy import MySQLProxy
 from support import OBSID, Worker, new_job, wait_for
 
 CLAIM_UPDATE = r"SET state = 'running'"   # the claim's UPDATE (storage.CLAIM), values filled in by the driver

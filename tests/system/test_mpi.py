@@ -27,8 +27,8 @@
 """
 import os
 import re
-import shutil
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -313,7 +313,7 @@ def test_launcher_started_with_nohup_ignores_hangup_and_ctrl_c(sqlite_batch, rea
     for sig in (signal.SIGHUP, signal.SIGINT):
         os.killpg(launcher.pid, sig)
     go(batch)
-    rc, out, err = finish(launcher, timeout=120)
+    rc, _out, err = finish(launcher, timeout=120)
     assert rc == 0 and "stop" not in err.lower(), err[-3000:]
     done_once(batch, "j", obsids)
 
@@ -359,7 +359,7 @@ def test_launcher_stopped_mpirun_hung(sqlite_batch, reaper, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.mpi
-def test_launcher_stopped_while_the_database_is_frozen(freeze_env, reaper):  # noqa: F811 (a fixture)
+def test_launcher_stopped_while_the_database_is_frozen(freeze_env, reaper):
     """SIGTERM to the launcher while mariadbd is frozen (SIGSTOP), db_patience 600 s, lease 6 s:
     the launcher, mpirun, every worker and every HIPE are gone within seconds, not at the thaw nor
     after db_patience. The obsids that were running could not be put back (the database was away):
@@ -384,7 +384,7 @@ def test_launcher_stopped_while_the_database_is_frozen(freeze_env, reaper):  # n
         stopped = time.monotonic()
         launcher.send_signal(signal.SIGTERM)
         wait_for(lambda: not any(map(pid_alive, scripts)), 10, "HIPE to be stopped while the database is frozen")
-        rc, out, err = finish(launcher, timeout=120)
+        rc, _out, err = finish(launcher, timeout=120)
         took = time.monotonic() - stopped
         wait_for(lambda: not reaper.ours(), 30, "every worker and HIPE to be gone")
     assert rc == 143, err[-3000:]
@@ -645,7 +645,7 @@ class Hosts:
         def step(what, *args):
             try:
                 what(*args)
-            except Exception as e:  # noqa: BLE001 - go on cleaning, report at the end
+            except Exception as e:
                 errors.append(f"{what.__name__}{args}: {e}")
         for _h, proc in self.sshd.items():
             step(self._stop_sshd, proc)

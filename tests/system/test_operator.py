@@ -362,7 +362,7 @@ def test_watch_stops_on_ctrl_c_with_130_and_no_traceback(batch):
     watch = batch.popen("c", "status", "--watch", "0.2")
     wait_for(lambda: watch.stdout.readline().startswith("0 of 2 processed."), 30, "a first block")
     watch.send_signal(signal.SIGINT)
-    out, err = watch.communicate(timeout=30)
+    _out, err = watch.communicate(timeout=30)
     assert watch.returncode == 130 and "Traceback" not in err
 
 

@@ -19,8 +19,6 @@ from fault_soak import soak
 from mariadb_server import PASSWORD, MariaDB
 from support import OBSID, TRIVIAL_HIPE, BatchEnv, Worker, in_transaction, new_job, pid_alive, proc_state, wait_for
 
-
-
 # ----------------------------------------------------------------------------- job templates
 # Python 3 (the trivial HIPE runs job scripts with CPython). Attempt n of an obsid creates
 # output/attempt-OBSID.n; an attempt that hangs writes output/pids-OBSID.n (its pid, and its

@@ -309,7 +309,7 @@ def test_ctrl_c_while_run_starts(sqlite_batch, reaper, jobs):
                     run.wait(timeout=0.008)
                 except subprocess.TimeoutExpired:
                     pass
-            out, err = run.communicate(timeout=60)
+            _out, err = run.communicate(timeout=60)
             what = f"phase {phase}, attempt {attempt}: exit {run.returncode}\n{err}"
             assert "Traceback" not in err and "KeyboardInterrupt" not in err, what
             assert run.returncode == 130 or (run.returncode == -signal.SIGINT and phase == 0 and err == ""), what
@@ -339,7 +339,7 @@ def test_a_stop_signal_ignored_at_start_stays_ignored(sqlite_batch, reaper, jobs
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGHUP, signal.SIGINT):
         os.killpg(run.pid, sig)
     (output / "go").touch()
-    out, err = run.communicate(timeout=120)
+    _, err = run.communicate(timeout=120)
     assert run.returncode == 0 and "stopped" not in err, err
     assert batch.table("j").counts()["done"] == len(obsids)
 
@@ -349,7 +349,7 @@ def test_a_stop_signal_ignored_at_start_stays_ignored(sqlite_batch, reaper, jobs
         started.unlink()
     run = start()
     os.killpg(run.pid, signal.SIGTERM)
-    out, err = run.communicate(timeout=120)
+    _out, err = run.communicate(timeout=120)
     assert run.returncode == 143, err
     assert batch.table("j").counts() == {"pending": len(obsids), "running": 0, "done": 0, "failed": 0}
 
@@ -411,7 +411,7 @@ def test_the_stand_in_reports_script_errors_as_hipe_does(sqlite_batch):
 def test_a_jython_job_script_writes_to_mariadb_through_jdbc(mysql_batch):
     """As in the original, scripts can write results to SQL: the stand-in puts the MariaDB JDBC driver on the class path."""
     batch = mysql_batch
-    from mariadb_server import USER, PASSWORD
+    from mariadb_server import PASSWORD, USER
     url = f"jdbc:mariadb://127.0.0.1:{batch.server.port}/{batch.db}"
     batch.template("jdbc", f"""from java.sql import DriverManager
 from java.lang import Class

@@ -35,7 +35,6 @@ from mariadb_server import MariaDB
 from slurm_cluster import Namespaces, SlurmCluster, missing_commands
 from support import ROOT, BatchEnv, wait_for
 
-
 SBATCH_SH = ROOT / "bin" / "BatchProcess_sbatch.sh"
 ARRAY_SH = ROOT / "bin" / "BatchProcess_array.sh"
 SLOT_LINE = re.compile(r"^\.\.\.\.\.  \[Slot (\d+)/(\d+) on (\S+)\] \[#(\d+), obsid=(\d+)\]$", re.M)

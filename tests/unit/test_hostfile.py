@@ -62,7 +62,7 @@ def test_slot_count_and_describe():
 
 
 def test_find_explicit_then_defaults(tmp_path):
-    with pytest.raises(BadInput, match="no hostfile: looked for .*/hostfile and .*/bin/hostfile"):
+    with pytest.raises(BadInput, match=r"no hostfile: looked for .*/hostfile and .*/bin/hostfile"):
         hostfile.find(None, tmp_path)
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "hostfile").write_text("localhost\n")

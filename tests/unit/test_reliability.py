@@ -5,9 +5,8 @@ import os
 import sqlite3
 import threading
 
-from support import OBSID, wait_for
-
 from batchUtility.model import Outcome
+from support import OBSID, wait_for
 
 
 def test_sqlite_busy_is_retried(sqlite_batch, caplog):

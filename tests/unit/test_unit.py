@@ -14,16 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from support import Reaper, pid_alive, wait_for
-
 from batchUtility import config, report, storage
 from batchUtility.errors import BadInput
 from batchUtility.hipe import _last_words, _verdict, hipe_command, py2_string, script_text
-from batchUtility.workdir import keep_previous, make_scratch
+from batchUtility.model import Outcome, check_identifier
 from batchUtility.obsids import read_obsids
 from batchUtility.slot import Slot, current_slot
-from batchUtility.model import Outcome, check_identifier
 from batchUtility.storage import in_list
+from batchUtility.workdir import keep_previous, make_scratch
+from support import Reaper, pid_alive, wait_for
 
 NOT_OBSID = "is not an obsid (a positive whole number of at most 10 digits)"
 

@@ -13,8 +13,20 @@ from batchUtility.config import Config, HipeSettings, RunSettings
 from batchUtility.errors import BlackHole, SetupBroken
 from batchUtility.model import Outcome
 from batchUtility.slot import Slot
-from batchUtility.testing import (FakeGuardian, FakeLauncher, FakeLeaseKeeper, InMemoryJobTable, claim_lost, done,
-                                  fenced, killed, script_error, setup_fault, slow, stopped)
+from batchUtility.testing import (
+    FakeGuardian,
+    FakeLauncher,
+    FakeLeaseKeeper,
+    InMemoryJobTable,
+    claim_lost,
+    done,
+    fenced,
+    killed,
+    script_error,
+    setup_fault,
+    slow,
+    stopped,
+)
 from batchUtility.worker import Worker
 
 JOB = "j"
@@ -210,7 +222,7 @@ def test_a_claim_lost_records_nothing(make):
     launcher = FakeLauncher(claim_lost(table, max_attempts=3), done())
     w = make(table, launcher)
     assert w.run() == 0
-    first, second = w.keeper.held
+    _first, second = w.keeper.held
     # Taken back by another worker (an attempt counted there); this worker wrote nothing for its first
     # claim (no finish, no put-back), claimed the obsid again and recorded that claim's outcome.
     assert [(op, claim.token) for op, claim in table.calls] == [("finish", second.token)]

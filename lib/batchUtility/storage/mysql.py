@@ -30,8 +30,8 @@ class MySQLJobTable(JobTable):
   WHERE table_schema = DATABASE() AND table_name = :name ORDER BY ordinal_position"""
     table_names = "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
     # Lock wait, deadlock, server shutting down / gone / unreachable / lost, too many connections.
-    TRANSIENT = {1205, 1213, 1053, 1040, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
-    CONNECTION = {1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
+    TRANSIENT = frozenset({1205, 1213, 1053, 1040, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
+    CONNECTION = frozenset({1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
 
     def __init__(self, *args: Any, **kwargs: Any):
         import MySQLdb  # imported here so that SQLite users need no MySQL client library

@@ -6,9 +6,25 @@ these writes, and none waits for a writer.
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..model import DONE, PENDING, STATES
-from .statements import (ALL_ROWS, ANY_RUNNING, BY_HOST, COUNT_ALL, COUNT_BY_STATE, FINISHED_SINCE, FIRST_FAILURES,
-                         HISTORY_ALL, HISTORY_OF_OBSID, HISTORY_SINCE, ONE_ROW, RECENT_DONE, RESULT_NAMES,
-                         RESULTS_OF_DONE, RUNNING_NOW, STATE_BY_EXPECTED, WORKERS_SEEN)
+from .statements import (
+    ALL_ROWS,
+    ANY_RUNNING,
+    BY_HOST,
+    COUNT_ALL,
+    COUNT_BY_STATE,
+    FINISHED_SINCE,
+    FIRST_FAILURES,
+    HISTORY_ALL,
+    HISTORY_OF_OBSID,
+    HISTORY_SINCE,
+    ONE_ROW,
+    RECENT_DONE,
+    RESULT_NAMES,
+    RESULTS_OF_DONE,
+    RUNNING_NOW,
+    STATE_BY_EXPECTED,
+    WORKERS_SEEN,
+)
 
 
 class Reads:

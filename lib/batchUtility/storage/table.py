@@ -15,20 +15,56 @@ import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import BadInput, BatchError, DatabaseUnavailable, JobExists, JobMissing, NotAJobTable
-from ..model import (DONE, FAILED, HISTORY_SUFFIX, INTERACTIVE_PATIENCE, PENDING, SQL_NAME, Claim, Lease, Outcome,
-                     check_identifier)
+from ..model import DONE, FAILED, HISTORY_SUFFIX, INTERACTIVE_PATIENCE, PENDING, SQL_NAME, Claim, Lease, Outcome, check_identifier
 from ..obsids import WHAT_AN_OBSID_IS, as_obsid
 from ..results import as_row as result_row
 from .engine import Engine
 from .reads import Reads
-from .statements import (ADD_COLUMN, ADDED_COLUMNS, ATTEMPT_RECORDED, CLAIM, CLAIMED_BY, COUNT_LIVE_RUNNING,
-                         CREATE_CLAIM_INDEX, CREATE_ENDED_INDEX, CREATE_HISTORY_INDEX, CREATE_HISTORY_STARTED_INDEX,
-                         CREATE_HISTORY_TABLE, CREATE_HOSTS_INDEX, CREATE_JOB_TABLE, CREATE_RESULTS_TABLE, DONE_ELSEWHERE,
-                         DROP_HISTORY_TABLE, DROP_JOB_TABLE, DROP_RESULTS_TABLE, EXPECTED_FROM_HISTORY,
-                         EXPECTED_FROM_MASTER, FINISH, HEARTBEAT, HISTORY_FROM_ROW, HOSTS_INDEX, INSERT_FROM_MASTER,
-                         INSERT_OBSID, LOST_MARK, LOST_RELEASE, LOST_TO_HISTORY, MASTER_OBSIDS, PICK_PENDING, PRESENT,
-                         REQUEUE, RESET_ALL, RESET_LISTED, RESULTS_DELETE, RESULTS_DELETE_ALL, RESULTS_DELETE_LISTED,
-                         RESULTS_INSERT, RESULTS_SUFFIX, RUNNING_ON_HOST, STALE, in_list)
+from .statements import (
+    ADD_COLUMN,
+    ADDED_COLUMNS,
+    ATTEMPT_RECORDED,
+    CLAIM,
+    CLAIMED_BY,
+    COUNT_LIVE_RUNNING,
+    CREATE_CLAIM_INDEX,
+    CREATE_ENDED_INDEX,
+    CREATE_HISTORY_INDEX,
+    CREATE_HISTORY_STARTED_INDEX,
+    CREATE_HISTORY_TABLE,
+    CREATE_HOSTS_INDEX,
+    CREATE_JOB_TABLE,
+    CREATE_RESULTS_TABLE,
+    DONE_ELSEWHERE,
+    DROP_HISTORY_TABLE,
+    DROP_JOB_TABLE,
+    DROP_RESULTS_TABLE,
+    EXPECTED_FROM_HISTORY,
+    EXPECTED_FROM_MASTER,
+    FINISH,
+    HEARTBEAT,
+    HISTORY_FROM_ROW,
+    HOSTS_INDEX,
+    INSERT_FROM_MASTER,
+    INSERT_OBSID,
+    LOST_MARK,
+    LOST_RELEASE,
+    LOST_TO_HISTORY,
+    MASTER_OBSIDS,
+    PICK_PENDING,
+    PRESENT,
+    REQUEUE,
+    RESET_ALL,
+    RESET_LISTED,
+    RESULTS_DELETE,
+    RESULTS_DELETE_ALL,
+    RESULTS_DELETE_LISTED,
+    RESULTS_INSERT,
+    RESULTS_SUFFIX,
+    RUNNING_ON_HOST,
+    STALE,
+    in_list,
+)
 
 log = logging.getLogger(__name__)
 
