@@ -6,7 +6,9 @@ same before and after (`snapshot`).
 The table is run in-process through `cli.main` (tests/unit on SQLite, tests/integration on MariaDB),
 and a few of its cases through the real `bin/BatchProcess.py` (tests/system).
 """
+import io
 import sqlite3
+import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
@@ -272,3 +274,17 @@ def assert_refused(case, fill, code, out, err):
     for fragment in case.expect:
         assert fill(fragment) in lines[0], lines[0]
     assert PASSWORD not in err
+
+
+def refused_in_process(batch, case, main, monkeypatch):
+    """One case through `cli.main` in this process (the `main` fixture): refused as assert_refused
+    says, and nothing changed (the tables and the job's folder as before)."""
+    make_job(batch)
+    file = case.setup(batch) if case.setup else None
+    before = snapshot(batch)
+    fill = filler(batch, file)
+    if case.stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(case.stdin))
+    r = main(*[fill(a) for a in case.args])
+    assert_refused(case, fill, r.code, r.out, r.err)
+    assert snapshot(batch) == before, "a bad input changed something"
