@@ -4,15 +4,18 @@ Pure arithmetic, no database: storage gathers the figures, report words the answ
 
 Each obsid's expected duration is its master `pipetime`, corrected by how long obsids have
 actually taken in this job against their pipetime (a least-squares line over recent finishes:
-today's machines and HIPE need not be 2014's); an obsid without a pipetime is expected to take
-the mean measured duration of this job. The remaining work (pending obsids, and what is left of
-the running ones) is list-scheduled longest first onto the workers seen recently, as the workers
-claim it, so a few long obsids at the end are not spread thinly over idle workers as total/W
-would. With nothing to go on the estimate is unknown, never a guess.
+today's machines and HIPE need not be 2014's); an obsid without a pipetime, or whose pipetime is
+not a number ('', 'abc': `model.as_seconds`), is expected to take the mean measured duration of
+this job. The remaining work (pending obsids, and what is left of the running ones) is
+list-scheduled longest first onto the workers seen recently, as the workers claim it, so a few
+long obsids at the end are not spread thinly over idle workers as total/W would. With nothing to
+go on the estimate is unknown, never a guess.
 """
 import heapq
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
+
+from .model import as_seconds
 
 EXACT_LIMIT = 20_000   # the longest pending obsids scheduled one by one; the others are poured in at once
 OVERDUE_SHARE = 0.05   # an obsid past its expected end is given this share of it again
@@ -35,14 +38,15 @@ class Estimate:
     basis: str                 # what it rests on, or why it is unknown
 
 
-def fit_speed(samples: Sequence[Tuple[float, float]]) -> Speed:
+def fit_speed(samples: Sequence[Tuple[Any, Any]]) -> Speed:
     """The line through (expected, measured) pairs of finished obsids.
 
     A line rather than a ratio: launching HIPE costs about the same for short and long obsids.
     Falls back to a ratio when the pairs are too alike to give a slope, or the line would make
     short obsids cost less than nothing.
     """
-    pairs = [(float(x), float(y)) for x, y in samples if x is not None and y is not None and x > 0 and y >= 0]
+    pairs = [(x, y) for x, y in ((as_seconds(x), as_seconds(y)) for x, y in samples)
+             if x is not None and y is not None and x > 0]
     n = len(pairs)
     if n == 0:
         return Speed()
@@ -62,7 +66,7 @@ def fit_speed(samples: Sequence[Tuple[float, float]]) -> Speed:
     return Speed(slope, overhead, n)
 
 
-def estimate(pending: Iterable[Tuple[Optional[float], int]], running: Iterable[Tuple[Optional[float], float]],
+def estimate(pending: Iterable[Tuple[Any, int]], running: Iterable[Tuple[Any, float]],
              speed: Speed, mean_measured: Optional[float], workers: int) -> Estimate:
     """Seconds until the last obsid ends.
 
@@ -79,9 +83,8 @@ def estimate(pending: Iterable[Tuple[Optional[float], int]], running: Iterable[T
         return Estimate(None, "no worker seen recently")
 
     def duration(expected):
-        if expected is not None:
-            return speed.of(float(expected))
-        return mean_measured
+        seconds = as_seconds(expected)   # not a number ('', 'abc'): unknown, as NULL
+        return mean_measured if seconds is None else speed.of(seconds)
 
     loads: List[float] = []
     for expected, elapsed in running:

@@ -4,9 +4,10 @@ ended, what a heartbeat found, and which names may name a job.
 No I/O here and no imports of the project's other modules, so that every module can import this one.
 """
 import enum
+import math
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from .errors import BadInput
 
@@ -20,6 +21,19 @@ SQL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}\Z")   # what storage agrees t
 
 INTERACTIVE_PATIENCE = 10.0  # seconds a command a person waits for (status, reset, new, a stop) bears database trouble
 FENCE_SHARE = 0.7  # HIPE is killed when this share of the lease passed since the last renewal began
+
+
+def as_seconds(value: Any) -> Optional[float]:
+    """A duration as the database holds it (a master table's pipetime, a job's expected) in seconds,
+    or None (unknown) when it is not a number: NULL, '', 'abc', negative, infinite. A master table's
+    pipetime column may be text (the 2014 dump's users made their own); SQLite keeps text as text."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value.strip() if isinstance(value, (str, bytes)) else value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def check_identifier(name: object, what: str = "job name") -> str:

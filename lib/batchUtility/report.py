@@ -8,7 +8,7 @@ from typing import Iterable, List, Optional, TextIO
 
 from . import eta
 from .eta import Estimate
-from .model import DONE, FAILED, PENDING, RUNNING, STATES
+from .model import DONE, FAILED, PENDING, RUNNING, STATES, as_seconds
 
 RATE_WINDOW = 600.0     # seconds the rate is measured over
 WORKERS_WINDOW = 300.0  # a worker counts as present if it was heard from this recently
@@ -138,14 +138,15 @@ def pace_of(figures: dict) -> Pace:
 def _speed(figures: dict):
     """The speed fitted to recent finishes, and their mean duration (None if none finished)."""
     recent = [(e, s) for e, s in figures["recent"] if s is not None]
-    speed = eta.fit_speed([(e, s) for e, s in recent if e is not None])
+    speed = eta.fit_speed([(e, s) for e, s in recent if as_seconds(e) is not None])
     return speed, (sum(s for _, s in recent) / len(recent) if recent else None)
 
 
 def expected_now(figures: dict, expected) -> Optional[float]:
     """An obsid's expected duration as this job's finishes suggest (None: nothing to go on)."""
     speed, mean = _speed(figures)
-    return speed.of(float(expected)) if expected is not None else mean
+    seconds = as_seconds(expected)   # '' or 'abc' from a master table's text column: unknown
+    return speed.of(seconds) if seconds is not None else mean
 
 
 def progress_bar(counts, width: int = BAR_WIDTH) -> str:
@@ -262,7 +263,7 @@ def running_text(rows: Iterable[dict], now: float, heartbeat_every: float, lease
         lines.append(f"{r['obsid']:>12}  {str(r['host'] or '?')[:20]:<20} {r['worker'] or '?'!s:>7} "
                      f"{r['pid'] if r['pid'] is not None else '?':>8} "
                      f"{_short(now - r['started'] if r['started'] is not None else None):>11} "
-                     f"{_short(r.get('expected')):>11} {_short(age) + ' ago' if age is not None else '?':>10}{mark}")
+                     f"{_short(as_seconds(r.get('expected'))):>11} {_short(age) + ' ago' if age is not None else '?':>10}{mark}")
     if not count:
         return "no obsid is running"
     return "\n".join(lines)

@@ -29,6 +29,9 @@ class MySQLJobTable(JobTable):
     columns_of = """SELECT LOWER(column_name) FROM information_schema.columns
   WHERE table_schema = DATABASE() AND table_name = :name ORDER BY ordinal_position"""
     table_names = "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
+    # A decimal number, as text or not; '' or 'abc' would be 0 to MariaDB (INSERT IGNORE), not unknown.
+    number_or_null = ("CASE WHEN TRIM({value}) REGEXP '^[+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$' "
+                      "THEN LEAST(ROUND(TRIM({value})), {most}) END")
     # Lock wait, deadlock, server shutting down / gone / unreachable / lost, too many connections.
     TRANSIENT = frozenset({1205, 1213, 1053, 1040, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
     CONNECTION = frozenset({1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031})

@@ -5,7 +5,7 @@ these writes, and none waits for a writer.
 """
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from ..model import DONE, PENDING, STATES
+from ..model import DONE, PENDING, STATES, as_seconds
 from .statements import (
     ALL_ROWS,
     ANY_RUNNING,
@@ -98,7 +98,9 @@ class Reads:
         them); workers (distinct host, slot and pid heard from since now - workers_window); pending
         ((expected, count) groups); running (rows as `running()` gives them); recent ((expected,
         seconds) of the last `samples` done obsids, newest first). census=False leaves out counts
-        and pending, which read every row (`status --running` needs neither).
+        and pending, which read every row (`status --running` needs neither). An expected duration
+        that is not a number (a job made from a master table whose pipetime is text: '', 'abc') is
+        None, unknown, as NULL is.
         """
         def read(cur):
             now = self._db_now(cur)
@@ -108,9 +110,9 @@ class Reads:
             for state, expected, n in (self._execute(cur, STATE_BY_EXPECTED).fetchall() if census else ()):
                 counts[state] = counts.get(state, 0) + int(n)
                 if state == PENDING:
-                    pending.append((expected, int(n)))
-            running = _dicts(self._execute(cur, RUNNING_NOW))
-            recent = [(e, s) for e, s in self._execute(cur, RECENT_DONE, {"limit": samples}).fetchall()]
+                    pending.append((as_seconds(expected), int(n)))
+            running = _with_seconds(_dicts(self._execute(cur, RUNNING_NOW)))
+            recent = [(as_seconds(e), s) for e, s in self._execute(cur, RECENT_DONE, {"limit": samples}).fetchall()]
             return {"now": now, "counts": counts if census else None, "finished": int(finished or 0),
                     "first_start": first_start, "workers": int(workers), "pending": pending, "running": running,
                     "recent": recent}
@@ -120,7 +122,7 @@ class Reads:
         """The database's clock, and the running obsids: obsid, attempt, host, worker (slot), pid,
         started, heartbeat, expected, reason."""
         def read(cur):
-            return self._db_now(cur), _dicts(self._execute(cur, RUNNING_NOW))
+            return self._db_now(cur), _with_seconds(_dicts(self._execute(cur, RUNNING_NOW)))
         return self._transaction(read, "listing running obsids", write=False)
 
     def iter_history(self, since: Optional[float] = None) -> Iterator[Dict[str, Any]]:
@@ -143,6 +145,13 @@ class Reads:
     def clock(self) -> float:
         """The database's clock, epoch seconds."""
         return self._transaction(self._db_now, "reading the clock", write=False)
+
+
+def _with_seconds(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The rows with their expected duration a number of seconds or None (never '' or 'abc')."""
+    for row in rows:
+        row["expected"] = as_seconds(row["expected"])
+    return rows
 
 
 def _dicts(cur: Any) -> List[Dict[str, Any]]:

@@ -27,6 +27,10 @@ class SQLiteJobTable(JobTable):
     columns_of = "SELECT name FROM pragma_table_info(:name)"
     table_names = "SELECT name FROM sqlite_master WHERE type = 'table'"
     Error = sqlite3.Error
+    # A text that SQLite's numeric affinity turns into the same number ('12', ' 12.5 ', '1e3'), or a
+    # number: not '', 'abc', '12abc', '0x10', nor a negative.
+    number_or_null = ("CASE WHEN CAST(TRIM({value}) AS NUMERIC) = TRIM({value}) AND CAST(TRIM({value}) AS REAL) >= 0 "
+                      "THEN MIN(ROUND(CAST(TRIM({value}) AS REAL)), {most}) END")
 
     def _connect(self) -> sqlite3.Connection:
         path = self.settings.path

@@ -64,12 +64,16 @@ DROP_HISTORY_TABLE = "DROP TABLE IF EXISTS {history_table}"
 DROP_JOB_TABLE = "DROP TABLE IF EXISTS {job_table}"
 
 INSERT_FROM_MASTER = """{insert_ignore} INTO {job_table} (obsid, expected)
-  SELECT obsid, {expected} FROM {master_table} WHERE obsid IS NOT NULL"""
+  SELECT m.obsid, {expected} FROM {master_table} m WHERE m.obsid IS NOT NULL"""
 INSERT_OBSID = "{insert_ignore} INTO {job_table} (obsid) VALUES (:obsid)"
 MASTER_OBSIDS = "SELECT obsid FROM {master_table} WHERE obsid IS NOT NULL"
 EXPECTED_FROM_MASTER = """UPDATE {job_table}
-  SET expected = (SELECT m.pipetime FROM {master_table} m WHERE m.obsid = {job_table}.obsid)
+  SET expected = (SELECT {expected} FROM {master_table} m WHERE m.obsid = {job_table}.obsid)
   WHERE expected IS NULL"""
+# The obsids of the job whose master pipetime is there but not a number ('', 'abc'): {expected} is the
+# dialect's `number_or_null` of m.pipetime, NULL for those; they expect what others took (eta.py).
+PIPETIME_NOT_A_NUMBER = """SELECT COUNT(*) FROM {job_table} j JOIN {master_table} m ON m.obsid = j.obsid
+  WHERE m.pipetime IS NOT NULL AND {expected} IS NULL"""
 # An obsid without a pipetime (a job made from a file) expects what its successful attempts took in
 # an earlier job's history {earlier_history}: so that long obsids are still claimed first. Only pending
 # rows: a finished row is left exactly as its run left it.

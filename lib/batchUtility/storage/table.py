@@ -52,6 +52,7 @@ from .statements import (
     LOST_TO_HISTORY,
     MASTER_OBSIDS,
     PICK_PENDING,
+    PIPETIME_NOT_A_NUMBER,
     PRESENT,
     REQUEUE,
     RESET_ALL,
@@ -184,14 +185,21 @@ class JobTable(Reads, Engine):
         if obsids is None and (master_columns is None or "obsid" not in master_columns):
             why = "has no column 'obsid'" if master_columns else "not found"
             raise BadInput(f"master table '{master}' {why} in {self.settings.describe()} ([sql] table in batch.cfg)")
-        expected = "pipetime" if master_columns and "pipetime" in master_columns else None
+        # A pipetime that is not a number ('', 'abc': the column may be text) becomes NULL, unknown.
+        expected = (self.number_or_null.format(value="m.pipetime", most=2**31 - 1)
+                    if master_columns and "pipetime" in master_columns else None)
         master_table = self.quote(master) if master else ""
         if obsids is None:
             self._transaction(lambda cur: self._check_master_obsids(cur, master, master_table), "reading the master table",
                               write=False)
 
+        def not_numbers(cur):
+            if not expected:
+                return 0
+            return int(self._execute(cur, PIPETIME_NOT_A_NUMBER, master_table=master_table, expected=expected).fetchone()[0])
+
         def fill(cur):
-            before = self._count(cur)
+            before, bad_before = self._count(cur), not_numbers(cur)
             if obsids is None:
                 self._execute(cur, INSERT_FROM_MASTER, master_table=master_table, expected=expected or "NULL")
             else:
@@ -199,9 +207,9 @@ class JobTable(Reads, Engine):
                 for start in range(0, len(obsids), 50_000):
                     cur.executemany(insert, [{"obsid": o} for o in obsids[start:start + 50_000]])
                 if expected:
-                    self._execute(cur, EXPECTED_FROM_MASTER, master_table=master_table)
+                    self._execute(cur, EXPECTED_FROM_MASTER, master_table=master_table, expected=expected)
             self._expect_from_history(cur)
-            return self._count(cur) - before
+            return self._count(cur) - before, not_numbers(cur) - bad_before
 
         if not existed:
             try:
@@ -215,11 +223,19 @@ class JobTable(Reads, Engine):
                 existed = True
                 self._require_made()
         try:
-            return self._transaction(fill, "filling the job table")
+            added, not_a_number = self._transaction(fill, "filling the job table")
         except BaseException:
             if not existed:
                 self.drop()
             raise
+        if not_a_number:
+            log.warning("%d obsid(s) added have a pipetime in master table '%s' that is not a number ('' or text): "
+                        "their durations count as unknown", not_a_number, master)
+        return added
+
+    # A master table's pipetime {value} as a number of seconds (at most {most}, the job's INT), or NULL
+    # when it is not one: each dialect says it (sqlite.py, mysql.py).
+    number_or_null = "{value}"
 
     def _check_master_obsids(self, cur: Any, master: str, master_table: str) -> None:
         """Raise BadInput at the master table's first value that is not an obsid, as for a file's

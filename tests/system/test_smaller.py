@@ -1,0 +1,84 @@
+"""Issue 18's smaller faults, through the command line as users meet them: a master table's pipetime
+that is not a number, HIPE's terminal escapes, a frozen server under the interactive commands."""
+import json
+import sqlite3
+
+from support import ROOT
+
+SAMPLE = ROOT / "sql" / "sample_master.sql"
+# pipetime as a text column may hold it: '' and 'abc' are not numbers (unknown), '12.5' is one, NULL unknown.
+PIPETIMES = {1342191001: "", 1342191002: "abc", 1342191003: "12.5", 1342191004: None}
+
+
+def _master_with_text_pipetimes(batch):
+    """The master table v11_1 (sql/master_*.sql) holding PIPETIMES; on MariaDB its pipetime column made
+    text first (an INT column could not hold 'abc'); SQLite keeps '' and 'abc' as text in any column."""
+    batch.load_master()
+    rows = list(PIPETIMES.items())
+    if batch.backend == "sqlite":
+        with sqlite3.connect(batch.root / "batch.sqlite") as db:
+            db.executemany("INSERT INTO v11_1 (obsid, pipetime) VALUES (?, ?)", rows)
+        return
+    with batch.server.admin(batch.db) as c:
+        cur = c.cursor()
+        cur.execute("ALTER TABLE v11_1 MODIFY pipetime VARCHAR(20) NULL")
+        cur.executemany("INSERT INTO v11_1 (obsid, pipetime) VALUES (%s, %s)", rows)
+        c.commit()
+
+
+def _no_traceback(r, what):
+    assert r.returncode == 0, f"{what}: exit {r.returncode}\n{r.stderr}"
+    assert "Traceback" not in r.stderr and "TypeError" not in r.stderr and "ValueError" not in r.stderr, \
+        f"{what}:\n{r.stderr}"
+
+
+def test_a_pipetime_that_is_not_a_number_is_unknown_everywhere(batch):
+    """`new` says once how many pipetimes are not numbers and expects nothing of them; `run -j 2`'s
+    summary, `status` (with workers seen and obsids finished), `--json`, `--running` and `report` work."""
+    _master_with_text_pipetimes(batch)
+    batch.template("j", "print(obsid)\n")
+    r = batch.cli("j", "new")
+    assert r.returncode == 0, r.stderr
+    assert "4 obsids added" in r.stdout
+    warnings = r.stderr.splitlines()
+    assert len(warnings) == 1 and "2 obsid(s)" in warnings[0] and "not a number" in warnings[0], r.stderr
+    expected = {row["obsid"]: row["expected"] for row in batch.table("j").rows()}
+    assert expected[1342191001] is None and expected[1342191002] is None and expected[1342191004] is None
+    assert abs(float(expected[1342191003]) - 12.5) <= 0.5
+
+    r = batch.cli("j", "run", "-j", "2")
+    _no_traceback(r, "run -j 2")
+    assert "4 of 4 processed" in r.stdout
+    # Two put back: the status block schedules pending obsids of unknown duration, with workers seen
+    # and the speed fitted to finishes, one of them of pipetime ''.
+    r = batch.cli("j", "reset", "--yes", "--obsids", batch.obsid_file([1342191002, 1342191004]))
+    assert r.returncode == 0, r.stderr
+    for args in (("status",), ("status", "--json"), ("status", "--running"), ("status", "--hosts"),
+                 ("report", batch.root / "report.html")):
+        r = batch.cli("j", *args)
+        _no_traceback(r, " ".join(map(str, args)))
+    status = json.loads(batch.cli("j", "status", "--json").stdout)
+    assert status["pending"] == 2 and status["eta_seconds"] is not None
+    assert (batch.root / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_a_job_holding_text_as_expected_durations_is_read_as_unknown(sqlite_batch):
+    """A job made by an earlier version on SQLite kept '' and 'abc' as its expected durations: the
+    status block, `status --running` and the report read them as unknown."""
+    batch = sqlite_batch
+    batch.template("j", "print(obsid)\n")
+    assert batch.cli("j", "new", batch.obsid_file([11, 12, 13, 14])).returncode == 0
+    r = batch.cli("j", "run")
+    _no_traceback(r, "run")
+    with sqlite3.connect(batch.root / "batch.sqlite") as db:
+        db.execute("UPDATE j SET expected = CASE obsid WHEN 11 THEN '' WHEN 12 THEN 'abc' ELSE expected END")
+        db.execute("UPDATE j SET state = 'pending', expected = 'abc' WHERE obsid = 13")
+        # One obsid running under a live lease (a worker elsewhere), its expected text too.
+        db.execute("""UPDATE j SET state = 'running', expected = '', token = 'x', host = 'elsewhere', worker = '1/1',
+                      pid = 1, started = (julianday('now') - 2440587.5) * 86400.0 - 5,
+                      heartbeat = (julianday('now') - 2440587.5) * 86400.0,
+                      lease_expires = (julianday('now') - 2440587.5) * 86400.0 + 600 WHERE obsid = 14""")
+    for args in (("status",), ("status", "--json"), ("status", "--running"), ("report", batch.root / "r.html")):
+        r = batch.cli("j", *args)
+        _no_traceback(r, " ".join(map(str, args)))
+    assert "ETA" in batch.cli("j", "status").stdout
