@@ -16,7 +16,7 @@ from . import __version__, config, report, results, signals, timeline
 from .errors import BadInput, BatchError
 from .frontend import COMMAND, EXIT_STATUSES, job_exit_status, print_status, say_error, status_block
 from .local import LocalRun
-from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier
+from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier, printable
 from .obsids import MAX_OBSID, WHAT_AN_OBSID_IS, read_obsids
 from .procfs import process_gone
 from .slot import current_slot, host_name
@@ -375,8 +375,9 @@ def cmd_results(cfg: config.Config, args: argparse.Namespace) -> int:
     table.require()
     names = table.result_names()
     rows = ((r["obsid"], r["name"], r["value"]) for r in table.iter_results())
-    if not args.csv:
-        return _to_stdout(lambda: results.write_table(names, rows, sys.stdout))
+    if not args.csv:   # a terminal's: a script's string must not drive it (a FILE keeps values as recorded)
+        shown = ((obsid, name, None if value is None else printable(value)) for obsid, name, value in rows)
+        return _to_stdout(lambda: results.write_table(names, shown, sys.stdout))
     try:
         with open(args.csv, "w", encoding="utf-8", newline="") as out:
             count = results.write_table(names, rows, out)

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional
 from . import results, workdir
 from .config import PASSWORD_ENV, HipeSettings
 from .guardian import Guardian, GuardianLost
-from .model import LaunchEnd, Lease, Outcome
+from .model import LaunchEnd, Lease, Outcome, printable
 
 KILL_GRACE = 5.0   # seconds between SIGTERM and SIGKILL to HIPE's process group
 POLL = 0.2         # how often the wait loop looks at signals, the timeout and the lease
@@ -299,11 +299,14 @@ def _verdict(code: int, completed: bool, stderr_path: Path) -> Outcome:
 
 
 def _last_words(stderr_path: Path) -> str:
-    """': ' and the last non-blank line HIPE wrote to stderr (usually the exception), if any."""
+    """': ' and the last non-blank line HIPE wrote to stderr (usually the exception), if any, without
+    terminal escapes or control characters (model.printable): it becomes the reason that `status`,
+    the report and the log lines show."""
     try:
         with open(stderr_path, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-            lines = [line.strip() for line in f.read().decode("utf-8", "replace").splitlines() if line.strip()]
+            lines = [printable(line).strip() for line in f.read().decode("utf-8", "replace").splitlines()]
+            lines = [line for line in lines if line]
     except OSError:
         return ""
     return f": {lines[-1][:160]}" if lines else ""

@@ -23,6 +23,21 @@ INTERACTIVE_PATIENCE = 10.0  # seconds a command a person waits for (status, res
 FENCE_SHARE = 0.7  # HIPE is killed when this share of the lease passed since the last renewal began
 
 
+# A terminal's escape sequences (CSI, OSC, DCS/SOS/PM/APC strings, two-character escapes), and the
+# control characters left after them: C0 but tab, DEL, C1 (CSI as the one character 0x9b included).
+_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+                      r"|[PX^_][^\x1b\x9c]*(?:\x1b\\|\x9c)?|[ -/]*[0-~])?"
+                      r"|\x9b[0-?]*[ -/]*[@-~]|\x9d[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?")
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def printable(text: Any) -> str:
+    """Text that came from HIPE or a job script (its last stderr line, a result), safe to store and to
+    print on a terminal: escape sequences and control characters (C0 but tab, DEL, C1) removed, so
+    that it cannot clear a screen, retitle a window, move the cursor or hide what follows."""
+    return _CONTROLS.sub("", _ESCAPES.sub("", "" if text is None else str(text)))
+
+
 def as_seconds(value: Any) -> Optional[float]:
     """A duration as the database holds it (a master table's pipetime, a job's expected) in seconds,
     or None (unknown) when it is not a number: NULL, '', 'abc', negative, infinite. A master table's

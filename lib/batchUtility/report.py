@@ -8,7 +8,7 @@ from typing import Iterable, List, Optional, TextIO
 
 from . import eta
 from .eta import Estimate
-from .model import DONE, FAILED, PENDING, RUNNING, STATES, as_seconds
+from .model import DONE, FAILED, PENDING, RUNNING, STATES, as_seconds, printable
 
 RATE_WINDOW = 600.0     # seconds the rate is measured over
 WORKERS_WINDOW = 300.0  # a worker counts as present if it was heard from this recently
@@ -30,7 +30,7 @@ def status_text(job, counts, failures, hosts=None, pace=None) -> str:
         lines += pace_lines(counts, pace)
     if failures:
         lines.append(f"  failed obsids (first {len(failures)}):")
-        lines += [f"    {obsid}  after {attempts} attempt(s): {reason}" for obsid, attempts, reason in failures]
+        lines += [f"    {obsid}  after {attempts} attempt(s): {printable(reason)}" for obsid, attempts, reason in failures]
         lines.append(f"  retry them with: BatchProcess.py {job} reset --failed")
         lines.append(f"  why each attempt ended: BatchProcess.py {job} status --obsid OBSID")
     if hosts is not None:
@@ -58,13 +58,13 @@ def obsid_text(row, history) -> str:
     if row["state"] == RUNNING:
         head += f", running on {row['host']} slot {row['worker']} pid {row['pid']}"
     elif row["state"] != DONE and row["reason"]:
-        head += f": {row['reason']}"
+        head += f": {printable(row['reason'])}"
     lines = [head] + ([] if history else ["  no attempt recorded yet"])
     for h in history:
         took = f"{h['ended'] - h['started']:.1f} s" if h["started"] is not None and h["ended"] is not None else "?"
         lines.append(f"  attempt {h['attempt']}  {h['outcome']:<7}  {_when(h['started'])}  {took:>9}  "
                      f"{h['host']} slot {h['worker']} pid {h['pid']}  {_ending(h)}"
-                     + (f"  {h['reason']}" if h["reason"] else "")
+                     + (f"  {printable(h['reason'])}" if h["reason"] else "")
                      + (f"  [template {h['template']}]" if h.get("template") else ""))
     return "\n".join(lines)
 
@@ -286,7 +286,7 @@ def history_record(seq: int, h: dict) -> dict:
             "JobRuntime": _round(ended - started) if started is not None and ended is not None else None,
             "Exitval": h["exit_code"], "Signal": h["signal_no"] or 0,
             "obsid": h["obsid"], "attempt": h["attempt"], "slot": h["worker"], "pid": h["pid"],
-            "end": _round(ended), "outcome": h["outcome"], "reason": h["reason"] or ""}
+            "end": _round(ended), "outcome": h["outcome"], "reason": printable(h["reason"])}
 
 
 def _round(x):
@@ -321,7 +321,7 @@ def history_text(attempts: Iterable[dict], out: TextIO) -> int:
         took = f"{r['JobRuntime']:.1f} s" if r["JobRuntime"] is not None else "?"
         out.write(f"{n:>7}  {_when(h['started'])}  {took:>9}  {h['obsid']:>12} #{h['attempt']:<2} {h['outcome']:<7} "
                   f"{h['host']} slot {h['worker']} pid {h['pid']}  {_ending(h)}"
-                  + (f"  {h['reason']}" if h["reason"] else "") + "\n")
+                  + (f"  {r['reason']}" if r["reason"] else "") + "\n")
     if not n:
         out.write("no attempt recorded\n")
     return n

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from .model import printable
+
 # Colours told apart also by people with red-green colour blindness (Okabe-Ito), by outcome.
 COLOURS = {"done": "#009e73", "failed": "#d55e00", "lost": "#e69f00", "stopped": "#999999", "running": "#0072b2"}
 OTHER_COLOUR = "#cc79a7"
@@ -122,7 +124,7 @@ def svg(attempts: Sequence[dict], now: float, title: str = "") -> str:
         took = f"{end - a['started']:.1f} s" + (" so far" if a["ended"] is None else "")
         tip = f"obsid {a['obsid']} attempt {a['attempt']}: {a['outcome']}, {took}, {a['host']} slot {a['worker']}"
         if a.get("reason"):
-            tip += f"; {a['reason']}"
+            tip += f"; {printable(a['reason'])}"   # a reason an earlier version stored may hold HIPE's escapes
         out.append(f'<rect class="bar {_text(a["outcome"])}" x="{left:.2f}" y="{y:.1f}" '
                    f'width="{max(1.0, x(end) - left):.2f}" height="{lane_h - 2 * pad:.1f}" fill="{colour}">'
                    f"<title>{_text(tip)}</title></rect>")
@@ -184,7 +186,7 @@ def page(job: str, status_block: str, hosts: Iterable[Tuple[str, int, int, float
         f'<tr><td>{_text(h)}</td><td class="n">{len(workers.get(h, ()))}</td><td class="n">{tries.get(h, 0)}</td>'
         f'<td class="n">{d}</td><td class="n">{f}</td><td class="n">{s / 3600:.2f}</td></tr>' for h, d, f, s in hosts)
     failure_rows = "".join(
-        f'<tr><td class="n">{o}</td><td class="n">{n}</td><td>{_text(r)}</td>'
+        f'<tr><td class="n">{o}</td><td class="n">{n}</td><td>{_text(printable(r))}</td>'
         f"<td><code>{_text(log_dir / f'{o}.stderr')}</code></td></tr>" for o, n, r in failures)
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

@@ -82,3 +82,55 @@ def test_a_job_holding_text_as_expected_durations_is_read_as_unknown(sqlite_batc
         r = batch.cli("j", *args)
         _no_traceback(r, " ".join(map(str, args)))
     assert "ETA" in batch.cli("j", "status").stdout
+
+
+# ----------------------------------------------------------------------------- HIPE's terminal escapes
+ESCAPES = "\x1b[2J\x1b]0;pwned\x07 boom"   # clear the screen, retitle the window (OSC ... BEL), then text
+FAILS_WITH_ESCAPES = f"import sys\nsys.stderr.write({ESCAPES + chr(10)!r})\nsys.exit(1)\n"
+
+
+def _clean(text, what):
+    assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text and "pwned" not in text, f"{what}: {text!r}"
+
+
+def test_terminal_escapes_from_hipe_reach_neither_status_nor_the_logs(batch):
+    """A script that writes escapes to stderr and fails: the reason stored, the worker's log line,
+    `status`, `status --obsid`, `history` (text and CSV) and the report hold none of them, and say "boom"."""
+    batch.write_cfg(run={"max_attempts": "1"})
+    batch.template("j", FAILS_WITH_ESCAPES)
+    assert batch.cli("j", "new", batch.obsid_file([1342191755])).returncode == 0
+    r = batch.cli("j", "run")
+    assert r.returncode == 1, r.stderr
+    _clean(r.stderr, "run's log lines")
+    assert "boom" in r.stderr
+    row = batch.table("j").row(1342191755)
+    assert row["state"] == "failed" and row["reason"].endswith(": boom"), row
+    _clean(row["reason"], "the reason stored")
+    for args in (("status",), ("status", "--obsid", 1342191755), ("history",), ("history", "--csv")):
+        r = batch.cli("j", *args)
+        assert r.returncode in (0, 1) and "boom" in r.stdout, (args, r.stdout, r.stderr)
+        _clean(r.stdout, " ".join(map(str, args)))
+    assert batch.cli("j", "report", batch.root / "r.html").returncode == 0
+    _clean((batch.root / "r.html").read_text(), "the report")
+
+
+def test_escapes_stored_by_an_earlier_version_and_script_results_are_not_printed(sqlite_batch):
+    """A reason an earlier version stored with HIPE's escapes in it is shown without them; a script's
+    result string printed by `results` likewise (the CSV file keeps it as recorded)."""
+    batch = sqlite_batch
+    batch.template("j", "batchResult('note', 'x\\x1b]0;pwned\\x07y\\x1b[31m')\nif obsid == 2:\n    raise SystemExit(1)\n")
+    batch.write_cfg(run={"max_attempts": "1"})
+    assert batch.cli("j", "new", batch.obsid_file([1, 2])).returncode == 0
+    assert batch.cli("j", "run").returncode == 1
+    with sqlite3.connect(batch.root / "batch.sqlite") as db:
+        db.execute("UPDATE j SET reason = ? WHERE obsid = 2", (f"HIPE exited with status 1: {ESCAPES}",))
+        db.execute("UPDATE j__attempts SET reason = ? WHERE obsid = 2", (f"HIPE exited with status 1: {ESCAPES}",))
+    for args in (("status",), ("status", "--obsid", 2), ("history",), ("results",)):
+        r = batch.cli("j", *args)
+        assert r.returncode in (0, 1), (args, r.stderr)
+        _clean(r.stdout, " ".join(map(str, args)))
+    assert "boom" in batch.cli("j", "status", "--obsid", 2).stdout
+    assert "xy" in batch.cli("j", "results").stdout
+    assert batch.cli("j", "results", "--csv", batch.root / "r.csv").returncode == 0
+    assert "\x1b]0;pwned\x07" in (batch.root / "r.csv").read_text()
+
