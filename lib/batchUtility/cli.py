@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -20,11 +21,15 @@ from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifie
 from .obsids import MAX_OBSID, WHAT_AN_OBSID_IS, read_obsids
 from .procfs import process_gone
 from .slot import current_slot, host_name
-from .storage import JobTable, open_table
+from .storage import DEFAULT_CALL_TIMEOUT, JobTable, open_table
 from .worker import Worker
 
 PROG = COMMAND
 WATCH_EVERY = 5.0   # seconds between redraws of `status --watch`
+# A command a person waits for gives a server that does not answer (frozen, a network dropping
+# packets) INTERACTIVE_PATIENCE in all: each call (connecting, a query) may block INTERACTIVE_CALL,
+# and the calls are retried for the rest, so that the last one ends within INTERACTIVE_PATIENCE.
+INTERACTIVE_CALL = 3.0
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\Z")
 _DURATION_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -159,13 +164,28 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
+def _interactive(cfg: config.Config, job: str, create: bool = False, long_writes: bool = False) -> JobTable:
+    """The job's table for a command a person waits for: a server that does not answer is given up
+    on within INTERACTIVE_PATIENCE (DatabaseUnavailable: one line, exit 3), not after a call's 60 s.
+
+    long_writes (new, reset, wipe): one of their statements may change a million rows, which takes
+    longer than INTERACTIVE_CALL; once the server has answered within it, their calls may take
+    as long as any command's (DEFAULT_CALL_TIMEOUT)."""
+    patience = INTERACTIVE_PATIENCE - INTERACTIVE_CALL
+    table = open_table(cfg.sql, job, patience, create=create, call_timeout=INTERACTIVE_CALL)   # connects
+    if not long_writes:
+        return table
+    table.close()
+    return open_table(cfg.sql, job, INTERACTIVE_PATIENCE, create=create, call_timeout=DEFAULT_CALL_TIMEOUT)
+
+
 def cmd_new(cfg: config.Config, args: argparse.Namespace) -> int:
     obsids = read_obsids(args.file) if args.file else None   # the whole file is checked first
     if obsids == [] and not args.add:   # a job with nothing in it: `run` would exit 0 having done nothing
         raise BadInput(f"{args.file}: no obsid in it (only blank lines, comments or a header); nothing was created")
     if obsids is None and not cfg.sql.table:
         raise BadInput(f"{cfg.path}: [sql] table is missing: `new` without FILE takes every obsid of that master table")
-    table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE, create=True)
+    table = _interactive(cfg, args.job, create=True, long_writes=True)
     existed = args.add and table.exists()   # without --add, create() refuses an existing job
     added = table.create(obsids, cfg.sql.table, add=args.add)
     try:
@@ -204,7 +224,7 @@ def _make_job_dir(cfg: config.Config, job: str) -> Path:
 
 def cmd_reset(cfg: config.Config, args: argparse.Namespace) -> int:
     obsids = read_obsids(args.obsids) if args.obsids else None
-    table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
+    table = _interactive(cfg, args.job, long_writes=True)
     table.require()
     # Workers of this host whose process is gone are known dead: their obsids are not "running".
     dead_here = table.reclaim_dead_here(host_name(os.environ), process_gone, cfg.run.max_attempts)
@@ -249,7 +269,9 @@ def cmd_run(cfg: config.Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(cfg: config.Config, args: argparse.Namespace) -> int:
-    table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
+    if args.watch is not None and args.obsid is None and not args.running:
+        return _watch(cfg, args)
+    table = _interactive(cfg, args.job)
     table.require()
     if args.obsid is not None:  # one obsid and its attempt history
         if not 0 < args.obsid <= MAX_OBSID:   # also keeps huge numbers away from the driver
@@ -269,43 +291,66 @@ def cmd_status(cfg: config.Config, args: argparse.Namespace) -> int:
         rows = [{**r, "expected": report.expected_now(figures, r["expected"])} for r in figures["running"]]
         print(report.running_text(rows, figures["now"], cfg.run.heartbeat, cfg.run.lease))
         return 0
-    if args.watch is not None:
-        return _watch(table, args)
     print_status(table, args.job, args.failures, args.hosts, args.json)
     return 0
 
 
-def _watch(table, args: argparse.Namespace) -> int:
+def _watch(cfg: config.Config, args: argparse.Namespace) -> int:
     """Redraw the status every args.watch seconds until nothing is pending or running; in place on
-    a terminal (ANSI: cursor up, clear), as plain blocks one after the other elsewhere."""
+    a terminal (ANSI: cursor up, clear), as plain blocks one after the other elsewhere.
+
+    The watch runs in a thread of its own while this one waits for it, so that Ctrl-C is answered
+    at once even while a frozen server holds a call in the driver (for up to INTERACTIVE_CALL;
+    Python answers a signal only between its own steps, and only in the main thread)."""
     if not args.watch > 0:
         raise BadInput(f"--watch {args.watch:g}: give a number of seconds above 0")
-    terminal = sys.stdout.isatty()
-    drawn = 0
     # Ctrl-C ends a watch whatever the parent left: a script's background job starts with SIGINT
     # ignored, and Python then raises no KeyboardInterrupt (workers set their handlers likewise).
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    ended: dict = {}
+
+    def watch():
+        try:
+            ended["status"] = _watch_loop(cfg, args)
+        except BaseException as e:   # raised again in the main thread
+            ended["error"] = e
+
+    thread = threading.Thread(target=watch, name="status --watch", daemon=True)   # left behind at Ctrl-C
+    thread.start()
     try:
-        while True:
-            text, counts = status_block(table, args.job, args.failures, args.hosts)
-            if terminal:
-                width = shutil.get_terminal_size().columns - 1   # no line may wrap, or the redraw drifts
-                text = "\n".join(line[:width] for line in text.splitlines())
-                sys.stdout.write((f"\x1b[{drawn}F\x1b[J" if drawn else "") + text + "\n")
-            else:
-                sys.stdout.write(("\n" if drawn else "") + text + "\n")
-            sys.stdout.flush()
-            drawn = text.count("\n") + 1
-            if counts[PENDING] + counts[RUNNING] == 0:
-                return 0
-            time.sleep(args.watch)
+        while thread.is_alive():
+            thread.join(0.1)
     except KeyboardInterrupt:
         sys.stdout.write("\n")
+        sys.stdout.flush()
         return 130
+    if "error" in ended:
+        raise ended["error"]
+    return ended["status"]
+
+
+def _watch_loop(cfg: config.Config, args: argparse.Namespace) -> int:
+    table = _interactive(cfg, args.job)   # in the watch's thread: SQLite's connection stays in its thread
+    table.require()
+    terminal = sys.stdout.isatty()
+    drawn = 0
+    while True:
+        text, counts = status_block(table, args.job, args.failures, args.hosts)
+        if terminal:
+            width = shutil.get_terminal_size().columns - 1   # no line may wrap, or the redraw drifts
+            text = "\n".join(line[:width] for line in text.splitlines())
+            sys.stdout.write((f"\x1b[{drawn}F\x1b[J" if drawn else "") + text + "\n")
+        else:
+            sys.stdout.write(("\n" if drawn else "") + text + "\n")
+        sys.stdout.flush()
+        drawn = text.count("\n") + 1
+        if counts[PENDING] + counts[RUNNING] == 0:
+            return 0
+        time.sleep(args.watch)
 
 
 def cmd_history(cfg: config.Config, args: argparse.Namespace) -> int:
-    table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
+    table = _interactive(cfg, args.job)
     table.require()
     since = parse_since(args.since, table.clock) if args.since else None
     write = report.write_history_csv if args.csv else report.write_history_json if args.json else report.history_text
@@ -345,7 +390,7 @@ def parse_since(text: str, clock) -> float:
 def cmd_report(cfg: config.Config, args: argparse.Namespace) -> int:
     if not args.file and not args.svg:
         raise BadInput("report: give the page to write (FILE.html), --svg FILE.svg, or both")
-    table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
+    table = _interactive(cfg, args.job)
     table.require()
     now, running = table.running()
     attempts = list(table.iter_history()) + [{**r, "ended": None, "outcome": RUNNING, "exit_code": None,
@@ -371,7 +416,7 @@ def _write(path: str, text: str) -> str:
 
 
 def cmd_results(cfg: config.Config, args: argparse.Namespace) -> int:
-    table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
+    table = _interactive(cfg, args.job)
     table.require()
     names = table.result_names()
     rows = ((r["obsid"], r["name"], r["value"]) for r in table.iter_results())
@@ -388,7 +433,7 @@ def cmd_results(cfg: config.Config, args: argparse.Namespace) -> int:
 
 
 def cmd_wipe(cfg: config.Config, args: argparse.Namespace) -> int:
-    table = open_table(cfg.sql, args.job, INTERACTIVE_PATIENCE)
+    table = _interactive(cfg, args.job, long_writes=True)
     table.require()  # only ever drops a job table of this tool
     total = table.total()
     running = table.live_running(cfg.run.lease)

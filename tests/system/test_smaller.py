@@ -1,9 +1,15 @@
 """Issue 18's smaller faults, through the command line as users meet them: a master table's pipetime
 that is not a number, HIPE's terminal escapes, a frozen server under the interactive commands."""
 import json
+import signal
 import sqlite3
+import threading
+import time
 
-from support import ROOT
+import pytest
+
+from exactly_once import frozen
+from support import ROOT, new_job, obsids_of, wait_for
 
 SAMPLE = ROOT / "sql" / "sample_master.sql"
 # pipetime as a text column may hold it: '' and 'abc' are not numbers (unknown), '12.5' is one, NULL unknown.
@@ -134,3 +140,52 @@ def test_escapes_stored_by_an_earlier_version_and_script_results_are_not_printed
     assert batch.cli("j", "results", "--csv", batch.root / "r.csv").returncode == 0
     assert "\x1b]0;pwned\x07" in (batch.root / "r.csv").read_text()
 
+
+# ----------------------------------------------------------------------------- a frozen server under the commands
+# docs/commands.md: exit 3 once the database stayed away 10 s; Python's start under load is allowed for.
+GIVE_UP = 10.0
+START_UP = 3.0
+
+
+@pytest.mark.slow
+def test_interactive_commands_give_up_on_a_frozen_server_after_10_s(freeze_env):
+    """`status`, `reset`, `new --add`, with mariadbd stopped (SIGSTOP): one error line, exit 3, within
+    the documented 10 s (they sat in one call for 60 s); the server thawed whatever happens."""
+    env = freeze_env
+    new_job(env, [1, 2])
+    more = env.obsid_file([3], "more.txt")
+    with frozen(env.server):
+        for args in (("status",), ("reset", "--yes"), ("new", "--add", more)):
+            began = time.monotonic()
+            r = env.cli("j", *args, timeout=120)
+            took = time.monotonic() - began
+            errors = [line for line in r.stderr.splitlines() if line.startswith("BatchProcess.py: error:")]
+            assert r.returncode == 3, (args, r.returncode, r.stderr)
+            assert len(errors) == 1 and "gave up" in errors[0] and "Traceback" not in r.stderr, (args, r.stderr)
+            assert took < GIVE_UP + START_UP, f"{args}: gave up after {took:.1f} s"
+    assert obsids_of(env, "j") == [1, 2]
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_status_watch_at_once_while_the_server_is_frozen(freeze_env, reaper):
+    """Ctrl-C to `status --watch` blocked in a call to a frozen server: exit 130 within a second
+    (it waited out the call's 60 s)."""
+    env = freeze_env
+    new_job(env, [1, 2])
+    watch = reaper.popen(env.popen("j", "status", "--watch", "0.2"))
+    heard = []   # when each line came
+
+    def listen():
+        for line in watch.stdout:
+            heard.append((time.monotonic(), line))
+    threading.Thread(target=listen, daemon=True).start()
+    wait_for(lambda: any(line.startswith("0 of 2 processed.") for _, line in heard), 30, "a first block")
+    with frozen(env.server):
+        # Blocked: no redraw (every 0.2 s) for a second.
+        wait_for(lambda: time.monotonic() - heard[-1][0] > 1.0, 30, "the watch held by the frozen server")
+        began = time.monotonic()
+        watch.send_signal(signal.SIGINT)
+        watch.wait(timeout=120)
+        took = time.monotonic() - began
+    assert watch.returncode == 130 and took < 1.0, f"exit {watch.returncode} after {took:.1f} s"
+    assert "Traceback" not in watch.stderr.read()
