@@ -38,6 +38,7 @@ def _no_traceback(r, what):
         f"{what}:\n{r.stderr}"
 
 
+@pytest.mark.slow
 def test_a_pipetime_that_is_not_a_number_is_unknown_everywhere(batch):
     """`new` says once how many pipetimes are not numbers and expects nothing of them; `run -j 2`'s
     summary, `status` (with workers seen and obsids finished), `--json`, `--running` and `report` work."""
@@ -68,6 +69,7 @@ def test_a_pipetime_that_is_not_a_number_is_unknown_everywhere(batch):
     assert (batch.root / "report.html").read_text().startswith("<!DOCTYPE html>")
 
 
+@pytest.mark.slow
 def test_a_job_holding_text_as_expected_durations_is_read_as_unknown(sqlite_batch):
     """A job made by an earlier version on SQLite kept '' and 'abc' as its expected durations: the
     status block, `status --running` and the report read them as unknown."""
@@ -99,6 +101,7 @@ def _clean(text, what):
     assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text and "pwned" not in text, f"{what}: {text!r}"
 
 
+@pytest.mark.slow
 def test_terminal_escapes_from_hipe_reach_neither_status_nor_the_logs(batch):
     """A script that writes escapes to stderr and fails: the reason stored, the worker's log line,
     `status`, `status --obsid`, `history` (text and CSV) and the report hold none of them, and say "boom"."""
@@ -120,6 +123,7 @@ def test_terminal_escapes_from_hipe_reach_neither_status_nor_the_logs(batch):
     _clean((batch.root / "r.html").read_text(), "the report")
 
 
+@pytest.mark.slow
 def test_escapes_stored_by_an_earlier_version_and_script_results_are_not_printed(sqlite_batch):
     """A reason an earlier version stored with HIPE's escapes in it is shown without them; a script's
     result string printed by `results` likewise (the CSV file keeps it as recorded)."""
