@@ -7,7 +7,9 @@ trivial HIPE's $TRIVIAL_HIPE_CALLS file.
 """
 import itertools
 import os
+import random
 import re
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -15,7 +17,8 @@ from collections import Counter
 import MySQLdb
 import pytest
 
-from support import ROOT, Worker, new_job, wait_for
+from exactly_once import assert_exactly_once, probe
+from support import ROOT, Worker, new_job, pid_alive, wait_for
 
 MPI_SH = ROOT / "bin" / "BatchProcess_mpi.sh"
 WARNING = re.compile(r"^BatchProcess(?:_mpi\.sh|\.py): warning: this run needs (?:at least )?(\d+) connections .*$", re.M)
@@ -165,3 +168,28 @@ def test_a_worker_holds_one_connection_while_hipe_runs(mysql_batch, own_user, re
     _out, err = run.communicate(timeout=120)
     assert run.returncode == 0, err
     assert sorted(env.calls_list()) == obsids and not WARNING.search(err), err
+
+
+@pytest.mark.slow
+def test_soak_16_workers_under_a_cap_of_12_with_kills(mysql_batch, own_user, reaper):
+    """The issue's soak, scaled to this machine: `run -j 16` over 300 obsids for a user allowed 12
+    connections, 4 workers SIGKILLed at random moments (their connections freed for the 4 that
+    wait): every obsid done exactly once (the probe: never two runs at once), none fenced, exit 0."""
+    env = mysql_batch
+    rng = random.Random()
+    obsids = new_job(env, range(1342000001, 1342000301), template=probe(first=0.2, later=0.2))
+    own_user(cap=12, lease=10, db_patience=600)
+    reaper.roots.add(env.root)
+    with open(env.root / "run.out", "w") as out, open(env.root / "run.err", "w") as err:
+        run = reaper.popen(env.popen("j", "run", "-j", "16", stdout=out, stderr=err))
+    slots = env.root / "jobs" / "j" / ".slots"
+    killed = set()
+    for threshold in sorted(rng.sample(range(30, 270), 4)):
+        wait_for(lambda: len(env.calls_list()) >= threshold or run.poll() is not None, 240, f"{threshold} launches")
+        pids = {int(p.read_text()) for p in slots.glob("*.lock") if p.read_text().strip()} - killed
+        victim = rng.choice(sorted(p for p in pids if pid_alive(p)))
+        os.kill(victim, signal.SIGKILL)
+        killed.add(victim)
+    assert run.wait(300) == 0, (env.root / "run.err").read_text()[-3000:]
+    assert_exactly_once(env, obsids)
+    assert "fenced" not in outcomes(env), outcomes(env)
