@@ -224,7 +224,9 @@ class LocalRun:
                 return 128 + self.stop_signal
             os.ftruncate(lock_fd, 0)
             os.write(lock_fd, f"{os.getpid()}\n".encode())
-            table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience)
+            # The worker's one connection, its lease keeper's heartbeats included: each call bounded as
+            # a worker's (a third of the lease), as `run`'s are.
+            table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience, call_timeout=self.cfg.run.call_timeout)
             worker = Worker(self.cfg, table, self.job, Slot(rank, self.size, self.host), out=self.out,
                             stopped_before=lambda: self.stop_signal, **self.worker_options)
             status = worker.run()
