@@ -1,10 +1,18 @@
 """Keeping a claim's lease: a thread that renews it while HIPE runs and tells the guardian how long
 HIPE may go on.
 
-The heartbeat runs off the worker's main thread, on a connection of its own, so that the main
-thread's wait for HIPE (stop signals, [hipe] timeout) never sits behind a database call: with
-the database frozen, a heartbeat blocks for at most one call's timeout while the main thread still
-acts within a fraction of a second.
+The heartbeat runs off the worker's main thread, so that the main thread's wait for HIPE (stop
+signals, [hipe] timeout) never sits behind a database call: that wait reads only what the keeper
+found (`state()`), never the database. With the database frozen, a heartbeat blocks for at most
+one call's timeout while the main thread still acts within a fraction of a second.
+
+One connection per worker: the heartbeat goes through the worker's own job table, whose engine
+lets one thread at a time use the connection (a lock held for one try of a transaction, never
+through the wait between tries). What bounds a heartbeat's wait for it: while HIPE runs, the main
+thread makes no database call at all (it claims before `hold`, and records after `hipe_ended`),
+so the heartbeat finds the connection free; while the outcome is recorded, the main thread's try
+is a few short statements, each bounded by the call timeout. A heartbeat waits at most one call
+timeout for the connection, then counts as unanswered (UNKNOWN), as a frozen server's would.
 
 Self-fencing: each renewal that succeeded moves the guardian's deadline to (the moment the renewal
 *began*) + FENCE_SHARE x lease. The database set the row's expiry to its own clock + lease at some
@@ -15,7 +23,7 @@ import logging
 import math
 import threading
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 from .errors import BatchError
 from .guardian import Guardian, GuardianLost
@@ -28,9 +36,10 @@ log = logging.getLogger(__name__)
 class LeaseKeeper:
     """Renews the lease of the claim held (one at a time) every `every` seconds, in a thread."""
 
-    def __init__(self, open_table: Callable[[], JobTable], guardian: Guardian, every: float, say=log):
-        self._open_table = open_table
-        self._table: Optional[JobTable] = None
+    def __init__(self, table: JobTable, guardian: Guardian, every: float, say=log):
+        """table: the worker's own job table, whose connection the heartbeats share (see above); the
+        keeper never closes it."""
+        self._table = table
         self.guardian = guardian
         self.every = every
         self.say = say
@@ -78,8 +87,6 @@ class LeaseKeeper:
             self._closing, self._claim = True, None
             self._cond.notify()
         self._thread.join(timeout=5)
-        if self._table is not None and not self._thread.is_alive():
-            self._table.close()
 
     def _run(self) -> None:
         while True:
@@ -110,13 +117,12 @@ class LeaseKeeper:
 
     def _renew(self, claim: Claim) -> Lease:
         try:
-            if self._table is None:
-                self._table = self._open_table()
             return self._table.heartbeat(claim)
         except BatchError as e:
             # The table itself may be gone (`wipe --force`, or a new job of the same name): then so is the claim.
+            # One try, as the heartbeat's: the keeper never sits in the worker's patience.
             try:
-                if self._table is not None and not self._table.exists():
+                if not self._table.exists(patience=0):
                     return Lease.LOST
             except BatchError:
                 pass

@@ -2,7 +2,9 @@
 
 The parent checks the job once, then forks one worker per free slot: everything is imported and
 checked before the fork, so a worker starts at almost no cost. Each worker is slot r/N in its
-lines and SUMMARY, opens its own database connection and runs the usual worker loop.
+lines and SUMMARY, opens its own database connection (its one: claims, heartbeats and outcomes
+share it) and runs the usual worker loop. The run needs N connections, one more for the progress
+line; when the server would not give that many, one warning line says so before the fork.
 
 The cap: slot r of job JOB on host H is the lock file jobs/JOB/.slots/H.r.lock, held (flock) by
 the worker running in it for as long as it lives; the kernel frees it when the worker ends, however
@@ -29,7 +31,7 @@ from .errors import BatchError
 from .frontend import job_exit_status, summary_heading
 from .relay import TerminalRelay
 from .slot import Slot, host_name
-from .storage import open_table
+from .storage import ConnectionRoom, open_table
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,28 @@ def take_free_slots(job_dir: Path, host: str, size: int) -> Dict[int, int]:
     return taken
 
 
+def read_connection_room(table) -> Optional[ConnectionRoom]:
+    """The server's connection limits (None on SQLite, or when the server would not say)."""
+    try:
+        return table.connection_room()
+    except BatchError as e:
+        log.debug("could not read the server's connection limits: %s", e)
+        return None
+
+
+def warn_if_short_of_connections(room: Optional[ConnectionRoom], needed: int, sql, why: str,
+                                 prog: str = "BatchProcess.py", at_least: bool = False) -> bool:
+    """One line on stderr when the server would not give the `needed` connections now; the run goes on
+    (a worker refused a connection waits for one, within [run] db_patience). Whether it warned."""
+    if room is None or needed <= room.free():
+        return False
+    print(f"{prog}: warning: this run needs {'at least ' if at_least else ''}{needed} connections to "
+          f"{sql.describe()} ({why}), but the server would give only {room.free()} now ({room.describe()}): "
+          "the workers beyond wait for a free one; raise max_connections or the user's MAX_USER_CONNECTIONS "
+          "(docs/many-hosts.md)", file=sys.stderr, flush=True)
+    return True
+
+
 class LocalRun:
     """One `run -j N`: the slots it got, the workers it forked, and how they ended."""
 
@@ -79,9 +103,14 @@ class LocalRun:
             table.require()
             # Template and HIPE checked once, here: a bad setup is one line and exit 2, not N.
             Worker(self.cfg, table, self.job, Slot(1, self.size, self.host)).check_ready()
+            room = read_connection_room(table)
         finally:
             table.close()   # no connection may cross the fork
         slots = take_free_slots(self.cfg.job_dir(self.job), self.host, self.size)
+        if slots:
+            progress = 1 if self._shows_progress() else 0
+            warn_if_short_of_connections(room, len(slots) + progress, self.cfg.sql,
+                                         "one per worker" + (", one for the progress line" if progress else ""))
         if not slots:
             if not self.quiet:
                 self._say(f"{self.size} worker(s) of job {self.job} already run on {self.host}: none started")
@@ -195,7 +224,9 @@ class LocalRun:
                 return 128 + self.stop_signal
             os.ftruncate(lock_fd, 0)
             os.write(lock_fd, f"{os.getpid()}\n".encode())
-            table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience)
+            # The worker's one connection, its lease keeper's heartbeats included: each call bounded as
+            # a worker's (a third of the lease), as `run`'s are.
+            table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience, call_timeout=self.cfg.run.call_timeout)
             worker = Worker(self.cfg, table, self.job, Slot(rank, self.size, self.host), out=self.out,
                             stopped_before=lambda: self.stop_signal, **self.worker_options)
             status = worker.run()

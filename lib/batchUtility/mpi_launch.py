@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from . import config, hostfile, mpirun_output, supervise, worker
+from . import config, hostfile, local, mpirun_output, supervise, worker
 from .errors import BadInput, BatchError
 from .frontend import job_summary, say_error, summary_heading
 from .model import INTERACTIVE_PATIENCE, check_identifier
@@ -176,8 +176,14 @@ def check(cfg, job: str, explicit_hostfile: Optional[str] = None, quiet: bool = 
     table = open_table(cfg.sql, job, INTERACTIVE_PATIENCE)
     try:
         table.require()
+        room = local.read_connection_room(table)
     finally:
         table.close()
+    # One connection per rank, and one for the launcher's lost-host watch; a host leaving its slots
+    # to Open MPI (its cores) counted as one.
+    ranks = sum(1 if h.slots is None else h.slots for h in hosts)
+    local.warn_if_short_of_connections(room, ranks + 1, cfg.sql, "one per rank, one for the launcher", PROG,
+                                       at_least=hostfile.slot_count(hosts) is None)
     worker.check_ready(cfg, job)
     if importlib.util.find_spec("mpi4py") is None:
         logging.warning("mpi4py is not installed for %s: each worker takes its rank and size from "

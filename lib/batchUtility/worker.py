@@ -23,7 +23,7 @@ from .lease import LeaseKeeper
 from .model import DONE, FAILED, INTERACTIVE_PATIENCE, PENDING, Claim, LaunchEnd, Lease, Outcome
 from .procfs import process_gone, process_start
 from .slot import Slot
-from .storage import JobTable, open_table
+from .storage import JobTable
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class Worker:
         The collaborators, real unless given (batchUtility.testing has fakes): table, the job's
         table; launcher, what runs one obsid (hipe.run_obsid); guardian, what starts the guardian
         (Guardian), and lease_keeper, what starts the lease keeper given the guardian (a LeaseKeeper
-        on a database connection of its own). Both are started when run() starts and closed when it
+        sharing the table's one database connection). Both are started when run() starts and closed when it
         ends, in that order: the guardian is forked while the worker has a single thread."""
         self.stopped_before = stopped_before or (lambda: 0)
         self.launcher = launcher
@@ -197,7 +197,7 @@ class Worker:
 
     def _start_guard(self) -> None:
         """The guardian (kills HIPE if this worker dies or cannot renew its lease in time) and the
-        heartbeat thread, on a database connection of its own."""
+        heartbeat thread, sharing the worker's database connection."""
         try:
             self.guardian = self.start_guardian()
         except GuardianLost as e:
@@ -205,10 +205,9 @@ class Worker:
         self.keeper = self.start_lease_keeper(self.guardian)
 
     def _lease_keeper(self, guardian: Guardian) -> LeaseKeeper:
-        """The real lease keeper: its heartbeat thread renews the lease on a database connection of its own."""
-        cfg = self.cfg
-        return LeaseKeeper(lambda: open_table(cfg.sql, self.job, patience=0, call_timeout=cfg.run.call_timeout),
-                           guardian, cfg.run.heartbeat, say=self.log)
+        """The real lease keeper: its heartbeat thread renews the lease through the worker's own table,
+        sharing its one database connection (one connection per worker)."""
+        return LeaseKeeper(self.table, guardian, self.cfg.run.heartbeat, say=self.log)
 
     def _stop_guard(self) -> None:
         if self.keeper is not None:
@@ -256,6 +255,10 @@ class Worker:
             if not run.wait_for_running or not self.table.any_running(interrupted=self._stopping):
                 break
             self.log.debug("nothing pending, obsids still running elsewhere: next look in %.2f s", wait)
+            # A worker holding no claim gives its connection up while it waits: on a server short of
+            # connections, the workers holding claims keep theirs (the next look connects again, and
+            # waits for a free connection if there is none).
+            self.table.close()
             self._sleep(wait)
             wait = min(wait * 2, WAIT_POLL)
 

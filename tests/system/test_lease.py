@@ -15,7 +15,7 @@ def test_the_lease_is_renewed_after_many_short_claims(batch):
     table = batch.table("j")
     guardian = Guardian()
     every = 0.5
-    keeper = LeaseKeeper(lambda: batch.table("j", patience=0), guardian, every)
+    keeper = LeaseKeeper(table, guardian, every)   # one connection, as a worker shares it
     try:
         for _ in obsids[:-1]:
             claimed_at = time.monotonic()

@@ -18,7 +18,7 @@ the engine and nowhere else (`model.check_identifier`, `Engine.quote`); every va
 from typing import Any, Callable, Optional
 
 from ..model import INTERACTIVE_PATIENCE, Claim, Lease, Outcome
-from .engine import DEFAULT_CALL_TIMEOUT, STREAM_ROWS, Engine
+from .engine import DEFAULT_CALL_TIMEOUT, STREAM_ROWS, ConnectionRoom, Engine
 from .mysql import MySQLJobTable
 from .reads import Reads
 from .sqlite import SQLiteJobTable
@@ -26,8 +26,8 @@ from .statements import *  # noqa: F403 - every statement, by its name (storage.
 from .statements import RESULTS_SUFFIX, in_list
 from .table import DEFAULT_LEASE, JobTable
 
-__all__ = ["DEFAULT_CALL_TIMEOUT", "DEFAULT_LEASE", "RESULTS_SUFFIX", "STREAM_ROWS", "Claim", "Engine", "JobTable", "Lease",
-           "MySQLJobTable", "Outcome", "Reads", "SQLiteJobTable", "in_list", "open_table"]
+__all__ = ["DEFAULT_CALL_TIMEOUT", "DEFAULT_LEASE", "RESULTS_SUFFIX", "STREAM_ROWS", "Claim", "ConnectionRoom", "Engine",
+           "JobTable", "Lease", "MySQLJobTable", "Outcome", "Reads", "SQLiteJobTable", "in_list", "open_table"]
 
 
 def open_table(settings: Any, job: str, patience: float = INTERACTIVE_PATIENCE, create: bool = False,

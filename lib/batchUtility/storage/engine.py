@@ -1,14 +1,19 @@
 """The engine under a job table: one connection, re-opened after it is lost, and transactions
 retried whole on passing errors (`Engine._transaction` states the guarantees).
 
+One connection serves every thread of a process that uses the table (a worker's loop and its lease
+keeper's heartbeats): each try of a transaction holds the connection's lock from its first
+statement to its COMMIT (or rollback), never through the wait between tries.
+
 The dialect is a block of attributes (how a parameter, an identifier, the clock, an index hint are
 written) and a few hooks (connecting, beginning, which errors pass), set by each subclass.
 """
 import logging
 import random
 import re
+import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..errors import BadInput, BatchError, DatabaseUnavailable
 from ..model import HISTORY_SUFFIX, INTERACTIVE_PATIENCE, SQL_NAME, check_identifier
@@ -20,6 +25,29 @@ STREAM_ROWS = 2000              # rows fetched at a time when streaming (history
 DEFAULT_CALL_TIMEOUT = 60.0     # seconds one database call may block, for commands (`run` derives its own from the lease)
 _PARAMETER = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
 Together = Tuple[int, List[Any]]   # what one statement of Engine._execute_together gave: rowcount, rows
+
+
+class ConnectionRoom(NamedTuple):
+    """A server's connection limits and what is in use, as one connection of this user read them."""
+
+    max_connections: int    # @@max_connections
+    in_use: int             # Threads_connected, the reader's own connection included
+    user: str
+    user_limit: int         # the user's MAX_USER_CONNECTIONS, else @@max_user_connections; 0: none
+    user_in_use: int        # the user's connections, the reader's own included
+
+    def free(self) -> int:
+        """How many more connections the server would give this user, the reader's own counted free."""
+        free = self.max_connections - self.in_use + 1
+        if self.user_limit > 0:
+            free = min(free, self.user_limit - self.user_in_use + 1)
+        return max(0, free)
+
+    def describe(self) -> str:
+        text = f"max_connections {self.max_connections}, {self.in_use - 1} in use by others"
+        if self.user_limit > 0:
+            text += f"; max_user_connections {self.user_limit} for user {self.user}, {self.user_in_use - 1} in use"
+        return text
 
 
 class Engine:
@@ -64,6 +92,9 @@ class Engine:
         self.history_table = self.quote(job + HISTORY_SUFFIX)
         self.results_table = self.quote(job + RESULTS_SUFFIX)
         self.conn: Any = None
+        # Held by one try of a transaction at a time (and by close): the threads sharing this table
+        # never use the connection at once. Reentrant: close() inside a try.
+        self._in_use = threading.RLock()
         self._connected_once = False
         self._committed = False   # the transaction's work sent its COMMIT itself (_execute_together)
         self._transaction(lambda cur: None, "connecting", write=False)   # a reader must not wait for writers
@@ -145,6 +176,11 @@ class Engine:
         deadline = began + patience
         delay, warned = 0.05, False
         while True:
+            # Another thread's try (each of its calls bounded by call_timeout) may hold the connection:
+            # wait for it, at least one call's timeout, at most the patience left beyond that.
+            if not self._in_use.acquire(timeout=max(self.call_timeout, deadline - time.monotonic())):
+                raise DatabaseUnavailable(f"{self.settings.describe()}: gave up {what} after "
+                                          f"{time.monotonic() - began:.1f} s: the connection stayed busy")
             try:
                 if self.conn is None:
                     self.conn = self._connect()
@@ -159,32 +195,38 @@ class Engine:
                 return result
             except self.Error as e:
                 self._rollback()
-                # Once connected, a refused reconnect (a password changed, a server restarted without
-                # our user) is an outage to ride out: work may be waiting to be recorded.
-                if not self._is_transient(e) and not (self.conn is None and self._connected_once):
-                    if self.conn is None:
-                        raise BadInput(f"cannot use {self.settings.describe()}: {_one_line(e)}") from None
-                    raise BatchError(f"{self.settings.describe()}: {what}: {_one_line(e)}") from None
-                if self._is_connection_error(e):
+                unconnected = self.conn is None
+                if self._is_connection_error(e) or self._is_refused(e):
                     self.close()
-                stopping = interrupted()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or stopping:
-                    waited = f"{time.monotonic() - began:.1f} s" + (" and a stop signal" if stopping else "")
-                    raise DatabaseUnavailable(f"{self.settings.describe()}: gave up {what} after "
-                                              f"{waited}: {_one_line(e)}") from None
-                if self._is_lock_conflict(e):
-                    # Deadlocks between claimers are part of a busy job: retried quietly, shown if they last.
-                    log.debug("lock conflict while %s (%s); retrying", what, _one_line(e))
-                elif not warned and patience > 1:
-                    log.warning("database trouble while %s (%s); retrying for up to %.0f s", what, _one_line(e), patience)
-                    warned = True
-                # The last wait is cut to the deadline, so that the patience is waited out in full.
-                time.sleep(min(delay * random.uniform(0.5, 1.0), remaining))
-                delay = min(delay * 2, 5.0)
+                error = e
             except BaseException:
                 self._rollback()  # e.g. BadInput found half-way: leave nothing changed
                 raise
+            finally:
+                self._in_use.release()
+            # Between tries the connection is free for the other threads (a heartbeat).
+            # Once connected, a refused reconnect (a password changed, a server restarted without
+            # our user) is an outage to ride out: work may be waiting to be recorded. A server that
+            # has no connection to spare (`_is_refused`) is waited for, the first time too.
+            if not self._is_transient(error) and not (unconnected and self._connected_once):
+                if unconnected:
+                    raise BadInput(f"cannot use {self.settings.describe()}: {_one_line(error)}") from None
+                raise BatchError(f"{self.settings.describe()}: {what}: {_one_line(error)}") from None
+            stopping = interrupted()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or stopping:
+                waited = f"{time.monotonic() - began:.1f} s" + (" and a stop signal" if stopping else "")
+                raise DatabaseUnavailable(f"{self.settings.describe()}: gave up {what} after "
+                                          f"{waited}: {_one_line(error)}") from None
+            if self._is_lock_conflict(error):
+                # Deadlocks between claimers are part of a busy job: retried quietly, shown if they last.
+                log.debug("lock conflict while %s (%s); retrying", what, _one_line(error))
+            elif not warned and patience > 1:
+                log.warning("database trouble while %s (%s); retrying for up to %.0f s", what, _one_line(error), patience)
+                warned = True
+            # The last wait is cut to the deadline, so that the patience is waited out in full.
+            time.sleep(min(delay * random.uniform(0.5, 1.0), remaining))
+            delay = min(delay * 2, 5.0)
 
     def _rollback(self) -> None:
         self._committed = False
@@ -195,13 +237,19 @@ class Engine:
             self.close()
 
     def close(self) -> None:
-        """Close the connection (the next operation opens a new one)."""
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
+        """Close the connection (the next operation opens a new one). Waits for a try another thread
+        has begun on it (a heartbeat) to end: its calls are bounded by call_timeout."""
+        with self._in_use:
+            conn, self.conn = self.conn, None
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+
+    def connection_room(self) -> Optional[ConnectionRoom]:
+        """The server's connection limits, where it has any (MySQL); None on SQLite."""
+        return None
 
     def _db_now(self, cur: Any) -> float:
         return float(self._execute(cur, DB_NOW).fetchone()[0])
@@ -222,6 +270,11 @@ class Engine:
         raise NotImplementedError
 
     def _is_connection_error(self, e: Exception) -> bool:
+        return False
+
+    def _is_refused(self, e: Exception) -> bool:
+        """The server has no connection to spare (too many connections, or the user's limit reached):
+        a passing error, the first connection's too."""
         return False
 
     def _is_lock_conflict(self, e: Exception) -> bool:

@@ -1,11 +1,14 @@
 """MySQL or MariaDB: one server shared by every worker on every host."""
 import math
 import os
+import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .engine import Together, _rowcount_and_rows
+from .engine import ConnectionRoom, Together, _rowcount_and_rows
 from .statements import CLAIM, COMMIT, FORGET_PICKED, PICK_PENDING, PICKED
 from .table import JobTable
+
+_MAX_USER_CONNECTIONS = re.compile(r"MAX_USER_CONNECTIONS\s+(-?[0-9]+)", re.IGNORECASE)
 
 
 class MySQLJobTable(JobTable):
@@ -32,9 +35,12 @@ class MySQLJobTable(JobTable):
     # A decimal number, as text or not; '' or 'abc' would be 0 to MariaDB (INSERT IGNORE), not unknown.
     number_or_null = ("CASE WHEN TRIM({value}) REGEXP '^[+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$' "
                       "THEN LEAST(ROUND(TRIM({value})), {most}) END")
-    # Lock wait, deadlock, server shutting down / gone / unreachable / lost, too many connections.
-    TRANSIENT = frozenset({1205, 1213, 1053, 1040, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
+    # Lock wait, deadlock, server shutting down / gone / unreachable / lost, no connection to spare.
+    TRANSIENT = frozenset({1205, 1213, 1053, 1040, 1203, 1226, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
     CONNECTION = frozenset({1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
+    # Too many connections (max_connections), the user's limit reached (the global max_user_connections,
+    # or the account's MAX_USER_CONNECTIONS): waited for with back-off, never a reason to stop.
+    REFUSED = frozenset({1040, 1203, 1226})
 
     def __init__(self, *args: Any, **kwargs: Any):
         import MySQLdb  # imported here so that SQLite users need no MySQL client library
@@ -96,6 +102,29 @@ class MySQLJobTable(JobTable):
 
     def _is_connection_error(self, e: Exception) -> bool:
         return self._code(e) in self.CONNECTION or isinstance(e, self._driver.InterfaceError)
+
+    def _is_refused(self, e: Exception) -> bool:
+        return self._code(e) in self.REFUSED
+
+    def connection_room(self) -> ConnectionRoom:
+        """How many connections the server has, and how many more it would give this user now."""
+        def read(cur):
+            cur.execute("SELECT @@GLOBAL.max_connections, @@max_user_connections, @@GLOBAL.max_user_connections, "
+                        "SUBSTRING_INDEX(USER(), '@', 1)")
+            max_connections, session_limit, global_limit, user = cur.fetchone()
+            cur.execute("SHOW GRANTS")
+            granted = [int(m.group(1)) for (line,) in cur.fetchall()
+                       for m in [_MAX_USER_CONNECTIONS.search(str(line))] if m]
+            # The account's own limit where it has one (SHOW GRANTS; MySQL also shows it as the session's
+            # max_user_connections), else the global one; 0 is none.
+            user_limit = next((n for n in granted if n > 0), 0) or int(session_limit or 0) or int(global_limit or 0)
+            cur.execute("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
+            row = cur.fetchone()
+            in_use = int(row[1]) if row else 0
+            cur.execute("SELECT COUNT(*) FROM information_schema.processlist WHERE user = %s", (user,))
+            user_in_use = int(cur.fetchone()[0])
+            return ConnectionRoom(int(max_connections), in_use, user, user_limit, user_in_use)
+        return self._transaction(read, "reading the server's connection limits", write=False)
 
     def _execute_together(self, cur: Any, statements: Sequence[Tuple[str, Optional[Dict[str, Any]]]],
                           commit: bool = False) -> List[Together]:

@@ -42,7 +42,9 @@ class SQLiteJobTable(JobTable):
         # at BEGIN IMMEDIATE and not half-way through (which could deadlock two claimers).
         # A writer stuck inside a transaction (a frozen worker) holds the file's one write lock: the
         # others wait at most call_timeout per try, and retry within their patience.
-        conn = sqlite3.connect(str(path), timeout=self.call_timeout, isolation_level=None)
+        # check_same_thread=False: the worker's lease keeper shares this connection, one thread at a time
+        # (Engine's lock around each try).
+        conn = sqlite3.connect(str(path), timeout=self.call_timeout, isolation_level=None, check_same_thread=False)
         self._identity = self._identity or _file_identity(path)
         conn.execute(f"PRAGMA busy_timeout = {int(self.call_timeout * 1000)}")
         self._switch_to_wal(conn)

@@ -100,9 +100,10 @@ class JobTable(Reads, Engine):
         return False
 
     # ----------------------------------------------------------------- the job table's life
-    def exists(self) -> bool:
-        """Whether the job's table exists (whatever its shape)."""
-        return self._transaction(lambda cur: self._columns(cur, self.job) is not None, "looking for the job", write=False)
+    def exists(self, patience: Optional[float] = None) -> bool:
+        """Whether the job's table exists (whatever its shape); patience: as in _transaction."""
+        return self._transaction(lambda cur: self._columns(cur, self.job) is not None, "looking for the job", write=False,
+                                 patience=patience)
 
     def require(self) -> None:
         """Raise JobMissing or NotAJobTable unless the job's table exists and is a job table of this tool."""
