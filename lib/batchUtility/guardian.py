@@ -12,19 +12,29 @@ worker's terminal or process group stops it, and reads lines from a pipe only th
                         that renewed its lease in the database
     launch PGID         HIPE runs as process group PGID (sent right after it started)
     finished PGID       that group is the worker's business again (sent before HIPE is reaped)
+    ping N              answered at once with `pong N`: the guardian is there and not stopped
 
 It kills each launched group with SIGKILL when the pipe ends (the worker died) or when the fence
 deadline passes without a newer one (the worker is frozen, or could not renew its lease): it fences
 the worker off from its claim before the lease, which another worker may then take, runs out. It
 answers `fenced PGID` on its other pipe for a group it killed at the deadline, so that the worker
-learns why HIPE died. The guardian is forked from the worker: a fresh interpreter per worker costs
-far more CPU, which delays the last worker's first claim when many start at once (figures:
-tests/bench/RESULTS.md). The forked guardian keeps nothing of the worker but its two pipe ends;
-it then sleeps in select() until a line or a deadline comes. Forking is only safe while the worker
-has a single thread, native ones counted (an MPI rank has Open MPI's, which Python does not
-see: one could hold a lock the forked guardian then waits on for good); otherwise (or when an
-interpreter is named) this file is run as the guardian's program instead (`python -S -I
-guardian.py`), which imports nothing but the standard library's smallest modules.
+learns why HIPE died.
+
+The guardian itself may be hit. A signal meant to end it (an operator's SIGTERM, SIGINT, SIGHUP,
+...) ends it, but it kills its groups first (answering `orphaned PGID` for each) and exits 128+N,
+so that the worker can tell why HIPE died: not the obsid's fault. SIGKILL (the OOM killer's choice)
+ends it without a word, and SIGSTOP (or anything that keeps it from running) leaves HIPE unwatched;
+the worker notices either within seconds (Guardian.check: the guardian's exit, or a ping unanswered
+for PING_PATIENCE seconds), kills HIPE's group itself and stops.
+
+The guardian is forked from the worker: a fresh interpreter per worker costs far more CPU, which
+delays the last worker's first claim when many start at once (figures: tests/bench/RESULTS.md).
+The forked guardian keeps nothing of the worker but its two pipe ends; it then sleeps in select()
+until a line or a deadline comes. Forking is only safe while the worker has a single thread, native
+ones counted (an MPI rank has Open MPI's, which Python does not see: one could hold a lock the
+forked guardian then waits on for good); otherwise (or when an interpreter is named) this file is
+run as the guardian's program instead (`python -S -I guardian.py`), which imports nothing but the
+standard library's smallest modules.
 """
 import fcntl
 import gc
@@ -35,13 +45,20 @@ import sys
 import time
 
 try:
-    from .procfs import one_thread, process_start
+    from .procfs import one_thread, process_start, process_state
 except ImportError:   # run as the guardian's own program (python -S -I guardian.py): no package, and
     # -I leaves this folder off sys.path; procfs imports nothing but os.
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from procfs import one_thread, process_start
+    from procfs import one_thread, process_start, process_state
 
 READY = b"ready\n"
+# The signals that end the guardian (their default action ends a process; SIGKILL cannot be caught):
+# caught so that HIPE is killed first, never left running unwatched.
+ENDING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
+# A worker's health check of its guardian while HIPE runs (Guardian.check): a ping PING_EVERY seconds
+# after the last answer; unanswered for PING_PATIENCE seconds, the guardian is taken for lost.
+PING_EVERY = 1.0
+PING_PATIENCE = 3.0
 
 
 # ----------------------------------------------------------------------------- the guardian's side
@@ -64,6 +81,8 @@ class _Watch:
                 self.kill_all("fenced")   # launched after its lease's safety margin had passed
         elif word == "finished":
             self.groups.pop(int(arg), None)
+        elif word == "ping":
+            self._reply(f"pong {int(arg)}\n")
 
     def kill_all(self, why):
         for pgid, started in list(self.groups.items()):
@@ -91,41 +110,55 @@ class _Watch:
         return max(0.0, self.deadline - time.monotonic())
 
 
-class _Terminated(Exception):
-    pass
-
-
-def _terminated(signum, frame):
-    raise _Terminated   # out of select(), which Python would otherwise just resume
+def _noted(signum, frame):
+    pass   # the signal's number reaches _serve through the wakeup pipe (signal.set_wakeup_fd)
 
 
 def main(commands=0, replies=1):
-    # Signals meant for the worker's terminal must not stop or end the guardian; SIGTERM (someone
-    # ending the guardian itself) takes HIPE down with it, as the worker's death would.
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE):
+    """Serve the worker; returns the exit status: 0 when the worker's pipe ended, 128+N when
+    signal N (one of ENDING) ended the guardian. Either way every launched group is killed first."""
+    # Terminal stops cannot reach the guardian (a session of its own, no terminal), nor stop it:
+    # ignored. A signal of ENDING is someone ending the guardian itself: it is caught only through
+    # the wakeup pipe (no exception raised at a random point of the loop), HIPE is killed, and the
+    # exit status says which signal it was.
+    for sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _terminated)
+    wake_r, wake_w = os.pipe()
+    for fd in (wake_r, wake_w):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    for sig in ENDING:
+        signal.signal(sig, _noted)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, ENDING)   # a worker may hold stops blocked (signals.hold_stops)
     watch = _Watch(replies)
     try:
         os.write(replies, READY)
-        _serve(commands, watch)
-    except _Terminated:
-        pass
+    except OSError:
+        return 1
+    ended_by = _serve(commands, watch, wake_r)
+    for sig in ENDING:
+        signal.signal(sig, signal.SIG_IGN)   # one ending is enough: nothing cuts the kills short
     watch.kill_all("orphaned")
+    return 128 + ended_by if ended_by else 0
 
 
-def _serve(commands, watch):
-    """Follow the worker's lines until its pipe ends; kill at each deadline that passes."""
+def _serve(commands, watch, wake):
+    """Follow the worker's lines until its pipe ends (returns 0) or a signal of ENDING comes (returns
+    its number); kill at each deadline that passes."""
     pending = b""
     while True:
-        readable, _, _ = select.select([commands], [], [], watch.timeout())
-        if not readable:
+        readable, _, _ = select.select([commands, wake], [], [], watch.timeout())
+        if wake in readable:
+            ended_by = _caught(wake)
+            if ended_by:
+                return ended_by
+        if commands not in readable:
             if watch.deadline is not None and time.monotonic() >= watch.deadline:
                 watch.kill_all("fenced")
             continue
         chunk = os.read(commands, 4096)
         if not chunk:
-            return   # the worker is gone: whatever it launched must not outlive it
+            return 0   # the worker is gone: whatever it launched must not outlive it
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
@@ -133,6 +166,15 @@ def _serve(commands, watch):
                 watch.handle(line.decode("ascii", "replace"))
             except ValueError:
                 pass   # only the worker writes here; a garbled line must not end the watch
+
+
+def _caught(wake):
+    """The first signal of ENDING in the wakeup pipe (each caught signal writes its number), or 0."""
+    try:
+        numbers = os.read(wake, 512)
+    except OSError:
+        return 0
+    return next((n for n in numbers if n in ENDING), 0)
 
 
 # ----------------------------------------------------------------------------- the worker's side
@@ -149,7 +191,11 @@ class Guardian:
         import threading
         self._lock = threading.Lock()
         self._deferred = ""   # a fence-at line to send with the next launch
-        self.fenced = set()   # groups the guardian killed at a deadline, as it told us
+        self.killed = {}      # group -> why the guardian killed it, as it told us: "fenced" or "orphaned"
+        self.lost = ""        # why the guardian no longer watches HIPE, once check() found it
+        self._pings = 0       # the number of the last ping sent
+        self._ping_sent = None   # when the unanswered ping was sent (time.monotonic()), or None
+        self._next_ping = 0.0    # when the next ping is due
         commands_r, self._commands = os.pipe()
         self._replies, replies_w = os.pipe()
         try:
@@ -214,12 +260,17 @@ class Guardian:
     def was_fenced(self, pgid: int, wait: float = 0.0) -> bool:
         """Whether the guardian killed group pgid because its deadline passed; waits up to `wait`
         seconds for it to say so (HIPE's death may be seen before the guardian's answer)."""
+        return self.why_killed(pgid, wait) == "fenced"
+
+    def why_killed(self, pgid: int, wait: float = 0.0) -> str:
+        """Why the guardian killed group pgid, as it said: "fenced" (its deadline passed), "orphaned"
+        (a signal was ending the guardian), or "" (it has not said so within `wait` seconds)."""
         end = time.monotonic() + wait
         while True:
             self._read_replies()
             left = end - time.monotonic()
-            if pgid in self.fenced or left <= 0 or self._replies is None:
-                return pgid in self.fenced
+            if pgid in self.killed or left <= 0 or self._replies is None:
+                return self.killed.get(pgid, "")
             select.select([self._replies], [], [], left)
 
     def _read_replies(self):
@@ -232,14 +283,71 @@ class Guardian:
                 return
             for line in chunk.decode("ascii", "replace").splitlines():
                 word, _, arg = line.partition(" ")
-                if word == "fenced" and arg.isdigit():
-                    self.fenced.add(int(arg))
+                if word in ("fenced", "orphaned") and arg.isdigit():
+                    self.killed[int(arg)] = word
+                elif word == "pong" and arg.isdigit() and int(arg) == self._pings:
+                    self._ping_sent, self._next_ping = None, time.monotonic() + PING_EVERY
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def check(self) -> str:
+        """Whether the guardian still watches HIPE: "" if so, as far as can be told, else why not
+        (one line naming its pid and what became of it). Called at each look of HIPE's wait; never
+        blocks. The guardian is lost once it has exited (killed, or ended by a signal), or once a
+        ping has gone unanswered for PING_PATIENCE seconds (it is stopped, or cannot run); a ping is
+        sent PING_EVERY seconds after the last answer. Once lost, it stays lost."""
+        if self.lost:
+            return self.lost
+        self._read_replies()   # first: an answer waiting is not a ping unanswered
+        reason = self.ended()
+        now = time.monotonic()
+        if not reason and self._ping_sent is not None and now - self._ping_sent >= PING_PATIENCE:
+            reason = self._not_answering(now - self._ping_sent)
+        elif not reason and self._ping_sent is None and now >= self._next_ping:
+            try:
+                self._send(f"ping {self._pings + 1}\n")
+                self._pings += 1
+                self._ping_sent = now
+            except GuardianLost as e:
+                reason = self.ended(wait=1.0) or str(e)
+        self.lost = reason
+        return reason
+
+    def ended(self, wait: float = 0.0) -> str:
+        """Why the guardian has exited ("the guardian (pid N) was ended by SIGTERM"), waiting up to
+        `wait` seconds for it to; "" while it runs."""
+        end = time.monotonic() + wait
+        while self.proc.poll() is None:
+            if time.monotonic() >= end:
+                return ""
+            time.sleep(0.01)
+        code = self.proc.returncode
+        if code < 0:
+            how = f"was killed by {_signal_name(-code)}"
+        elif code > 128:
+            how = f"was ended by {_signal_name(code - 128)}"
+        else:
+            how = f"exited with status {code}"
+        return f"the guardian (pid {self.pid}) {how}"
+
+    def _not_answering(self, seconds: float) -> str:
+        try:   # it is this process's child: a stop is reported to it, with its signal (not consumed)
+            info = os.waitid(os.P_PID, self.pid, os.WSTOPPED | os.WNOHANG | os.WNOWAIT)
+        except OSError:
+            info = None
+        if info is not None and info.si_code == os.CLD_STOPPED:
+            how = f"was stopped by {_signal_name(info.si_status)}"
+        else:
+            state, _ = process_state(self.pid)
+            how = "was stopped" if state in ("T", "t") else f"cannot run (state {state})" if state else "is gone"
+        return f"the guardian (pid {self.pid}) {how} and has not answered for {seconds:.0f} s"
+
     def close(self, timeout=10.0):
-        """End the guardian: with nothing launched it just exits."""
+        """End the guardian: with nothing launched it just exits. A guardian found lost (check) is
+        killed at once: stopped, it would not exit by itself."""
+        if self.lost:
+            timeout = 0.0
         with self._lock:
             commands, self._commands = self._commands, None
         if commands is not None:
@@ -253,6 +361,13 @@ class Guardian:
         if self._replies is not None:
             os.close(self._replies)
             self._replies = None
+
+
+def _signal_name(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _exec_guardian(python, commands_r, replies_w):
@@ -307,8 +422,7 @@ def _fork_guardian(commands_r, replies_w):
                 f.write("hipe-guardian")   # what ps and top show (its command line stays the worker's)
         except OSError:
             pass
-        main(commands, replies)
-        os._exit(0)
+        os._exit(main(commands, replies))
     except BaseException:
         os._exit(1)
 
@@ -348,4 +462,4 @@ class _Forked:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -101,7 +101,10 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Cal
     the worker dies or its lease is not renewed in time). The wait looks every POLL seconds at
     should_stop() (a signal number: stop HIPE and return), the timeout, and lease() (Lease.LOST:
     the claim was taken, stop HIPE so that the obsid never runs twice at once); lease() only reads
-    what the heartbeat thread found, so no database call ever delays a stop or a timeout.
+    what the heartbeat thread found, so no database call ever delays a stop or a timeout. It also
+    looks at the guardian (Guardian.check): one gone (killed, or ended by a signal, which makes it
+    kill HIPE first) or not answering its ping (stopped) leaves HIPE unwatched, so the worker kills
+    HIPE's group itself and the launch ends as SETUP_FAULT, naming the guardian's pid and the signal.
     Anything that keeps HIPE from starting (no HIPE, no file descriptors, processes, memory or
     disk space) ends as SETUP_FAULT: a fault of this worker's setup, not of the obsid; so does a
     HIPE that ends with log_dir's or out_dir's disk full, whatever it did (_ended_on_a_failing_disk).
@@ -183,7 +186,7 @@ def _launch(request: LaunchRequest, scratch: Path, script: Path, cache: Path, st
         try:
             guardian.launch(proc.pid)
         except GuardianLost as e:
-            return _setup_fault(f"HIPE stopped at once: {e}", started)
+            return _setup_fault(f"{guardian.ended(wait=1.0) or e}; HIPE stopped at once", started)
         launch = _wait(proc, exit_watch, hipe.timeout, started, marker, stderr_path, should_stop, lease, guardian)
         failing = _ended_on_a_failing_disk(request) if launch.end is LaunchEnd.FINISHED else None
         if failing:
@@ -219,17 +222,32 @@ def _wait(proc: subprocess.Popen, exit_watch: Optional[int], timeout: float, sta
             _stop(proc, exit_watch)
             return Launch(Outcome(False, "claim lost to another worker; HIPE stopped"), now - started,
                           LaunchEnd.CLAIM_LOST)
-        if not guardian.alive():
-            _stop(proc, exit_watch)
-            return _setup_fault(f"the guardian (pid {guardian.pid}) died; HIPE stopped", started)
+        lost = guardian.check()
+        if lost:
+            # Nothing else watches HIPE now: this worker fences it itself, at once (SIGKILL, as the
+            # guardian would), before it could be frozen in turn. A stop that reached the guardian
+            # too (Slurm signals every process of a job step) is still a stop.
+            _signal_group(proc.pid, signal.SIGKILL)
+            _exited(proc, exit_watch, 60.0)
+            stop = _stopped_with(-signal.SIGKILL, should_stop)
+            if stop:
+                return Launch(Outcome(False, f"stopped by {signal.Signals(stop).name}"), time.monotonic() - started,
+                              LaunchEnd.STOPPED, stop)
+            return _setup_fault(f"{lost}; HIPE stopped", started)
     code = _exit_code(proc)
     seconds = time.monotonic() - started
-    if code == -signal.SIGKILL and guardian.was_fenced(proc.pid, wait=1.0):
+    killed = guardian.why_killed(proc.pid, wait=1.0) if code == -signal.SIGKILL else ""
+    if killed == "fenced":
         return Launch(Outcome(False, "HIPE killed by the guardian: the lease was not renewed in time", None,
                               signal.SIGKILL), seconds, LaunchEnd.FENCED)
     stop = _stopped_with(code, should_stop)
     if stop:
         return Launch(Outcome(False, f"stopped by {signal.Signals(stop).name}"), seconds, LaunchEnd.STOPPED, stop)
+    if killed or (code < 0 and guardian.check()):
+        # The guardian, being ended by a signal, killed HIPE as it went (or it went as HIPE died):
+        # not the obsid's fault.
+        lost = guardian.ended(wait=1.0) or guardian.check() or f"the guardian (pid {guardian.pid}) was ending"
+        return _setup_fault(f"{lost}; HIPE stopped", started)
     return Launch(_verdict(code, marker.exists(), stderr_path), seconds)
 
 

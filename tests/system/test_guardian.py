@@ -245,21 +245,25 @@ def test_a_deadline_sent_at_once_passes_one_held_for_the_launch(guardian):
     assert proc.wait(5) == -signal.SIGKILL   # the guardian has the group: it kills at a passed deadline
 
 
-def test_terminal_signals_do_not_stop_the_guardian_and_sigterm_takes_hipe_down(guardian):
-    """SIGINT, SIGHUP and SIGTSTP (a terminal closing, Ctrl-C, Ctrl-Z) are ignored; SIGTERM to the
-    guardian kills HIPE's group before it exits, as the worker's death would."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_terminal_stops_are_ignored_and_a_signal_ending_the_guardian_takes_hipe_down_first(guardian, sig):
+    """SIGTSTP, SIGTTIN and SIGTTOU (a terminal's stops; none can reach the guardian's session) are
+    ignored. SIGTERM, SIGINT or SIGHUP to the guardian (someone ending it) kills HIPE's group first,
+    says so (`orphaned PGID`), and exits 128+N, so that its worker can tell the obsid is not at fault."""
     proc = hipe_group()
     guardian.fence_at(time.monotonic() + 60)
     guardian.launch(proc.pid)
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTSTP):
-        os.kill(guardian.pid, sig)
+    for stop in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+        os.kill(guardian.pid, stop)
     time.sleep(0.3)
     assert state(guardian.pid) == "S" and proc.poll() is None
-    os.kill(guardian.pid, signal.SIGTERM)
+    os.kill(guardian.pid, sig)
     assert proc.wait(10) == -signal.SIGKILL
     wait_for(lambda: not group_members(proc.pid), 5, "the grandchild to be killed")
+    assert guardian.why_killed(proc.pid, wait=5) == "orphaned"
+    assert guardian.ended(wait=5) == f"the guardian (pid {guardian.pid}) was ended by {sig.name}"
+    assert guardian.proc.returncode == 128 + sig
     with pytest.raises(GuardianLost):
-        wait_for(lambda: not guardian.alive(), 5, "the guardian to exit")
         guardian.launch(proc.pid)
 
 
@@ -276,7 +280,8 @@ def test_guardian_that_cannot_start_is_one_clear_error(tmp_path):
 
 def test_forked_guardian_keeps_none_of_the_workers_descriptors(tmp_path):
     """The guardian is forked from a single-threaded worker: it keeps only its two pipes (and
-    /dev/null), so neither the worker's slot lock nor its database files outlive the worker in it."""
+    /dev/null, and both ends of a pipe of its own, its signals' wakeup pipe), so neither the
+    worker's slot lock nor its database files outlive the worker in it."""
     lock = open(tmp_path / "slot.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     g = Guardian()
@@ -284,7 +289,10 @@ def test_forked_guardian_keeps_none_of_the_workers_descriptors(tmp_path):
         assert Path(f"/proc/{g.pid}/comm").read_text().strip() == "hipe-guardian", "not the forked guardian"
         held = sorted(os.readlink(f"/proc/{g.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{g.pid}/fd"))
         assert [h for h in held if not h.startswith("pipe:") and h != "/dev/null"] == [], held
-        assert sum(h.startswith("pipe:") for h in held) == 2, held
+        pipes = [h for h in held if h.startswith("pipe:")]
+        given = {os.readlink(f"/proc/self/fd/{fd}") for fd in (g._commands, g._replies)}
+        own = [h for h in pipes if h not in given]
+        assert set(pipes) - set(own) == given and len(own) == 2 and own[0] == own[1], held
         lock.close()
         with open(tmp_path / "slot.lock", "w") as again:
             fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)   # free: the guardian holds no copy
