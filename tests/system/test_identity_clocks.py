@@ -254,3 +254,30 @@ def test_the_machine_identity_is_this_kernels_boot_and_pid_namespace():
     from batchUtility.procfs import machine_identity
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     assert machine_identity() == f"{boot} {os.readlink('/proc/self/ns/pid')}"
+
+
+def test_a_job_of_an_earlier_version_gets_the_machine_and_the_counter(batch):
+    """A job table and history without `machine` and `beats` (made by an earlier version) get them
+    from the next command, once; the claims of a run then record their machine and renewals."""
+    from batchUtility.procfs import machine_identity
+    batch.template("j", "x = 1\n")
+    assert batch.cli("j", "new", batch.obsid_file([1, 2])).returncode == 0
+    table = batch.table("j")
+    for drop in ("ALTER TABLE {job_table} DROP COLUMN machine", "ALTER TABLE {job_table} DROP COLUMN beats",
+                 "ALTER TABLE {history_table} DROP COLUMN machine"):
+        table._transaction(lambda cur, drop=drop: cur.execute(table.statement(drop)), "dropping a column")
+    assert not {"machine", "beats"} & set(table.rows()[0])
+    table.close()
+    for _ in range(2):   # idempotent
+        r = batch.cli("j", "status")
+        assert r.returncode == 0, r.stderr
+    r = batch.cli("j", "run", "-j", "2")
+    assert r.returncode == 0, r.stderr
+    table = batch.table("j")
+    assert [(row["state"], row["machine"], row["beats"]) for row in table.rows()] == [("done", machine_identity(), 0)] * 2
+    assert {h["outcome"] for h in table.history()} == {"done"}
+    def read(cur):
+        cur.execute(table.statement("SELECT machine FROM {history_table}"))
+        return cur.fetchall()
+    machines = table._transaction(read, "reading the history", write=False)
+    assert [m for (m,) in machines] == [machine_identity()] * 2
