@@ -155,7 +155,7 @@ def test_reset(batch, main):
     assert r.out == "5 obsids reset to pending\n1 obsids are running under live workers and were left alone\n"
     assert table.counts() == {"pending": 5, "running": 1, "done": 0, "failed": 0}
     r = main("s", "reset", "--stale")
-    assert r.out.startswith("0 obsids of lost workers taken back (no heartbeat for 30 s)")
+    assert r.out.startswith("0 obsids of lost workers taken back: 0 at once")
     assert table.row(running.obsid)["state"] == "running"
 
 

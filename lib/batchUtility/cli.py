@@ -226,12 +226,14 @@ def cmd_reset(cfg: config.Config, args: argparse.Namespace) -> int:
     obsids = read_obsids(args.obsids) if args.obsids else None
     table = _interactive(cfg, args.job, long_writes=True)
     table.require()
-    # Workers of this host whose process is gone are known dead: their obsids are not "running".
+    # Workers of this machine (host name, boot id and PID namespace) whose process is gone are known
+    # dead: their obsids are not "running".
     dead_here = table.reclaim_dead_here(host_name(os.environ), process_gone, cfg.run.max_attempts)
     if args.stale:
-        taken = dead_here + table.reclaim_stale(cfg.run.lease, cfg.run.max_attempts)
-        _say(args, f"{len(taken)} obsids of lost workers taken back (no heartbeat for {cfg.run.lease:g} s), "
-                   f"{len(dead_here)} of them at once (a worker of this host whose process is gone)")
+        lost = _reclaim_watched(table, cfg, args)
+        _say(args, f"{len(dead_here) + len(lost)} obsids of lost workers taken back: {len(dead_here)} at once (a worker "
+                   f"of this machine whose process is gone), {len(lost)} whose heartbeat stood still for their "
+                   "whole lease while this command watched")
         return 0
     if not args.failed and obsids is None and not args.yes:
         _confirm_putting_done_back(table, args.job)
@@ -239,7 +241,30 @@ def cmd_reset(cfg: config.Config, args: argparse.Namespace) -> int:
     _say(args, f"{changed} obsids reset to pending")
     if running:
         _say(args, f"{running} obsids are running under live workers and were left alone")
+    lapsed, _ = table.lapsed(cfg.run.lease)
+    if lapsed:
+        _say(args, f"{lapsed} obsids are running with their lease over by the database's clock and were left alone: "
+                   "`reset --stale` takes back those of lost workers")
     return 0
+
+
+def _reclaim_watched(table: JobTable, cfg: config.Config, args: argparse.Namespace) -> list:
+    """`reset --stale`'s take-back of claims of other machines: only when the database's clock says
+    some lease ran out (a hint, never evidence: clocks step), it watches the running claims for the
+    longest of those leases by its own monotonic clock, saying so on standard error, and takes back
+    those whose heartbeat stood still all that time (JobTable.reclaim_stale). Ctrl-C while it
+    watches changes nothing."""
+    lapsed, longest = table.lapsed(cfg.run.lease)
+    if not lapsed:
+        return []
+    table.reclaim_stale(cfg.run.lease, cfg.run.max_attempts)   # the first look
+    if not args.quiet:
+        print(f"{lapsed} running obsids look lost by the database's clock: watching their heartbeats for one lease "
+              f"({longest:g} s) before taking back those that stay still (Ctrl-C leaves them alone)", file=sys.stderr)
+    watched_until = time.monotonic() + longest
+    while time.monotonic() < watched_until:
+        time.sleep(min(1.0, max(0.0, watched_until - time.monotonic())))
+    return table.reclaim_stale(cfg.run.lease, cfg.run.max_attempts)
 
 
 def _confirm_putting_done_back(table: JobTable, job: str) -> None:

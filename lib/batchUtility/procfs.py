@@ -1,5 +1,5 @@
 """What Linux's /proc says of a process: when it started, whether it is gone, its state and parent,
-whether it has children, whether this process has one thread.
+whether it has children, whether this process has one thread, which machine and PID namespace it is in.
 
 A pid alone does not name a process (pids are reused); a pid with its start time does. Imports only
 os: the guardian, run as its own program (`python -S -I guardian.py`), uses it too.
@@ -61,3 +61,21 @@ def one_thread() -> bool:
         return len(os.listdir("/proc/self/task")) == 1
     except OSError:
         return False
+
+
+def machine_identity() -> str:
+    """Which machine and PID namespace this process's pids belong to: the kernel's boot id (new at
+    each boot, different on each machine, cloned VMs and containers of one host name included) and
+    the PID namespace ('pid:[4026531836]'), e.g. '5f2c...-... pid:[4026531836]'. Two processes with
+    the same identity see the same pids in the same /proc; a pid of a claim made under another
+    identity says nothing here. '' where it cannot be told (no /proc, or a /proc that is not this
+    PID namespace's: /proc/self is not this pid), which matches no claim."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+        if os.readlink("/proc/self") != str(os.getpid()):
+            return ""
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return f"{boot} {namespace}"[:80] if boot else ""

@@ -419,7 +419,8 @@ def test_the_mysql_dialect_without_a_server():
     assert table.statement(storage.INSERT_OBSID) == "INSERT IGNORE INTO `j` (obsid) VALUES (%(obsid)s)"
     assert table.statement(storage.PICK_PENDING).endswith("LIMIT 1 FOR UPDATE SKIP LOCKED")
     assert table.statement(storage.HEARTBEAT) == ("UPDATE `j` SET heartbeat = UNIX_TIMESTAMP(NOW(6)), "
-                                                   "lease_expires = UNIX_TIMESTAMP(NOW(6)) + %(lease)s\n"
+                                                   "lease_expires = UNIX_TIMESTAMP(NOW(6)) + %(lease)s, "
+                                                   "beats = COALESCE(beats, 0) + 1\n"
                                                    "  WHERE obsid = %(obsid)s AND token = %(token)s AND state = 'running'")
     with pytest.raises(BadInput, match="is not a valid SQL name"):
         storage.MySQLJobTable.quote("j`; DROP TABLE x; --")
@@ -453,10 +454,11 @@ def test_named_statements_on_an_in_memory_sqlite(memory):
         db.execute(statement(storage.INSERT_OBSID), {"obsid": obsid})   # INSERT OR IGNORE: 5 once
     assert db.execute(statement(storage.COUNT_ALL)).fetchone() == (3,)
     db.execute(statement(storage.CLAIM), {"obsid": 6, "token": "t" * 32, "host": "h", "worker": "1/1", "pid": 42,
-                                          "lease": 30, "pid_start": 4242})
+                                          "lease": 30, "pid_start": 4242, "machine": "boot pid:[1]"})
     assert sorted(db.execute(statement(storage.COUNT_BY_STATE)).fetchall()) == [("pending", 2), ("running", 1)]
     assert db.execute(statement(storage.HEARTBEAT), {"obsid": 6, "token": "x" * 32, "lease": 30}).rowcount == 0   # fenced
     assert db.execute(statement(storage.HEARTBEAT), {"obsid": 6, "token": "t" * 32, "lease": 30}).rowcount == 1
+    assert db.execute('SELECT beats, machine FROM "j" WHERE obsid = 6').fetchone() == (1, "boot pid:[1]")   # one renewal
     [(marks, values)] = in_list([6, 7, 99])
     assert sorted(db.execute(statement(storage.PRESENT, obsids=marks), values).fetchall()) == [(6,), (7,)]
     db.execute(statement(storage.HISTORY_FROM_ROW), {"attempt": 1, "outcome": "done", "obsid": 6, "token": "t" * 32})

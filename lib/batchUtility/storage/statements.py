@@ -30,7 +30,9 @@ CREATE_JOB_TABLE = """CREATE TABLE {job_table} (
   exit_code INT NULL,
   signal_no INT NULL,
   reason VARCHAR(255) NULL,
-  template VARCHAR(16) NULL
+  template VARCHAR(16) NULL,
+  machine VARCHAR(80) NULL,
+  beats BIGINT NULL
 ){table_options}"""
 
 CREATE_HISTORY_TABLE = """CREATE TABLE {history_table} (
@@ -46,7 +48,8 @@ CREATE_HISTORY_TABLE = """CREATE TABLE {history_table} (
   signal_no INT NULL,
   outcome VARCHAR(8) NOT NULL,
   reason VARCHAR(255) NULL,
-  template VARCHAR(16) NULL
+  template VARCHAR(16) NULL,
+  machine VARCHAR(80) NULL
 ){table_options}"""
 
 CREATE_CLAIM_INDEX = "{create_index} {index} ON {job_table} (state, expected DESC, obsid)"
@@ -56,8 +59,12 @@ CREATE_HISTORY_INDEX = "{create_index} {index} ON {history_table} (obsid)"
 ADDED_COLUMNS = {
     "job_table": (("lease_expires", "DOUBLE NULL"), ("template", "VARCHAR(16) NULL"),
                   # the claiming worker's process start time (ticks since boot): see procfs.process_start
-                  ("pid_start", "BIGINT NULL")),
-    "history_table": (("template", "VARCHAR(16) NULL"),),
+                  ("pid_start", "BIGINT NULL"),
+                  # the claiming worker's machine (boot id and PID namespace: procfs.machine_identity)
+                  ("machine", "VARCHAR(80) NULL"),
+                  # the claim's renewal counter: 0 at the claim, one more at each heartbeat (see STALE)
+                  ("beats", "BIGINT NULL")),
+    "history_table": (("template", "VARCHAR(16) NULL"), ("machine", "VARCHAR(80) NULL")),
 }
 ADD_COLUMN = "ALTER TABLE {table} ADD COLUMN {column} {definition}"
 DROP_HISTORY_TABLE = "DROP TABLE IF EXISTS {history_table}"
@@ -93,15 +100,15 @@ PICK_PENDING = """SELECT obsid, attempts{picked_into} FROM {job_table} WHERE sta
   ORDER BY expected DESC, obsid LIMIT 1{skip_locked}"""
 CLAIM = """UPDATE {job_table}
   SET state = 'running', pipelined = 0, token = :token, host = :host, worker = :worker, pid = :pid,
-      pid_start = :pid_start, started = {now}, heartbeat = {now}, lease_expires = {now} + :lease, ended = NULL,
-      exit_code = NULL, signal_no = NULL, template = NULL
+      pid_start = :pid_start, machine = :machine, started = {now}, heartbeat = {now}, lease_expires = {now} + :lease,
+      beats = 0, ended = NULL, exit_code = NULL, signal_no = NULL, template = NULL
   WHERE obsid = {picked_obsid} AND state = 'pending'"""
 COMMIT = "COMMIT"   # the last of the statements of a transaction sent in one round trip (MySQL)
 FORGET_PICKED = "SET @picked_obsid = NULL, @picked_attempts = NULL"   # a SELECT ... INTO finding no row sets nothing
 PICKED = "SELECT @picked_obsid, @picked_attempts"
 # A claim retried after a lost reply to its COMMIT may have been taken after all: found by its token.
 CLAIMED_BY = """SELECT obsid, attempts FROM {job_table} WHERE token = :token AND state = 'running'"""
-HEARTBEAT = """UPDATE {job_table} SET heartbeat = {now}, lease_expires = {now} + :lease
+HEARTBEAT = """UPDATE {job_table} SET heartbeat = {now}, lease_expires = {now} + :lease, beats = COALESCE(beats, 0) + 1
   WHERE obsid = :obsid AND token = :token AND state = 'running'"""
 # Finish and requeue change their claim's row only while it runs, or repeat what they did (a repeat
 # after a lost COMMIT reply finds the state it gave): a claim recorded done or failed stays so (a
@@ -119,40 +126,54 @@ REQUEUE = """UPDATE {job_table}
 ATTEMPT_RECORDED = "SELECT 1 FROM {history_table} WHERE token = :token AND obsid = :obsid AND outcome = :outcome"
 # Copies the job row of a claim into the history, as attempt :attempt that ended as :outcome.
 HISTORY_FROM_ROW = """{insert_ignore} INTO {history_table}
-  (token, obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason, template)
-  SELECT token, obsid, :attempt, host, worker, pid, started, ended, exit_code, signal_no, :outcome, reason, template
+  (token, obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason, template, machine)
+  SELECT token, obsid, :attempt, host, worker, pid, started, ended, exit_code, signal_no, :outcome, reason, template,
+         machine
   FROM {job_table} WHERE obsid = :obsid AND token = :token"""
 
 # A running row's lease is its own (lease_expires); rows claimed by an older version have none, and
-# go by the reader's :lease. Each row also tells the lease it was given, for the reason recorded.
+# go by the reader's :lease. EXPIRY is in the database's clock: it only tells (status, reset) what
+# looks over; a claim is taken back by the rule of RENEWALS, which no clock step can shorten.
 EXPIRY = "COALESCE(lease_expires, heartbeat + :lease)"
-STALE = """SELECT obsid, COALESCE(lease_expires - heartbeat, :lease) FROM {job_table}
-  WHERE state = 'running' AND {expiry} < :db_now ORDER BY obsid{lock_rows}"""
-# The running rows of one host, whose workers' processes can be looked at directly.
-RUNNING_ON_HOST = """SELECT obsid, pid, pid_start FROM {job_table} WHERE state = 'running' AND host = :host
+# What a taker watches of every running claim: whether its renewal (token, beats, heartbeat) changes,
+# and the lease it was given (lease_expires - heartbeat: two values one statement wrote from one
+# reading of the clock, so no clock step changes it). A claim whose renewal stood still for its whole
+# lease, as the taker's own monotonic clock measures it, is taken back (JobTable.reclaim_stale):
+# STALE locks those rows and reads them once more, to take back only those still unchanged.
+RENEWALS = """SELECT obsid, token, beats, heartbeat, COALESCE(lease_expires - heartbeat, :lease) FROM {job_table}
+  WHERE state = 'running' ORDER BY obsid"""
+STALE = """SELECT obsid, token, beats, heartbeat, COALESCE(lease_expires - heartbeat, :lease) FROM {job_table}
+  WHERE state = 'running' AND obsid IN ({obsids}) ORDER BY obsid{lock_rows}"""
+LAPSED = """SELECT COUNT(*), MAX(COALESCE(lease_expires - heartbeat, :lease)) FROM {job_table}
+  WHERE state = 'running' AND {expiry} < :db_now"""
+# The running rows of one host, whose workers' processes can be looked at directly (if the machine
+# and its PID namespace are the same: `machine`).
+RUNNING_ON_HOST = """SELECT obsid, pid, pid_start, machine FROM {job_table} WHERE state = 'running' AND host = :host
   ORDER BY obsid{lock_rows}"""
 LOST_MARK = "UPDATE {job_table} SET ended = {now}, reason = :reason WHERE obsid IN ({obsids})"
 LOST_TO_HISTORY = """{insert_ignore} INTO {history_table}
-  (token, obsid, attempt, host, worker, pid, started, ended, outcome, reason)
-  SELECT token, obsid, attempts + 1, host, worker, pid, started, ended, 'lost', reason
+  (token, obsid, attempt, host, worker, pid, started, ended, outcome, reason, machine)
+  SELECT token, obsid, attempts + 1, host, worker, pid, started, ended, 'lost', reason, machine
   FROM {job_table} WHERE obsid IN ({obsids})"""
 LOST_RELEASE = """UPDATE {job_table}
   SET state = CASE WHEN attempts + 1 >= :max_attempts THEN 'failed' ELSE 'pending' END,
       attempts = attempts + 1, token = NULL, heartbeat = NULL, lease_expires = NULL
   WHERE obsid IN ({obsids})"""
 
-# Rows under a live lease (expiring at or after :db_now) are never reset: they would run twice at once.
+# Running rows are never reset: they may run under a live worker (a lease judged by the database's
+# clock says nothing sure: clocks step), and would run twice at once. reset --stale takes back those
+# of lost workers (JobTable.reclaim_dead_here, reclaim_stale), which a reset then finds pending.
 RESET_ALL = """UPDATE {job_table}
   SET state = 'pending', pipelined = 0, attempts = 0, token = NULL, host = NULL, worker = NULL, pid = NULL,
       started = NULL, heartbeat = NULL, lease_expires = NULL, ended = NULL, exit_code = NULL, signal_no = NULL,
       reason = NULL
-  WHERE (state <> 'running' OR heartbeat IS NULL OR {expiry} < :db_now)
+  WHERE (state <> 'running' OR heartbeat IS NULL)
     AND (:only_failed = 0 OR state = 'failed')"""
 RESET_LISTED = """UPDATE {job_table}
   SET state = 'pending', pipelined = 0, attempts = 0, token = NULL, host = NULL, worker = NULL, pid = NULL,
       started = NULL, heartbeat = NULL, lease_expires = NULL, ended = NULL, exit_code = NULL, signal_no = NULL,
       reason = NULL
-  WHERE (state <> 'running' OR heartbeat IS NULL OR {expiry} < :db_now)
+  WHERE (state <> 'running' OR heartbeat IS NULL)
     AND (:only_failed = 0 OR state = 'failed') AND obsid IN ({obsids})"""
 COUNT_LIVE_RUNNING = "SELECT COUNT(*) FROM {job_table} WHERE state = 'running' AND {expiry} >= :db_now"
 # Obsids other workers finished lately (is this worker the only one whose attempts all fail?).

@@ -7,7 +7,13 @@ reclaimed or reset, the token no longer matches and the write changes nothing.
 The lease belongs to the claim: the row's `lease_expires` is set from the claiming worker's own
 [run] lease at the claim and at every heartbeat, and whoever takes obsids back (a worker, `reset`)
 goes by it, never by a lease of its own: a host with another batch.cfg cannot cut a claim short.
-Times are the database's clock in epoch seconds, so hosts with skewed clocks agree on leases.
+Times in the table are the database's clock in epoch seconds (what `status` shows); no claim is
+taken back by them. A claim is taken back only on evidence that holds across machines and clocks:
+- its worker's process is gone, seen by a process of the same machine and PID namespace (host name,
+  boot id and PID namespace all recorded at the claim, pid with its start time: reclaim_dead_here);
+- or its renewal counter (`beats`, one more at each heartbeat) stood still for a whole lease, as
+  the taker's own monotonic clock measures it (reclaim_stale): a clock stepped forward or back on
+  any machine, the database server's included, cannot make that shorter.
 """
 import logging
 import time
@@ -17,6 +23,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from ..errors import BadInput, BatchError, DatabaseUnavailable, JobExists, JobMissing, NotAJobTable
 from ..model import DONE, FAILED, HISTORY_SUFFIX, INTERACTIVE_PATIENCE, PENDING, SQL_NAME, Claim, Lease, Outcome, check_identifier
 from ..obsids import WHAT_AN_OBSID_IS, as_obsid
+from ..procfs import machine_identity
 from ..results import as_row as result_row
 from .engine import Engine
 from .reads import Reads
@@ -47,6 +54,7 @@ from .statements import (
     HOSTS_INDEX,
     INSERT_FROM_MASTER,
     INSERT_OBSID,
+    LAPSED,
     LOST_MARK,
     LOST_RELEASE,
     LOST_TO_HISTORY,
@@ -54,6 +62,7 @@ from .statements import (
     PICK_PENDING,
     PIPETIME_NOT_A_NUMBER,
     PRESENT,
+    RENEWALS,
     REQUEUE,
     RESET_ALL,
     RESET_LISTED,
@@ -70,6 +79,46 @@ from .statements import (
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE = 300.0          # seconds, as [run] lease's default
+
+# What a taker has seen of a running claim: its renewal (token, beats, heartbeat), and when it
+# first saw that renewal (time.monotonic(), taken after the read that saw it).
+Renewal = Tuple[Any, Any, Any]
+
+
+class LeaseWatch:
+    """The running claims a taker has looked at, and since when each has shown the same renewal.
+
+    A claim is due (may be taken back) when the same renewal was seen at two looks at least its
+    lease apart, measured from the end of the first look to the start of the last one by this
+    process's monotonic clock: no heartbeat committed in between. Its owner's guardian has then
+    killed HIPE (at FENCE_SHARE x lease after the last renewal began, by the owner's own clock).
+    Wall clocks play no part, so no clock step on any machine can shorten a lease.
+    """
+
+    def __init__(self) -> None:
+        self.seen: Dict[int, Tuple[Renewal, float]] = {}
+
+    def look(self, rows: Sequence[Tuple[Any, ...]], began: float, ended: float) -> Dict[int, Tuple[Renewal, float]]:
+        """Remember the running rows (obsid, token, beats, heartbeat, lease) read between the
+        monotonic times began and ended; forget the claims no longer running. Returns the due
+        claims: obsid -> (the renewal seen, its lease)."""
+        seen: Dict[int, Tuple[Renewal, float]] = {}
+        due: Dict[int, Tuple[Renewal, float]] = {}
+        for obsid, token, beats, heartbeat, given in rows:
+            renewal = (token, beats, heartbeat)
+            before = self.seen.get(int(obsid))
+            if before is not None and before[0] == renewal:
+                seen[int(obsid)] = before
+                if began - before[1] >= float(given):
+                    due[int(obsid)] = (renewal, float(given))
+            else:
+                seen[int(obsid)] = (renewal, ended)
+        self.seen = seen
+        return due
+
+    def forget(self, obsids: Sequence[int]) -> None:
+        for obsid in obsids:
+            self.seen.pop(obsid, None)
 
 
 class JobTable(Reads, Engine):
@@ -282,7 +331,7 @@ class JobTable(Reads, Engine):
 
     # ----------------------------------------------------------------- what workers do
     def claim(self, host: str, worker: str, pid: int, lease: float = DEFAULT_LEASE, *, pid_start: Optional[int] = None,
-              interrupted: Optional[Callable[[], bool]] = None) -> Optional[Claim]:
+              machine: Optional[str] = None, interrupted: Optional[Callable[[], bool]] = None) -> Optional[Claim]:
         """Atomically take the next pending obsid for this worker, longest expected first.
 
         No two callers, in any process or on any host, ever get the same row: the row is locked
@@ -293,8 +342,11 @@ class JobTable(Reads, Engine):
 
         Each try has a fresh token; a try whose COMMIT got no answer (the connection broke) may have
         committed all the same, so the next try first looks for a row holding an earlier token.
+        machine: the claiming process's machine and PID namespace (procfs.machine_identity(), this
+        process's when None), with which reclaim_dead_here tells whether it can see the pid.
         """
         tokens: List[str] = []
+        machine = machine_identity() if machine is None else machine
 
         def take(cur):
             for earlier in tokens:
@@ -304,7 +356,8 @@ class JobTable(Reads, Engine):
             token = uuid.uuid4().hex
             tokens.append(token)
             picked = self._pick_and_claim(cur, {"token": token, "host": host[:255], "worker": worker[:32], "pid": pid,
-                                                "pid_start": pid_start, "lease": lease}, commit=True)
+                                                "pid_start": pid_start, "machine": machine[:80] or None,
+                                                "lease": lease}, commit=True)
             if picked is None:
                 return None
             obsid, attempts, claimed = picked
@@ -402,26 +455,58 @@ class JobTable(Reads, Engine):
         return self._transaction(put_back, f"putting obsid {claim.obsid} back", patience=patience,
                                  interrupted=interrupted)
 
+    _watch: Optional[LeaseWatch] = None   # what this table's reclaim_stale has seen so far
+
     def reclaim_stale(self, lease: float, max_attempts: int, *,
                       interrupted: Optional[Callable[[], bool]] = None) -> List[int]:
-        """Take back every running obsid whose lease ran out (its worker is dead or cut off).
+        """Take back every running obsid whose renewal stood still for its whole lease since this
+        table first saw it (its worker is dead, frozen or cut off): see LeaseWatch. So a claim is
+        taken back only by a caller that looks again, at least a lease after its first look (a
+        waiting worker looks about once a second). Wall clocks play no part.
 
-        The lease is the row's own (`lease_expires`, from its claiming worker); `lease` only serves
-        rows claimed by an older version, which have none. Each costs an attempt and goes back to
-        pending, or to failed once max_attempts are used; its token is cleared, so the lost worker
-        can no longer record anything for it. Rows another transaction holds locked are skipped
-        (MySQL: SKIP LOCKED), so a worker frozen inside a transaction never stalls this one.
+        The lease is the row's own (from its claiming worker); `lease` only serves rows claimed by
+        an older version, which have none. Each costs an attempt and goes back to pending, or to
+        failed once max_attempts are used; its token is cleared, so the lost worker can no longer
+        record anything for it. The due rows are locked and read again, and only those still
+        unchanged taken back; rows another transaction holds locked are skipped (MySQL: SKIP
+        LOCKED), so a worker frozen inside a transaction never stalls this one.
         Returns the obsids taken back.
         """
+        watch = self._watch = self._watch or LeaseWatch()
+
+        def look(cur):
+            began = time.monotonic()
+            rows = self._execute(cur, RENEWALS, {"lease": lease}).fetchall()
+            return watch.look(rows, began, time.monotonic())
+        due = self._transaction(look, "looking at the leases of running obsids", write=False, interrupted=interrupted)
+        if not due:
+            return []
+
         def reclaim(cur):
-            found = self._execute(cur, STALE, {"db_now": self._db_now(cur), "lease": lease}).fetchall()
+            still: List[int] = []
+            for listed, params in in_list(sorted(due)):
+                for obsid, token, beats, heartbeat, _ in self._execute(cur, STALE, {**params, "lease": lease},
+                                                                       obsids=listed).fetchall():
+                    if (token, beats, heartbeat) == due[int(obsid)][0]:
+                        still.append(int(obsid))
             by_lease: Dict[float, List[int]] = {}
-            for obsid, given in found:
-                by_lease.setdefault(round(float(given), 3), []).append(int(obsid))
+            for obsid in still:
+                by_lease.setdefault(round(due[obsid][1], 3), []).append(obsid)
             for given, stale in sorted(by_lease.items()):
                 self._take_back(cur, stale, f"worker lost: no heartbeat for {given:g} s", max_attempts)
-            return sorted(int(obsid) for obsid, _ in found)
-        return self._transaction(reclaim, "reclaiming obsids of lost workers", interrupted=interrupted)
+            return sorted(still)
+        taken = self._transaction(reclaim, "reclaiming obsids of lost workers", interrupted=interrupted)
+        watch.forget(taken)
+        return taken
+
+    def lapsed(self, lease: float) -> Tuple[int, float]:
+        """How many running obsids look lost by the database's clock (their lease_expires passed),
+        and the longest lease among them: what `reset --stale` watches. Never a reason to take a
+        claim back by itself: a clock stepped forward would make a live claim look lost."""
+        def count(cur):
+            n, longest = self._execute(cur, LAPSED, {"db_now": self._db_now(cur), "lease": lease}).fetchone()
+            return int(n), float(longest or 0.0)
+        return self._transaction(count, "looking at the leases of running obsids", write=False)
 
     def done_elsewhere(self, seconds: float, host: str, pid: int) -> int:
         """How many obsids workers other than (host, pid) finished in the last `seconds`."""
@@ -436,14 +521,22 @@ class JobTable(Reads, Engine):
         return self._transaction(count, "counting running obsids", write=False)
 
     def reclaim_dead_here(self, host: str, gone: Callable[[int, Optional[int]], bool], max_attempts: int, *,
-                          interrupted: Optional[Callable[[], bool]] = None) -> List[int]:
-        """Take back at once the running obsids claimed on `host` (this host) by a process that is
-        gone: gone(pid, pid_start) says so (procfs.process_gone). Each costs an attempt, as with
-        reclaim_stale; claims of other hosts are left to their lease. Returns the obsids taken back."""
+                          machine: Optional[str] = None, interrupted: Optional[Callable[[], bool]] = None) -> List[int]:
+        """Take back at once the running obsids claimed on this machine by a process that is gone:
+        claimed under host name `host` and under the same machine identity (boot id and PID
+        namespace: procfs.machine_identity(), this process's when None), by a pid whose start time
+        was recorded, and gone(pid, pid_start) says that process is gone (procfs.process_gone).
+        Anything else (another machine or container of the same host name, a claim of an older
+        version) is left to its lease. Each costs an attempt, as with reclaim_stale. Returns the
+        obsids taken back."""
+        machine = (machine_identity() if machine is None else machine)[:80]
+
         def reclaim(cur):
+            if not machine:
+                return []
             rows = self._execute(cur, RUNNING_ON_HOST, {"host": host[:255]}).fetchall()
-            dead = [(int(obsid), pid) for obsid, pid, start in rows
-                    if pid is not None and gone(int(pid), None if start is None else int(start))]
+            dead = [(int(obsid), pid) for obsid, pid, start, theirs in rows
+                    if theirs == machine and pid is not None and start is not None and gone(int(pid), int(start))]
             for obsid, pid in dead:
                 self._take_back(cur, [obsid], f"worker lost: its process {pid} on {host} is gone", max_attempts)
             return [obsid for obsid, _ in dead]
@@ -461,11 +554,13 @@ class JobTable(Reads, Engine):
         """Put obsids back to pending with their attempts cleared (the history is kept).
 
         All of them, only failed ones, or the listed ones (each must be in the job, else BadInput
-        and nothing changes). Obsids running under a live lease are left alone: resetting them
-        would run them twice at once. Returns (how many were reset, how many were left running).
+        and nothing changes). Running obsids are left alone, whatever the clocks say of their leases:
+        resetting them would run them twice at once (reclaim_dead_here and reclaim_stale take back
+        those of lost workers). Returns (how many were reset, how many were left running under a
+        live lease by the database's clock).
         """
         def reset(cur):
-            which = {"db_now": self._db_now(cur), "lease": lease, "only_failed": int(only_failed)}
+            which = {"only_failed": int(only_failed)}
             # A reset obsid is no longer done, so it has no results; obsids left running have none.
             if obsids is None:
                 changed = self._execute(cur, RESET_ALL, which).rowcount
@@ -480,7 +575,7 @@ class JobTable(Reads, Engine):
                     changed += self._execute(cur, RESET_LISTED, {**which, **params}, obsids=listed).rowcount
                     if not only_failed:
                         self._execute(cur, RESULTS_DELETE_LISTED, params, obsids=listed)
-            running = self._execute(cur, COUNT_LIVE_RUNNING, {"db_now": which["db_now"], "lease": lease}).fetchone()[0]
+            running = self._execute(cur, COUNT_LIVE_RUNNING, {"db_now": self._db_now(cur), "lease": lease}).fetchone()[0]
             return changed, int(running)
         return self._transaction(reset, "resetting obsids")
 
