@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import __version__, config, report, results, signals, timeline
+from . import __version__, config, report, results, signals, timeline, workdir
 from .errors import BadInput, BatchError
 from .frontend import COMMAND, EXIT_STATUSES, job_exit_status, print_status, say_error, status_block
 from .local import LocalRun
@@ -363,8 +363,11 @@ def cmd_report(cfg: config.Config, args: argparse.Namespace) -> int:
 
 
 def _write(path: str, text: str) -> str:
+    """Write the report's page or SVG (workdir.open_to_write): a link, a FIFO or anything but a regular
+    file at path is refused with one line, and what it points to is left untouched."""
     try:
-        Path(path).write_text(text, encoding="utf-8")
+        with open(workdir.open_to_write(Path(path)), "w", encoding="utf-8") as f:
+            f.write(text)
     except OSError as e:
         raise BadInput(f"cannot write {path}: {e.strerror}") from None
     return path
