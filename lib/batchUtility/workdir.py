@@ -270,28 +270,20 @@ def open_to_read(path: Path) -> int:
     Guarantees: no symbolic link is followed at the last part of path (O_NOFOLLOW), and open() never
     blocks: only a name that lstat found a regular file is opened, with O_NONBLOCK (a FIFO opened for
     reading would wait for a writer for good), fstat checks that a regular file was opened, and
-    O_NONBLOCK is cleared for the reads. The folder is opened once and the look and the open are
-    done in it (dir_fd). Anything but a regular file there (a link, a FIFO, a device, a socket, a
-    folder) is refused with NotAFile naming path; a missing file raises FileNotFoundError naming it.
-    Nothing is ever changed."""
+    O_NONBLOCK is cleared for the reads. Anything but a regular file there (a link, a FIFO, a device,
+    a socket, a folder) is refused with NotAFile naming path; a missing file raises FileNotFoundError
+    naming it, having opened nothing (a worker out of file descriptors still learns that a launch
+    left no results). Nothing is ever changed. (Unlike open_to_write, no descriptor of the folder:
+    a read removes and creates nothing, so there is no sequence of steps to keep in one folder.)"""
     if path.name in ("", ".", ".."):
         raise NotAFile(path, stat.S_IFDIR)
     try:
-        folder_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, str(path)) from None
-    try:
         for _ in range(OPEN_TRIES):
-            found = _lstat_in(folder_fd, path.name)
-            if found is None:
-                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+            found = os.lstat(path)
             if not stat.S_ISREG(found.st_mode):
                 raise NotAFile(path, found.st_mode)
             try:
-                fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
-                             dir_fd=folder_fd)
-            except FileNotFoundError:
-                continue
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
             except OSError as e:
                 if e.errno == errno.ELOOP:   # a link put there meanwhile
                     continue
@@ -302,9 +294,7 @@ def open_to_read(path: Path) -> int:
     except NotAFile:
         raise
     except OSError as e:
-        raise OSError(e.errno, e.strerror, str(path)) from None
-    finally:
-        os.close(folder_fd)
+        raise type(e)(e.errno, e.strerror, str(path)) from None
 
 
 def _lstat_in(folder_fd: int, name: str) -> Optional[os.stat_result]:
