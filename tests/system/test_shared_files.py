@@ -6,13 +6,17 @@ One way opens them all (workdir.open_to_write, workdir.open_to_read); these test
 dangling link or a FIFO where `run -j` keeps its slot locks, where a launch writes its log, in place
 of the template, and where `report` writes its page; and rewrite the template in place while a run
 goes on. The hostfile of the Slurm launcher and the functions themselves: unit/test_shared_files.py."""
+import hashlib
 import os
+import signal
 import subprocess
+import sys
+import threading
 
 import pytest
 
 from batchUtility.slot import host_name
-from support import OBSID, Worker, new_job
+from support import OBSID, Worker, new_job, wait_for
 
 OK_TEMPLATE = "print('obsid %d' % obsid)\n"
 
@@ -99,6 +103,118 @@ def test_a_fifo_planted_at_a_log_file_is_refused_without_blocking(batch, reaper)
     assert states(env) == {OBSID: ("pending", 0)}
     assert [h["outcome"] for h in env.table("j").history(OBSID)] == ["setup"]
     assert fifo.is_fifo()
+
+
+# ----------------------------------------------------------------------------- the template
+@pytest.mark.slow
+def test_a_fifo_in_place_of_the_template_is_refused_without_blocking(batch, reaper):
+    """The template replaced by a FIFO while a run goes on (the first obsid's script does it): the next
+    claim's read does not block; that obsid goes back to pending uncounted, one line naming the
+    template, exit 2. A new `run` refuses at once (one line, exit 2), claiming nothing; the FIFO is
+    left as it is."""
+    env = batch
+    template = job_dir(env) / "j.py"
+    new_job(env, [OBSID, OBSID + 1, OBSID + 2], template=f"""import os, stat
+if not stat.S_ISFIFO(os.lstat({str(template)!r}).st_mode):
+    os.unlink({str(template)!r})
+    os.mkfifo({str(template)!r})
+""")
+    w = Worker(env, reaper, "w")
+    try:
+        assert w.wait(60) == 2, w.err()
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker blocked on the FIFO")
+    [line] = error_lines(w.err())
+    assert f"cannot read template {template}: a FIFO" in line, line
+    after = states(env)
+    assert sorted(after.values()) == [("done", 1), ("pending", 0), ("pending", 0)], after
+    assert any(f"obsid {o} put back to pending" in line for o, (state, _) in after.items() if state == "pending"), line
+    assert template.is_fifo()
+    r = env.cli("j", "run", timeout=60)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert f"template {template} cannot be read: a FIFO" in r.stderr, r.stderr
+    assert states(env) == after
+
+
+SLOW_WRITER = r"""
+import os, sys, time
+path, half, rest, calls = sys.argv[1:5]
+rewrites, pause = int(sys.argv[5]), float(sys.argv[6])
+while not os.path.exists(calls) or len(open(calls).read().splitlines()) < 2:
+    time.sleep(0.02)
+for _ in range(rewrites):
+    with open(path, "r+") as f:           # in place: the same inode, as cp over NFS or an editor does
+        f.truncate(0)
+        f.write(open(half).read())
+        f.flush()
+        time.sleep(pause)                 # half written, for a while
+        f.write(open(rest).read())
+    time.sleep(0.3)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_template_rewritten_in_place_the_slow_way_never_runs_half(batch, tmp_path, reaper):
+    """A helper process rewrites the template in place three times while `run -j 2` goes on over 40
+    obsids: truncated, its first half written, the rest a second later. The template's last line writes
+    the obsid's product: every obsid done has its product, every attempt recorded ran the whole
+    template (its hash), and each worker that waited said so in one line. (Before: 12-14 of 40 done
+    without their product.)"""
+    env = batch
+    pad = "".join(f"step_{i} = {i}\n" for i in range(400))
+    whole = pad + "open(outDir + 'product-%d' % obsid, 'w').write('made')\n"
+    half_text = pad[:pad.index("step_200 = ")]
+    half, rest = tmp_path / "half", tmp_path / "rest"
+    half.write_text(half_text)
+    rest.write_text(whole[len(half_text):])
+    obsids = list(range(OBSID, OBSID + 40))
+    template = job_dir(env) / "j.py"
+    new_job(env, obsids, template=whole)
+    writer = reaper.popen(subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(template), str(half), str(rest), str(env.calls), "3", "1.0"],
+        stdout=subprocess.PIPE, text=True))
+    r = env.cli("j", "run", "-j", "2", timeout=300)
+    assert writer.wait(60) == 0 and writer.stdout.read() == "done\n"
+    assert template.read_text() == whole
+    output = job_dir(env) / "output"
+    done = [o for o, (state, _) in states(env).items() if state == "done"]
+    assert [o for o in done if not (output / f"product-{o}").exists()] == [], "done without their product"
+    whole_hash = hashlib.sha256(whole.encode()).hexdigest()[:12]
+    ran = {h["template"] for h in env.table("j").history()}
+    assert ran == {whole_hash}, (ran, whole_hash)
+    assert r.returncode == 0 and sorted(done) == obsids, r.stderr
+    waited = [line for line in r.stderr.splitlines() if "is being written" in line]
+    assert 1 <= len(waited) <= 2 * 3, r.stderr
+
+
+@pytest.mark.slow
+def test_a_stop_while_the_template_is_being_written_puts_the_obsid_back(batch, reaper):
+    """A template that keeps changing (touched every 0.2 s) keeps a worker waiting; SIGTERM then stops it
+    within seconds, its obsid back to pending uncounted (`stopped`), exit 143."""
+    env = batch
+    template = job_dir(env) / "j.py"
+    new_job(env, template=OK_TEMPLATE)
+    stop = threading.Event()
+
+    def keep_touching():
+        while not stop.is_set():
+            os.utime(template)
+            stop.wait(0.2)
+    toucher = threading.Thread(target=keep_touching, daemon=True)
+    toucher.start()
+    try:
+        w = Worker(env, reaper, "w")
+        wait_for(lambda: "is being written" in w.err(), 60, "the worker to wait for the template")
+        os.kill(w.pid, signal.SIGTERM)
+        assert w.wait(20) == 128 + signal.SIGTERM, w.err()
+    finally:
+        stop.set()
+        toucher.join()
+    assert states(env) == {OBSID: ("pending", 0)}
+    assert [h["outcome"] for h in env.table("j").history(OBSID)] == ["stopped"]
+    assert env.calls.exists() is False   # HIPE never started
+    assert len([line for line in w.err().splitlines() if "is being written" in line]) == 1, w.err()
 
 
 # ----------------------------------------------------------------------------- the report
