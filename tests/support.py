@@ -81,9 +81,12 @@ class BatchEnv:
         return open_table(self.config().sql, job, **kw)
 
     def template(self, job, text):
+        """Write the job's template, dated a minute back: a worker runs only a template that has not
+        changed for 2 s (read whole, issue 18), and a user's was saved long before `run`."""
         path = self.root / "jobs" / job / f"{job}.py"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+        settled(path)
         return path
 
     def obsid_file(self, obsids, name="obsids.txt"):
@@ -127,6 +130,12 @@ def wait_for(condition, timeout, what, interval=0.05):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def settled(path):
+    """Date a file a minute back, as one written long before it is read (see BatchEnv.template)."""
+    then = time.time() - 60
+    os.utime(path, (then, then))
 
 
 # ----------------------------------------------------------------------------- processes

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import __version__, config, report, results, signals, timeline
+from . import __version__, config, report, results, signals, timeline, workdir
 from .errors import BadInput, BatchError
 from .frontend import COMMAND, EXIT_STATUSES, job_exit_status, print_status, say_error, status_block
 from .local import LocalRun
@@ -211,15 +211,28 @@ def _make_job_dir(cfg: config.Config, job: str) -> Path:
     for sub in ("log", "output"):
         (job_dir / sub).mkdir(parents=True, exist_ok=True)
     template = job_dir / f"{job}.py"
-    if not template.exists():
+    if not os.path.lexists(template):   # anything there, a link included, is the user's
         for example in (cfg.root / "jobs" / "example" / "example.py",
                         config.share_dir() / "jobs" / "example" / "example.py"):
             if example.is_file():
-                shutil.copyfile(example, template)
+                _copy_example(example, template)
                 break
         else:
             logging.warning("no example template found: write the job's HIPE script to %s", template)
     return template
+
+
+def _copy_example(example: Path, template: Path) -> None:
+    """The example copied to template (made new: nothing followed), with the example's own date: the
+    text is as old as the example, and a worker runs a template at once only once it has settled."""
+    try:
+        fd = workdir.open_to_write(template)
+        with open(fd, "wb") as f:
+            f.write(example.read_bytes())
+        st = example.stat()
+        os.utime(template, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    except OSError as e:
+        raise BadInput(f"cannot write the template {template}: {e.strerror}") from None
 
 
 def cmd_reset(cfg: config.Config, args: argparse.Namespace) -> int:
@@ -433,8 +446,11 @@ def cmd_report(cfg: config.Config, args: argparse.Namespace) -> int:
 
 
 def _write(path: str, text: str) -> str:
+    """Write the report's page or SVG (workdir.open_to_write): a link, a FIFO or anything but a regular
+    file at path is refused with one line, and what it points to is left untouched."""
     try:
-        Path(path).write_text(text, encoding="utf-8")
+        with open(workdir.open_to_write(Path(path)), "w", encoding="utf-8") as f:
+            f.write(text)
     except OSError as e:
         raise BadInput(f"cannot write {path}: {e.strerror}") from None
     return path

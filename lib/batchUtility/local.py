@@ -17,6 +17,7 @@ back to pending, as a single worker does. At the end the parent prints one job-w
 On a terminal the parent also shows the job's progress on one line below the workers' lines
 (relay.py); piped, with -q or with -v (which logs every SQL statement) it does not.
 """
+import contextlib
 import fcntl
 import logging
 import os
@@ -26,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from . import report, signals
-from .errors import BatchError
+from . import report, signals, workdir
+from .errors import BadInput, BatchError
 from .frontend import job_exit_status, summary_heading
 from .relay import TerminalRelay
 from .slot import Slot, host_name
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 SLOT_DIR = ".slots"
 PUMP_EVERY = 0.25      # seconds: how soon the parent relaying workers' lines notices a worker ended
 FIGURES_CALL_TIMEOUT = 5.0   # seconds one reading of the progress line's figures may take
+SLOT_FOLDER_PATIENCE = 10.0   # seconds a `run -j` waits for another one to finish looking at the slots
 
 
 def slot_lock_path(job_dir: Path, host: str, rank: int) -> Path:
@@ -46,17 +48,44 @@ def slot_lock_path(job_dir: Path, host: str, rank: int) -> Path:
 
 
 def take_free_slots(job_dir: Path, host: str, size: int) -> Dict[int, int]:
-    """Lock every free slot 1..size of this host: {rank: locked file descriptor}."""
-    (job_dir / SLOT_DIR).mkdir(parents=True, exist_ok=True)
-    taken = {}
-    for rank in range(1, size + 1):
-        fd = os.open(slot_lock_path(job_dir, host, rank), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:   # a live worker holds it
+    """Lock every free slot 1..size of this host: {rank: locked file descriptor}.
+
+    The lock files are opened as workdir.open_to_write opens a name the tool owns: no link followed,
+    never blocking, anything but a regular file (a link planted there, dangling or not, a FIFO...)
+    replaced by a new lock file; a regular one is opened as it is (a live worker may hold it). The
+    folder is the tool's too: a link in its place is replaced by a folder, never followed. Replacing
+    is done holding a lock on the folder itself, so two `run -j` starting together cannot both replace
+    one name and each lock a file of its own."""
+    folder = job_dir / SLOT_DIR
+    try:
+        if folder.is_symlink():
+            with contextlib.suppress(FileNotFoundError):   # another `run -j` did it meanwhile
+                folder.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        guard = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise BadInput(f"cannot use {folder} for the slot locks: {e.strerror}") from None
+    taken: Dict[int, int] = {}
+    try:
+        _lock_folder(guard, folder)
+        for rank in range(1, size + 1):
+            path = slot_lock_path(job_dir, host, rank)
+            try:
+                fd = workdir.open_to_write(path, replace=True, truncate=False)
+            except OSError as e:
+                raise BadInput(f"cannot open the slot lock {path}: {e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:   # a live worker holds it
+                os.close(fd)
+                continue
+            taken[rank] = fd
+    except BaseException:
+        for fd in taken.values():
             os.close(fd)
-            continue
-        taken[rank] = fd
+        raise
+    finally:
+        os.close(guard)   # and with it the folder's lock
     return taken
 
 
@@ -80,6 +109,23 @@ def warn_if_short_of_connections(room: Optional[ConnectionRoom], needed: int, sq
           "the workers beyond wait for a free one; raise max_connections or the user's MAX_USER_CONNECTIONS "
           "(docs/many-hosts.md)", file=sys.stderr, flush=True)
     return True
+
+
+def _lock_folder(guard: int, folder: Path) -> None:
+    """Hold the slot folder's own lock (flock on the folder) while slots are looked at, waiting at most
+    SLOT_FOLDER_PATIENCE seconds. Where the file system cannot lock a folder (NFS), go on without."""
+    deadline = time.monotonic() + SLOT_FOLDER_PATIENCE
+    while True:
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise BadInput(f"another `run` has held the lock of {folder} for {SLOT_FOLDER_PATIENCE:g} s: "
+                               "is it stopped (Ctrl-Z)?") from None
+            time.sleep(0.01)
+        except OSError:
+            return
 
 
 class LocalRun:

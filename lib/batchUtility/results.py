@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, TextIO, Tuple, Union
 
+from . import workdir
+
 MAX_NAME = 64      # characters of a result's name
 MAX_TEXT = 1000    # characters of a string value
 Value = Union[int, float, str]
@@ -50,11 +52,15 @@ def preamble(path_literal: str) -> str:
 def read(path: Path) -> Dict[str, Value]:
     """The results a launch recorded (the last value of each name); {} if it recorded none.
 
-    Raises ValueError naming the line of anything batchResult would not have written."""
+    Raises ValueError naming the line of anything batchResult would not have written. The file is
+    opened as workdir.open_to_read opens one (no link followed, never blocking): a script that left a
+    link or a FIFO there gets OSError naming the file, never a worker blocked in open()."""
     found: Dict[str, Value] = {}
-    if not path.exists():
+    try:
+        fd = workdir.open_to_read(path)
+    except FileNotFoundError:
         return found
-    with open(path, encoding="utf-8") as f:
+    with open(fd, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             try:
                 name, value = json.loads(line)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from . import config, supervise
+from . import config, supervise, workdir
 from .errors import BadInput, BatchError
 from .frontend import job_summary, say_error, summary_heading
 from .model import INTERACTIVE_PATIENCE, check_identifier
@@ -89,19 +89,28 @@ def tasks_per_node(text: str) -> List[int]:
 
 
 def write_hostfile(env) -> Path:
-    """The allocation's nodes, one slot per task, as an Open MPI hostfile in $TMPDIR."""
+    """The allocation's nodes, one slot per task, as an Open MPI hostfile in $TMPDIR (save_hostfile)."""
     path = Path(env.get("TMPDIR") or "/tmp") / f"hipe-batch-hostfile.{env['SLURM_JOB_ID']}"
     try:
         nodes = subprocess.run(["scontrol", "show", "hostnames", env.get("SLURM_JOB_NODELIST", "")],
                                stdout=subprocess.PIPE, check=True, text=True).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         raise BadInput("scontrol show hostnames failed") from None
-    counts = tasks_per_node(env.get("SLURM_TASKS_PER_NODE", ""))
-    try:
-        path.write_text("".join(f"{node} slots={counts[i] if i < len(counts) else 1}\n" for i, node in enumerate(nodes)))
-    except OSError:
-        raise BadInput(f"cannot write {path}") from None
+    save_hostfile(path, nodes, tasks_per_node(env.get("SLURM_TASKS_PER_NODE", "")))
     return path
+
+
+def save_hostfile(path: Path, nodes: List[str], counts: List[int]) -> None:
+    """Write the hostfile: node i with counts[i] slots (1 past the counts). The name is the launcher's
+    own, in a folder others write too ($TMPDIR is often /tmp): whatever is there is removed, never
+    followed (a link planted there, a FIFO, an earlier file), and a new file made (workdir.open_to_write,
+    fresh); what cannot be removed (another user's file in a sticky /tmp) is refused with one line."""
+    text = "".join(f"{node} slots={counts[i] if i < len(counts) else 1}\n" for i, node in enumerate(nodes))
+    try:
+        with open(workdir.open_to_write(path, fresh=True), "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise BadInput(f"cannot write the hostfile {path}: {e.strerror}") from None
 
 
 def check(job: str, config_args: List[str]):

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, TextIO, Union
+from typing import Any, Callable, Dict, Optional, TextIO, Tuple, Union
 
 from . import hipe, report, signals, workdir
 from .config import Config
@@ -40,6 +40,10 @@ STOP_PATIENCE = INTERACTIVE_PATIENCE  # seconds a stopping worker waits for the 
 # workers succeed, mean this worker's host is broken; it stops rather than fail the whole job.
 BLACK_HOLE_FAILURES = 5
 QUICK_FAILURE = 10.0
+# The template is run only once it has stayed unchanged this many seconds (a file being written in
+# place is not run half); while it has not, the worker looks again every TEMPLATE_LOOK seconds.
+TEMPLATE_QUIET = 2.0
+TEMPLATE_LOOK = 0.2
 
 # What runs one obsid: hipe.run_obsid's signature (request, should_stop, lease, guardian, scratch).
 Launcher = Callable[[hipe.LaunchRequest, Callable[[], int], Callable[[], Lease], Guardian, Path], hipe.Launch]
@@ -63,11 +67,14 @@ def check_ready(cfg: Config, job: str) -> None:
     """Raise BadInput (changing nothing but creating the job's log and output folders) unless the
     job's template and HIPE can be used."""
     template = template_path(cfg, job)
-    if not template.is_file():
-        raise TemplateMissing(job, template)
     try:
-        text = template.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        with open(workdir.open_to_read(template), encoding="utf-8") as f:   # no link followed, never blocking
+            text = f.read()
+    except FileNotFoundError:
+        raise TemplateMissing(job, template) from None
+    except OSError as e:
+        raise BadInput(f"template {template} cannot be read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
         raise BadInput(f"template {template} cannot be read: {e}") from None
     if not has_statement(text):
         # HIPE would run it to its end at once: every obsid counted done with nothing done.
@@ -146,6 +153,7 @@ class Worker:
         self.keeper: Optional[LeaseKeeper] = None
         self.quick_failures, self.failing_since = 0, 0.0
         self.template_version, self.template_changed = "", False
+        self.template_settled: Optional[tuple] = None   # the last snapshot of the template read whole
 
     def check_ready(self) -> None:
         """See check_ready()."""
@@ -317,10 +325,14 @@ class Worker:
 
     def _launch(self, claim: Claim) -> hipe.Launch:
         try:
-            template = self.template.read_text(encoding="utf-8")
+            template = self._read_template()
         except (OSError, UnicodeDecodeError) as e:
-            return hipe.Launch(Outcome(False, f"cannot read template {self.template}: {e}"), 0.0,
+            why = e.strerror if isinstance(e, OSError) and e.strerror else e
+            return hipe.Launch(Outcome(False, f"cannot read template {self.template}: {why}"), 0.0,
                                LaunchEnd.SETUP_FAULT)
+        if template is None:   # a stop came while the template was being written
+            return hipe.Launch(Outcome(False, f"stopped by {signal.Signals(self.stop_signal).name}"), 0.0,
+                               LaunchEnd.STOPPED, self.stop_signal)
         if not has_statement(template):   # being rewritten in place, say: never count that as a success
             return hipe.Launch(Outcome(False, f"template {self.template} holds no statement now"), 0.0,
                                LaunchEnd.SETUP_FAULT)
@@ -329,6 +341,36 @@ class Worker:
                                      self.dir / "log", template_path=self.template)
         launch = self.launcher(request, lambda: self.stop_signal, self.keeper.state, self.guardian, self.scratch)
         return dataclasses.replace(launch, outcome=dataclasses.replace(launch.outcome, template=version))
+
+    def _read_template(self) -> Optional[str]:
+        """The template's text, read whole: a snapshot is taken only when the file's size, mtime,
+        ctime and inode (and the name's) are the same before and after the read, and the file has not
+        changed for TEMPLATE_QUIET seconds (its mtime that old, or the same snapshot seen for that long
+        by this worker's monotonic clock: a file server's clock may be ahead). Otherwise the worker
+        waits and reads again, saying so once. A template written in place the slow way (truncated,
+        half written, the rest later: `cp` over NFS, an editor saving in chunks) never runs half,
+        and the hash recorded with the attempt names what really ran. None if a stop came meanwhile.
+        The file is opened by workdir.open_to_read: no link followed, never blocking."""
+        said = False
+        last, since = None, 0.0
+        while True:
+            data, snapshot = _template_snapshot(self.template)
+            now = time.monotonic()
+            if snapshot is not None:
+                if snapshot != last:
+                    last, since = snapshot, now
+                unchanged_for = max(time.time() - snapshot[3] / 1e9, now - since)
+                if snapshot == self.template_settled or unchanged_for >= TEMPLATE_QUIET:
+                    self.template_settled = snapshot
+                    return data.decode("utf-8")
+            if not said:
+                said = True
+                self.log.info("template %s is being written (it changed less than %g s ago): waiting until it has "
+                              "stayed unchanged for %g s before running it", self.template, TEMPLATE_QUIET,
+                              TEMPLATE_QUIET)
+            self._sleep(TEMPLATE_LOOK)
+            if self.stop_signal:
+                return None
 
     def _template_version(self, text: str) -> str:
         """The template's content hash, recorded with each attempt; a change mid-run is said once."""
@@ -449,6 +491,33 @@ class Worker:
             self.log.error("the first %d attempts of this worker all failed with script errors, so the template "
                            "probably cannot work: worker stopped. Fix %s, then `BatchProcess.py %s reset --failed`",
                            k, self.template, self.job)
+
+
+def _template_snapshot(path: Path) -> Tuple[bytes, Optional[tuple]]:
+    """The file's bytes, and (device, inode, size, mtime_ns, ctime_ns) if those were the same before the
+    read, after it and for the name afterwards, and the bytes read were the whole size; else None."""
+    fd = workdir.open_to_read(path)
+    try:
+        before = os.fstat(fd)
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return data, None
+
+    def key(st: os.stat_result) -> tuple:
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    whole = key(before) == key(after) == key(named) and len(data) == after.st_size
+    return data, key(after) if whole else None
 
 
 def _never() -> bool:

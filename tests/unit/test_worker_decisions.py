@@ -28,6 +28,7 @@ from batchUtility.testing import (
     stopped,
 )
 from batchUtility.worker import Worker
+from support import settled
 
 JOB = "j"
 
@@ -38,6 +39,7 @@ def make(tmp_path):
     The job's folder is real (run() checks the template and HIPE first, as it always does)."""
     (tmp_path / "jobs" / JOB).mkdir(parents=True)
     (tmp_path / "jobs" / JOB / f"{JOB}.py").write_text("print(obsid)\n")
+    settled(tmp_path / "jobs" / JOB / f"{JOB}.py")
     made = []
 
     def make(table, launcher, max_time=None, **run):
