@@ -171,8 +171,8 @@ def _interactive(cfg: config.Config, job: str, create: bool = False, long_writes
     long_writes (new, reset, wipe): one of their statements may change a million rows, which takes
     longer than INTERACTIVE_CALL; once the server has answered within it, their calls may take
     as long as any command's (DEFAULT_CALL_TIMEOUT)."""
-    patience = INTERACTIVE_PATIENCE - INTERACTIVE_CALL
-    table = open_table(cfg.sql, job, patience, create=create, call_timeout=INTERACTIVE_CALL)   # connects
+    # Each connect waits at most the patience left (Engine._transaction), so the last ends within it.
+    table = open_table(cfg.sql, job, INTERACTIVE_PATIENCE, create=create, call_timeout=INTERACTIVE_CALL)   # connects
     if not long_writes:
         return table
     table.close()

@@ -183,7 +183,8 @@ class Engine:
                                           f"{time.monotonic() - began:.1f} s: the connection stayed busy")
             try:
                 if self.conn is None:
-                    self.conn = self._connect()
+                    # A connect never outlasts the patience left (a frozen server makes it wait).
+                    self.conn = self._connect(within=min(self.call_timeout, deadline - time.monotonic()))
                     self._connected_once = True
                 cur = self.conn.cursor()
                 self._committed = False
@@ -260,7 +261,8 @@ class Engine:
         return names or None
 
     # ----------------------------------------------------------------- dialect hooks (connections, errors)
-    def _connect(self) -> Any:
+    def _connect(self, within: float) -> Any:
+        """A new connection (the dialect's), waiting at most `within` seconds for the server to answer."""
         raise NotImplementedError
 
     def _begin(self, cur: Any, write: bool) -> None:

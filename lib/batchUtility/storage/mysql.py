@@ -48,14 +48,16 @@ class MySQLJobTable(JobTable):
         self.Error = MySQLdb.Error
         super().__init__(*args, **kwargs)
 
-    def _connect(self) -> Any:
+    def _connect(self, within: float) -> Any:
         from MySQLdb.constants import CLIENT
         s = self.settings
         # Every wait for the server is bounded: without read and write timeouts a frozen server (or a
-        # network silently dropping packets) blocks a query for as long as it lasts.
+        # network silently dropping packets) blocks a query for as long as it lasts. The connect's own
+        # wait is also cut to `within` (whole seconds, at least 1: the client library's unit).
         seconds = math.ceil(self.call_timeout)
         options = {"host": s.host, "user": s.user, "database": s.db, "charset": "utf8mb4",
-                   "connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds,
+                   "connect_timeout": max(1, min(seconds, math.ceil(within))),
+                   "read_timeout": seconds, "write_timeout": seconds,
                    "autocommit": False,
                    # rowcount = rows matched, so repeated writes still count; several statements in one
                    # round trip (_execute_together: every value is a parameter, every identifier checked)

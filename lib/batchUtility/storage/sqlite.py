@@ -32,7 +32,8 @@ class SQLiteJobTable(JobTable):
     number_or_null = ("CASE WHEN CAST(TRIM({value}) AS NUMERIC) = TRIM({value}) AND CAST(TRIM({value}) AS REAL) >= 0 "
                       "THEN MIN(ROUND(CAST(TRIM({value}) AS REAL)), {most}) END")
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, within: float) -> sqlite3.Connection:
+        # A file opens at once: `within` bounds nothing here; the busy timeout stays a call's.
         path = self.settings.path
         if not path.parent.is_dir():
             raise BadInput(f"cannot use {self.settings.describe()}: folder {path.parent} does not exist")
