@@ -118,6 +118,13 @@ def remove(relative):
     return lambda env: (env.root / relative).unlink() and None
 
 
+def link_template(env):
+    """The job's template replaced by a link to a script elsewhere (a habit: the script kept in a checkout)."""
+    (env.root / "mine.py").write_text("print(obsid)\n")
+    (env.root / "jobs/j/j.py").unlink()
+    (env.root / "jobs/j/j.py").symlink_to(env.root / "mine.py")
+
+
 def plain_table(env):
     """A table called `other` that is not a job table, for commands that must not touch it."""
     if env.backend == "sqlite":
@@ -241,6 +248,9 @@ CASES = [
     Case("template_missing", ("j", "run"), ("template {root}/jobs/j/j.py not found",), remove("jobs/j/j.py")),
     Case("template_not_utf8", ("j", "run"), ("template {root}/jobs/j/j.py cannot be read",),
          lambda env: (env.root / "jobs/j/j.py").write_bytes(b"print('\xff')\n") and None),
+    Case("template_a_link", ("j", "run"),
+         ("template {root}/jobs/j/j.py cannot be read: a symbolic link", "put the script itself there, not a link to it"),
+         link_template),
     Case("hipe_not_on_path", ("j", "run"),
          ("HIPE command 'no-such-hipe' not found on PATH ([hipe] command in {root}/batch.cfg)",),
          cfg(hipe={"command": "no-such-hipe"})),

@@ -5,6 +5,7 @@ only coordination. A worker that dies leaves its obsid running under a lease tha
 refreshed; any later worker takes it back (`JobTable.reclaim_stale`).
 """
 import dataclasses
+import errno
 import hashlib
 import logging
 import os
@@ -73,7 +74,10 @@ def check_ready(cfg: Config, job: str) -> None:
     except FileNotFoundError:
         raise TemplateMissing(job, template) from None
     except OSError as e:
-        raise BadInput(f"template {template} cannot be read: {e.strerror}") from None
+        # A link is refused as any planted file is (workdir.open_to_read); say what to do instead.
+        hint = " (put the script itself there, not a link to it)" if isinstance(e, workdir.NotAFile) \
+            and e.errno == errno.ELOOP else ""
+        raise BadInput(f"template {template} cannot be read: {e.strerror}{hint}") from None
     except UnicodeDecodeError as e:
         raise BadInput(f"template {template} cannot be read: {e}") from None
     if not has_statement(text):
