@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .errors import BadInput
+from .memory import megabytes
 from .model import check_identifier
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ PASSWORD_ENV = "HIPE_BATCH_PASSWORD"
 KNOWN = {
     "sql": {"backend": "mysql", "host": None, "port": "", "socket": "", "user": None,
             "pswd": "", "db": None, "table": "", "path": "batch.sqlite", "option_file": ""},
-    "hipe": {"command": "hipe", "memory": "2048m", "properties": "", "timeout": "0"},
+    "hipe": {"command": "hipe", "memory": "2048m", "max_memory": "", "properties": "", "timeout": "0"},
     "run": {"lease": "300", "max_attempts": "3", "db_patience": "600", "wait_for_running": "yes",
             "retry_errors": "no", "halt_after": "5"},
 }
@@ -133,6 +134,17 @@ class HipeSettings:
     memory: str
     properties: Tuple[str, ...]
     timeout: float   # seconds per obsid; 0 means none
+    # The largest heap an obsid that ran out of memory is retried with (doubling from memory); as
+    # memory when not set: no growth unless asked.
+    max_memory: str = ""
+
+    @property
+    def memory_mb(self) -> int:
+        return megabytes(self.memory)
+
+    @property
+    def max_memory_mb(self) -> int:
+        return max(self.memory_mb, megabytes(self.max_memory or self.memory))
 
 
 @dataclass(frozen=True)
@@ -284,7 +296,12 @@ def load(explicit: Optional[str] = None) -> Config:
     for p in properties:
         if not _PROPERTY.match(p):
             raise r.bad("hipe", "properties", p, "each property must be name=value")
-    hipe = HipeSettings(command_words, memory, properties, r.number("hipe", "timeout"))
+    max_memory = r.get("hipe", "max_memory")   # '' means as memory
+    if max_memory and not _MEMORY.match(max_memory):
+        raise r.bad("hipe", "max_memory", max_memory, "must look like 8192m or 16g")
+    if max_memory and megabytes(max_memory) < megabytes(memory):
+        raise r.bad("hipe", "max_memory", max_memory, f"must be at least [hipe] memory ({memory})")
+    hipe = HipeSettings(command_words, memory, properties, r.number("hipe", "timeout"), max_memory)
 
     lease = r.number("run", "lease", low=1)
     run = RunSettings(lease, r.number("run", "max_attempts", int, 1, 1000), r.number("run", "db_patience"),

@@ -83,3 +83,15 @@ class BlackHole(BatchError):
         super().__init__(f"this worker's last {failures} attempts all failed within {within:g} s each while other "
                          f"workers finished {elsewhere} obsids: this host looks broken (last: {last_reason[:160]}); "
                          "worker stopped, the job goes on elsewhere")
+
+
+class NoRoom(BatchError):
+    """The heap an obsid needs is more than this worker could ever have (its node's memory, or its
+    cgroup's limit): waiting would be for good. The obsid was put back (uncounted), the worker stops."""
+
+    exit_status = 4
+
+    def __init__(self, obsid: int, heap: str, most: int, where: str):
+        self.obsid, self.heap, self.most = obsid, heap, most
+        super().__init__(f"obsid {obsid} needs a Java heap of {heap} but this worker can have at most {most} MiB "
+                         f"({where}); obsid put back to pending for a worker with more memory, and worker stopped")

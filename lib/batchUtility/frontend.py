@@ -17,6 +17,7 @@ EXIT_STATUSES = """exit status (the same for run, run -j N and BatchProcess_mpi.
   1      some obsids failed or are not done yet
   2      bad input: one line says what; nothing was changed
   3      the database stayed away too long
+  4      a worker stopped: the Java heap an obsid needs cannot fit in the memory it may ever have
   128+N  stopped by signal N (130 Ctrl-C, 143 SIGTERM); running obsids were put back to pending"""
 
 

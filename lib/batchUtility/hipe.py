@@ -8,18 +8,19 @@ beside it, read only when the launch succeeded.
 """
 import contextlib
 import os
+import re
 import select
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-from . import results, workdir
+from . import memory, results, workdir
 from .config import PASSWORD_ENV, HipeSettings
 from .guardian import Guardian, GuardianLost
-from .model import LaunchEnd, Lease, Outcome, printable
+from .model import Cost, LaunchEnd, Lease, Outcome, printable
 
 KILL_GRACE = 5.0   # seconds between SIGTERM and SIGKILL to HIPE's process group
 POLL = 0.2         # how often the wait loop looks at signals, the timeout and the lease
@@ -169,6 +170,7 @@ def _launch(request: LaunchRequest, scratch: Path, script: Path, cache: Path, st
             err = workdir.open_log(stderr_path)
         except OSError as e:
             return _setup_fault(f"cannot write {e.filename or scratch}: {e.strerror}", started)
+        oom_before = memory.oom_kills()   # a rise while HIPE runs: the OOM killer may have taken it
         try:
             # HIPE writes straight into the log files (nothing held in memory), in a session of its own
             # so that a timeout, a stop or its guardian can kill its whole process group. The database
@@ -182,16 +184,21 @@ def _launch(request: LaunchRequest, scratch: Path, script: Path, cache: Path, st
             if fd is not None:
                 os.close(fd)
     exit_watch = _exit_watch(proc.pid)
+    io: Dict[str, int] = {}
+    usage = None
     try:
         try:
             guardian.launch(proc.pid)
         except GuardianLost as e:
-            return _setup_fault(f"{guardian.ended(wait=1.0) or e}; HIPE stopped at once", started)
-        launch = _wait(proc, exit_watch, hipe.timeout, started, marker, stderr_path, should_stop, lease, guardian)
-        failing = _ended_on_a_failing_disk(request) if launch.end is LaunchEnd.FINISHED else None
-        if failing:
-            return _setup_fault(f"{failing} (it {'succeeded' if launch.outcome.ok else 'failed'})", started)
-        return _with_results(launch, results_file)
+            launch = _setup_fault(f"{guardian.ended(wait=1.0) or e}; HIPE stopped at once", started)
+        else:
+            launch = _wait(proc, exit_watch, hipe.timeout, started, marker, stderr_path, should_stop, lease, guardian,
+                           oom_before)
+            failing = _ended_on_a_failing_disk(request) if launch.end is LaunchEnd.FINISHED else None
+            if failing:
+                launch = _setup_fault(f"{failing} (it {'succeeded' if launch.outcome.ok else 'failed'})", started)
+            else:
+                launch = _with_results(launch, results_file)
     finally:
         # The guardian hears first, while HIPE is not yet reaped (its group id cannot be reused yet);
         # then whatever HIPE left behind in its group is killed, and HIPE reaped.
@@ -202,11 +209,47 @@ def _launch(request: LaunchRequest, scratch: Path, script: Path, cache: Path, st
         _signal_group(proc.pid, signal.SIGKILL)
         if exit_watch is not None:
             os.close(exit_watch)
+        io = _io_of(proc.pid)
+        usage = _reap(proc)
+    return replace(launch, outcome=replace(launch.outcome, cost=_cost(usage, io), heap_mb=hipe.memory_mb))
+
+
+def _io_of(pid: int) -> Dict[str, int]:
+    """/proc/PID/io of HIPE before it is reaped (a zombie's still reads): its own and its reaped
+    descendants' counts. Empty where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/io", encoding="ascii") as f:
+            return {name: int(value) for name, _, value in (line.partition(": ") for line in f) if value.strip().isdigit()}
+    except OSError:
+        return {}
+
+
+def _reap(proc: subprocess.Popen) -> Any:
+    """Reap HIPE with wait4, whose resource usage covers HIPE and every descendant it waited for."""
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except ChildProcessError:   # reaped already
         proc.wait()
+        return None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage
+
+
+def _cost(usage: Any, io: Dict[str, int]) -> Cost:
+    """The launch's cost (model.Cost) from wait4's resource usage and /proc/PID/io: CPU is user +
+    system time; the peak is ru_maxrss (KiB on Linux: the largest of HIPE and its waited-for
+    descendants); reads and writes are rchar and wchar, the bytes of read() and write() calls,
+    whatever the page cache or a network file system did with them."""
+    mib = float(1 << 20)
+    return Cost(cpu_s=round(usage.ru_utime + usage.ru_stime, 3) if usage else None,
+                peak_rss_mb=round(usage.ru_maxrss / 1024, 1) if usage else None,
+                read_mb=round(io["rchar"] / mib, 3) if "rchar" in io else None,
+                write_mb=round(io["wchar"] / mib, 3) if "wchar" in io else None)
 
 
 def _wait(proc: subprocess.Popen, exit_watch: Optional[int], timeout: float, started: float, marker: Path,
-          stderr_path: Path, should_stop: Callable[[], int], lease: Callable[[], Lease], guardian: Guardian) -> Launch:
+          stderr_path: Path, should_stop: Callable[[], int], lease: Callable[[], Lease], guardian: Guardian,
+          oom_before: Optional[int] = None) -> Launch:
     while not _exited(proc, exit_watch, POLL):
         now = time.monotonic()
         stop = should_stop()
@@ -248,7 +291,8 @@ def _wait(proc: subprocess.Popen, exit_watch: Optional[int], timeout: float, sta
         # not the obsid's fault.
         lost = guardian.ended(wait=1.0) or guardian.check() or f"the guardian (pid {guardian.pid}) was ending"
         return _setup_fault(f"{lost}; HIPE stopped", started)
-    return Launch(_verdict(code, marker.exists(), stderr_path), seconds)
+    oom_killed = oom_before is not None and memory.oom_kills() > oom_before
+    return Launch(_verdict(code, marker.exists(), stderr_path, oom_killed), seconds)
 
 
 def _stopped_with(code: int, should_stop: Callable[[], int]) -> int:
@@ -305,29 +349,70 @@ def _exit_code(proc: subprocess.Popen) -> int:
     return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
-def _verdict(code: int, completed: bool, stderr_path: Path) -> Outcome:
+def _verdict(code: int, completed: bool, stderr_path: Path, oom_killed: bool = False) -> Outcome:
+    """The outcome of a HIPE that exited with `code` (Popen's: -N for signal N); `completed`: the marker
+    is there; `oom_killed`: an OOM-kill counter rose while it ran (memory.oom_kills)."""
+    if code == 0 and completed:
+        return Outcome(True, "", 0)
+    java = _java_out_of_memory(stderr_path)
+    # HIPE killed by SIGKILL (or its launcher reporting it, 128+9) while the kernel killed for memory.
+    kernel = oom_killed and code in (-signal.SIGKILL, 128 + signal.SIGKILL)
+    short = java or ("killed by the kernel's OOM killer" if kernel else "")
     if code < 0:
-        return Outcome(False, f"HIPE killed by {signal.Signals(-code).name}{_last_words(stderr_path)}", None, -code)
+        words = ": the kernel's OOM killer (out of memory)" if kernel else _last_words(stderr_path)
+        return Outcome(False, f"HIPE killed by {signal.Signals(-code).name}{words}", None, -code, out_of_memory=short)
+    words = f": {java}" if java else _last_words(stderr_path)
     if code != 0:
-        return Outcome(False, f"HIPE exited with status {code}{_last_words(stderr_path)}", code, script_error=True)
-    if not completed:
-        return Outcome(False, f"script stopped before its end though HIPE exited 0{_last_words(stderr_path)}", 0,
-                       script_error=True)
-    return Outcome(True, "", 0)
+        return Outcome(False, f"HIPE exited with status {code}{words}", code, script_error=True, out_of_memory=short)
+    return Outcome(False, f"script stopped before its end though HIPE exited 0{words}", 0,
+                   script_error=True, out_of_memory=short)
+
+
+OUT_OF_MEMORY = b"java.lang.OutOfMemoryError"
+_FRAME = re.compile(r"\s*(at |\.\.\. \d+ (more|common frames omitted)|File \".*\", line \d+)")
+_THREAD = re.compile(r'(Exception in thread "[^"]*"|Caused by:)\s+')
+
+
+def _java_out_of_memory(stderr_path: Path) -> str:
+    """The line of HIPE's stderr that says Java ran out of memory (java.lang.OutOfMemoryError, any
+    kind), from the error's name on, as printable(); '' if there is none. Read in chunks: the line
+    may be anywhere, with a long trace after it."""
+    chunk, tail = 1 << 20, b""
+    try:
+        with open(stderr_path, "rb") as f:
+            while True:
+                block = f.read(chunk)
+                if not block:
+                    return ""
+                text = tail + block
+                at = text.find(OUT_OF_MEMORY)
+                if at >= 0:
+                    line = (text[at:] + f.read(4096)).split(b"\n", 1)[0]
+                    return printable(line.decode("utf-8", "replace")).strip()[:160]
+                tail = text[-len(OUT_OF_MEMORY):]
+    except OSError:
+        return ""
 
 
 def _last_words(stderr_path: Path) -> str:
-    """': ' and the last non-blank line HIPE wrote to stderr (usually the exception), if any, without
-    terminal escapes or control characters (model.printable): it becomes the reason that `status`,
-    the report and the log lines show."""
+    """': ' and the line that says why HIPE failed, if it wrote one to stderr: the last non-blank line
+    that is not a stack frame (Java's `at ...`, `... 12 more`; Python's `File ...` and the source
+    line below it), so a Java exception's own line (`herschel.ia...Exception: message`, without
+    `Exception in thread "main"`), not its last frame. Without terminal escapes or control characters
+    (model.printable): it becomes the reason that `status`, the report and the log lines show."""
     try:
         with open(stderr_path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-            lines = [printable(line).strip() for line in f.read().decode("utf-8", "replace").splitlines()]
-            lines = [line for line in lines if line]
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+            lines = [printable(line).rstrip() for line in f.read().decode("utf-8", "replace").splitlines()]
+            lines = [line for line in lines if line.strip()]
     except OSError:
         return ""
-    return f": {lines[-1][:160]}" if lines else ""
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i]
+        if _FRAME.match(line) or (i > 0 and lines[i - 1].lstrip().startswith("File \"") and line[:1].isspace()):
+            continue
+        return f": {_THREAD.sub('', line.strip(), count=1)[:160]}"
+    return f": {lines[-1].strip()[:160]}" if lines else ""
 
 
 def _hipe_environment() -> Dict[str, str]:

@@ -302,5 +302,5 @@ class LocalRun:
                 self._say(report.status_text(self.job, counts, table.failures(), table.by_host()))
         finally:
             table.close()
-        worst = [s for s in statuses if s in (2, 3)]
+        worst = [s for s in statuses if s in (2, 3, 4)]
         return max(worst) if worst else status

@@ -66,6 +66,18 @@ class Claim:
     token: str
     attempt: int       # 1 on the first try
     lease: float = 0.0  # seconds: the claiming worker's [run] lease, stored in the row's lease_expires
+    heap_mb: Optional[int] = None   # the Java heap (MiB) the obsid is known to need (None: [hipe] memory)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one launch of HIPE cost, from the kernel's own accounting (hipe.py says how; None: not known):
+    CPU seconds (user + system) of HIPE and the descendants it waited for, the peak resident memory
+    of the largest of them (MiB), and the bytes they read and wrote (MiB, read()/write() calls: rchar, wchar)."""
+    cpu_s: Optional[float] = None
+    peak_rss_mb: Optional[float] = None
+    read_mb: Optional[float] = None
+    write_mb: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,12 @@ class Outcome:
     # The script's own fault (HIPE's exit status not 0, the script stopping before its end, our
     # timeout): running it again would only fail again. Not so: HIPE killed by a signal we did not send.
     script_error: bool = False
+    cost: Optional[Cost] = None
+    heap_mb: Optional[int] = None     # the Java heap (java.vm.memory.max) this launch was given, MiB
+    # Why HIPE ran out of memory ("java.lang.OutOfMemoryError: Java heap space", "killed by the kernel's
+    # OOM killer"), if it did: the worker retries it with a bigger heap, up to [hipe] max_memory.
+    out_of_memory: str = ""
+    heap_next: Optional[int] = None   # the heap (MiB) its next run should get, when this launch taught one
 
 
 class LaunchEnd(enum.Enum):

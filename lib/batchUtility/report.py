@@ -59,19 +59,43 @@ def obsid_text(row, history) -> str:
         head += f", running on {row['host']} slot {row['worker']} pid {row['pid']}"
     elif row["state"] != DONE and row["reason"]:
         head += f": {printable(row['reason'])}"
+    if row.get("heap_mb"):
+        head += f"\n  needs a Java heap of {row['heap_mb']}m (learned when it ran out of memory; its next run gets it)"
     lines = [head] + ([] if history else ["  no attempt recorded yet"])
     for h in history:
         took = f"{h['ended'] - h['started']:.1f} s" if h["started"] is not None and h["ended"] is not None else "?"
         lines.append(f"  attempt {h['attempt']}  {h['outcome']:<7}  {_when(h['started'])}  {took:>9}  "
                      f"{h['host']} slot {h['worker']} pid {h['pid']}  {_ending(h)}"
                      + (f"  {printable(h['reason'])}" if h["reason"] else "")
-                     + (f"  [template {h['template']}]" if h.get("template") else ""))
+                     + (f"  [template {h['template']}]" if h.get("template") else "")
+                     + (f"\n{'':>12}{cost_text(h)}" if cost_text(h) else ""))
     return "\n".join(lines)
 
 
 def obsid_json(row, history) -> str:
     return json.dumps({"obsid": row["obsid"], "state": row["state"], "attempts": row["attempts"],
-                       "reason": row["reason"], "history": history}, indent=2, default=str)
+                       "reason": row["reason"], "heap_mb": row.get("heap_mb"), "history": history}, indent=2,
+                      default=str)
+
+
+COST_COLUMNS = ("cpu_s", "peak_rss_mb", "read_mb", "write_mb", "heap_mb")
+
+
+def cost_text(h) -> str:
+    """An attempt's cost on a terminal ('cpu 12.3 s, peak 1,234 MiB, read 56.0 MiB, wrote 7.8 MiB, heap
+    2048m'), '' when none is known (an attempt of an older version, or a lost one)."""
+    parts = []
+    if h.get("cpu_s") is not None:
+        parts.append(f"cpu {h['cpu_s']:.1f} s")
+    if h.get("peak_rss_mb") is not None:
+        parts.append(f"peak {h['peak_rss_mb']:,.0f} MiB")
+    if h.get("read_mb") is not None:
+        parts.append(f"read {h['read_mb']:,.1f} MiB")
+    if h.get("write_mb") is not None:
+        parts.append(f"wrote {h['write_mb']:,.1f} MiB")
+    if h.get("heap_mb"):
+        parts.append(f"heap {h['heap_mb']}m")
+    return ", ".join(parts)
 
 
 def _when(epoch) -> str:
@@ -276,7 +300,7 @@ def _short(seconds) -> str:
 # ----------------------------------------------------------------- history --csv / --json
 # GNU parallel's --joblog names where they mean the same, then ours.
 HISTORY_COLUMNS = ("Seq", "Host", "Starttime", "JobRuntime", "Exitval", "Signal",
-                   "obsid", "attempt", "slot", "pid", "end", "outcome", "reason")
+                   "obsid", "attempt", "slot", "pid", "end", "outcome", "reason", *COST_COLUMNS)
 
 
 def history_record(seq: int, h: dict) -> dict:
@@ -286,7 +310,8 @@ def history_record(seq: int, h: dict) -> dict:
             "JobRuntime": _round(ended - started) if started is not None and ended is not None else None,
             "Exitval": h["exit_code"], "Signal": h["signal_no"] or 0,
             "obsid": h["obsid"], "attempt": h["attempt"], "slot": h["worker"], "pid": h["pid"],
-            "end": _round(ended), "outcome": h["outcome"], "reason": printable(h["reason"])}
+            "end": _round(ended), "outcome": h["outcome"], "reason": printable(h["reason"]),
+            **{name: _round(h.get(name)) for name in COST_COLUMNS[:-1]}, "heap_mb": h.get("heap_mb")}
 
 
 def _round(x):
@@ -321,6 +346,7 @@ def history_text(attempts: Iterable[dict], out: TextIO) -> int:
         took = f"{r['JobRuntime']:.1f} s" if r["JobRuntime"] is not None else "?"
         out.write(f"{n:>7}  {_when(h['started'])}  {took:>9}  {h['obsid']:>12} #{h['attempt']:<2} {h['outcome']:<7} "
                   f"{h['host']} slot {h['worker']} pid {h['pid']}  {_ending(h)}"
+                  + (f"  {cost_text(h)}" if cost_text(h) else "")
                   + (f"  {r['reason']}" if r["reason"] else "") + "\n")
     if not n:
         out.write("no attempt recorded\n")

@@ -25,11 +25,12 @@ from .guardian import Guardian
 from .hipe import Launch, LaunchRequest
 from .model import DONE, FAILED, INTERACTIVE_PATIENCE, PENDING, RUNNING, STATES, Claim, LaunchEnd, Lease, Outcome
 from .storage import DEFAULT_LEASE
+from .storage.table import spent
 
 COLUMNS = ("obsid", "pipelined", "state", "expected", "attempts", "token", "host", "worker", "pid", "pid_start",
-           "started", "heartbeat", "lease_expires", "ended", "exit_code", "signal_no", "reason", "template")
+           "started", "heartbeat", "lease_expires", "ended", "exit_code", "signal_no", "reason", "template", "heap_mb")
 HISTORY_COLUMNS = ("obsid", "attempt", "host", "worker", "pid", "started", "ended", "exit_code", "signal_no",
-                   "outcome", "reason", "template")
+                   "outcome", "reason", "template", "heap_mb", "cpu_s", "peak_rss_mb", "read_mb", "write_mb")
 
 
 class InMemoryJobTable:
@@ -84,7 +85,7 @@ class InMemoryJobTable:
             row.update(state=RUNNING, pipelined=0, token=token, host=host[:255], worker=worker[:32], pid=pid,
                        pid_start=pid_start, started=now, heartbeat=now, lease_expires=now + lease, ended=None,
                        exit_code=None, signal_no=None, template=None)
-            return Claim(row["obsid"], token, row["attempts"] + 1, lease)
+            return Claim(row["obsid"], token, row["attempts"] + 1, lease, row["heap_mb"])
 
     def heartbeat(self, claim: Claim) -> Lease:
         """Renew the claim's lease: HELD while the row runs under its token, else LOST."""
@@ -111,13 +112,16 @@ class InMemoryJobTable:
             row.update(state=state, pipelined=int(state == DONE), attempts=claim.attempt, ended=self.clock(),
                        heartbeat=None, lease_expires=None, exit_code=outcome.exit_code, signal_no=outcome.signal,
                        reason=outcome.reason[:255] or None, template=outcome.template or None)
-            self._to_history(row, claim.attempt, DONE if outcome.ok else FAILED)
+            if outcome.heap_next is not None:
+                row["heap_mb"] = outcome.heap_next
+            self._to_history(row, claim.attempt, DONE if outcome.ok else FAILED, outcome)
             if state == DONE and results:
                 self._results[claim.obsid] = dict(results)
             return state
 
     def requeue(self, claim: Claim, reason: str, *, outcome: str = "stopped", template: str = "",
-                patience: Optional[float] = None, interrupted: Optional[Callable[[], bool]] = None) -> bool:
+                patience: Optional[float] = None, interrupted: Optional[Callable[[], bool]] = None,
+                launched: Optional[Outcome] = None) -> bool:
         """Put a claimed obsid back to pending without counting an attempt; the history records the
         attempt as `outcome`. False if the claim had been taken from us already."""
         with self._lock:
@@ -127,7 +131,9 @@ class InMemoryJobTable:
                 return False
             row.update(state=PENDING, ended=self.clock(), heartbeat=None, lease_expires=None, reason=reason[:255],
                        template=template or None)
-            self._to_history(row, claim.attempt, outcome)
+            if launched is not None and launched.heap_next is not None:
+                row["heap_mb"] = launched.heap_next
+            self._to_history(row, claim.attempt, outcome, launched)
             return True
 
     def reclaim_stale(self, lease: float, max_attempts: int, *,
@@ -229,11 +235,12 @@ class InMemoryJobTable:
             return row["lease_expires"]
         return None if row["heartbeat"] is None else row["heartbeat"] + lease
 
-    def _to_history(self, row: Dict[str, Any], attempt: int, outcome: str) -> None:
-        """The row's attempt in the history, keyed by its token: a repeat adds nothing (INSERT IGNORE)."""
+    def _to_history(self, row: Dict[str, Any], attempt: int, outcome: str, launched: Optional[Outcome] = None) -> None:
+        """The row's attempt in the history, keyed by its token, with the heap and cost of the launch's
+        outcome: a repeat adds nothing (INSERT IGNORE)."""
         if row["token"] not in self._history:
             self._history[row["token"]] = {**{k: row.get(k) for k in HISTORY_COLUMNS}, "attempt": attempt,
-                                           "outcome": outcome}
+                                           "outcome": outcome, **spent(launched)}
 
     def _take_back(self, row: Dict[str, Any], reason: str, max_attempts: int) -> None:
         """The attempt ends as `lost`: to pending, or failed once max_attempts are used; token cleared."""
@@ -241,7 +248,7 @@ class InMemoryJobTable:
         if row["token"] not in self._history:
             self._history[row["token"]] = {**{k: row.get(k) for k in HISTORY_COLUMNS}, "attempt": row["attempts"] + 1,
                                            "exit_code": None, "signal_no": None, "template": None,
-                                           "outcome": "lost"}
+                                           "outcome": "lost", **spent(None)}
         row.update(state=FAILED if row["attempts"] + 1 >= max_attempts else PENDING, attempts=row["attempts"] + 1,
                    token=None, heartbeat=None, lease_expires=None)
 

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, TextIO, Tuple, Union
 
-from . import hipe, report, signals, workdir
-from .config import Config
-from .errors import BadInput, BatchError, BlackHole, DatabaseUnavailable, SetupBroken, TemplateMissing
+from . import hipe, memory, report, signals, workdir
+from .config import Config, HipeSettings
+from .errors import BadInput, BatchError, BlackHole, DatabaseUnavailable, NoRoom, SetupBroken, TemplateMissing
 from .guardian import Guardian, GuardianLost
 from .lease import LeaseKeeper
 from .model import DONE, FAILED, INTERACTIVE_PATIENCE, PENDING, Claim, LaunchEnd, Lease, Outcome
@@ -45,6 +45,8 @@ QUICK_FAILURE = 10.0
 # place is not run half); while it has not, the worker looks again every TEMPLATE_LOOK seconds.
 TEMPLATE_QUIET = 2.0
 TEMPLATE_LOOK = 0.2
+# A worker whose next HIPE's heap does not fit in the memory it has now looks again this often.
+ROOM_LOOK = 1.0
 
 # What runs one obsid: hipe.run_obsid's signature (request, should_stop, lease, guardian, scratch).
 Launcher = Callable[[hipe.LaunchRequest, Callable[[], int], Callable[[], Lease], Guardian, Path], hipe.Launch]
@@ -316,6 +318,9 @@ class Worker:
                 self.keeper.hipe_ended()   # from here on a failed renewal does not say HIPE runs on
             if self._record(claim, launch) not in (DONE, FAILED):   # it may come back to this worker
                 self.numbers_back[claim.obsid] = number
+        except NoRoom as e:
+            self._put_back(claim, str(e)[:255], "memory")
+            raise
         except (DatabaseUnavailable, SetupBroken, BlackHole):
             raise
         except (BatchError, OSError, GuardianLost) as e:
@@ -341,10 +346,43 @@ class Worker:
             return hipe.Launch(Outcome(False, f"template {self.template} holds no statement now"), 0.0,
                                LaunchEnd.SETUP_FAULT)
         version = self._template_version(template)
-        request = hipe.LaunchRequest(self.cfg.hipe, template, self.job, claim.obsid, self.dir / "output",
+        settings = self._heap_for(claim)
+        if not self._wait_for_room(claim, settings.memory_mb):
+            return hipe.Launch(Outcome(False, f"stopped by {signal.Signals(self.stop_signal).name}"), 0.0,
+                               LaunchEnd.STOPPED, self.stop_signal)
+        request = hipe.LaunchRequest(settings, template, self.job, claim.obsid, self.dir / "output",
                                      self.dir / "log", template_path=self.template)
         launch = self.launcher(request, lambda: self.stop_signal, self.keeper.state, self.guardian, self.scratch)
         return dataclasses.replace(launch, outcome=dataclasses.replace(launch.outcome, template=version))
+
+    def _heap_for(self, claim: Claim) -> HipeSettings:
+        """[hipe] with the heap this obsid gets: [hipe] memory, or the bigger heap its earlier runs
+        were found to need (the row's heap_mb), never beyond [hipe] max_memory."""
+        hipe_cfg = self.cfg.hipe
+        heap = min(max(hipe_cfg.memory_mb, claim.heap_mb or 0), hipe_cfg.max_memory_mb)
+        return hipe_cfg if heap == hipe_cfg.memory_mb else dataclasses.replace(hipe_cfg, memory=memory.setting(heap))
+
+    def _wait_for_room(self, claim: Claim, heap_mb: int) -> bool:
+        """Wait until a heap of heap_mb MiB fits in the memory this worker may use now (memory.room:
+        MemAvailable, and its cgroup's limit minus usage), saying so once, rather than start a JVM the
+        OOM killer would take; False if a stop came meanwhile. A heap more than this worker could
+        ever have raises NoRoom: waiting would be for good."""
+        said = False
+        while True:
+            room = memory.room()
+            if not room.most or heap_mb <= room.free:   # (no /proc/meminfo: nothing to go by)
+                if said:
+                    self.log.info("%d MiB free now: starting HIPE", room.free)
+                return True
+            if heap_mb > room.most:
+                raise NoRoom(claim.obsid, memory.setting(heap_mb), room.most, room.most_from)
+            if not said:
+                said = True
+                self.log.warning("waiting for memory: HIPE's heap of %s does not fit in the %d MiB free (%s); "
+                                 "looking again every %g s", memory.setting(heap_mb), room.free, room.free_from, ROOM_LOOK)
+            self._sleep(ROOM_LOOK)
+            if self.stop_signal:
+                return False
 
     def _read_template(self) -> Optional[str]:
         """The template's text, read whole: a snapshot is taken only when the file's size, mtime,
@@ -390,6 +428,9 @@ class Worker:
     def _record(self, claim: Claim, launch: hipe.Launch) -> Optional[str]:
         """Tell the table what became of the claim, according to how the launch ended; the obsid's
         state now if this worker recorded it (else None)."""
+        given = launch.outcome.heap_mb
+        if given and given > self.cfg.hipe.memory_mb:   # the heap it was found to need stays its own
+            launch = dataclasses.replace(launch, outcome=dataclasses.replace(launch.outcome, heap_next=given))
         if launch.end is LaunchEnd.STOPPED:
             self._put_back_stopped(claim, launch)
         elif launch.end is LaunchEnd.SETUP_FAULT:
@@ -397,23 +438,54 @@ class Worker:
             # memory, a full disk...) or ended with its log disk full: not the obsid's fault. Put it
             # back uncounted and stop, rather than fail every obsid of the job in turn in a few
             # seconds (a black hole).
-            self._put_back(claim, launch.outcome.reason, "setup")
+            self._put_back(claim, launch.outcome.reason, "setup", launched=launch.outcome)
             raise SetupBroken(launch.outcome.reason, claim.obsid)
         elif launch.end is LaunchEnd.FENCED:
             # The lease could not be renewed in time (the database or this worker frozen, or cut off):
             # the guardian killed HIPE. Not the obsid's fault: back to pending uncounted, if still ours.
-            if self._put_back(claim, launch.outcome.reason, "fenced", launch.outcome.template):
+            if self._put_back(claim, launch.outcome.reason, "fenced", launch.outcome.template, launch.outcome):
                 self.log.warning("%s; obsid back to pending", launch.outcome.reason)
                 return PENDING
             self.log.warning("%s; the obsid had been taken back meanwhile", launch.outcome.reason)
+        elif launch.end is LaunchEnd.FINISHED and launch.outcome.out_of_memory and not launch.outcome.ok:
+            return self._out_of_memory(claim, launch)
         elif launch.end is not LaunchEnd.CLAIM_LOST:   # lost: another worker's now, neither done nor failed by this one
             return self._finish(claim, launch)
         return None
 
-    def _put_back(self, claim: Claim, reason: str, outcome: str, template: str = "") -> bool:
+    def _out_of_memory(self, claim: Claim, launch: hipe.Launch) -> Optional[str]:
+        """HIPE ran out of memory (Java's OutOfMemoryError, or the kernel's OOM killer): below [hipe]
+        max_memory the obsid goes back to pending uncounted, not a script error, its heap doubled
+        (up to max_memory) for its next run; at max_memory it fails, the reason naming the heap it
+        needs and the setting to raise. The row keeps the heap it needs either way."""
+        outcome, settings = launch.outcome, self.cfg.hipe
+        given = outcome.heap_mb or settings.memory_mb
+        if given < settings.max_memory_mb:
+            bigger = min(2 * given, settings.max_memory_mb)
+            reason = f"out of memory with a {memory.setting(given)} heap, to run again with {memory.setting(bigger)}: " \
+                     f"{outcome.out_of_memory}"
+            done = self._requeue(claim, reason[:255], outcome="memory", template=outcome.template,
+                                 launched=dataclasses.replace(outcome, heap_next=bigger))
+            if isinstance(done, DatabaseUnavailable):
+                self.log.error("%s; %s; obsid stays claimed until its lease runs out", reason, done)
+            elif done:
+                self.log.warning("%s (after %.1f s; [hipe] max_memory %s); obsid back to pending", reason,
+                                 launch.seconds, settings.max_memory or settings.memory)
+                return PENDING
+            else:
+                self.log.warning("%s; the obsid had been taken back meanwhile", reason)
+            return None
+        reason = (f"out of memory with a {memory.setting(given)} heap (raise [hipe] max_memory, now "
+                  f"{settings.max_memory or settings.memory}, to {memory.setting(2 * given)} or more): "
+                  f"{outcome.out_of_memory}")
+        failed = dataclasses.replace(outcome, reason=reason[:255], script_error=True, heap_next=2 * given)
+        return self._finish(claim, dataclasses.replace(launch, outcome=failed))
+
+    def _put_back(self, claim: Claim, reason: str, outcome: str, template: str = "",
+                  launched: Optional[Outcome] = None) -> bool:
         """Requeue uncounted; whether it was put back (False: taken back meanwhile, or the database
-        did not answer, which is logged)."""
-        done = self._requeue(claim, reason, outcome=outcome, template=template)
+        did not answer, which is logged). launched: the launch's outcome, with its heap and cost."""
+        done = self._requeue(claim, reason, outcome=outcome, template=template, launched=launched)
         if isinstance(done, DatabaseUnavailable):
             self.log.error("%s; obsid stays claimed until its lease runs out", done)
             return False
@@ -422,7 +494,7 @@ class Worker:
     def _put_back_stopped(self, claim: Claim, launch: hipe.Launch) -> None:
         reason = launch.outcome.reason
         self.stop_said = True
-        done = self._requeue(claim, reason)
+        done = self._requeue(claim, reason, launched=launch.outcome)
         if isinstance(done, DatabaseUnavailable):
             self.log.error("%s: HIPE stopped; %s; the obsid stays claimed until its lease runs out: worker stopping",
                            reason, done)

@@ -461,7 +461,9 @@ def test_named_statements_on_an_in_memory_sqlite(memory):
     assert db.execute('SELECT beats, machine FROM "j" WHERE obsid = 6').fetchone() == (1, "boot pid:[1]")   # one renewal
     [(marks, values)] = in_list([6, 7, 99])
     assert sorted(db.execute(statement(storage.PRESENT, obsids=marks), values).fetchall()) == [(6,), (7,)]
-    db.execute(statement(storage.HISTORY_FROM_ROW), {"attempt": 1, "outcome": "done", "obsid": 6, "token": "t" * 32})
+    db.execute(statement(storage.HISTORY_FROM_ROW), {"attempt": 1, "outcome": "done", "obsid": 6, "token": "t" * 32,
+                                                     "heap_mb": 2048, "cpu_s": 1.5, "peak_rss_mb": 300.0,
+                                                     "read_mb": 2.0, "write_mb": 0.5})
     assert db.execute(statement(storage.HISTORY_OF_OBSID), {"obsid": 6}).fetchall()[0][:5] == (6, 1, "h", "1/1", 42)
 
 

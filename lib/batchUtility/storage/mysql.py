@@ -24,7 +24,7 @@ class MySQLJobTable(JobTable):
     index_exists = """SELECT 1 FROM information_schema.statistics
   WHERE table_schema = DATABASE() AND table_name = :table AND index_name = :index"""
     skip_locked = " FOR UPDATE SKIP LOCKED"
-    picked_into = " INTO @picked_obsid, @picked_attempts"
+    picked_into = " INTO @picked_obsid, @picked_attempts, @picked_heap"
     picked_obsid = "@picked_obsid"
     lock_rows = " FOR UPDATE SKIP LOCKED"   # a row a stuck transaction holds is taken back next time
     in_start_order = " FORCE INDEX ({index})"
@@ -143,11 +143,12 @@ class MySQLJobTable(JobTable):
         self._committed = commit
         return results[:len(statements)]
 
-    def _pick_and_claim(self, cur: Any, values: Dict[str, Any], commit: bool = False) -> Optional[Tuple[int, int, int]]:
+    def _pick_and_claim(self, cur: Any, values: Dict[str, Any],
+                        commit: bool = False) -> Optional[Tuple[int, int, int, Optional[int]]]:
         # In one round trip: PICK_PENDING selects INTO the variables CLAIM and PICKED read.
-        _, _, (claimed, _), (_, [(obsid, attempts)]) = self._execute_together(
+        _, _, (claimed, _), (_, [(obsid, attempts, heap)]) = self._execute_together(
             cur, [(FORGET_PICKED, None), (PICK_PENDING, None), (CLAIM, values), (PICKED, None)], commit)
-        return None if obsid is None else (int(obsid), int(attempts), claimed)
+        return None if obsid is None else (int(obsid), int(attempts), claimed, _heap(heap))
 
     def _stream_cursor(self) -> Any:
         import MySQLdb.cursors
@@ -159,3 +160,9 @@ class MySQLJobTable(JobTable):
     def _is_duplicate_index(self, e: Exception) -> bool:
         return self._code(e) == 1061   # ER_DUP_KEYNAME
 
+
+def _heap(value: Any) -> Optional[int]:
+    """A heap read from a session variable (MariaDB may hand it over as text or bytes), as MiB."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    return None if value is None else int(value)

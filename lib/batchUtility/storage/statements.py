@@ -32,7 +32,8 @@ CREATE_JOB_TABLE = """CREATE TABLE {job_table} (
   reason VARCHAR(255) NULL,
   template VARCHAR(16) NULL,
   machine VARCHAR(80) NULL,
-  beats BIGINT NULL
+  beats BIGINT NULL,
+  heap_mb INT NULL
 ){table_options}"""
 
 CREATE_HISTORY_TABLE = """CREATE TABLE {history_table} (
@@ -49,7 +50,12 @@ CREATE_HISTORY_TABLE = """CREATE TABLE {history_table} (
   outcome VARCHAR(8) NOT NULL,
   reason VARCHAR(255) NULL,
   template VARCHAR(16) NULL,
-  machine VARCHAR(80) NULL
+  machine VARCHAR(80) NULL,
+  heap_mb INT NULL,
+  cpu_s DOUBLE NULL,
+  peak_rss_mb DOUBLE NULL,
+  read_mb DOUBLE NULL,
+  write_mb DOUBLE NULL
 ){table_options}"""
 
 CREATE_CLAIM_INDEX = "{create_index} {index} ON {job_table} (state, expected DESC, obsid)"
@@ -63,8 +69,13 @@ ADDED_COLUMNS = {
                   # the claiming worker's machine (boot id and PID namespace: procfs.machine_identity)
                   ("machine", "VARCHAR(80) NULL"),
                   # the claim's renewal counter: 0 at the claim, one more at each heartbeat (see STALE)
-                  ("beats", "BIGINT NULL")),
-    "history_table": (("template", "VARCHAR(16) NULL"), ("machine", "VARCHAR(80) NULL")),
+                  ("beats", "BIGINT NULL"),
+                  # the Java heap (MiB) the obsid is known to need, learned when it ran out of memory
+                  ("heap_mb", "INT NULL")),
+    "history_table": (("template", "VARCHAR(16) NULL"), ("machine", "VARCHAR(80) NULL"),
+                      # what each attempt was given and cost (model.Cost)
+                      ("heap_mb", "INT NULL"), ("cpu_s", "DOUBLE NULL"), ("peak_rss_mb", "DOUBLE NULL"),
+                      ("read_mb", "DOUBLE NULL"), ("write_mb", "DOUBLE NULL")),
 }
 ADD_COLUMN = "ALTER TABLE {table} ADD COLUMN {column} {definition}"
 DROP_HISTORY_TABLE = "DROP TABLE IF EXISTS {history_table}"
@@ -96,7 +107,7 @@ COUNT_ALL = "SELECT COUNT(*) FROM {job_table}"
 # Lock (MySQL: skipping rows other claimers hold) the next pending row, longest expected first.
 # MySQL claims in one round trip: FORGET_PICKED; PICK_PENDING; CLAIM; PICKED, the picked row passed
 # from one statement to the next in session variables ({picked_into}, {picked_obsid}).
-PICK_PENDING = """SELECT obsid, attempts{picked_into} FROM {job_table} WHERE state = 'pending'
+PICK_PENDING = """SELECT obsid, attempts, heap_mb{picked_into} FROM {job_table} WHERE state = 'pending'
   ORDER BY expected DESC, obsid LIMIT 1{skip_locked}"""
 CLAIM = """UPDATE {job_table}
   SET state = 'running', pipelined = 0, token = :token, host = :host, worker = :worker, pid = :pid,
@@ -104,10 +115,11 @@ CLAIM = """UPDATE {job_table}
       beats = 0, ended = NULL, exit_code = NULL, signal_no = NULL, template = NULL
   WHERE obsid = {picked_obsid} AND state = 'pending'"""
 COMMIT = "COMMIT"   # the last of the statements of a transaction sent in one round trip (MySQL)
-FORGET_PICKED = "SET @picked_obsid = NULL, @picked_attempts = NULL"   # a SELECT ... INTO finding no row sets nothing
-PICKED = "SELECT @picked_obsid, @picked_attempts"
+# A SELECT ... INTO finding no row sets nothing:
+FORGET_PICKED = "SET @picked_obsid = NULL, @picked_attempts = NULL, @picked_heap = NULL"
+PICKED = "SELECT @picked_obsid, @picked_attempts, @picked_heap"
 # A claim retried after a lost reply to its COMMIT may have been taken after all: found by its token.
-CLAIMED_BY = """SELECT obsid, attempts FROM {job_table} WHERE token = :token AND state = 'running'"""
+CLAIMED_BY = """SELECT obsid, attempts, heap_mb FROM {job_table} WHERE token = :token AND state = 'running'"""
 HEARTBEAT = """UPDATE {job_table} SET heartbeat = {now}, lease_expires = {now} + :lease, beats = COALESCE(beats, 0) + 1
   WHERE obsid = :obsid AND token = :token AND state = 'running'"""
 # Finish and requeue change their claim's row only while it runs, or repeat what they did (a repeat
@@ -116,19 +128,23 @@ HEARTBEAT = """UPDATE {job_table} SET heartbeat = {now}, lease_expires = {now} +
 # its results: so only done rows have results.
 FINISH = """UPDATE {job_table}
   SET state = :state, pipelined = :pipelined, attempts = :attempt, ended = {now}, heartbeat = NULL,
-      lease_expires = NULL, exit_code = :exit_code, signal_no = :signal_no, reason = :reason, template = :template
+      lease_expires = NULL, exit_code = :exit_code, signal_no = :signal_no, reason = :reason, template = :template,
+      heap_mb = COALESCE(:heap_next, heap_mb)
   WHERE obsid = :obsid AND token = :token AND state IN ('running', :state)"""
 REQUEUE = """UPDATE {job_table}
-  SET state = 'pending', ended = {now}, heartbeat = NULL, lease_expires = NULL, reason = :reason, template = :template
+  SET state = 'pending', ended = {now}, heartbeat = NULL, lease_expires = NULL, reason = :reason, template = :template,
+      heap_mb = COALESCE(:heap_next, heap_mb)
   WHERE obsid = :obsid AND token = :token AND state IN ('running', 'pending')"""
 # An outcome of this claim that committed (its history row, written in the same transaction): a retry
 # after a lost COMMIT reply finds it, though the obsid may have been claimed again since (a new token).
 ATTEMPT_RECORDED = "SELECT 1 FROM {history_table} WHERE token = :token AND obsid = :obsid AND outcome = :outcome"
-# Copies the job row of a claim into the history, as attempt :attempt that ended as :outcome.
+# Copies the job row of a claim into the history, as attempt :attempt that ended as :outcome, with the
+# heap it was given and what it cost (model.Cost; NULL: not known).
 HISTORY_FROM_ROW = """{insert_ignore} INTO {history_table}
-  (token, obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason, template, machine)
+  (token, obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason, template, machine,
+   heap_mb, cpu_s, peak_rss_mb, read_mb, write_mb)
   SELECT token, obsid, :attempt, host, worker, pid, started, ended, exit_code, signal_no, :outcome, reason, template,
-         machine
+         machine, :heap_mb, :cpu_s, :peak_rss_mb, :read_mb, :write_mb
   FROM {job_table} WHERE obsid = :obsid AND token = :token"""
 
 # A running row's lease is its own (lease_expires); rows claimed by an older version have none, and
@@ -191,9 +207,10 @@ FIRST_FAILURES = """SELECT obsid, attempts, reason FROM {job_table}{by_state} WH
 BY_HOST = """SELECT host, state, COUNT(*), SUM(ended - started)
   FROM {job_table} WHERE state IN ('done', 'failed') GROUP BY state, host"""
 HISTORY_ALL = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason,
-       template FROM {history_table}{in_start_order} ORDER BY started, obsid"""
+       template, heap_mb, cpu_s, peak_rss_mb, read_mb, write_mb FROM {history_table}{in_start_order} ORDER BY started, obsid"""
 HISTORY_OF_OBSID = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason,
-       template FROM {history_table} WHERE obsid = :obsid ORDER BY started, obsid"""
+       template, heap_mb, cpu_s, peak_rss_mb, read_mb, write_mb FROM {history_table} WHERE obsid = :obsid
+  ORDER BY started, obsid"""
 ALL_ROWS = "SELECT * FROM {job_table} ORDER BY obsid"
 ONE_ROW = "SELECT * FROM {job_table} WHERE obsid = :obsid"
 
@@ -243,7 +260,8 @@ FINISHED_SINCE = """SELECT COUNT(*), MIN(started) FROM {job_table}
 WORKERS_SEEN = """SELECT COUNT(*) FROM (
   SELECT host, worker, pid FROM {job_table} WHERE state = 'running' AND heartbeat >= :since
   UNION SELECT host, worker, pid FROM {job_table} WHERE ended >= :since) seen"""
-HISTORY_SINCE = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason
+HISTORY_SINCE = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason,
+       heap_mb, cpu_s, peak_rss_mb, read_mb, write_mb
   FROM {history_table}{in_start_order} WHERE started >= :since ORDER BY started, obsid"""
 
 

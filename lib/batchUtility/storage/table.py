@@ -352,7 +352,7 @@ class JobTable(Reads, Engine):
             for earlier in tokens:
                 row = self._execute(cur, CLAIMED_BY, {"token": earlier}).fetchone()
                 if row is not None:
-                    return Claim(int(row[0]), earlier, int(row[1]) + 1, lease)
+                    return Claim(int(row[0]), earlier, int(row[1]) + 1, lease, _heap(row[2]))
             token = uuid.uuid4().hex
             tokens.append(token)
             picked = self._pick_and_claim(cur, {"token": token, "host": host[:255], "worker": worker[:32], "pid": pid,
@@ -360,21 +360,23 @@ class JobTable(Reads, Engine):
                                                 "lease": lease}, commit=True)
             if picked is None:
                 return None
-            obsid, attempts, claimed = picked
+            obsid, attempts, claimed, heap = picked
             if claimed != 1:
                 raise BatchError(f"claim of obsid {obsid} lost a race it cannot lose; please report this")
-            return Claim(obsid, token, attempts + 1, lease)
+            return Claim(obsid, token, attempts + 1, lease, heap)
         return self._transaction(take, "claiming an obsid", interrupted=interrupted)
 
-    def _pick_and_claim(self, cur: Any, values: Dict[str, Any], commit: bool = False) -> Optional[Tuple[int, int, int]]:
+    def _pick_and_claim(self, cur: Any, values: Dict[str, Any],
+                        commit: bool = False) -> Optional[Tuple[int, int, int, Optional[int]]]:
         """Lock the next pending row and claim it with `values` (CLAIM's, the obsid aside): (obsid,
-        attempts so far, rows CLAIM changed), or None if nothing is pending. commit: as in
-        _execute_together (here the transaction commits after the work, which must end with this)."""
+        attempts so far, rows CLAIM changed, the heap it is known to need), or None if nothing is
+        pending. commit: as in _execute_together (here the transaction commits after the work, which
+        must end with this)."""
         row = self._execute(cur, PICK_PENDING).fetchone()
         if row is None:
             return None
         claimed = self._execute(cur, CLAIM, {**values, "obsid": int(row[0])}).rowcount
-        return int(row[0]), int(row[1]), claimed
+        return int(row[0]), int(row[1]), claimed, _heap(row[2])
 
     def heartbeat(self, claim: Claim) -> Lease:
         """Renew the claim's lease (for the claim's own lease seconds): HELD (still ours), LOST (taken
@@ -418,8 +420,9 @@ class JobTable(Reads, Engine):
             (finished, _), _ = self._execute_together(cur, [
                 (FINISH, {**row, "state": state, "pipelined": int(state == DONE), "attempt": claim.attempt,
                           "exit_code": outcome.exit_code, "signal_no": outcome.signal,
-                          "reason": outcome.reason[:255] or None, "template": outcome.template or None}),
-                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": attempt_outcome})],
+                          "reason": outcome.reason[:255] or None, "template": outcome.template or None,
+                          "heap_next": outcome.heap_next}),
+                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": attempt_outcome, **spent(outcome)})],
                 commit=not (state == DONE and results))
             if finished != 1:
                 return None
@@ -434,9 +437,12 @@ class JobTable(Reads, Engine):
                                  interrupted=interrupted)
 
     def requeue(self, claim: Claim, reason: str, *, outcome: str = "stopped", template: str = "",
-                patience: Optional[float] = None, interrupted: Optional[Callable[[], bool]] = None) -> bool:
+                patience: Optional[float] = None, interrupted: Optional[Callable[[], bool]] = None,
+                launched: Optional[Outcome] = None) -> bool:
         """Put a claimed obsid back to pending without counting an attempt (the worker was stopped, or
-        the fault was the worker's, not the obsid's); the history records the attempt as `outcome`.
+        the fault was the worker's, not the obsid's); the history records the attempt as `outcome`,
+        with the heap and cost of `launched` (the launch's own outcome), and the row the heap its next
+        run gets (launched.heap_next), if any.
 
         Returns False if the claim had been taken from us already. Safe to repeat after a lost connection.
         """
@@ -449,8 +455,10 @@ class JobTable(Reads, Engine):
             tries.append(True)
             # As in finish: HISTORY_FROM_ROW adds nothing when REQUEUE changes nothing.
             (requeued, _), _ = self._execute_together(cur, [
-                (REQUEUE, {**row, "reason": reason[:255], "template": template or None}),
-                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": outcome})], commit=True)
+                (REQUEUE, {**row, "reason": reason[:255], "template": template or None,
+                           "heap_next": launched.heap_next if launched else None}),
+                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": outcome, **spent(launched)})],
+                commit=True)
             return requeued == 1
         return self._transaction(put_back, f"putting obsid {claim.obsid} back", patience=patience,
                                  interrupted=interrupted)
@@ -585,3 +593,14 @@ class JobTable(Reads, Engine):
             found.update(int(r[0]) for r in self._execute(cur, PRESENT, params, obsids=listed).fetchall())
         return found
 
+
+def spent(outcome: Optional[Outcome]) -> Dict[str, Any]:
+    """HISTORY_FROM_ROW's values of what an attempt was given and cost (all None: not known)."""
+    cost = outcome.cost if outcome is not None else None
+    return {"heap_mb": outcome.heap_mb if outcome is not None else None,
+            "cpu_s": cost.cpu_s if cost else None, "peak_rss_mb": cost.peak_rss_mb if cost else None,
+            "read_mb": cost.read_mb if cost else None, "write_mb": cost.write_mb if cost else None}
+
+
+def _heap(value: Any) -> Optional[int]:
+    return None if value is None else int(value)
