@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .model import printable
+from .report import cost_text
 
 # Colours told apart also by people with red-green colour blindness (Okabe-Ito), by outcome.
 COLOURS = {"done": "#009e73", "failed": "#d55e00", "lost": "#e69f00", "stopped": "#999999", "running": "#0072b2"}
@@ -123,6 +124,8 @@ def svg(attempts: Sequence[dict], now: float, title: str = "") -> str:
         colour = COLOURS.get(a["outcome"], OTHER_COLOUR)
         took = f"{end - a['started']:.1f} s" + (" so far" if a["ended"] is None else "")
         tip = f"obsid {a['obsid']} attempt {a['attempt']}: {a['outcome']}, {took}, {a['host']} slot {a['worker']}"
+        if cost_text(a):
+            tip += f"; {cost_text(a)}"
         if a.get("reason"):
             tip += f"; {printable(a['reason'])}"   # a reason an earlier version stored may hold HIPE's escapes
         out.append(f'<rect class="bar {_text(a["outcome"])}" x="{left:.2f}" y="{y:.1f}" '
@@ -182,9 +185,12 @@ def page(job: str, status_block: str, hosts: Iterable[Tuple[str, int, int, float
     for a in attempts:
         workers.setdefault(str(a["host"] or "?"), set()).add((a["worker"], a.get("pid")))
         tries[str(a["host"] or "?")] = tries.get(str(a["host"] or "?"), 0) + 1
+    spent = _costs_by(attempts, lambda a: str(a["host"] or "?"))
     host_rows = "".join(
         f'<tr><td>{_text(h)}</td><td class="n">{len(workers.get(h, ()))}</td><td class="n">{tries.get(h, 0)}</td>'
-        f'<td class="n">{d}</td><td class="n">{f}</td><td class="n">{s / 3600:.2f}</td></tr>' for h, d, f, s in hosts)
+        f'<td class="n">{d}</td><td class="n">{f}</td><td class="n">{s / 3600:.2f}</td>'
+        f'<td class="n">{_figure(spent.get(h), "cpu_h", "{:.2f}")}</td>'
+        f'<td class="n">{_figure(spent.get(h), "peak_max", "{:,.0f}")}</td></tr>' for h, d, f, s in hosts)
     failure_rows = "".join(
         f'<tr><td class="n">{o}</td><td class="n">{n}</td><td>{_text(printable(r))}</td>'
         f"<td><code>{_text(log_dir / f'{o}.stderr')}</code></td></tr>" for o, n, r in failures)
@@ -194,14 +200,78 @@ def page(job: str, status_block: str, hosts: Iterable[Tuple[str, int, int, float
         f"<h1>Job {_text(job)}</h1><p>Report written {_text(written)}.</p>",
         f"<h2>Status</h2><pre>{_text(status_block)}</pre>",
         "<h2>Hosts</h2><table><tr><th>host</th><th class=\"n\">workers</th><th class=\"n\">attempts</th>"
-        "<th class=\"n\">done</th><th class=\"n\">failed</th><th class=\"n\">busy (h)</th></tr>"
+        "<th class=\"n\">done</th><th class=\"n\">failed</th><th class=\"n\">busy (h)</th>"
+        "<th class=\"n\">CPU (h)</th><th class=\"n\">peak memory (MiB)</th></tr>"
         f"{host_rows}</table>",
+        costs_section(attempts),
         "<h2>Timeline</h2><p>One lane per host and slot, one bar per attempt; hover a bar for its obsid and reason.</p>",
         f'<div class="timeline">{svg(attempts, now, f"job {job}: attempts over time")}</div>',
         "<h2>Failed obsids</h2>" + (
             "<table><tr><th class=\"n\">obsid</th><th class=\"n\">attempts</th><th>reason</th><th>log</th></tr>"
             f"{failure_rows}</table>" if failure_rows else "<p>None.</p>"),
         "</body></html>", ""])
+
+
+# Attempts grouped by how long they ran: memory against duration, to size a node's memory and heap.
+_DURATIONS = ((60, "under 1 min"), (600, "1-10 min"), (3600, "10-60 min"), (6 * 3600, "1-6 h"),
+              (float("inf"), "6 h and more"))
+
+
+def _costs_by(attempts: Iterable[dict], key) -> Dict[str, Dict[str, float]]:
+    """Per group (key(attempt)), of the attempts whose cost is known: how many, CPU hours, the median
+    and largest peak memory (MiB), GiB read and written, the largest heap given (MiB)."""
+    groups: Dict[str, List[dict]] = {}
+    for a in attempts:
+        if a.get("cpu_s") is not None or a.get("peak_rss_mb") is not None:
+            groups.setdefault(key(a), []).append(a)
+    figures = {}
+    for name, members in groups.items():
+        peaks = sorted(float(a["peak_rss_mb"]) for a in members if a.get("peak_rss_mb") is not None)
+        figures[name] = {
+            "attempts": len(members),
+            "cpu_h": sum(float(a.get("cpu_s") or 0) for a in members) / 3600,
+            "peak_median": peaks[len(peaks) // 2] if peaks else None,
+            "peak_max": peaks[-1] if peaks else None,
+            "read_gb": sum(float(a.get("read_mb") or 0) for a in members) / 1024,
+            "write_gb": sum(float(a.get("write_mb") or 0) for a in members) / 1024,
+            "heap_max": max((int(a["heap_mb"]) for a in members if a.get("heap_mb")), default=None)}
+    return figures
+
+
+def _figure(figures: Optional[Dict[str, float]], name: str, form: str) -> str:
+    value = (figures or {}).get(name)
+    return "" if value is None else form.format(value)
+
+
+def _duration_group(a: dict) -> str:
+    took = (a["ended"] - a["started"]) if a.get("ended") is not None and a.get("started") is not None else 0.0
+    return next(label for limit, label in _DURATIONS if took < limit)
+
+
+def costs_section(attempts: Sequence[dict]) -> str:
+    """What the attempts cost (history's cpu_s, peak_rss_mb, read_mb, write_mb, heap_mb), per host and
+    against how long they ran: the figures to size nodes and [hipe] memory / max_memory by."""
+    columns = ("<th class=\"n\">attempts</th><th class=\"n\">CPU (h)</th><th class=\"n\">peak memory, median (MiB)</th>"
+               "<th class=\"n\">peak memory, largest (MiB)</th><th class=\"n\">largest heap (MiB)</th>"
+               "<th class=\"n\">read (GiB)</th><th class=\"n\">written (GiB)</th>")
+
+    def rows(figures, order):
+        return "".join(
+            f'<tr><td>{_text(name)}</td><td class="n">{f["attempts"]}</td><td class="n">{f["cpu_h"]:.2f}</td>'
+            f'<td class="n">{_figure(f, "peak_median", "{:,.0f}")}</td><td class="n">{_figure(f, "peak_max", "{:,.0f}")}</td>'
+            f'<td class="n">{_figure(f, "heap_max", "{:,}")}</td><td class="n">{f["read_gb"]:.2f}</td>'
+            f'<td class="n">{f["write_gb"]:.2f}</td></tr>' for name, f in sorted(figures.items(), key=order))
+    by_host = _costs_by(attempts, lambda a: str(a["host"] or "?"))
+    if not by_host:
+        return "<h2>Costs</h2><p>No attempt has its cost recorded (attempts of an earlier version, or none yet).</p>"
+    labels = [label for _, label in _DURATIONS]
+    by_duration = _costs_by(attempts, _duration_group)
+    return ("<h2>Costs</h2><p>CPU (user + system), the peak resident memory of HIPE's largest process, the bytes it "
+            "read and wrote, and the Java heap it was given, of every attempt whose cost is known.</p>"
+            f'<table class="costs"><tr><th>host</th>{columns}</tr>{rows(by_host, lambda item: item[0])}</table>'
+            "<h3>Peak memory against how long an attempt ran</h3>"
+            f'<table class="costs"><tr><th>ran</th>{columns}</tr>'
+            f"{rows(by_duration, lambda item: labels.index(item[0]))}</table>")
 
 
 def standalone_svg(attempts: Sequence[dict], now: float, job: str) -> str:

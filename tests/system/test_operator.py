@@ -101,6 +101,37 @@ def test_the_report_page_renders_in_chromium(tmp_path):
     assert len(outcome_colours & colours) >= 4   # the bars were drawn, in their colours
 
 
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_report_gives_what_attempts_cost_in_chromium(tmp_path):
+    """Issue 23: the hosts table's CPU and peak memory columns, and the costs per host and against
+    how long attempts ran, as Chromium reads the page (its DOM after parsing)."""
+    attempts, now = made_up_run(lanes=8, per_lane=10)
+    for i, a in enumerate(attempts):
+        a.update(cpu_s=36.0 * (i % 5 + 1), peak_rss_mb=1000.0 + 10 * i, read_mb=512.0, write_mb=256.0, heap_mb=2048)
+    attempts[0].update(peak_rss_mb=9999.0, heap_mb=8192)
+    page = tmp_path / "report.html"
+    page.write_text(timeline.page("j", "status", [("node01", 30, 2, 7200.0), ("node02", 30, 2, 7200.0)], [],
+                                  attempts, now, tmp_path / "log"))
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/install installs it)")
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'chromium-profile'}", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert dom.count('<table class="costs">') == 2
+    costs = dom.split('<table class="costs">')[1].split("</table>")[0]
+    rows = [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in costs.split("<tr>")[2:]]
+    assert [r[0] for r in rows] == ["node01", "node02"]
+    node01 = [a for a in attempts if a["host"] == "node01"]
+    assert rows[0][1:] == [str(len(node01)), f"{sum(a['cpu_s'] for a in node01) / 3600:.2f}",
+                           f"{sorted(a['peak_rss_mb'] for a in node01)[len(node01) // 2]:,.0f}", "9,999", "8,192",
+                           f"{len(node01) * 0.5:.2f}", f"{len(node01) * 0.25:.2f}"]
+    hosts = dom.split("<h2>Hosts</h2>")[1].split("</table>")[0]
+    assert "CPU (h)" in hosts and "9,999" in hosts
+    assert "cpu 36.0 s, peak 9,999 MiB" in dom   # the bar's tooltip
+
 
 # ----------------------------------------------------------------- the commands, on both backends
 GATE = "import os, time\nwhile not os.path.exists({gate!r}):\n    time.sleep(0.05)\n"
