@@ -291,7 +291,8 @@ def _wait(proc: subprocess.Popen, exit_watch: Optional[int], timeout: float, sta
         # not the obsid's fault.
         lost = guardian.ended(wait=1.0) or guardian.check() or f"the guardian (pid {guardian.pid}) was ending"
         return _setup_fault(f"{lost}; HIPE stopped", started)
-    oom_killed = oom_before is not None and memory.oom_kills() > oom_before
+    oom_killed = (oom_before is not None and code in (-signal.SIGKILL, 128 + signal.SIGKILL)
+                  and memory.oom_kills() > oom_before)
     return Launch(_verdict(code, marker.exists(), stderr_path, oom_killed), seconds)
 
 

@@ -9,6 +9,7 @@ and /proc/self/mountinfo. An OOM kill is seen in counters the kernel only ever r
 oom_kill (every OOM kill of the machine, the cgroups' own included) and the group's own oom_kill
 counter; a kill during a launch raises them. Imports only os and re.
 """
+import functools
 import os
 import re
 from typing import List, NamedTuple, Optional, Tuple
@@ -58,49 +59,64 @@ def room(proc: str = "/proc", cgroup_fs: Optional[str] = None) -> Room:
 
 def oom_kills(proc: str = "/proc", cgroup_fs: Optional[str] = None) -> int:
     """A count the kernel raises at each OOM kill that may have hit this worker's HIPE: /proc/vmstat's
-    oom_kill (the whole machine's, cgroup kills included) plus this worker's memory cgroups' own
-    oom_kill counters (v2 memory.events, v1 memory.oom_control). Only its rises mean anything."""
-    total = _field(os.path.join(proc, "vmstat"), "oom_kill")
-    for group, kind in _groups(proc, cgroup_fs):
-        total += _field(os.path.join(group, "memory.events" if kind == 2 else "memory.oom_control"), "oom_kill")
-    return total
+    oom_kill (every OOM kill of the machine, the cgroups' own included: Linux 4.13 and later), or
+    where it has none, this worker's memory cgroup's own oom_kill counter (v2 memory.events, v1
+    memory.oom_control). Only its rises mean anything. One small read, at every launch."""
+    text = _read(os.path.join(proc, "vmstat"))
+    if b"\noom_kill " in text:
+        return _field_of(text, "oom_kill")
+    return sum(_field(os.path.join(group, "memory.events" if kind == 2 else "memory.oom_control"), "oom_kill")
+               for group, kind in _groups(proc, cgroup_fs)[:1])
+
+
+def _read(path: str) -> bytes:
+    """A small /proc or cgroup file's bytes (b'' if it cannot be read): raw reads, no text layer, as
+    these are read at every launch."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def _meminfo(proc: str) -> dict:
     found = {}
-    try:
-        with open(os.path.join(proc, "meminfo"), encoding="ascii") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                words = value.split()
-                if words and words[0].isdigit():
-                    found[name] = int(words[0])
-    except OSError:
-        pass
+    for line in _read(os.path.join(proc, "meminfo")).splitlines():
+        name, _, value = line.partition(b":")
+        words = value.split()
+        if words and words[0].isdigit():
+            found[name.decode("ascii", "replace")] = int(words[0])
     return found
 
 
 def _field(path: str, name: str) -> int:
     """The number after `name` on its line of a 'name value' file, 0 if there is none."""
-    try:
-        with open(path, encoding="ascii") as f:
-            for line in f:
-                words = line.split()
-                if len(words) == 2 and words[0] == name and words[1].isdigit():
-                    return int(words[1])
-    except OSError:
-        pass
-    return 0
+    return _field_of(_read(path), name)
+
+
+def _field_of(text: bytes, name: str) -> int:
+    text = b"\n" + text
+    at = text.find(b"\n" + name.encode() + b" ")
+    if at < 0:
+        return 0
+    value = text[at + len(name) + 2:].split(b"\n", 1)[0].strip()
+    return int(value) if value.isdigit() else 0
 
 
 def _number(path: str) -> Optional[int]:
     """A file holding one number of bytes; None for 'max', an absent file or a limit that is none
     (v1 says 'no limit' with a huge number)."""
-    try:
-        with open(path, encoding="ascii") as f:
-            text = f.read().strip()
-    except OSError:
-        return None
+    text = _read(path).strip()
     if not text.isdigit() or int(text) >= 1 << 60:
         return None
     return int(text)
@@ -123,10 +139,11 @@ def _limits(proc: str, cgroup_fs: Optional[str]) -> List[Tuple[str, int, int]]:
     return found
 
 
+@functools.lru_cache(maxsize=8)
 def _groups(proc: str, cgroup_fs: Optional[str]) -> List[Tuple[str, int]]:
     """This process's memory cgroup folders (cgroup v2 where its mount has the memory controller,
     else v1's memory hierarchy), the group's own first, then each ancestor up to the mount's root;
-    with 2 or 1 for the version."""
+    with 2 or 1 for the version. Found once per process: a worker stays in its group."""
     try:
         with open(os.path.join(proc, "self", "cgroup"), encoding="utf-8") as f:
             lines = f.read().splitlines()
