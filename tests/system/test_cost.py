@@ -110,6 +110,24 @@ def test_history_gives_what_each_attempt_cost(batch):
     assert attempt["cpu_s"] == work["cpu_s"] and attempt["peak_rss_mb"] == work["peak_rss_mb"]
 
 
+@pytest.mark.slow
+def test_a_job_of_an_earlier_version_gets_the_cost_columns(batch):
+    """A job table without heap_mb and a history without the cost columns (made by an earlier
+    version) get them from the next command; its old attempts have no figures, the new ones do."""
+    env = batch
+    new_job(env, [A, B], template="x = 1\n")
+    table = env.table("j")
+    drops = ["ALTER TABLE {job_table} DROP COLUMN heap_mb"] + [
+        f"ALTER TABLE {{history_table}} DROP COLUMN {c}" for c in ("heap_mb", "cpu_s", "peak_rss_mb", "read_mb", "write_mb")]
+    for drop in drops:
+        table._transaction(lambda cur, drop=drop: cur.execute(table.statement(drop)), "dropping a column")
+    table.close()
+    assert run(env, "status").returncode == 0
+    assert run(env, "run").returncode == 0
+    assert all(h["cpu_s"] is not None and h["heap_mb"] == 512 for h in history(env))
+    assert "heap_mb" in env.table("j").rows()[0]
+
+
 # ----------------------------------------------------------------------------- a heap that grows
 @pytest.mark.slow
 def test_out_of_java_heap_is_retried_with_more_up_to_max_memory_and_remembered(batch):
