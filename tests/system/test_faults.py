@@ -442,7 +442,7 @@ from batchUtility.storage import open_table
 cfg = config.load(sys.argv[2])
 table = open_table(cfg.sql, "j", call_timeout=cfg.run.call_timeout)
 def stuck(cur):
-    obsid, _, _ = table._pick_and_claim(cur, {"token": "f" * 32, "host": "frozen", "worker": "1/1", "pid": os.getpid(),
+    obsid, *_ = table._pick_and_claim(cur, {"token": "f" * 32, "host": "frozen", "worker": "1/1", "pid": os.getpid(),
                                               "lease": 2, "pid_start": None, "machine": None})
     print(obsid, flush=True)
     os.kill(os.getpid(), signal.SIGSTOP)
