@@ -15,7 +15,8 @@ from .model import printable
 from .report import cost_text
 
 # Colours told apart also by people with red-green colour blindness (Okabe-Ito), by outcome.
-COLOURS = {"done": "#009e73", "failed": "#d55e00", "lost": "#e69f00", "stopped": "#999999", "running": "#0072b2"}
+COLOURS = {"done": "#009e73", "failed": "#d55e00", "lost": "#e69f00", "stopped": "#999999", "running": "#0072b2",
+           "memory": "#56b4e9"}
 OTHER_COLOUR = "#cc79a7"
 WIDTH = 1280          # pixels of the whole SVG
 LABEL_WIDTH = 190     # the lane labels on the left

@@ -226,3 +226,19 @@ def test_the_heap_it_needed_is_its_next_runs(make):
     capped = FakeLauncher(then=done())
     assert make(table, capped, max_memory="2g").run() == 0
     assert [r.hipe.memory for r in capped.requests] == ["2048m"]
+
+
+# ----------------------------------------------------------------------------- the report
+def test_the_reports_costs_section():
+    from batchUtility import timeline
+    attempts = [{"host": "n1", "started": 0.0, "ended": 30.0, "cpu_s": 7200.0, "peak_rss_mb": 100.0, "read_mb": 1024.0,
+                 "write_mb": 512.0, "heap_mb": 2048},
+                {"host": "n1", "started": 0.0, "ended": 4000.0, "cpu_s": 3600.0, "peak_rss_mb": 300.0, "read_mb": 0.0,
+                 "write_mb": 0.0, "heap_mb": 4096},
+                {"host": "n2", "started": 0.0, "ended": 10.0, "cpu_s": None, "peak_rss_mb": None}]   # a lost attempt
+    html = timeline.costs_section(attempts)
+    assert ('<tr><td>n1</td><td class="n">2</td><td class="n">3.00</td><td class="n">300</td><td class="n">300</td>'
+            '<td class="n">4,096</td><td class="n">1.00</td><td class="n">0.50</td></tr>') in html
+    assert "<td>n2</td>" not in html
+    assert "<td>under 1 min</td>" in html and "<td>1-6 h</td>" in html
+    assert "No attempt has its cost recorded" in timeline.costs_section([{"host": "n1", "started": 0.0, "ended": 1.0}])
