@@ -4,7 +4,9 @@ The worker's folder, the pool cache in it and the disk checks are workdir's.
 HIPE can exit 0 after its script raised, so success needs two things: exit status 0, and a marker
 file that a line appended to the script writes when the script has run to its last line.
 What the script records with batchResult (a block of the preamble, `results.py`) goes to a file
-beside it, read only when the launch succeeded.
+beside it, read only when the launch succeeded. Every launch that started HIPE says what it cost
+(model.Cost: wait4's resource usage, /proc/PID/io) and whether HIPE ran out of memory (Java's
+OutOfMemoryError in its stderr, or the kernel's OOM killer: memory.oom_kills).
 """
 import contextlib
 import os

@@ -247,6 +247,11 @@ def test_a_worker_that_can_never_fit_the_heap_stops_with_exit_4(batch, reaper):
     assert (row["state"], row["attempts"]) == ("pending", 0)
     assert [h["outcome"] for h in history(env)] == ["memory"]
     assert not env.calls.exists()
+    with memory_group("never-j", 300) as (group, enter):   # run -j 2 leaves with its workers' 4
+        r = subprocess.run([sys.executable, str(ROOT / "bin" / "BatchProcess.py"), "j", "run", "-j", "2"],
+                           capture_output=True, text=True, env=env.env(), cwd=env.root, timeout=120, preexec_fn=enter)
+        assert r.returncode == 4, r.stderr
+    assert env.table("j").row(A)["state"] == "pending" and not env.calls.exists()
 
 
 @pytest.mark.slow
