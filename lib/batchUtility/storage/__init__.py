@@ -24,10 +24,10 @@ from .reads import Reads
 from .sqlite import SQLiteJobTable
 from .statements import *  # noqa: F403 - every statement, by its name (storage.CLAIM), as before the split
 from .statements import RESULTS_SUFFIX, in_list
-from .table import DEFAULT_LEASE, JobTable
+from .table import DEFAULT_LEASE, JobTable, NextClaim
 
 __all__ = ["DEFAULT_CALL_TIMEOUT", "DEFAULT_LEASE", "RESULTS_SUFFIX", "STREAM_ROWS", "Claim", "ConnectionRoom", "Engine",
-           "JobTable", "Lease", "MySQLJobTable", "Outcome", "Reads", "SQLiteJobTable", "in_list", "open_table"]
+           "JobTable", "Lease", "MySQLJobTable", "NextClaim", "Outcome", "Reads", "SQLiteJobTable", "in_list", "open_table"]
 
 
 def open_table(settings: Any, job: str, patience: float = INTERACTIVE_PATIENCE, create: bool = False,

@@ -149,6 +149,13 @@ class MySQLJobTable(JobTable):
             cur, [(FORGET_PICKED, None), (PICK_PENDING, None), (CLAIM, values), (PICKED, None)], commit)
         return None if obsid is None else (int(obsid), int(attempts), claimed)
 
+    def _together_then_claim(self, cur: Any, statements: Sequence[Tuple[str, Optional[Dict[str, Any]]]],
+                             values: Dict[str, Any]) -> Tuple[List[Together], Optional[Tuple[int, int, int]]]:
+        # An outcome and the next claim in one round trip, its COMMIT last: one commit per obsid.
+        *done, _, _, (claimed, _), (_, [(obsid, attempts)]) = self._execute_together(
+            cur, [*statements, (FORGET_PICKED, None), (PICK_PENDING, None), (CLAIM, values), (PICKED, None)], True)
+        return done, (None if obsid is None else (int(obsid), int(attempts), claimed))
+
     def _stream_cursor(self) -> Any:
         import MySQLdb.cursors
         return self.conn.cursor(MySQLdb.cursors.SSCursor)   # rows stay on the server until fetched
