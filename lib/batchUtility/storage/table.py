@@ -352,7 +352,9 @@ class JobTable(Reads, Engine):
         same obsids, in the histories of every job of the database (the first, by job name, that
         has a successful attempt of an obsid gives the mean of them)."""
         for history in sorted(self._history_tables(cur)):
-            self._execute(cur, EXPECTED_FROM_HISTORY, earlier_history=self.quote(history))
+            self._execute(cur, self.expected_from_history, earlier_history=self.quote(history))
+
+    expected_from_history = EXPECTED_FROM_HISTORY   # the dialect's (SQLite: EXPECTED_FROM_HISTORY_SQLITE)
 
     def _history_tables(self, cur: Any) -> List[str]:
         """Every job history in the database: JOB__attempts with the columns this tool gives it."""
