@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(BENCHMARKS))
     parser.add_argument("--quick", action="store_true", help="one repetition, shorter runs")
     parser.add_argument("--only", action="append", default=[], metavar="TOOL",
-                        help="dispatch: only tools whose column name holds TOOL (repeatable)")
+                        help="dispatch: only tools whose column name holds TOOL; newjobs: sqlite or mysql (repeatable)")
     parser.add_argument("--no-save", action="store_true", help="print the tables, do not append them to RESULTS.md")
     parser.add_argument("--obsids", type=int, default=None,
                         help="dispatch, memory: obsids per run (default 2,000; durable: 1,000; newjobs: 200,000); "

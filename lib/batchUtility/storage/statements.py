@@ -92,6 +92,8 @@ EXPECTED_FROM_HISTORY = """UPDATE {job_table} j JOIN (
   ) h ON h.obsid = j.obsid
   SET j.expected = h.took
   WHERE j.expected IS NULL AND j.state = 'pending'"""
+# Whether a pending obsid still has no expected duration: one probe of the claim index.
+UNKNOWN_PENDING = "SELECT 1 FROM {job_table} WHERE state = 'pending' AND expected IS NULL LIMIT 1"
 EXPECTED_FROM_HISTORY_SQLITE = """UPDATE {job_table} SET expected = h.took FROM (
     SELECT obsid, ROUND(AVG(ended - started)) AS took FROM {earlier_history} WHERE outcome = 'done' GROUP BY obsid
   ) AS h

@@ -74,6 +74,7 @@ from .statements import (
     RESULTS_SUFFIX,
     RUNNING_ON_HOST,
     STALE,
+    UNKNOWN_PENDING,
     in_list,
 )
 
@@ -352,6 +353,8 @@ class JobTable(Reads, Engine):
         same obsids, in the histories of every job of the database (the first, by job name, that
         has a successful attempt of an obsid gives the mean of them)."""
         for history in sorted(self._history_tables(cur)):
+            if self._execute(cur, UNKNOWN_PENDING).fetchone() is None:
+                return   # every pending obsid has its duration: the later histories would change nothing
             self._execute(cur, self.expected_from_history, earlier_history=self.quote(history))
 
     expected_from_history = EXPECTED_FROM_HISTORY   # the dialect's (SQLite: EXPECTED_FROM_HISTORY_SQLITE)
@@ -361,7 +364,13 @@ class JobTable(Reads, Engine):
         names = [r[0] for r in self._execute(cur, self.table_names).fetchall()]
         candidates = [n for n in names if n.endswith(HISTORY_SUFFIX) and SQL_NAME.match(n)
                       and "__" not in n[:-len(HISTORY_SUFFIX)]]
-        return [n for n in candidates if {"obsid", "outcome", "started", "ended"} <= set(self._columns(cur, n) or ())]
+        columns = self._columns_of_histories(cur, candidates)
+        return [n for n in candidates if {"obsid", "outcome", "started", "ended"} <= columns.get(n, set())]
+
+    def _columns_of_histories(self, cur: Any, names: List[str]) -> Dict[str, set]:
+        """The column names (lower case) of each of the tables `names` (MySQL: in one query, not one
+        query of information_schema per earlier job)."""
+        return {n: set(self._columns(cur, n) or ()) for n in names}
 
     def _create_tables(self, cur: Any) -> None:
         self._execute(cur, CREATE_JOB_TABLE)
