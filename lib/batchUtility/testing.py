@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 from .guardian import Guardian
 from .hipe import Launch, LaunchRequest
 from .model import DONE, FAILED, INTERACTIVE_PATIENCE, PENDING, RUNNING, STATES, Claim, LaunchEnd, Lease, Outcome
-from .storage import DEFAULT_LEASE
+from .storage import DEFAULT_LEASE, NextClaim
 from .storage.table import spent
 
 COLUMNS = ("obsid", "pipelined", "state", "expected", "attempts", "token", "host", "worker", "pid", "pid_start",
@@ -76,16 +76,19 @@ class InMemoryJobTable:
         """Take the next pending obsid, longest expected first (then by obsid), with a fresh token;
         None when nothing is pending."""
         with self._lock:
-            pending = [row for row in self._rows.values() if row["state"] == PENDING]
-            if not pending:
-                return None
-            # ORDER BY expected DESC, obsid: NULL comes last in descending order (SQLite and MariaDB).
-            row = min(pending, key=lambda r: (r["expected"] is None, -(r["expected"] or 0), r["obsid"]))
-            now, token = self.clock(), uuid.uuid4().hex
-            row.update(state=RUNNING, pipelined=0, token=token, host=host[:255], worker=worker[:32], pid=pid,
-                       pid_start=pid_start, started=now, heartbeat=now, lease_expires=now + lease, ended=None,
-                       exit_code=None, signal_no=None, template=None)
-            return Claim(row["obsid"], token, row["attempts"] + 1, lease, row["heap_mb"])
+            return self._claim(host, worker, pid, lease, pid_start)
+
+    def _claim(self, host: str, worker: str, pid: int, lease: float, pid_start: Optional[int]) -> Optional[Claim]:
+        pending = [row for row in self._rows.values() if row["state"] == PENDING]
+        if not pending:
+            return None
+        # ORDER BY expected DESC, obsid: NULL comes last in descending order (SQLite and MariaDB).
+        row = min(pending, key=lambda r: (r["expected"] is None, -(r["expected"] or 0), r["obsid"]))
+        now, token = self.clock(), uuid.uuid4().hex
+        row.update(state=RUNNING, pipelined=0, token=token, host=host[:255], worker=worker[:32], pid=pid,
+                   pid_start=pid_start, started=now, heartbeat=now, lease_expires=now + lease, ended=None,
+                   exit_code=None, signal_no=None, template=None)
+        return Claim(row["obsid"], token, row["attempts"] + 1, lease, row["heap_mb"])
 
     def heartbeat(self, claim: Claim) -> Lease:
         """Renew the claim's lease: HELD while the row runs under its token, else LOST."""
@@ -99,25 +102,34 @@ class InMemoryJobTable:
 
     def finish(self, claim: Claim, outcome: Outcome, max_attempts: int, *, patience: Optional[float] = None,
                interrupted: Optional[Callable[[], bool]] = None,
-               results: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+               results: Optional[Mapping[str, Any]] = None, then: Optional[NextClaim] = None) -> Optional[str]:
         """Record an outcome if the claim is still ours: done (its results replaced), pending while
         attempts remain, failed once they are used up; the attempt goes to the history. The new state,
-        or None if the claim had been taken from us (nothing changes then)."""
+        or None if the claim had been taken from us (nothing changes then). then: the next claim,
+        taken at once (then.claim, then.nothing_pending), as storage's in the same transaction."""
         with self._lock:
             self.calls.append(("finish", claim))
-            state = DONE if outcome.ok else (FAILED if claim.attempt >= max_attempts else PENDING)
-            row = self._held(claim, (RUNNING, state))
-            if row is None:
-                return None
-            row.update(state=state, pipelined=int(state == DONE), attempts=claim.attempt, ended=self.clock(),
-                       heartbeat=None, lease_expires=None, exit_code=outcome.exit_code, signal_no=outcome.signal,
-                       reason=outcome.reason[:255] or None, template=outcome.template or None)
-            if outcome.heap_next is not None:
-                row["heap_mb"] = outcome.heap_next
-            self._to_history(row, claim.attempt, DONE if outcome.ok else FAILED, outcome)
-            if state == DONE and results:
-                self._results[claim.obsid] = dict(results)
+            state = self._finish(claim, outcome, max_attempts, results)
+            if then is not None:
+                then.claim = self._claim(then.host, then.worker, then.pid, then.lease, then.pid_start)
+                then.nothing_pending = then.claim is None
             return state
+
+    def _finish(self, claim: Claim, outcome: Outcome, max_attempts: int,
+                results: Optional[Mapping[str, Any]]) -> Optional[str]:
+        state = DONE if outcome.ok else (FAILED if claim.attempt >= max_attempts else PENDING)
+        row = self._held(claim, (RUNNING, state))
+        if row is None:
+            return None
+        row.update(state=state, pipelined=int(state == DONE), attempts=claim.attempt, ended=self.clock(),
+                   heartbeat=None, lease_expires=None, exit_code=outcome.exit_code, signal_no=outcome.signal,
+                   reason=outcome.reason[:255] or None, template=outcome.template or None)
+        if outcome.heap_next is not None:
+            row["heap_mb"] = outcome.heap_next
+        self._to_history(row, claim.attempt, DONE if outcome.ok else FAILED, outcome)
+        if state == DONE and results:
+            self._results[claim.obsid] = dict(results)
+        return state
 
     def requeue(self, claim: Claim, reason: str, *, outcome: str = "stopped", template: str = "",
                 patience: Optional[float] = None, interrupted: Optional[Callable[[], bool]] = None,

@@ -24,7 +24,7 @@ from .lease import LeaseKeeper
 from .model import DONE, FAILED, INTERACTIVE_PATIENCE, PENDING, Claim, LaunchEnd, Lease, Outcome
 from .procfs import process_gone, process_start
 from .slot import Slot
-from .storage import JobTable
+from .storage import JobTable, NextClaim
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ class Worker:
         self.quick_failures, self.failing_since = 0, 0.0
         self.template_version, self.template_changed = "", False
         self.template_settled: Optional[tuple] = None   # the last snapshot of the template read whole
+        self.next: Optional[NextClaim] = None   # the claim taken with the last outcome, not run yet
 
     def check_ready(self) -> None:
         """See check_ready()."""
@@ -249,13 +250,25 @@ class Worker:
         self.stop_signal = signum
 
     def _loop(self) -> None:
+        try:
+            self._claim_loop()
+        finally:
+            self._put_back_next()
+
+    def _claim_loop(self) -> None:
         run = self.cfg.run
         self._reclaim()
         wait = WAIT_FIRST
         while not self.stop_signal and not self.halted and not self._out_of_time():
-            claimed_at = time.monotonic()   # the lease runs from before the claim's transaction began
-            claim = self.table.claim(self.slot.host, self.slot.name, os.getpid(), run.lease, pid_start=self.pid_start,
-                                     interrupted=self._stopping)
+            following, self.next = self.next, None
+            if following is not None and following.claim is not None:   # taken with the last outcome
+                claim, claimed_at = following.claim, following.asked_at
+            elif following is not None and following.nothing_pending:
+                claim = None
+            else:
+                claimed_at = time.monotonic()   # the lease runs from before the claim's transaction began
+                claim = self.table.claim(self.slot.host, self.slot.name, os.getpid(), run.lease,
+                                         pid_start=self.pid_start, interrupted=self._stopping)
             if claim is not None:
                 self.log.debug("claimed obsid %d (attempt %d)", claim.obsid, claim.attempt)
                 self._process(claim, claimed_at)
@@ -275,6 +288,28 @@ class Worker:
             self.table.close()
             self._sleep(wait)
             wait = min(wait * 2, WAIT_POLL)
+
+    def _next_claim(self, outcome: Outcome) -> Optional[NextClaim]:
+        """What to claim next with a success's outcome (one transaction, one commit per obsid), or None:
+        after a failure (black hole and halt_after judge it first), and in a worker that stops or is
+        out of --max-time, which claims nothing more."""
+        if not outcome.ok or self.stop_signal or self.halted or (
+                self.claim_until is not None and time.monotonic() >= self.claim_until):
+            return None
+        return NextClaim(self.slot.host, self.slot.name, os.getpid(), self.cfg.run.lease, self.pid_start,
+                         asked_at=time.monotonic())
+
+    def _put_back_next(self) -> None:
+        """A claim taken with the last outcome that the worker will not run (a stop came meanwhile):
+        back to pending uncounted, its attempt in the history as `stopped`."""
+        following, self.next = self.next, None
+        if following is None or following.claim is None:
+            return
+        why = f"stopped by {signal.Signals(self.stop_signal).name}" if self.stop_signal else "worker stopping"
+        done = self._requeue(following.claim, f"{why} before it started")
+        if isinstance(done, DatabaseUnavailable):
+            self.log.error("%s; obsid %d, claimed with the last outcome, stays claimed until its lease runs out",
+                           done, following.claim.obsid)
 
     def _out_of_time(self) -> bool:
         if self.claim_until is None or time.monotonic() < self.claim_until:
@@ -519,7 +554,13 @@ class Worker:
         # A script error would only fail again: the obsid fails at once, unless retry_errors says otherwise.
         retried = not outcome.script_error or run.retry_errors
         limit = run.max_attempts if retried else claim.attempt
-        state = self.table.finish(claim, outcome, limit, interrupted=self._stopping, results=launch.results)
+        following = self._next_claim(outcome)
+        if following is None:
+            state = self.table.finish(claim, outcome, limit, interrupted=self._stopping, results=launch.results)
+        else:
+            state = self.table.finish(claim, outcome, limit, interrupted=self._stopping, results=launch.results,
+                                      then=following)
+            self.next = following
         if state is None:
             self.log.error("outcome not recorded: the obsid is no longer this worker's (its lease of %g s ran out "
                            "and it was taken back, or the job was wiped)", run.lease)

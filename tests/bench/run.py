@@ -3,7 +3,7 @@
 
     .venv/bin/python tests/bench/run.py [--quick] [NAME ...]
 
-NAME: dispatch, launch, makespan, scale, claims, memory, flat (default: all, in that order). Each prints a table
+NAME: dispatch, launch, makespan, scale, claims, memory, flat, durable, newjobs (default: all, in that order). Each prints a table
 and appends it, with date, machine, load, commit and versions, to tests/bench/RESULTS.md.
 --quick: one repetition instead of the median of 3, shorter sleeps and runs (see each benchmark).
 """
@@ -18,15 +18,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_claims
 import bench_dispatch
+import bench_durable
 import bench_flat
 import bench_launch
 import bench_makespan
 import bench_memory
+import bench_newjobs
 import bench_scale
 import common
 
 BENCHMARKS = {"dispatch": bench_dispatch, "launch": bench_launch, "makespan": bench_makespan, "scale": bench_scale,
-              "claims": bench_claims, "memory": bench_memory, "flat": bench_flat}
+              "claims": bench_claims, "memory": bench_memory, "flat": bench_flat,
+              "durable": bench_durable, "newjobs": bench_newjobs}
 
 
 def main(argv=None) -> int:
@@ -34,14 +37,15 @@ def main(argv=None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(BENCHMARKS))
     parser.add_argument("--quick", action="store_true", help="one repetition, shorter runs")
     parser.add_argument("--only", action="append", default=[], metavar="TOOL",
-                        help="dispatch: only tools whose column name holds TOOL (repeatable)")
+                        help="dispatch: only tools whose column name holds TOOL; newjobs: sqlite or mysql (repeatable)")
     parser.add_argument("--no-save", action="store_true", help="print the tables, do not append them to RESULTS.md")
     parser.add_argument("--obsids", type=int, default=None,
-                        help="dispatch, memory: obsids per run (default 2,000); flat: 20,000 (5,000 with --quick)")
+                        help="dispatch, memory: obsids per run (default 2,000; durable: 1,000; newjobs: 200,000); "
+                             "flat: 20,000 (5,000 with --quick)")
     parser.add_argument("--workers", type=int, action="append", default=None,
-                        help="dispatch: worker counts (default 1, 8 and 32; repeatable)")
+                        help="dispatch: worker counts (default 1, 8 and 32; durable: 1 and 8; repeatable)")
     parser.add_argument("--compare", action="append", default=[], metavar="CHECKOUT",
-                        help="dispatch: also `run` of another checkout (e.g. main), side by side (repeatable)")
+                        help="dispatch, durable: also `run` of another checkout (e.g. main), side by side (repeatable)")
     parser.add_argument("--scale", type=float, default=None,
                         help="makespan: each obsid sleeps pipetime / SCALE (default 250; 1000 with --quick)")
     parser.add_argument("--slots", type=int, action="append", default=None,

@@ -146,3 +146,80 @@ def test_a_lost_commit_reply_to_a_retried_failure_is_known_for_its_own(proxied, 
     assert [(h["attempt"], h["outcome"]) for h in other.history(OBSID)] == [(1, "failed")]
     [row] = other.rows()
     assert (row["state"], row["host"], row["attempts"]) == ("running", "elsewhere", 1)
+
+
+# An outcome and the next claim in one transaction (issue 21): one query, the success's UPDATE first.
+OUTCOME_AND_CLAIM = FINISH_DONE + r".*" + CLAIM_UPDATE
+
+
+def test_an_outcome_and_the_next_claim_are_one_commit(proxied):
+    """Steady state, one worker: each success is recorded and the next obsid claimed in one query
+    ending with its COMMIT; only the first claim goes alone, and no outcome goes without a claim."""
+    import re
+    env = proxied
+    obsids = [OBSID + i for i in range(5)]
+    env.template("j", probe(first=0.05))
+    new_job(env, obsids)
+    env.proxy.log_queries = True
+    r = env.cli("j", "run", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert_exactly_once(env, obsids)
+    queries = [q.decode(errors="replace") for q in env.proxy.queries]
+    outcomes = [q for q in queries if re.search(FINISH_DONE, q)]
+    claims_alone = [q for q in queries if re.search(CLAIM_UPDATE, q) and not re.search(FINISH_DONE, q)]
+    assert len(outcomes) == len(obsids), outcomes
+    assert all(re.search(OUTCOME_AND_CLAIM, q, re.S) and q.rstrip().endswith("COMMIT") for q in outcomes), outcomes
+    assert len(claims_alone) == 1, claims_alone
+
+
+@pytest.mark.slow
+def test_a_lost_commit_reply_to_an_outcome_and_claim_is_resolved_for_both(proxied):
+    """The replies to the first two transactions that record a success and claim the next obsid are
+    lost: each retry finds the claim by its token (and the outcome by its history row), so the worker
+    runs the obsid it really claimed, once, and counts the success once."""
+    env = proxied
+    obsids = [OBSID + i for i in range(4)]
+    env.template("j", probe(first=0.05))
+    new_job(env, obsids)
+    for _ in range(2):
+        env.proxy.lose_commit_reply(OUTCOME_AND_CLAIM)
+    r = env.cli("j", "run", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(env.proxy.fired) == 2 and "Lost connection" in r.stderr, (env.proxy.fired, r.stderr)
+    assert "Traceback" not in r.stderr and "not recorded" not in r.stderr and "taken back" not in r.stderr, r.stderr
+    assert assert_exactly_once(env, obsids)["runs"] == len(obsids)
+    assert sorted(env.calls_list()) == obsids, "HIPE ran an obsid twice, or not at all"
+    table = env.table("j")
+    assert {r["obsid"]: (r["state"], r["attempts"]) for r in table.rows()} == dict.fromkeys(obsids, ("done", 1))
+    assert sorted((h["obsid"], h["attempt"], h["outcome"]) for h in table.history()) == [(o, 1, "done") for o in obsids]
+    assert f"{len(obsids)} obsids processed" in r.stdout and f"{len(obsids)} done, 0 failed" in r.stdout, r.stdout
+
+
+@pytest.mark.slow
+def test_a_worker_killed_after_its_outcome_and_claim_committed(proxied, reaper):
+    """SIGKILL to a worker waiting for the reply to the transaction that recorded its success and
+    claimed the next obsid (it committed; the proxy holds the reply): the success stays counted once,
+    and the obsid claimed by the dead worker, never started, is taken back by the next worker of the
+    host (its process is gone) and run once."""
+    env = proxied
+    obsids = [OBSID + i for i in range(3)]
+    env.template("j", probe(first=0.05))
+    new_job(env, obsids)
+    env.proxy.hold = threading.Event()
+    env.proxy.lose_commit_reply(OUTCOME_AND_CLAIM)
+    w = Worker(env, reaper, "w")
+    wait_for(lambda: env.proxy.swallowed, 60, "an outcome and a claim to commit, the reply held")
+    w.proc.kill()
+    assert w.wait(30) == -signal.SIGKILL
+    env.proxy.hold.set()
+    table = env.table("j")
+    states = {r["obsid"]: r["state"] for r in table.rows()}
+    assert sorted(states.values()) == ["done", "pending", "running"], states   # one done, the next claimed
+    [claimed] = [o for o, s in states.items() if s == "running"]
+    other = Worker(env, reaper, "other")
+    assert other.wait(120) == 0, other.err()
+    assert "took back 1 obsid(s) of dead workers of this host" in other.err(), other.err()
+    assert assert_exactly_once(env, obsids)["runs"] == len(obsids)
+    assert sorted(env.calls_list()) == obsids, "HIPE ran an obsid twice, or not at all"
+    assert [(h["attempt"], h["outcome"]) for h in table.history(claimed)] == [(1, "lost"), (2, "done")]
+    assert sorted(h["outcome"] for h in table.history()) == ["done"] * len(obsids) + ["lost"]

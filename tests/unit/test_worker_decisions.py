@@ -252,3 +252,78 @@ def test_the_table_fences_a_late_outcome():
     assert table.heartbeat(old).value == "lost" and table.heartbeat(new).value == "held"
     assert table.finish(new, Outcome(False, "boom"), 2) == "failed"
     assert outcomes(table) == [(1, 1, "lost"), (1, 2, "failed")]
+
+
+# ----------------------------------------------------------------------------- one commit per obsid (issue 21)
+class CountingTable(InMemoryJobTable):
+    """Counts the claims asked alone; on_finish(worker) is called after each finish (a stop arriving
+    while the outcome and the next claim commit)."""
+
+    def __init__(self, *args, on_finish=None, **kw):
+        super().__init__(*args, **kw)
+        self.alone, self.on_finish, self.worker = 0, on_finish, None
+
+    def claim(self, *args, **kw):
+        self.alone += 1
+        return super().claim(*args, **kw)
+
+    def finish(self, *args, **kw):
+        state = super().finish(*args, **kw)
+        if self.on_finish is not None:
+            self.on_finish(self.worker, kw.get("then"))
+        return state
+
+
+def test_each_success_claims_the_next_obsid_with_its_outcome(make):
+    """Only the first claim is asked alone; the last outcome saw nothing pending, so the worker asks no
+    claim again before it looks for lost claims and leaves."""
+    table = CountingTable(JOB, [1, 2, 3])
+    w = make(table, FakeLauncher(then=done()))
+    assert w.run() == 0
+    assert table.alone == 1
+    assert states(table) == {1: ("done", 1), 2: ("done", 1), 3: ("done", 1)}
+    assert outcomes(table) == [(1, 1, "done"), (2, 1, "done"), (3, 1, "done")]
+
+
+def test_a_failure_records_its_outcome_alone(make):
+    """After a failure the worker judges itself (black hole, halt_after) before it claims again."""
+    table = CountingTable(JOB, [1, 2])
+    w = make(table, FakeLauncher(script_error(), then=done()), retry_errors=True)
+    assert w.run() == 0
+    assert table.alone == 2   # the first claim, and the one after the failure
+
+
+def test_a_stop_while_the_outcome_commits_puts_the_next_claim_back(make):
+    """A stop signal that comes while the outcome and the next claim commit: the claim is put back
+    uncounted (history `stopped`), never run."""
+    def stop(worker, then):
+        worker.stop_signal = signal.SIGTERM
+        assert then is not None and then.claim is not None   # it did claim
+    table = CountingTable(JOB, [1, 2], on_finish=stop)
+    launcher = FakeLauncher(then=done())
+    w = table.worker = make(table, launcher)
+    assert w.run() == 128 + signal.SIGTERM
+    assert launcher.obsids == [1]
+    assert states(table) == {1: ("done", 1), 2: ("pending", 0)}
+    assert outcomes(table) == [(1, 1, "done"), (2, 1, "stopped")]
+    assert "before it started" in table.row(2)["reason"]
+
+
+def test_a_stopping_or_out_of_time_worker_claims_nothing_with_its_outcome(make):
+    def stop(worker, then):
+        assert then is None
+    table = CountingTable(JOB, [1, 2, 3], on_finish=stop)
+    w = table.worker = make(table, FakeLauncher(slow(done(), 0.05), then=done()), max_time=0.04)
+    assert w.run() == 0
+    assert outcomes(table) == [(1, 1, "done")]   # nothing else claimed, nothing put back
+    holder = []
+
+    def done_then_stopped(request, should_stop):   # HIPE ends done just as a stop signal comes
+        holder[0].stop_signal = signal.SIGTERM
+        return done()
+    table = CountingTable(JOB, [1, 2], on_finish=stop)
+    w = table.worker = make(table, FakeLauncher(done_then_stopped, then=done()))
+    holder.append(w)
+    assert w.run() == 128 + signal.SIGTERM
+    assert outcomes(table) == [(1, 1, "done")]
+    assert states(table) == {1: ("done", 1), 2: ("pending", 0)}

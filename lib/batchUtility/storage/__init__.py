@@ -5,7 +5,8 @@
 package: each statement whole and named in statements.py, with named parameters (`:obsid`; MySQL's
 driver gets `%(obsid)s`). Every difference between the dialects is in its class: its block of
 attributes, and its hooks (connections, errors, and on MySQL a worker's claim and outcome sent as one
-multi-statement each, its COMMIT included: one round trip each). Identifiers are judged and quoted in
+multi-statement each, its COMMIT included: one round trip each, or a success and the next claim
+together in one: JobTable.finish's `then`). Identifiers are judged and quoted in
 the engine and nowhere else (`model.check_identifier`, `Engine.quote`); every value is a parameter.
 
     statements.py   every statement, whole and named
@@ -24,10 +25,10 @@ from .reads import Reads
 from .sqlite import SQLiteJobTable
 from .statements import *  # noqa: F403 - every statement, by its name (storage.CLAIM), as before the split
 from .statements import RESULTS_SUFFIX, in_list
-from .table import DEFAULT_LEASE, JobTable
+from .table import DEFAULT_LEASE, JobTable, NextClaim
 
 __all__ = ["DEFAULT_CALL_TIMEOUT", "DEFAULT_LEASE", "RESULTS_SUFFIX", "STREAM_ROWS", "Claim", "ConnectionRoom", "Engine",
-           "JobTable", "Lease", "MySQLJobTable", "Outcome", "Reads", "SQLiteJobTable", "in_list", "open_table"]
+           "JobTable", "Lease", "MySQLJobTable", "NextClaim", "Outcome", "Reads", "SQLiteJobTable", "in_list", "open_table"]
 
 
 def open_table(settings: Any, job: str, patience: float = INTERACTIVE_PATIENCE, create: bool = False,

@@ -32,6 +32,9 @@ class MySQLJobTable(JobTable):
     columns_of = """SELECT LOWER(column_name) FROM information_schema.columns
   WHERE table_schema = DATABASE() AND table_name = :name ORDER BY ordinal_position"""
     table_names = "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
+    # Every column of every job history (JobTable._history_tables), in one read of information_schema.
+    history_columns = """SELECT table_name, LOWER(column_name) FROM information_schema.columns
+  WHERE table_schema = DATABASE() AND table_name LIKE :pattern"""
     # A decimal number, as text or not; '' or 'abc' would be 0 to MariaDB (INSERT IGNORE), not unknown.
     number_or_null = ("CASE WHEN TRIM({value}) REGEXP '^[+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$' "
                       "THEN LEAST(ROUND(TRIM({value})), {most}) END")
@@ -149,6 +152,20 @@ class MySQLJobTable(JobTable):
         _, _, (claimed, _), (_, [(obsid, attempts, heap)]) = self._execute_together(
             cur, [(FORGET_PICKED, None), (PICK_PENDING, None), (CLAIM, values), (PICKED, None)], commit)
         return None if obsid is None else (int(obsid), int(attempts), claimed, _heap(heap))
+
+    def _together_then_claim(self, cur: Any, statements: Sequence[Tuple[str, Optional[Dict[str, Any]]]],
+                             values: Dict[str, Any]) -> Tuple[List[Together], Optional[Tuple[int, int, int, Optional[int]]]]:
+        # An outcome and the next claim in one round trip, its COMMIT last: one commit per obsid.
+        *done, _, _, (claimed, _), (_, [(obsid, attempts, heap)]) = self._execute_together(
+            cur, [*statements, (FORGET_PICKED, None), (PICK_PENDING, None), (CLAIM, values), (PICKED, None)], True)
+        return done, (None if obsid is None else (int(obsid), int(attempts), claimed, _heap(heap)))
+
+    def _columns_of_histories(self, cur: Any, names: List[str]) -> Dict[str, set]:
+        found: Dict[str, set] = {n: set() for n in names}
+        for table, column in self._execute(cur, self.history_columns, {"pattern": "%\\_\\_attempts"}).fetchall():
+            if table in found:
+                found[table].add(column)
+        return found
 
     def _stream_cursor(self) -> Any:
         import MySQLdb.cursors

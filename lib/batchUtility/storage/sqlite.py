@@ -5,6 +5,7 @@ import time
 from typing import Any, List, Optional, Tuple
 
 from ..errors import BadInput, BatchError, JobMissing
+from .statements import EXPECTED_FROM_HISTORY_SQLITE
 from .table import JobTable
 
 
@@ -25,6 +26,7 @@ class SQLiteJobTable(JobTable):
     in_start_order = ""             # SQLite reads the index in order by itself
     by_state = ""
     columns_of = "SELECT name FROM pragma_table_info(:name)"
+    expected_from_history = EXPECTED_FROM_HISTORY_SQLITE   # UPDATE ... FROM (SQLite 3.33+), not MariaDB's JOIN
     table_names = "SELECT name FROM sqlite_master WHERE type = 'table'"
     Error = sqlite3.Error
     # A text that SQLite's numeric affinity turns into the same number ('12', ' 12.5 ', '1e3'), or a

@@ -15,6 +15,7 @@ taken back by them. A claim is taken back only on evidence that holds across mac
   the taker's own monotonic clock measures it (reclaim_stale): a clock stepped forward or back on
   any machine, the database server's included, cannot make that shorter.
 """
+import dataclasses
 import logging
 import time
 import uuid
@@ -73,6 +74,7 @@ from .statements import (
     RESULTS_SUFFIX,
     RUNNING_ON_HOST,
     STALE,
+    UNKNOWN_PENDING,
     in_list,
 )
 
@@ -119,6 +121,53 @@ class LeaseWatch:
     def forget(self, obsids: Sequence[int]) -> None:
         for obsid in obsids:
             self.seen.pop(obsid, None)
+
+
+@dataclasses.dataclass
+class NextClaim:
+    """A worker's next claim, asked of finish() so that the outcome and the next obsid's claim are one
+    transaction (one commit; on MySQL one round trip). The worker's identity as for claim(); finish()
+    fills in `claim` (the obsid claimed, None if none) and `nothing_pending` (the transaction saw no
+    pending obsid: the worker need not ask claim() again before it looks for lost claims)."""
+    host: str
+    worker: str
+    pid: int
+    lease: float = DEFAULT_LEASE
+    pid_start: Optional[int] = None
+    machine: Optional[str] = None
+    claim: Optional[Claim] = None
+    nothing_pending: bool = False
+    asked_at: float = 0.0   # the worker's time.monotonic() before the transaction began: the lease runs from it
+    tokens: List[str] = dataclasses.field(default_factory=list)   # one per try, as in claim()
+
+    def values(self) -> Dict[str, Any]:
+        """CLAIM's values for a fresh token (remembered, for a retry to look for)."""
+        token = uuid.uuid4().hex
+        self.tokens.append(token)
+        machine = machine_identity() if self.machine is None else self.machine
+        return {"token": token, "host": self.host[:255], "worker": self.worker[:32], "pid": self.pid,
+                "pid_start": self.pid_start, "machine": machine[:80] or None, "lease": self.lease}
+
+    def took(self, picked: Optional[Tuple[int, int, int, Optional[int]]]) -> None:
+        """What _pick_and_claim returned for the last token."""
+        self.claim, self.nothing_pending = None, picked is None
+        if picked is not None:
+            obsid, attempts, claimed, heap = picked
+            if claimed != 1:
+                raise BatchError(f"claim of obsid {obsid} lost a race it cannot lose; please report this")
+            self.claim = Claim(obsid, self.tokens[-1], attempts + 1, self.lease, heap)
+
+    def found(self, table: "JobTable", cur: Any) -> bool:
+        """After a try whose COMMIT got no answer: whether it committed, as a row still running under
+        one of its tokens shows (then that is the claim)."""
+        for earlier in self.tokens:
+            row = table._execute(cur, CLAIMED_BY, {"token": earlier}).fetchone()
+            if row is not None:
+                claim = Claim(int(row[0]), earlier, int(row[1]) + 1, self.lease, _heap(row[2]))
+                self.claim, self.nothing_pending = claim, False
+                return True
+        self.claim, self.nothing_pending = None, False
+        return False
 
 
 class JobTable(Reads, Engine):
@@ -305,14 +354,24 @@ class JobTable(Reads, Engine):
         same obsids, in the histories of every job of the database (the first, by job name, that
         has a successful attempt of an obsid gives the mean of them)."""
         for history in sorted(self._history_tables(cur)):
-            self._execute(cur, EXPECTED_FROM_HISTORY, earlier_history=self.quote(history))
+            if self._execute(cur, UNKNOWN_PENDING).fetchone() is None:
+                return   # every pending obsid has its duration: the later histories would change nothing
+            self._execute(cur, self.expected_from_history, earlier_history=self.quote(history))
+
+    expected_from_history = EXPECTED_FROM_HISTORY   # the dialect's (SQLite: EXPECTED_FROM_HISTORY_SQLITE)
 
     def _history_tables(self, cur: Any) -> List[str]:
         """Every job history in the database: JOB__attempts with the columns this tool gives it."""
         names = [r[0] for r in self._execute(cur, self.table_names).fetchall()]
         candidates = [n for n in names if n.endswith(HISTORY_SUFFIX) and SQL_NAME.match(n)
                       and "__" not in n[:-len(HISTORY_SUFFIX)]]
-        return [n for n in candidates if {"obsid", "outcome", "started", "ended"} <= set(self._columns(cur, n) or ())]
+        columns = self._columns_of_histories(cur, candidates)
+        return [n for n in candidates if {"obsid", "outcome", "started", "ended"} <= columns.get(n, set())]
+
+    def _columns_of_histories(self, cur: Any, names: List[str]) -> Dict[str, set]:
+        """The column names (lower case) of each of the tables `names` (MySQL: in one query, not one
+        query of information_schema per earlier job)."""
+        return {n: set(self._columns(cur, n) or ()) for n in names}
 
     def _create_tables(self, cur: Any) -> None:
         self._execute(cur, CREATE_JOB_TABLE)
@@ -378,6 +437,12 @@ class JobTable(Reads, Engine):
         claimed = self._execute(cur, CLAIM, {**values, "obsid": int(row[0])}).rowcount
         return int(row[0]), int(row[1]), claimed, _heap(row[2])
 
+    def _together_then_claim(self, cur: Any, statements: Sequence[Tuple[str, Optional[Dict[str, Any]]]],
+                             values: Dict[str, Any]) -> Tuple[List[Any], Optional[Tuple[int, int, int, Optional[int]]]]:
+        """The statements (as _execute_together's), then _pick_and_claim(values), which commits: each
+        statement's (rowcount, rows), and the claim's answer. MySQL sends them all in one round trip."""
+        return self._execute_together(cur, statements), self._pick_and_claim(cur, values, commit=True)
+
     def heartbeat(self, claim: Claim) -> Lease:
         """Renew the claim's lease (for the claim's own lease seconds): HELD (still ours), LOST (taken
         from us) or UNKNOWN (database unreachable).
@@ -394,7 +459,7 @@ class JobTable(Reads, Engine):
 
     def finish(self, claim: Claim, outcome: Outcome, max_attempts: int, *, patience: Optional[float] = None,
                interrupted: Optional[Callable[[], bool]] = None,
-               results: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+               results: Optional[Mapping[str, Any]] = None, then: Optional[NextClaim] = None) -> Optional[str]:
         """Record an outcome for a claim, if the claim is still ours (else nothing changes).
 
         Success makes the obsid done and replaces its results with `results` (name: number or
@@ -402,6 +467,11 @@ class JobTable(Reads, Engine):
         failed when they are used up, and writes no result. The attempt is added to the history.
         Returns the new state, or None if the claim had been taken from us. Safe to repeat after a
         lost connection.
+
+        then: the worker's next claim, taken in the same transaction as the outcome, after it, as claim()
+        takes one (so one commit per obsid; on MySQL, without results, one round trip): its answer in
+        then.claim. A try whose COMMIT reply was lost committed both or neither: the retry looks for
+        the claim by its tokens, then for the outcome by the history row, as claim() and finish() alone do.
         """
         state = DONE if outcome.ok else (FAILED if claim.attempt >= max_attempts else PENDING)
         row = {"obsid": claim.obsid, "token": claim.token}
@@ -409,30 +479,41 @@ class JobTable(Reads, Engine):
         tries = []
 
         def record(cur):
+            # The next claim committed with the outcome, or neither did: a row running under one of
+            # its tokens says both did (the outcome recorded, or found already taken back).
+            if tries and then is not None and then.found(self, cur):
+                return state if self._execute(cur, ATTEMPT_RECORDED, {**row, "outcome": attempt_outcome}).fetchone() \
+                    else None
             # As in requeue: a failure put back to pending by a try whose COMMIT reply was lost may be
             # another worker's claim by now; our history row says that our outcome was recorded.
             if tries and self._execute(cur, ATTEMPT_RECORDED, {**row, "outcome": attempt_outcome}).fetchone():
                 return state
             tries.append(True)
+            with_results = state == DONE and bool(results)
             # The history's key is the claim's token: when FINISH changes nothing (the claim was taken
             # back, or recorded already), HISTORY_FROM_ROW finds no row holding the token, or one whose
             # attempt the history has already.
-            (finished, _), _ = self._execute_together(cur, [
+            outcome_statements = [
                 (FINISH, {**row, "state": state, "pipelined": int(state == DONE), "attempt": claim.attempt,
                           "exit_code": outcome.exit_code, "signal_no": outcome.signal,
                           "reason": outcome.reason[:255] or None, "template": outcome.template or None,
                           "heap_next": outcome.heap_next}),
-                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": attempt_outcome, **spent(outcome)})],
-                commit=not (state == DONE and results))
-            if finished != 1:
-                return None
+                (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": attempt_outcome, **spent(outcome)})]
+            if then is not None and not with_results:
+                ((finished, _), _), picked = self._together_then_claim(cur, outcome_statements, then.values())
+                then.took(picked)
+                return state if finished == 1 else None
+            (finished, _), _ = self._execute_together(cur, outcome_statements,
+                                                      commit=not with_results and then is None)
             # Only done rows have results, and a row becomes done only here: without results there are
             # none to replace. With results, a finish repeated after a lost COMMIT reply replaces its own.
-            if state == DONE and results:
+            if finished == 1 and with_results:
                 self._execute(cur, RESULTS_DELETE, {"obsid": claim.obsid})
                 cur.executemany(self.statement(RESULTS_INSERT),
                                 [result_row(claim.obsid, name, value) for name, value in results.items()])
-            return state
+            if then is not None:
+                then.took(self._pick_and_claim(cur, then.values(), commit=True))
+            return state if finished == 1 else None
         return self._transaction(record, f"recording the outcome of obsid {claim.obsid}", patience=patience,
                                  interrupted=interrupted)
 
