@@ -14,6 +14,11 @@ so the heartbeat finds the connection free; while the outcome is recorded, the m
 is a few short statements, each bounded by the call timeout. A heartbeat waits at most one call
 timeout for the connection, then counts as unanswered (UNKNOWN), as a frozen server's would.
 
+A server change (a connection after a loss reaching another server: the next node of a host list, a
+promoted replica) makes the keeper renew at once: the renewal names the claim's token, so a claim
+the new server does not hold (an asynchronous replica that never received it) is found LOST and
+HIPE is stopped, rather than at the next heartbeat.
+
 Self-fencing: each renewal that succeeded moves the guardian's deadline to (the moment the renewal
 *began*) + FENCE_SHARE x lease. The database set the row's expiry to its own clock + lease at some
 moment after that beginning, so the guardian kills HIPE at least (1 - FENCE_SHARE) x lease before
@@ -52,6 +57,15 @@ class LeaseKeeper:
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
         self._thread.start()
+        table.on_server_change(self._server_changed)
+
+    def _server_changed(self) -> None:
+        """A connection reached another server (a fail-over): the claim is checked there at once, not at
+        the next heartbeat. A heartbeat that reconnected checked it in the same transaction already."""
+        with self._cond:
+            if self._claim is not None:
+                self._next = time.monotonic()
+                self._cond.notify()
 
     def hold(self, claim: Claim, claimed_at: float) -> None:
         """Keep `claim`'s lease from now on; claimed_at is time.monotonic() taken before the claim
