@@ -41,7 +41,8 @@ class MySQLJobTable(JobTable):
     # Lock wait, deadlock, server shutting down / gone / unreachable / lost, no connection to spare.
     # Galera: a certification conflict comes back as a deadlock (1213, retried whole: it committed
     # nothing); a node without quorum answers 1047 to every table (a lost node: the next one is tried).
-    TRANSIENT = frozenset({1205, 1213, 1053, 1040, 1203, 1226, 1927, 2002, 2003, 2006, 2013, 2055, 4031, 1047})
+    # A read-only server (1290: a replica a fail-over reached before its promotion) is waited for.
+    TRANSIENT = frozenset({1205, 1213, 1053, 1040, 1203, 1226, 1927, 2002, 2003, 2006, 2013, 2055, 4031, 1047, 1290})
     CONNECTION = frozenset({1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031, 1047})
     # Too many connections (max_connections), the user's limit reached (the global max_user_connections,
     # or the account's MAX_USER_CONNECTIONS): waited for with back-off, never a reason to stop.
@@ -119,7 +120,7 @@ class MySQLJobTable(JobTable):
         MariaDB's server_uid, host name, port, server id, Galera's node uuid, and its start time from
         Uptime), and whether it is ready for work (not a Galera node without quorum)."""
         cur.execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN ('hostname', 'port', 'server_id', 'server_uuid', "
-                    "'server_uid')")
+                    "'server_uid', 'wsrep_on')")
         variables = dict(cur.fetchall())
         cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN ('Uptime', 'wsrep_ready', 'wsrep_gcomm_uuid')")
         status = dict(cur.fetchall())
@@ -127,7 +128,8 @@ class MySQLJobTable(JobTable):
         started = int(cur.fetchone()[0]) - int(status.get("Uptime") or 0)
         server = (variables.get("server_uuid") or variables.get("server_uid"), variables.get("hostname"),
                   variables.get("port"), variables.get("server_id"), status.get("wsrep_gcomm_uuid"), started)
-        return server, status.get("wsrep_ready", "ON") == "ON"
+        # A MariaDB built with Galera shows wsrep_ready OFF with wsrep off too: only a cluster node is judged by it.
+        return server, variables.get("wsrep_on") != "ON" or status.get("wsrep_ready") == "ON"
 
     def _limit_session(self, cur: Any, seconds: int) -> None:
         """Short lock waits (retried whole), and a transaction left idle by a stuck client (a frozen
