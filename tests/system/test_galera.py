@@ -3,7 +3,8 @@ them all (issue 20): no single point of failure.
 
 - test_workers_on_every_node: six workers, two writing to each node at once (each batch.cfg lists
   the nodes in another order): certification conflicts come back as deadlocks and are retried,
-  never run twice: every obsid done once, HIPE launched once per obsid, no overlap.
+  never run twice: every obsid done once, HIPE launched once per obsid, no overlap; with
+  wsrep_sync_wait 0 and 7.
 - test_node_in_use_killed_then_rejoining: `run -j 4` on the host list; the node every worker uses
   (the first) SIGKILLed mid-run: the workers move to the next node within seconds, renewing their
   leases there before the guardian's deadline, so HIPE is never stopped: every obsid done once,
@@ -119,7 +120,20 @@ def node_answering(env):
 
 
 # ----------------------------------------------------------------------------- every node written at once
-def test_workers_on_every_node(galera, env, reaper):
+@pytest.fixture(params=[0, 7])
+def sync_wait(request, galera):
+    """wsrep_sync_wait on every node: 0 (reads may lag, certification judges the writes) or 7 (reads,
+    updates and inserts wait for the node to catch up)."""
+    def set_all(value):
+        for node in galera.nodes:
+            with node.admin() as c:
+                c.cursor().execute(f"SET GLOBAL wsrep_sync_wait = {value}")
+    set_all(request.param)
+    yield request.param
+    set_all(0)
+
+
+def test_workers_on_every_node(galera, sync_wait, env, reaper):
     obsids = make_job(env, 60, 0.1)
     bin_dir = env.root / "bin"
     bin_dir.mkdir()
@@ -138,6 +152,9 @@ def test_workers_on_every_node(galera, env, reaper):
     launched_once(env, obsids)
     # Every node took writes: each one's own count of committed write sets grew.
     assert all(int(n.status("wsrep_local_commits")) > 0 for n in galera.nodes)
+    conflicts = sum(int(n.status("wsrep_local_cert_failures")) + int(n.status("wsrep_local_bf_aborts"))
+                    for n in galera.nodes)
+    print(f"wsrep_sync_wait {sync_wait}: {conflicts} certification failures and brute-force aborts so far")
 
 
 # ----------------------------------------------------------------------------- the node in use killed
