@@ -12,6 +12,8 @@ them all (issue 20): no single point of failure.
   a second job then runs on it again (the first of the list that answers).
 - test_node_stopped: the node in use SIGSTOPped (it drops out of the primary component; thawed, it
   is a node without quorum until it has rejoined, skipped meanwhile): the same result.
+- test_node_without_quorum: the node in use cut off from the others (gmcast.isolate): a non-primary
+  component answering 1047, treated like a lost node: the same result.
 - test_mpi_node_killed: the same kill under bin/BatchProcess_mpi.sh.
 """
 import os
@@ -195,6 +197,29 @@ def test_node_stopped(galera, env, reaper):
         wait_for(lambda: done_count(env) >= 40, 180, "work going on without the frozen node")
     finally:
         node.proc.send_signal(signal.SIGCONT)   # back, without quorum until it has rejoined: skipped meanwhile
+    rc, _, err = ended(proc, 300)
+    assert rc == 0, err[-3000:]
+    assert_exactly_once(env, obsids)
+    launched_once(env, obsids)
+    assert "stopping HIPE" not in err, err[-3000:]
+
+
+# ----------------------------------------------------------------------------- a partition
+def test_node_without_quorum(galera, env, reaper):
+    obsids = make_job(env, 60, 0.5)
+    proc = run_j(env, reaper, 4)
+    wait_for(lambda: done_count(env) >= 12, 120, "a fifth of the obsids done")
+    node = galera.nodes[0]
+    # Cut off from the other two (Galera's own switch for it): a non-primary component of one, which
+    # answers 1047 to every statement on a table, while the other two go on as the primary component.
+    with node.admin() as c:
+        c.cursor().execute("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'")
+    try:
+        wait_for(lambda: node.status("wsrep_cluster_status") == "non-Primary", 60, "node1 without quorum")
+        wait_for(lambda: done_count(env) >= 40, 180, "work going on without the cut-off node")
+    finally:
+        with node.admin() as c:
+            c.cursor().execute("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'")
     rc, _, err = ended(proc, 300)
     assert rc == 0, err[-3000:]
     assert_exactly_once(env, obsids)
