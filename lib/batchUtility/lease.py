@@ -17,7 +17,8 @@ timeout for the connection, then counts as unanswered (UNKNOWN), as a frozen ser
 A server change (a connection after a loss reaching another server: the next node of a host list, a
 promoted replica) makes the keeper renew at once: the renewal names the claim's token, so a claim
 the new server does not hold (an asynchronous replica that never received it) is found LOST and
-HIPE is stopped, rather than at the next heartbeat.
+HIPE is stopped, rather than at the next heartbeat. A changed server that refuses the renewal (a
+replica still read-only) is asked with a read whether it holds the claim at all: if not, LOST.
 
 Self-fencing: each renewal that succeeded moves the guardian's deadline to (the moment the renewal
 *began*) + FENCE_SHARE x lease. The database set the row's expiry to its own clock + lease at some
