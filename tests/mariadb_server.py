@@ -21,7 +21,7 @@ def free_port(host="127.0.0.1") -> int:
 class MariaDB:
     """mariadb-install-db into `base`, then mariadbd bound to `bind`:`port` and a socket in `base`."""
 
-    def __init__(self, base: Path, bind: str = "127.0.0.1", port: int = 0):
+    def __init__(self, base: Path, bind: str = "127.0.0.1", port: int = 0, options=()):
         self.base = Path(base)
         self.datadir = self.base / "data"
         self.socket = str(self.base / "mysqld.sock")
@@ -29,6 +29,7 @@ class MariaDB:
         self.port = port or free_port(bind)
         self.proc = None
         self.installed = False
+        self.options = list(options)   # more mariadbd options (a replica's server id, a binary log)
 
     def install(self):
         self.base.mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,7 @@ class MariaDB:
              f"--bind-address={self.bind}", "--user=root", f"--pid-file={self.base / 'mariadbd.pid'}",
              f"--tmpdir={self.base / 'tmp'}",
              "--innodb-buffer-pool-size=64M", "--innodb-log-file-size=48M", "--max-connections=500",
-             "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=2"],
+             "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=2", *self.options],
             stdout=self.log, stderr=self.log)
         wait_for(self._answers, timeout, f"mariadbd on port {self.port}")
         with self.admin() as c:

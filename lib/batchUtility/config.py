@@ -105,6 +105,18 @@ class SqlSettings:
     table: str = ""              # the master table; needed only by `new` without FILE
     path: Optional[Path] = None  # the SQLite database file
     option_file: str = ""        # a MySQL option file such as ~/.my.cnf
+    # [sql] host as a list of (host, port), in the list's order; port 0: [sql] port, else the option
+    # file's, else 3306. Empty when built by hand: then (host, port) alone.
+    nodes: Tuple[Tuple[str, int], ...] = ()
+
+    def addresses(self) -> Tuple[Tuple[str, int], ...]:
+        """Where to connect, first choice first: every node of the host list, each with its port (0: the
+        option file's, else 3306)."""
+        return tuple((host, port or self.port) for host, port in (self.nodes or ((self.host, 0),)))
+
+    def default_port(self) -> int:
+        """The port of a node given without one: [sql] port, else the option file's, else 3306."""
+        return self.port or _option_file_port(self.option_file) or 3306
 
     def __repr__(self) -> str:
         where = self.path if self.backend == "sqlite" else f"{self.user}@{self.host}:{self.port}/{self.db}"
@@ -114,8 +126,37 @@ class SqlSettings:
         """Where the database is, for messages; never the password."""
         if self.backend == "sqlite":
             return f"SQLite database {self.path}"
-        place = self.socket or f"{self.host}:{self.port or _option_file_port(self.option_file) or 3306}"
+        place = self.socket or ", ".join(node_name(host, port or self.default_port()) for host, port in self.addresses())
         return f"MySQL database '{self.db}' at {place} as user '{self.user}'"
+
+
+def node_name(host: str, port: int) -> str:
+    """host:port, an IPv6 literal in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_NODE = re.compile(r"\[(?P<ip6>[0-9A-Fa-f:.]+)\](?::(?P<port6>[0-9]+))?\Z|(?P<host>[A-Za-z0-9_.\-]+)(?::(?P<port>[0-9]+))?\Z")
+
+
+def parse_hosts(text: str) -> Tuple[Tuple[str, int], ...]:
+    """`host1[:port], host2[:port], ...` (an IPv6 literal as [::1] or [::1]:3307) as ((host, port), ...),
+    port 0 where none is given; ValueError saying what is wrong with which entry."""
+    nodes = []
+    for entry in (part.strip() for part in text.split(",")):
+        found = _NODE.match(entry)
+        if not entry:
+            raise ValueError("an empty entry (two commas, or one at an end)")
+        if not found:
+            raise ValueError(f"entry {entry!r} is not host, host:port or [IPv6]:port")
+        host = found.group("ip6") or found.group("host")
+        port_text = found.group("port6") or found.group("port")
+        port = int(port_text) if port_text else 0
+        if port_text is not None and not 1 <= port <= 65535:
+            raise ValueError(f"entry {entry!r}: port must be between 1 and 65535")
+        if (host, port) in nodes:
+            raise ValueError(f"entry {entry!r} is listed twice")
+        nodes.append((host, port))
+    return tuple(nodes)
 
 
 def _option_file_port(option_file: str) -> int:
@@ -260,10 +301,19 @@ def load(explicit: Optional[str] = None) -> Config:
         if r.get("sql", "pswd"):
             _warn_if_readable(path)
         port = r.number("sql", "port", int, 1, 65535) if r.get("sql", "port") else 0
-        sql = SqlSettings(backend, r.get("sql", "host", required=True), port,
+        host = r.get("sql", "host", required=True)
+        try:
+            nodes = parse_hosts(host)
+        except ValueError as e:
+            if "," in host:
+                raise r.bad("sql", "host", host, str(e)) from None
+            nodes = ()   # one host, as every earlier version passed it on (a bare IPv6 literal, say)
+        # One host alone is kept as written (a name the client library resolves, or 'localhost' for its socket).
+        nodes = () if len(nodes) == 1 and nodes[0][1] == 0 else nodes
+        sql = SqlSettings(backend, host if not nodes else nodes[0][0], port,
                           r.get("sql", "socket"), r.get("sql", "user", required=True), password,
                           r.get("sql", "db", required=True), r.get("sql", "table"),
-                          option_file=os.path.expanduser(r.get("sql", "option_file")))
+                          option_file=os.path.expanduser(r.get("sql", "option_file")), nodes=nodes)
         if sql.option_file and not Path(sql.option_file).is_file():
             raise r.bad("sql", "option_file", sql.option_file, "no such file")
     if sql.table:

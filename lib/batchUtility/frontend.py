@@ -3,6 +3,7 @@ an error reads, the job-wide summary, and the exit statuses with their one text.
 
 A front end imports this, never another front end: only the entry point (startup) imports cli.
 """
+import json
 import sys
 from typing import Dict, Tuple
 
@@ -59,7 +60,19 @@ def status_block(table: JobTable, job: str, failures: int = 10, hosts: bool = Fa
     pace = report.pace_of(figures)
     text = (report.status_json(job, counts, first_failures, by_host, pace) if as_json
             else report.status_text(job, counts, first_failures, by_host, pace))
-    return text, counts
+    return _with_node(table, text, as_json), counts
+
+
+def _with_node(table: JobTable, text: str, as_json: bool) -> str:
+    """Which node of a host list answered: a line below the block, or the JSON's "node"."""
+    if as_json and table.node is not None:
+        data = json.loads(text)
+        data["node"] = table.node
+        return json.dumps(data, indent=2)
+    nodes = table.settings.addresses() if table.settings.backend == "mysql" else ()
+    if len(nodes) > 1 and table.node is not None:
+        return f"{text}\n  database node {table.node} answered ({len(nodes)} in [sql] host)"
+    return text
 
 
 def print_status(table: JobTable, job: str, failures: int = 10, hosts: bool = False,

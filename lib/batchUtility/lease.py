@@ -14,6 +14,12 @@ so the heartbeat finds the connection free; while the outcome is recorded, the m
 is a few short statements, each bounded by the call timeout. A heartbeat waits at most one call
 timeout for the connection, then counts as unanswered (UNKNOWN), as a frozen server's would.
 
+A server change (a connection after a loss reaching another server: the next node of a host list, a
+promoted replica) makes the keeper renew at once: the renewal names the claim's token, so a claim
+the new server does not hold (an asynchronous replica that never received it) is found LOST and
+HIPE is stopped, rather than at the next heartbeat. A changed server that refuses the renewal (a
+replica still read-only) is asked with a read whether it holds the claim at all: if not, LOST.
+
 Self-fencing: each renewal that succeeded moves the guardian's deadline to (the moment the renewal
 *began*) + FENCE_SHARE x lease. The database set the row's expiry to its own clock + lease at some
 moment after that beginning, so the guardian kills HIPE at least (1 - FENCE_SHARE) x lease before
@@ -50,8 +56,18 @@ class LeaseKeeper:
         self._next = 0.0
         self._wakes_at = math.inf   # when the thread's wait ends by itself (inf: it waits for a claim)
         self._closing = False
+        self._server_changes = 0   # the table's count of server changes when the claim was taken
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
         self._thread.start()
+        table.on_server_change(self._server_changed)
+
+    def _server_changed(self) -> None:
+        """A connection reached another server (a fail-over): the claim is checked there at once, not at
+        the next heartbeat. A heartbeat that reconnected checked it in the same transaction already."""
+        with self._cond:
+            if self._claim is not None:
+                self._next = time.monotonic()
+                self._cond.notify()
 
     def hold(self, claim: Claim, claimed_at: float) -> None:
         """Keep `claim`'s lease from now on; claimed_at is time.monotonic() taken before the claim
@@ -59,6 +75,7 @@ class LeaseKeeper:
         it, if the guardian cannot be told)."""
         with self._cond:
             self._claim, self._state, self._hipe_running = claim, Lease.HELD, True
+            self._server_changes = getattr(self._table, "server_changes", 0)
             self._next = claimed_at + self.every
             self.guardian.fence_at(claimed_at + FENCE_SHARE * claim.lease, with_launch=True)
             # Woken only if it would sleep past the first renewal: with obsids shorter than the
@@ -117,7 +134,10 @@ class LeaseKeeper:
 
     def _renew(self, claim: Claim) -> Lease:
         try:
-            return self._table.heartbeat(claim)
+            found = self._table.heartbeat(claim)
+            if found is Lease.UNKNOWN and getattr(self._table, "server_changes", 0) != self._server_changes:
+                return self._still_held(claim)
+            return found
         except BatchError as e:
             # The table itself may be gone (`wipe --force`, or a new job of the same name): then so is the claim.
             # One try, as the heartbeat's: the keeper never sits in the worker's patience.
@@ -128,6 +148,19 @@ class LeaseKeeper:
                 pass
             log.debug("heartbeat failed: %s", e)
             return Lease.UNKNOWN
+
+    def _still_held(self, claim: Claim) -> Lease:
+        """The server changed since the claim was taken and refuses the renewal (a read-only replica a
+        fail-over reached before its promotion): a read says whether it holds the claim at all. If not,
+        the claim was never replicated to it and is gone: LOST, HIPE is stopped at once."""
+        try:
+            held = self._table.holds(claim)
+        except BatchError:
+            return Lease.UNKNOWN
+        if not held:
+            self.say.error("the database server changed (now node %s) and does not hold this claim: it never "
+                           "received it (asynchronous replication)", self._table.node)
+        return Lease.UNKNOWN if held else Lease.LOST
 
     def _report(self, claim: Claim, found: Lease) -> None:
         if found is self._state:

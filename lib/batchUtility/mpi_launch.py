@@ -143,9 +143,12 @@ def grace_seconds() -> float:
 
 
 def _is_loopback_server(sql) -> bool:
-    if sql.socket:
-        return True
-    host = sql.host.strip("[]")
+    """The socket, or any node of the host list on this machine only: other hosts would reach another server."""
+    return bool(sql.socket) or any(_is_loopback(host) for host, _ in sql.addresses())
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
     if host.lower() == "localhost":
         return True
     try:

@@ -97,6 +97,12 @@ class Engine:
         self._in_use = threading.RLock()
         self._connected_once = False
         self._committed = False   # the transaction's work sent its COMMIT itself (_execute_together)
+        # The node the connection reached (host:port of a host list), the server behind it (what
+        # identifies it: see the dialect's _connect), and how often that server changed since.
+        self.node: Optional[str] = None
+        self.server: Optional[Tuple[Any, ...]] = None
+        self.server_changes = 0
+        self._server_listeners: List[Callable[[], None]] = []
         self._transaction(lambda cur: None, "connecting", write=False)   # a reader must not wait for writers
 
     # ----------------------------------------------------------------- identifiers, statements, transactions
@@ -248,6 +254,25 @@ class Engine:
                 except Exception:
                     pass
 
+    def on_server_change(self, listener: Callable[[], None]) -> None:
+        """Call listener() (from whichever thread connects, quickly, taking no lock of this engine)
+        whenever a new connection reaches another server than the last one did: a claim held may be
+        gone there (an asynchronous replica promoted before it had the claim)."""
+        self._server_listeners.append(listener)
+
+    def _arrived(self, node: str, server: Tuple[Any, ...]) -> None:
+        """The dialect's _connect reached `node`, whose server is identified by `server`."""
+        before, self.node = self.node, node
+        changed = self.server is not None and not _same_server(self.server, server)
+        self.server = server
+        if before is None:
+            log.debug("database node %s", node)
+        elif changed:
+            log.warning("database server changed: now on node %s (was %s)", node, before)
+            self.server_changes += 1
+            for listener in list(self._server_listeners):
+                listener()
+
     def connection_room(self) -> Optional[ConnectionRoom]:
         """The server's connection limits, where it has any (MySQL); None on SQLite."""
         return None
@@ -315,6 +340,12 @@ class Engine:
 
 def _rowcount_and_rows(cur: Any) -> Together:
     return cur.rowcount, list(cur.fetchall())
+
+
+def _same_server(a: Tuple[Any, ...], b: Tuple[Any, ...]) -> bool:
+    """The same server: everything equal but the start time (its last item), which is read as two
+    whole-second figures (now, uptime) and may be off by one; a restart takes longer than that."""
+    return a[:-1] == b[:-1] and abs(a[-1] - b[-1]) <= 2
 
 
 def _never() -> bool:

@@ -4,10 +4,13 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..config import node_name
 from .engine import ConnectionRoom, Together, _rowcount_and_rows
 from .statements import CLAIM, COMMIT, FORGET_PICKED, PICK_PENDING, PICKED
 from .table import JobTable
 
+NODE_WAIT = 3.0    # seconds one node of a host list may take to answer a connect, before the next is tried
+NOT_READY = 1047   # ER_UNKNOWN_COM_ERROR, as Galera gives it: "WSREP has not yet prepared node for application use"
 _MAX_USER_CONNECTIONS = re.compile(r"MAX_USER_CONNECTIONS\s+(-?[0-9]+)", re.IGNORECASE)
 
 
@@ -39,8 +42,11 @@ class MySQLJobTable(JobTable):
     number_or_null = ("CASE WHEN TRIM({value}) REGEXP '^[+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$' "
                       "THEN LEAST(ROUND(TRIM({value})), {most}) END")
     # Lock wait, deadlock, server shutting down / gone / unreachable / lost, no connection to spare.
-    TRANSIENT = frozenset({1205, 1213, 1053, 1040, 1203, 1226, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
-    CONNECTION = frozenset({1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
+    # Galera: a certification conflict comes back as a deadlock (1213, retried whole: it committed
+    # nothing); a node without quorum answers 1047 to every table (a lost node: the next one is tried).
+    # A read-only server (1290: a replica a fail-over reached before its promotion) is waited for.
+    TRANSIENT = frozenset({1205, 1213, 1053, 1040, 1203, 1226, 1927, 2002, 2003, 2006, 2013, 2055, 4031, 1047, 1290})
+    CONNECTION = frozenset({1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031, 1047})
     # Too many connections (max_connections), the user's limit reached (the global max_user_connections,
     # or the account's MAX_USER_CONNECTIONS): waited for with back-off, never a reason to stop.
     REFUSED = frozenset({1040, 1203, 1226})
@@ -52,22 +58,21 @@ class MySQLJobTable(JobTable):
         super().__init__(*args, **kwargs)
 
     def _connect(self, within: float) -> Any:
+        """A connection to the first node of the host list that answers and is ready (a Galera node in
+        the primary component), in the list's order: so every worker normally writes to one node."""
         from MySQLdb.constants import CLIENT
         s = self.settings
         # Every wait for the server is bounded: without read and write timeouts a frozen server (or a
         # network silently dropping packets) blocks a query for as long as it lasts. The connect's own
         # wait is also cut to `within` (whole seconds, at least 1: the client library's unit).
         seconds = math.ceil(self.call_timeout)
-        options = {"host": s.host, "user": s.user, "database": s.db, "charset": "utf8mb4",
-                   "connect_timeout": max(1, min(seconds, math.ceil(within))),
+        options = {"user": s.user, "database": s.db, "charset": "utf8mb4",
                    "read_timeout": seconds, "write_timeout": seconds,
                    "autocommit": False,
                    # rowcount = rows matched, so repeated writes still count; several statements in one
                    # round trip (_execute_together: every value is a parameter, every identifier checked)
                    "client_flag": CLIENT.FOUND_ROWS | CLIENT.MULTI_STATEMENTS,
                    "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"}
-        if s.port:
-            options["port"] = s.port
         if s.socket:
             options["unix_socket"] = s.socket
         if s.password:
@@ -77,13 +82,57 @@ class MySQLJobTable(JobTable):
         option_file = s.option_file or os.path.expanduser("~/.my.cnf")
         if os.path.isfile(option_file):
             options["read_default_file"] = option_file
-        conn = self._driver.connect(**options)
-        try:
-            self._limit_session(conn.cursor(), seconds)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        addresses = s.addresses()
+        # Of a list, each node's wait is short, so that a frozen node costs seconds, not the lease.
+        wait = within if len(addresses) == 1 else min(within, NODE_WAIT)
+        failed: Optional[Exception] = None
+        for host, port in addresses:
+            place = dict(options, host=host, connect_timeout=max(1, min(seconds, math.ceil(wait))))
+            if port:
+                place["port"] = port
+            try:
+                conn = self._driver.connect(**place)
+            except self._driver.Error as e:
+                if len(addresses) == 1 or not self._is_transient(e):
+                    raise
+                failed = e
+                continue
+            try:
+                cur = conn.cursor()
+                self._limit_session(cur, seconds)
+                server, ready = self._identify(cur)
+                if not ready:   # a Galera node outside the primary component refuses every table
+                    raise self._driver.OperationalError(NOT_READY, "WSREP has not prepared the node for application "
+                                                                   "use (wsrep_ready OFF: no quorum, or joining)")
+            except self._driver.Error as e:
+                conn.close()
+                if len(addresses) == 1 or not self._is_transient(e):
+                    raise
+                failed = e
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            self._arrived(node_name(host, port or s.default_port()), server)
+            return conn
+        assert failed is not None
+        raise failed
+
+    def _identify(self, cur: Any) -> Tuple[Tuple[Any, ...], bool]:
+        """The server this connection reached (what stays the same while it runs: MySQL's server_uuid,
+        MariaDB's server_uid, host name, port, server id, Galera's node uuid, and its start time from
+        Uptime), and whether it is ready for work (not a Galera node without quorum)."""
+        cur.execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN ('hostname', 'port', 'server_id', 'server_uuid', "
+                    "'server_uid', 'wsrep_on')")
+        variables = dict(cur.fetchall())
+        cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN ('Uptime', 'wsrep_ready', 'wsrep_gcomm_uuid')")
+        status = dict(cur.fetchall())
+        cur.execute("SELECT UNIX_TIMESTAMP()")
+        started = int(cur.fetchone()[0]) - int(status.get("Uptime") or 0)
+        server = (variables.get("server_uuid") or variables.get("server_uid"), variables.get("hostname"),
+                  variables.get("port"), variables.get("server_id"), status.get("wsrep_gcomm_uuid"), started)
+        # A MariaDB built with Galera shows wsrep_ready OFF with wsrep off too: only a cluster node is judged by it.
+        return server, variables.get("wsrep_on") != "ON" or status.get("wsrep_ready") == "ON"
 
     def _limit_session(self, cur: Any, seconds: int) -> None:
         """Short lock waits (retried whole), and a transaction left idle by a stuck client (a frozen

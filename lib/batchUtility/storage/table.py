@@ -457,6 +457,13 @@ class JobTable(Reads, Engine):
         except DatabaseUnavailable:
             return Lease.UNKNOWN
 
+    def holds(self, claim: Claim) -> bool:
+        """Whether the claim's row still holds its token, running: a read, so that a server refusing
+        writes (a read-only replica a fail-over reached) still answers. One try, as a heartbeat's."""
+        def look(cur):
+            return self._execute(cur, CLAIMED_BY, {"token": claim.token}).fetchone() is not None
+        return self._transaction(look, "checking a claim", write=False, patience=0)
+
     def finish(self, claim: Claim, outcome: Outcome, max_attempts: int, *, patience: Optional[float] = None,
                interrupted: Optional[Callable[[], bool]] = None,
                results: Optional[Mapping[str, Any]] = None, then: Optional[NextClaim] = None) -> Optional[str]:
