@@ -11,7 +11,7 @@ from .eta import Estimate
 from .model import DONE, FAILED, PENDING, RUNNING, STATES, as_seconds, printable
 
 RATE_WINDOW = 600.0     # seconds the rate is measured over
-WORKERS_WINDOW = 300.0  # a worker counts as present if it was heard from this recently
+WORKERS_WINDOW = 300.0  # no longer used (the workers are the live leases: eta.live_workers); kept for callers
 BAR_WIDTH = 60          # cells: with its frame and percentage the bar takes 72 columns
 MIN_BAR = 10            # cells of the bar on `run -j N`'s one line, however narrow the terminal
 
@@ -112,9 +112,9 @@ def slot_summary(slot, processed, done, failed, seconds, attempts=None) -> str:
 @dataclass(frozen=True)
 class Pace:
     """How fast a job goes, as storage measured it: the status block's second half."""
-    finished: int            # obsids that ended done or failed within the last `window` seconds
-    window: float            # seconds the rate covers (RATE_WINDOW, or less for a job that just began)
-    workers: int             # distinct workers heard from within WORKERS_WINDOW
+    finished: int            # obsids the workers alive now ended done or failed within `window`
+    window: float            # seconds those workers have run within the last RATE_WINDOW (0: none alive)
+    workers: int             # workers alive now: the job's live leases (eta.live_workers)
     estimate: Estimate       # seconds until the last obsid ends, or unknown
     now: float               # epoch seconds (the database's clock)
 
@@ -124,21 +124,34 @@ class Pace:
 
 
 def pace_of(figures: dict) -> Pace:
-    """The rate, workers and ETA from what storage measured (`JobTable.pace_figures`)."""
+    """The rate, workers and ETA from what storage measured (`JobTable.pace_figures`).
+
+    Only the workers alive now count: the rate is what exactly they finished, over the time they
+    have run within RATE_WINDOW (not the idle time before they started, nor an earlier run's
+    workers); the ETA schedules the work left onto them, at their speed."""
     now = figures["now"]
-    starts = [s for s in [figures["first_start"], *(r["started"] for r in figures["running"])] if s is not None]
-    # A job that began less than RATE_WINDOW ago is measured over its own age, not diluted.
-    window = min(RATE_WINDOW, max(1.0, now - min(starts))) if starts else RATE_WINDOW
+    alive = eta.live_workers(figures["running"], figures["finishes"], now,
+                             pending=any(n for _, n in figures["pending"]))
+    theirs = [f for f in figures["finishes"] if (f["host"], f["worker"], f["pid"]) in alive]
+    running = [r for r in figures["running"] if (r["host"], r["worker"], r["pid"]) in alive]
+    starts = [s for s in [*(f["started"] for f in theirs), *(r["started"] for r in running)] if s is not None]
+    window = min(RATE_WINDOW, max(1.0, now - min(starts))) if starts and alive else 0.0
     speed, mean = _speed(figures)
-    running = [(r["expected"], now - r["started"]) for r in figures["running"] if r["started"] is not None]
-    estimate = eta.estimate(figures["pending"], running, speed, mean, figures["workers"])
-    return Pace(figures["finished"], window, figures["workers"], estimate, now)
+    speed = eta.for_workers(speed, [(f["expected"], f["ended"] - f["started"]) for f in theirs
+                                    if f["state"] == DONE and f["started"] is not None], len(alive))
+    # A running obsid whose lease ran out belongs to no live worker: it is work left, whole.
+    pending = list(figures["pending"]) + [(r["expected"], 1) for r in figures["running"] if r not in running]
+    estimate = eta.estimate(pending, [(r["expected"], now - r["started"]) for r in running if r["started"] is not None],
+                            speed, mean, len(alive))
+    return Pace(len(theirs), window, len(alive), estimate, now)
 
 
 def _speed(figures: dict):
-    """The speed fitted to recent finishes, and their mean duration (None if none finished)."""
+    """The speed fitted to the job's first and recent finishes, and the recent ones' mean duration
+    (None if none finished)."""
     recent = [(e, s) for e, s in figures["recent"] if s is not None]
-    speed = eta.fit_speed([(e, s) for e, s in recent if as_seconds(e) is not None])
+    first = [(e, s) for e, s in figures.get("first", ()) if s is not None]
+    speed = eta.fit_speed([(e, s) for e, s in recent + first if as_seconds(e) is not None])
     return speed, (sum(s for _, s in recent) / len(recent) if recent else None)
 
 
@@ -177,22 +190,29 @@ def pace_lines(counts, pace: Pace) -> List[str]:
     """The status block after the original's lines: bar, rate and workers, ETA."""
     rate = pace.per_hour
     window = f"{pace.window:.0f} s" if pace.window < 120 else f"{pace.window / 60:.0f} min"
-    rate_text = "rate unknown" if rate is None else f"{_rate_words(rate)} over the last {window}"
-    return ["  " + progress_bar(counts),
-            f"  {rate_text}; {pace.workers} worker(s) seen in the last {WORKERS_WINDOW / 60:.0f} min",
-            "  " + eta_line(pace)]
+    if not pace.workers:
+        rate_text = eta.NO_WORKER
+    else:
+        rate_text = ("rate unknown" if rate is None else f"{rate_words(rate)} over the last {window}") + \
+            f"; {_count(pace.workers, 'worker')} running"
+    return ["  " + progress_bar(counts), "  " + rate_text, "  " + eta_line(pace)]
+
+
+def _count(n: int, word: str) -> str:
+    """'1 obsid', '2 obsids': a count and its noun, singular for one."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def status_one_line(counts, pace: Pace, width: int) -> str:
     """The status block on one line of at most `width` columns (`run -j N` on a terminal): bar,
-    done and total, ETA, failed and running, rate; the last of these left out first where they
-    do not fit."""
+    done and total, failed and running, ETA, rate; the last of these left out first where they
+    do not fit (at 80 columns only the rate goes)."""
     est = pace.estimate
-    parts = [f"{counts[DONE]} of {sum(counts.values())} processed",
-             "ETA unknown" if est.seconds is None else "nothing left" if est.seconds == 0
-             else f"ETA {duration_words(est.seconds)}",
+    parts = [f"{counts[DONE]}/{sum(counts.values())} done",
              f"{counts[FAILED]} failed, {counts[RUNNING]} running",
-             "rate unknown" if pace.per_hour is None else _rate_words(pace.per_hour)]
+             ("no worker running" if est.basis == eta.NO_WORKER else "ETA unknown") if est.seconds is None
+             else "nothing left" if est.seconds == 0 else f"ETA {duration_words(est.seconds)}",
+             "rate unknown" if pace.per_hour is None else rate_words(pace.per_hour)]
     while len(parts) > 1 and MIN_BAR + 12 + len("; ".join(parts)) > width:
         parts.pop()
     text = "; ".join(parts)
@@ -200,12 +220,25 @@ def status_one_line(counts, pace: Pace, width: int) -> str:
     return (progress_bar(counts, cells) + "  " + text)[:width]
 
 
-def _rate_words(per_hour: float) -> str:
-    return f"{per_hour / 60:.1f} obsids/min" if per_hour >= 600 else f"{per_hour:.1f} obsids/h"
+def rate_words(per_hour: float) -> str:
+    """A rate, always in obsids a minute (one unit everywhere: status, run -j's line, the report)."""
+    per_minute = per_hour / 60
+    return f"{per_minute:.1f} obsids/min" if per_minute >= 1 else f"{per_minute:.2g} obsids/min"
+
+
+def fit_line(line: str, width: int) -> str:
+    """A line of at most `width` columns: cut after its last whole '; ' part that fits (the ETA's
+    basis goes before the ETA), else at width."""
+    if len(line) <= width:
+        return line
+    cut = line.rfind("; ", 0, width + 1)
+    return line[:cut] if cut > len(line) - len(line.lstrip()) else line[:width]
 
 
 def eta_line(pace: Pace) -> str:
     est = pace.estimate
+    if est.seconds is None and est.basis == eta.NO_WORKER:
+        return f"ETA: {eta.NO_WORKER}"
     if est.seconds is None:
         return f"ETA unknown: {est.basis}"
     if est.seconds == 0:

@@ -234,15 +234,17 @@ RESULTS_OF_DONE = """SELECT j.obsid, r.name, r.value FROM {job_table} j
 # expected (tests/bench/RESULTS.md).
 STATE_BY_EXPECTED = """SELECT state, expected, COUNT(*) FROM {job_table}
   GROUP BY state, expected ORDER BY state, expected DESC"""
-RUNNING_NOW = """SELECT obsid, attempts + 1 AS attempt, host, worker, pid, started, heartbeat, expected, reason
-  FROM {job_table} WHERE state = 'running' ORDER BY host, worker, pid, obsid"""
+RUNNING_NOW = """SELECT obsid, attempts + 1 AS attempt, host, worker, pid, started, heartbeat, expected, reason,
+       lease_expires FROM {job_table} WHERE state = 'running' ORDER BY host, worker, pid, obsid"""
 RECENT_DONE = """SELECT expected, ended - started FROM {job_table}
   WHERE ended IS NOT NULL AND state = 'done' ORDER BY ended DESC LIMIT :limit"""
-FINISHED_SINCE = """SELECT COUNT(*), MIN(started) FROM {job_table}
+# The first finishes of the job (the ended index read from its start): with longest first, the
+# longest obsids; beside the recent ones they give the speed's fit a span of expected durations.
+FIRST_DONE = """SELECT expected, ended - started FROM {job_table}
+  WHERE ended IS NOT NULL AND state = 'done' ORDER BY ended LIMIT :limit"""
+# Every finish of the last rate window, by whom: the rate and the speed of the workers alive now.
+FINISHES_SINCE = """SELECT host, worker, pid, state, expected, started, ended FROM {job_table}
   WHERE ended >= :since AND state IN ('done', 'failed')"""
-WORKERS_SEEN = """SELECT COUNT(*) FROM (
-  SELECT host, worker, pid FROM {job_table} WHERE state = 'running' AND heartbeat >= :since
-  UNION SELECT host, worker, pid FROM {job_table} WHERE ended >= :since) seen"""
 HISTORY_SINCE = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason
   FROM {history_table}{in_start_order} WHERE started >= :since ORDER BY started, obsid"""
 
