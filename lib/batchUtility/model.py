@@ -79,6 +79,9 @@ class Outcome:
     # The script's own fault (HIPE's exit status not 0, the script stopping before its end, our
     # timeout): running it again would only fail again. Not so: HIPE killed by a signal we did not send.
     script_error: bool = False
+    # HIPE could not compile the template (a SyntaxError or IndentationError before its first line
+    # ran): no obsid can run it, on any worker. The job halts; the obsid goes back uncounted.
+    template_broken: bool = False
 
 
 class LaunchEnd(enum.Enum):

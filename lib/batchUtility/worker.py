@@ -45,6 +45,7 @@ QUICK_FAILURE = 10.0
 # place is not run half); while it has not, the worker looks again every TEMPLATE_LOOK seconds.
 TEMPLATE_QUIET = 2.0
 TEMPLATE_LOOK = 0.2
+GATE_LOOK = 0.2   # seconds between looks while another worker's first launch of the template compiles it
 
 # What runs one obsid: hipe.run_obsid's signature (request, should_stop, lease, guardian, scratch).
 Launcher = Callable[[hipe.LaunchRequest, Callable[[], int], Callable[[], Lease], Guardian, Path], hipe.Launch]
@@ -158,6 +159,7 @@ class Worker:
         self.quick_failures, self.failing_since = 0, 0.0
         self.template_version, self.template_changed = "", False
         self.template_settled: Optional[tuple] = None   # the last snapshot of the template read whole
+        self.template_runs: set = set()   # versions of the template known to compile (storage.templates)
 
     def check_ready(self) -> None:
         """See check_ready()."""
@@ -341,10 +343,63 @@ class Worker:
             return hipe.Launch(Outcome(False, f"template {self.template} holds no statement now"), 0.0,
                                LaunchEnd.SETUP_FAULT)
         version = self._template_version(template)
+        refused, probe = self._template_gate(claim, version)
+        if refused is not None:
+            return refused
         request = hipe.LaunchRequest(self.cfg.hipe, template, self.job, claim.obsid, self.dir / "output",
-                                     self.dir / "log", template_path=self.template)
+                                     self.dir / "log", template_path=self.template,
+                                     on_compiled=(lambda: self._template_runs(version)) if probe else None)
         launch = self.launcher(request, lambda: self.stop_signal, self.keeper.state, self.guardian, self.scratch)
+        if probe:
+            self._probe_verdict(claim, version, launch)
         return dataclasses.replace(launch, outcome=dataclasses.replace(launch.outcome, template=version))
+
+    def _template_gate(self, claim: Claim, version: str) -> Tuple[Optional[hipe.Launch], bool]:
+        """Whether this claim may launch the template's version (storage.templates): (None, probe)
+        to launch it, probe saying whether this launch is the version's probe; or (the launch's end,
+        False) without launching: the version cannot run (the job is halted), or a stop came while
+        another worker's probe was under way."""
+        said = False
+        while version not in self.template_runs:
+            what, why = self.table.template_gate(version, claim, interrupted=self._stopping)
+            if what == "runs":
+                self.template_runs.add(version)
+            elif what == "probe":
+                return None, True
+            elif what == "broken":
+                return hipe.Launch(Outcome(False, f"job halted: the template cannot run{': ' + why if why else ''}",
+                                           script_error=True, template=version, template_broken=True), 0.0), False
+            else:
+                if not said:
+                    said = True
+                    self.log.info("waiting for another worker's first launch of template version %s to compile it",
+                                  version)
+                self._sleep(GATE_LOOK)
+                if self.stop_signal:
+                    return hipe.Launch(Outcome(False, f"stopped by {signal.Signals(self.stop_signal).name}"), 0.0,
+                                       LaunchEnd.STOPPED, self.stop_signal), False
+        return None, False
+
+    def _template_runs(self, version: str) -> None:
+        """HIPE compiled the version this worker probes: the other workers may launch it now."""
+        self.template_runs.add(version)
+        try:
+            self.table.template_verdict(version, "runs", interrupted=_never)
+        except DatabaseUnavailable as e:   # the others wait on; the verdict is given again at the end
+            self.template_runs.discard(version)
+            self.log.warning("%s: the other workers wait for the template's verdict", e)
+
+    def _probe_verdict(self, claim: Claim, version: str, launch: hipe.Launch) -> None:
+        """The job-wide verdict after a probe: broken, runs (it ran to its end, or compiled), or none
+        (stopped, fenced, lost before HIPE compiled it: the next claim probes)."""
+        if launch.outcome.template_broken:
+            self.table.template_verdict(version, "broken", launch.outcome.reason, interrupted=_never)
+        elif version in self.template_runs:
+            return
+        elif launch.outcome.ok:
+            self._template_runs(version)
+        else:
+            self.table.template_abandon(version, claim)
 
     def _read_template(self) -> Optional[str]:
         """The template's text, read whole: a snapshot is taken only when the file's size, mtime,
@@ -390,6 +445,8 @@ class Worker:
     def _record(self, claim: Claim, launch: hipe.Launch) -> Optional[str]:
         """Tell the table what became of the claim, according to how the launch ended; the obsid's
         state now if this worker recorded it (else None)."""
+        if launch.end is LaunchEnd.FINISHED and launch.outcome.template_broken:
+            return self._halt_broken(claim, launch)
         if launch.end is LaunchEnd.STOPPED:
             self._put_back_stopped(claim, launch)
         elif launch.end is LaunchEnd.SETUP_FAULT:
@@ -409,6 +466,18 @@ class Worker:
         elif launch.end is not LaunchEnd.CLAIM_LOST:   # lost: another worker's now, neither done nor failed by this one
             return self._finish(claim, launch)
         return None
+
+    def _halt_broken(self, claim: Claim, launch: hipe.Launch) -> Optional[str]:
+        """The template cannot run (found by this launch, or by another worker's: the job is halted):
+        the obsid goes back to pending uncounted, and this worker stops."""
+        outcome = launch.outcome
+        self.halted = True
+        ran = not outcome.reason.startswith("job halted")
+        back = self._put_back(claim, outcome.reason, "broken" if ran else "halted", outcome.template)
+        self.log.error("%s; the job is halted on every worker and host, obsid %s back to pending uncounted. Fix "
+                       "%s: the next `run` tries the new version once before the others do",
+                       outcome.reason, "put" if back else "not put", self.template)
+        return PENDING if back else None
 
     def _put_back(self, claim: Claim, reason: str, outcome: str, template: str = "") -> bool:
         """Requeue uncounted; whether it was put back (False: taken back meanwhile, or the database

@@ -330,11 +330,13 @@ def test_script_text(tmp_path):
     text = script_text(template, 1342191755, Path("/out dir"), "j", marker)
     assert text.splitlines() == [
         "# -*- coding: utf-8 -*-", "obsid=1342191755", f'outDir="/out dir{os.sep}"', 'jobName="j"',
-        f'exec(compile(open("{template}", "rb").read(), "{template}", "exec"))',
-        "# Reached only if the template ran to its end.", f'open("{marker}", "w").close()']
+        f'batchTemplate = compile(open("{template}", "rb").read(), "{template}", "exec")',
+        "# The template compiled: the marker, empty, says it can run.", f'open("{marker}", "w").close()',
+        "exec(batchTemplate)", "# Reached only if the template ran to its end.",
+        f'batchEnd = open("{marker}", "w"); batchEnd.write("end"); batchEnd.close()']
     scope = {}
-    exec(text, scope)   # the preamble, the template as its own file and the marker line (valid Jython 2 too)
-    assert (scope["obsid"], scope["x"], scope["outDir"], marker.exists()) == (1342191755, 1342191755, "/out dir/", True)
+    exec(text, scope)   # the preamble, the template as its own file and the marker lines (valid Jython 2 too)
+    assert (scope["obsid"], scope["x"], scope["outDir"], marker.read_text()) == (1342191755, 1342191755, "/out dir/", "end")
 
 
 def test_hipe_command():

@@ -249,6 +249,28 @@ HISTORY_SINCE = """SELECT obsid, attempt, host, worker, pid, started, ended, exi
   FROM {history_table}{in_start_order} WHERE started >= :since ORDER BY started, obsid"""
 
 
+# ----------------------------------------------------------------------------- the template's first launch
+# Each version of a job's template, job-wide: probing (one worker's first launch of it), runs (HIPE
+# compiled it), broken (it cannot run: the job halts). See templates.py.
+TEMPLATES_SUFFIX = "__templates"
+CREATE_TEMPLATES_TABLE = """CREATE TABLE IF NOT EXISTS {templates_table} (
+  version VARCHAR(16) NOT NULL PRIMARY KEY,
+  state VARCHAR(8) NOT NULL,
+  obsid BIGINT NULL,
+  token CHAR(32) NULL,
+  reason VARCHAR(255) NULL,
+  since DOUBLE NULL
+){table_options}"""
+DROP_TEMPLATES_TABLE = "DROP TABLE IF EXISTS {templates_table}"
+PROBE = """{insert_ignore} INTO {templates_table} (version, state, obsid, token, since)
+  VALUES (:version, 'probing', :obsid, :token, {now})"""
+VERSION_STATE = "SELECT state, obsid, token, reason FROM {templates_table} WHERE version = :version"
+PROBER_RUNNING = "SELECT 1 FROM {job_table} WHERE obsid = :obsid AND token = :token AND state = 'running'"
+ABANDON = "DELETE FROM {templates_table} WHERE version = :version AND state = 'probing' AND token = :token"
+VERDICT = """UPDATE {templates_table} SET state = :state, reason = :reason, since = {now}
+  WHERE version = :version AND (state = 'probing' OR :state = 'broken')"""
+
+
 def in_list(obsids: Sequence[int], size: int = _CHUNK) -> Iterator[Tuple[str, Dict[str, int]]]:
     """The one way an `IN ({obsids})` list is written: per chunk of `size` obsids, the list of named
     parameters (':obsid_0, :obsid_1, ...') and their values."""

@@ -75,6 +75,7 @@ from .statements import (
     STALE,
     in_list,
 )
+from .templates import TemplateGate
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class LeaseWatch:
             self.seen.pop(obsid, None)
 
 
-class JobTable(Reads, Engine):
+class JobTable(TemplateGate, Reads, Engine):
     """One job's table of obsids, on one connection that is re-opened after it is lost.
 
     Every operation is one transaction, retried whole on passing errors (deadlock, lock wait,
@@ -325,6 +326,7 @@ class JobTable(Reads, Engine):
         """Drop the job's table, its history and its results, and nothing else."""
         def drop(cur):
             self._execute(cur, DROP_RESULTS_TABLE)
+            self.drop_templates(cur)
             self._execute(cur, DROP_HISTORY_TABLE)
             self._execute(cur, DROP_JOB_TABLE)
         self._transaction(drop, "dropping the job table")

@@ -1,0 +1,53 @@
+"""Issue 22's frictions through the real command line: a template that cannot run halts the whole
+job after one attempt; -q and closed pipes; the report's figures and links; the wording.
+"""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from support import ROOT
+
+OK = "x = obsid\n"
+
+
+def attempts_of(batch, job):
+    return {r["obsid"]: (r["state"], r["attempts"]) for r in batch.table(job).rows()}
+
+
+# ----------------------------------------------------------------- a template that cannot run
+@pytest.mark.slow
+@pytest.mark.parametrize("broken", ["def f(:\n    pass\n", "x = 1\n  y = 2\n"], ids=["syntax", "indentation"])
+def test_a_template_that_cannot_run_halts_the_job_after_one_attempt(batch, broken):
+    """run -j 4 over 12 obsids with a template HIPE cannot compile: one obsid is tried, and it and
+    every other go back to pending uncounted; a second run launches nothing; fixed, the job runs.
+    Before, each worker failed its first halt_after (5) obsids: 12 counted failed here."""
+    batch.template("j", broken)
+    assert batch.cli("j", "new", batch.obsid_file(range(1, 13))).returncode == 0
+    r = batch.cli("j", "run", "-j", "4", timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert len(batch.calls_list()) == 1, (batch.calls_list(), r.stderr)
+    assert set(attempts_of(batch, "j").values()) == {("pending", 0)}
+    history = batch.table("j").history()
+    assert [h["outcome"] for h in history].count("broken") == 1, history
+    assert "template cannot run" in r.stderr and "halted on every worker" in r.stderr, r.stderr
+    again = batch.cli("j", "run", "-j", "2", timeout=120)
+    assert again.returncode == 1 and len(batch.calls_list()) == 1, again.stderr
+    batch.template("j", OK)                     # a new version: probed anew, then run by all
+    assert batch.cli("j", "run", "-j", "4", timeout=120).returncode == 0
+    assert set(attempts_of(batch, "j").values()) == {("done", 1)}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/java/jython.jar").exists() or not shutil.which("java"),
+                    reason="the Jython stand-in needs Debian's jython and a JVM")
+def test_jython_reports_a_template_that_cannot_run_and_the_job_halts(sqlite_batch):
+    batch = sqlite_batch
+    batch.write_cfg(hipe={"command": str(ROOT / "bin" / "hipe-standin")})
+    batch.template("j", "print 'a'\n  print 'b'\n")
+    assert batch.cli("j", "new", batch.obsid_file(range(1, 5))).returncode == 0
+    r = batch.cli("j", "run", "-j", "2", timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert set(attempts_of(batch, "j").values()) == {("pending", 0)}
+    outcomes = [h["outcome"] for h in batch.table("j").history()]
+    assert outcomes.count("broken") == 1 and set(outcomes) <= {"broken", "halted"}, outcomes
