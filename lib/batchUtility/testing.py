@@ -145,7 +145,7 @@ class InMemoryJobTable:
             del self.templates[version]
         return "wait", ""
 
-    def template_verdict(self, version: str, state: str, reason: str = "", *,
+    def template_verdict(self, version: str, state: str, reason: str = "", *, patience: Optional[float] = None,
                          interrupted: Optional[Callable[[], bool]] = None) -> None:
         if version in self.templates and (self.templates[version][0] == "probing" or state == "broken"):
             self.templates[version] = [state, None, reason]

@@ -4,6 +4,7 @@ One worker is one process (one MPI slot). Workers never talk to each other: the 
 only coordination. A worker that dies leaves its obsid running under a lease that stops being
 refreshed; any later worker takes it back (`JobTable.reclaim_stale`).
 """
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -160,6 +161,7 @@ class Worker:
         self.template_version, self.template_changed = "", False
         self.template_settled: Optional[tuple] = None   # the last snapshot of the template read whole
         self.template_runs: set = set()   # versions of the template known to compile (storage.templates)
+        self.template_compiled = ""   # the version this worker saw compile but could not say so yet
 
     def check_ready(self) -> None:
         """See check_ready()."""
@@ -381,25 +383,31 @@ class Worker:
         return None, False
 
     def _template_runs(self, version: str) -> None:
-        """HIPE compiled the version this worker probes: the other workers may launch it now."""
-        self.template_runs.add(version)
+        """HIPE compiled the version this worker probes: the other workers may launch it now. One
+        try (patience 0): while HIPE runs, a database away must not hold up the watch over HIPE. It
+        is tried again once the launch has ended; unanswered then too, the probe is given up once
+        this claim no longer runs, and the next claim probes the version again."""
         try:
-            self.table.template_verdict(version, "runs", interrupted=_never)
-        except DatabaseUnavailable as e:   # the others wait on; the verdict is given again at the end
-            self.template_runs.discard(version)
-            self.log.warning("%s: the other workers wait for the template's verdict", e)
+            self.table.template_verdict(version, "runs", patience=0, interrupted=_never)
+            self.template_runs.add(version)
+        except DatabaseUnavailable as e:   # the others wait on meanwhile
+            self.template_compiled = version
+            self.log.debug("%s: the template's verdict waits for the end of the launch", e)
 
     def _probe_verdict(self, claim: Claim, version: str, launch: hipe.Launch) -> None:
         """The job-wide verdict after a probe: broken, runs (it ran to its end, or compiled), or none
         (stopped, fenced, lost before HIPE compiled it: the next claim probes)."""
         if launch.outcome.template_broken:
-            self.table.template_verdict(version, "broken", launch.outcome.reason, interrupted=_never)
+            self.table.template_verdict(version, "broken", launch.outcome.reason, interrupted=self._stopping)
         elif version in self.template_runs:
             return
-        elif launch.outcome.ok:
+        elif launch.outcome.ok or self.template_compiled == version:
             self._template_runs(version)
         else:
-            self.table.template_abandon(version, claim)
+            # One try: unanswered, the probe is given up all the same once this claim no longer
+            # runs (the next look at the gate finds its prober gone).
+            with contextlib.suppress(DatabaseUnavailable):
+                self.table.template_abandon(version, claim)
 
     def _read_template(self) -> Optional[str]:
         """The template's text, read whole: a snapshot is taken only when the file's size, mtime,

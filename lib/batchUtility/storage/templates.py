@@ -35,10 +35,10 @@ class TemplateGate:
     def _templates(self) -> str:
         return self.quote(self.job + TEMPLATES_SUFFIX)
 
-    def _make_templates(self) -> None:
+    def _make_templates(self, interrupted: Optional[Callable[[], bool]] = None) -> None:
         if not self._templates_made:
             self._transaction(lambda cur: self._execute(cur, CREATE_TEMPLATES_TABLE, templates_table=self._templates()),
-                              "making the table of template versions")
+                              "making the table of template versions", interrupted=interrupted)
             self._templates_made = True
 
     def template_gate(self, version: str, claim: Claim, *,
@@ -46,7 +46,7 @@ class TemplateGate:
         """(what to do, reason): ('probe', '') this claim is the version's probe: launch it and give
         the verdict; ('runs', '') launch; ('broken', why) do not; ('wait', '') another worker's
         probe is under way: ask again shortly."""
-        self._make_templates()
+        self._make_templates(interrupted)
         names = {"templates_table": self._templates()}
 
         def gate(cur):
@@ -68,21 +68,22 @@ class TemplateGate:
             return "wait", ""
         return self._transaction(gate, "looking at the template's verdict", interrupted=interrupted)
 
-    def template_verdict(self, version: str, state: str, reason: str = "", *,
+    def template_verdict(self, version: str, state: str, reason: str = "", *, patience: Optional[float] = None,
                          interrupted: Optional[Callable[[], bool]] = None) -> None:
-        """The probe's verdict: RUNS (HIPE compiled it) or BROKEN (it cannot run: the job halts)."""
+        """The probe's verdict: RUNS (HIPE compiled it) or BROKEN (it cannot run: the job halts).
+        patience=0: one try (while HIPE runs, nothing may hold the worker's watch over it)."""
         self._make_templates()
         self._transaction(lambda cur: self._execute(cur, VERDICT, {"version": version, "state": state,
                                                                    "reason": reason[:255] or None},
                                                     templates_table=self._templates()),
-                          "recording the template's verdict", interrupted=interrupted)
+                          "recording the template's verdict", patience=patience, interrupted=interrupted)
 
     def template_abandon(self, version: str, claim: Claim) -> None:
         """The probe ended without a verdict (stopped, the claim lost): the next claim probes."""
         self._make_templates()
         self._transaction(lambda cur: self._execute(cur, ABANDON, {"version": version, "token": claim.token},
                                                     templates_table=self._templates()),
-                          "giving the template's probe up", interrupted=lambda: False)
+                          "giving the template's probe up", patience=0)
 
     def drop_templates(self, cur: Any) -> None:
         self._execute(cur, DROP_TEMPLATES_TABLE, templates_table=self._templates())
