@@ -27,7 +27,7 @@ EXACT_LIMIT = 20_000   # the longest pending obsids scheduled one by one; the ot
 OVERDUE_SHARE = 0.05   # an obsid past its expected end is given this share of it again
 # A worker between two obsids holds no lease for a moment (its finish and its next claim are two
 # transactions): one that finished an obsid this recently and holds none now still counts as alive.
-LIVE_GRACE = 5.0
+LIVE_GRACE = 2.0
 NO_WORKER = "no worker running"
 
 
@@ -85,9 +85,11 @@ def live_workers(running: Iterable[Dict[str, Any]], finishes: Iterable[Dict[str,
                  pending: bool = True, grace: float = LIVE_GRACE) -> Set[Worker]:
     """The workers alive now: those holding a live lease (a running row whose lease_expires is not
     past; a row of an older version without one goes by a heartbeat in the last 300 s), and, while
-    obsids are `pending`, those that finished an obsid in the last `grace` seconds (between two
-    claims). A worker that stopped, ended, or reached --max-time holds no lease: it is not counted
-    (but for those few seconds), however recently it ran."""
+    obsids are `pending`, those that finished an obsid (done or failed) in the last `grace` seconds
+    and put none back since (between two claims). A worker that stopped (its obsid put back),
+    ended, or reached --max-time holds no lease: it is not counted (but, if it put nothing back,
+    for those few seconds), however recently it ran. finishes: rows ended since the rate window
+    began, pending ones (put back, or failed to be retried) included."""
     alive = set()
     for r in running:
         expires = r.get("lease_expires")
@@ -96,8 +98,12 @@ def live_workers(running: Iterable[Dict[str, Any]], finishes: Iterable[Dict[str,
         if expires is not None and expires >= now:
             alive.add((r["host"], r["worker"], r["pid"]))
     if pending:
-        alive |= {(f["host"], f["worker"], f["pid"]) for f in finishes
-                  if f.get("ended") is not None and f["ended"] >= now - grace}
+        last: Dict[Worker, Dict[str, Any]] = {}
+        for f in finishes:
+            key = (f["host"], f["worker"], f["pid"])
+            if f.get("ended") is not None and (key not in last or f["ended"] >= last[key]["ended"]):
+                last[key] = f
+        alive |= {key for key, f in last.items() if f["ended"] >= now - grace and f["state"] != "pending"}
     return alive
 
 

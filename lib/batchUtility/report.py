@@ -30,7 +30,8 @@ def status_text(job, counts, failures, hosts=None, pace=None) -> str:
         lines += pace_lines(counts, pace)
     if failures:
         lines.append(f"  failed obsids (first {len(failures)}):")
-        lines += [f"    {obsid}  after {attempts} attempt(s): {printable(reason)}" for obsid, attempts, reason in failures]
+        lines += [f"    {obsid}  after {_count(attempts, 'attempt')}: {printable(reason)}"
+                  for obsid, attempts, reason in failures]
         lines.append(f"  retry them with: BatchProcess.py {job} reset --failed")
         lines.append(f"  why each attempt ended: BatchProcess.py {job} status --obsid OBSID")
     if hosts is not None:
@@ -54,7 +55,7 @@ def status_json(job, counts, failures, hosts, pace=None) -> str:
 
 def obsid_text(row, history) -> str:
     """One obsid (`status --obsid`): its state, then each attempt, oldest first."""
-    head = f"obsid {row['obsid']}: {row['state']}, {row['attempts']} attempt(s) counted"
+    head = f"obsid {row['obsid']}: {row['state']}, {_count(row['attempts'], 'attempt')} counted"
     if row["state"] == RUNNING:
         head += f", running on {row['host']} slot {row['worker']} pid {row['pid']}"
     elif row["state"] != DONE and row["reason"]:
@@ -99,12 +100,16 @@ def hosts_text(hosts) -> str:
 
 def slot_summary(slot, processed, done, failed, seconds, attempts=None) -> str:
     """The original's SUMMARY line, without its faults: no division by zero, whole days counted;
-    obsids and attempts (retries) counted apart."""
+    obsids and attempts (retries) counted apart. processed: the obsids this worker ran; only
+    those it finished (done or failed) count as processed, the others are said to be back to
+    pending (stopped, put back, to be retried)."""
     minutes = seconds / 60.0
-    per = f"{minutes / processed:.2f} minutes/obsid" if processed else "no obsid"
-    tried = f" ({processed} obsids in {attempts} attempts)" if attempts is not None and attempts != processed else ""
-    return (f"{slot.host} SLOT {slot.rank} SUMMARY: {processed} obsids processed in {minutes:.2f} minutes "
-            f"({per}); {done} done, {failed} failed{tried}")
+    finished = done + failed
+    per = f"{minutes / finished:.2f} minutes/obsid" if finished else "no obsid"
+    back = f", {processed - finished} back to pending" if processed > finished else ""
+    tried = f" ({_count(processed, 'obsid')} in {attempts} attempts)" if attempts is not None and attempts != processed else ""
+    return (f"{slot.host} SLOT {slot.rank} SUMMARY: {_count(finished, 'obsid')} processed in {minutes:.2f} minutes "
+            f"({per}); {done} done, {failed} failed{back}{tried}")
 
 
 
@@ -132,7 +137,7 @@ def pace_of(figures: dict) -> Pace:
     now = figures["now"]
     alive = eta.live_workers(figures["running"], figures["finishes"], now,
                              pending=any(n for _, n in figures["pending"]))
-    theirs = [f for f in figures["finishes"] if (f["host"], f["worker"], f["pid"]) in alive]
+    theirs = [f for f in figures["finishes"] if (f["host"], f["worker"], f["pid"]) in alive and f["state"] != PENDING]
     running = [r for r in figures["running"] if (r["host"], r["worker"], r["pid"]) in alive]
     starts = [s for s in [*(f["started"] for f in theirs), *(r["started"] for r in running)] if s is not None]
     window = min(RATE_WINDOW, max(1.0, now - min(starts))) if starts and alive else 0.0
@@ -346,8 +351,9 @@ def write_history_json(attempts: Iterable[dict], out: TextIO) -> int:
     return n
 
 
-def history_text(attempts: Iterable[dict], out: TextIO) -> int:
-    """A terminal's view of the history: one attempt a line, oldest first."""
+def history_text(attempts: Iterable[dict], out: TextIO, quiet: bool = False) -> int:
+    """A terminal's view of the history: one attempt a line, oldest first (none: a line saying so,
+    unless quiet)."""
     n = 0
     for n, h in enumerate(attempts, 1):
         r = history_record(n, h)
@@ -355,6 +361,6 @@ def history_text(attempts: Iterable[dict], out: TextIO) -> int:
         out.write(f"{n:>7}  {_when(h['started'])}  {took:>9}  {h['obsid']:>12} #{h['attempt']:<2} {h['outcome']:<7} "
                   f"{h['host']} slot {h['worker']} pid {h['pid']}  {_ending(h)}"
                   + (f"  {r['reason']}" if r["reason"] else "") + "\n")
-    if not n:
+    if not n and not quiet:
         out.write("no attempt recorded\n")
     return n

@@ -1,12 +1,15 @@
 """Issue 22's frictions through the real command line: a template that cannot run halts the whole
 job after one attempt; -q and closed pipes; the report's figures and links; the wording.
 """
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from support import ROOT
+from support import BIN, ROOT, new_job
 
 OK = "x = obsid\n"
 
@@ -51,3 +54,33 @@ def test_jython_reports_a_template_that_cannot_run_and_the_job_halts(sqlite_batc
     assert set(attempts_of(batch, "j").values()) == {("pending", 0)}
     outcomes = [h["outcome"] for h in batch.table("j").history()]
     assert outcomes.count("broken") == 1 and set(outcomes) <= {"broken", "halted"}, outcomes
+
+
+# ----------------------------------------------------------------- closed pipes
+PIPED = [("status",), ("status", "--json"), ("status", "--running"), ("status", "--obsid", "1"), ("status", "--hosts"),
+         ("history",), ("history", "--csv"), ("history", "--json"), ("results",), ("--help",), ("status", "--watch", "1")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "unbuffered"])
+def test_no_traceback_when_the_reader_of_the_output_is_gone(sqlite_batch, unbuffered):
+    """Each command writing into a pipe whose reader has gone already (as `| head` leaves it once
+    it has its lines): no traceback, no 'Exception ignored', exit 0; with PYTHONUNBUFFERED too."""
+    batch = sqlite_batch
+    new_job(batch, [1, 2, 3], template=OK)
+    assert batch.cli("j", "run").returncode == 0
+    env = batch.env()
+    env.pop("PYTHONUNBUFFERED", None)
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    for args in PIPED:
+        read_end, write_end = os.pipe()
+        os.close(read_end)   # the reader is gone before the first write
+        try:
+            argv = ["j", *args] if args != ("--help",) else ["j", "status", "--help"]
+            p = subprocess.run([sys.executable, str(BIN), *argv], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                               env=env, cwd=batch.root, timeout=60)
+        finally:
+            os.close(write_end)
+        assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, (args, p.stderr)
+        assert p.returncode == 0, (args, p.returncode, p.stderr)

@@ -86,6 +86,8 @@ def test_eta_counts_a_worker_between_two_claims_and_not_one_whose_lease_ran_out(
     running = [_running("2/2", 100, NOW - 0.5), _running("3/3", 100, NOW - 400, lease_left=-10)]   # a dead one
     alive = eta.live_workers(running, finishes, NOW)
     assert alive == {("h", "1/2", 101), ("h", "2/2", 102)}
+    stopped = {**_finish("1/2", 100, 0.2, NOW - 0.5), "state": "pending"}   # then it stopped: obsid put back
+    assert eta.live_workers(running, [*finishes, stopped], NOW) == {("h", "2/2", 102)}
     figures = {"now": NOW, "finishes": finishes, "pending": [(100, 3)], "running": running,
                "recent": [(100, 1.0)] * 10, "first": []}
     pace = report.pace_of(figures)

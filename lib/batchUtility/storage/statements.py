@@ -242,9 +242,10 @@ RECENT_DONE = """SELECT expected, ended - started FROM {job_table}
 # longest obsids; beside the recent ones they give the speed's fit a span of expected durations.
 FIRST_DONE = """SELECT expected, ended - started FROM {job_table}
   WHERE ended IS NOT NULL AND state = 'done' ORDER BY ended LIMIT :limit"""
-# Every finish of the last rate window, by whom: the rate and the speed of the workers alive now.
+# Every finish of the last rate window, by whom: the rate and the speed of the workers alive now;
+# and the obsids put back pending in it (a stopped worker's last word).
 FINISHES_SINCE = """SELECT host, worker, pid, state, expected, started, ended FROM {job_table}
-  WHERE ended >= :since AND state IN ('done', 'failed')"""
+  WHERE ended >= :since AND state IN ('done', 'failed', 'pending')"""
 HISTORY_SINCE = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason
   FROM {history_table}{in_start_order} WHERE started >= :since ORDER BY started, obsid"""
 
