@@ -414,7 +414,7 @@ def _watch_loop(cfg: config.Config, args: argparse.Namespace) -> int:
         text, counts = status_block(table, args.job, args.failures, args.hosts)
         if terminal:
             width = shutil.get_terminal_size().columns - 1   # no line may wrap, or the redraw drifts
-            text = "\n".join(line[:width] for line in text.splitlines())
+            text = "\n".join(report.fit_line(line, width) for line in text.splitlines())
             sys.stdout.write((f"\x1b[{drawn}F\x1b[J" if drawn else "") + text + "\n")
         else:
             sys.stdout.write(("\n" if drawn else "") + text + "\n")

@@ -84,3 +84,23 @@ def test_no_traceback_when_the_reader_of_the_output_is_gone(sqlite_batch, unbuff
             os.close(write_end)
         assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, (args, p.stderr)
         assert p.returncode == 0, (args, p.returncode, p.stderr)
+
+
+# ----------------------------------------------------------------- a system python3 without MySQLdb
+@pytest.mark.skipif(subprocess.run(["/usr/bin/python3", "-c", "import MySQLdb"], capture_output=True).returncode == 0,
+                    reason="the system python3 has MySQLdb")
+def test_a_checkout_without_venv_on_mysql_says_mysqlclient_is_missing(tmp_path):
+    """A checkout without .venv, run by the system python3 (cron's PATH) on a MySQL batch.cfg: one
+    line naming MySQLdb (mysqlclient) and the command that installs it; no traceback; exit 2."""
+    checkout = tmp_path / "checkout"
+    for part in ("bin", "lib"):
+        shutil.copytree(ROOT / part, checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "batch.cfg").write_text("[sql]\nbackend = mysql\nhost = 127.0.0.1\nuser = u\npswd = p\ndb = d\n")
+    (tmp_path / "batch.cfg").chmod(0o600)
+    r = subprocess.run([str(checkout / "bin" / "BatchProcess.py"), "j", "status"], capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HIPE_BATCH_ROOT": str(tmp_path)},
+                       cwd=tmp_path, timeout=60)
+    assert r.returncode == 2 and r.stdout == "", r
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    line = r.stderr
+    assert "MySQLdb (the mysqlclient package)" in line and "bash .ci/install" in line and "Traceback" not in line

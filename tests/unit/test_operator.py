@@ -222,3 +222,17 @@ def test_workers_sharing_a_slot_name_get_a_lane_each():
     a[2]["started"], a[2]["ended"] = 121, 130       # one after the other: one lane
     assert set(timeline.lanes_of(a).values()) == {("h", "1/1", None)}
 
+
+
+def test_at_80_columns_the_progress_line_keeps_failed_and_running_and_the_eta_line_is_fit_whole():
+    """run -j's line at 80 columns: the rate goes first, the failed and running counts stay (they
+    went first before); status --watch cuts a line after its last whole part, never in the ETA."""
+    pace = report.Pace(120, 600, 16, eta.Estimate(5400, "16 workers running; pipetime x0.001 + 0.3 s from 500 "
+                                                         "finishes"), 1_700_000_000.0)
+    line = report.status_one_line(COUNTS, pace, 79)
+    assert len(line) <= 79 and "5 failed, 16 running" in line and "ETA 1 h 30 min" in line, line
+    eta_line = "  " + report.eta_line(pace)
+    assert len(eta_line) > 79
+    fitted = report.fit_line(eta_line, 79)
+    assert fitted.startswith("  ETA 1 h 30 min (about ") and fitted.endswith("16 workers running"), fitted
+    assert report.fit_line("  short", 79) == "  short"
