@@ -3,7 +3,7 @@
 
     .venv/bin/python tests/bench/run.py [--quick] [NAME ...]
 
-NAME: dispatch, launch, makespan, scale, claims, memory, flat (default: all, in that order). Each prints a table
+NAME: dispatch, launch, makespan, scale, claims, memory, flat, eta (default: all, in that order). Each prints a table
 and appends it, with date, machine, load, commit and versions, to tests/bench/RESULTS.md.
 --quick: one repetition instead of the median of 3, shorter sleeps and runs (see each benchmark).
 """
@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_claims
 import bench_dispatch
+import bench_eta
 import bench_flat
 import bench_launch
 import bench_makespan
@@ -26,7 +27,8 @@ import bench_scale
 import common
 
 BENCHMARKS = {"dispatch": bench_dispatch, "launch": bench_launch, "makespan": bench_makespan, "scale": bench_scale,
-              "claims": bench_claims, "memory": bench_memory, "flat": bench_flat}
+              "claims": bench_claims, "memory": bench_memory, "flat": bench_flat,
+              "eta": bench_eta}
 
 
 def main(argv=None) -> int:
@@ -43,7 +45,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compare", action="append", default=[], metavar="CHECKOUT",
                         help="dispatch: also `run` of another checkout (e.g. main), side by side (repeatable)")
     parser.add_argument("--scale", type=float, default=None,
-                        help="makespan: each obsid sleeps pipetime / SCALE (default 250; 1000 with --quick)")
+                        help="makespan: each obsid sleeps pipetime / SCALE (default 250; 1000 with --quick); "
+                             "eta: default 2000 (4000 with --quick)")
     parser.add_argument("--slots", type=int, action="append", default=None,
                         help="makespan: slot counts (default 15 and 64; repeatable)")
     parser.add_argument("--no-mpi", action="store_true", help="makespan: skip BatchProcess_mpi.sh")
