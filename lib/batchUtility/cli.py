@@ -477,9 +477,12 @@ def cmd_report(cfg: config.Config, args: argparse.Namespace) -> int:
     if args.svg:
         written.append(_write(args.svg, timeline.standalone_svg(attempts, now, args.job)))
     if args.file:
-        block, _ = status_block(table, args.job, failures=0)   # the page lists every failed obsid below
+        block, counts = status_block(table, args.job, failures=0)   # the page lists every failed obsid below
+        if not counts[RUNNING]:   # nothing running: an ETA on an archived page would only mislead
+            block = "\n".join(line for line in block.splitlines() if not line.startswith("  ETA"))
         page = timeline.page(args.job, block, table.by_host(), table.failures(10_000), attempts, now,
-                             cfg.job_dir(args.job) / "log")
+                             cfg.job_dir(args.job) / "log", page_dir=Path(args.file).resolve().parent,
+                             finished=counts[PENDING] + counts[RUNNING] == 0)
         written.append(_write(args.file, page))
     _say(args, f"{len(attempts)} attempt{'' if len(attempts) == 1 else 's'} drawn: {', '.join(written)}")
     return 0

@@ -104,3 +104,30 @@ def test_a_checkout_without_venv_on_mysql_says_mysqlclient_is_missing(tmp_path):
     assert len(r.stderr.splitlines()) == 1, r.stderr
     line = r.stderr
     assert "MySQLdb (the mysqlclient package)" in line and "bash .ci/install" in line and "Traceback" not in line
+
+
+# ----------------------------------------------------------------- the report of a finished job
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_report_of_a_finished_job_has_its_duration_no_eta_and_log_links(sqlite_batch, tmp_path):
+    """A finished job's page: how long the run took, no ETA (nothing runs), and each failed obsid's
+    log a link relative to the page, which Chromium parses as a link to the real file."""
+    batch = sqlite_batch
+    new_job(batch, [1, 2, 3], template="if obsid == 2:\n    raise ValueError('two')\n")
+    assert batch.cli("j", "run").returncode == 1
+    (batch.root / "reports").mkdir()
+    r = batch.cli("j", "report", "reports/r.html")
+    assert r.returncode == 0, r.stderr
+    page = batch.root / "reports" / "r.html"
+    text = page.read_text()
+    assert "ETA" not in text and "The run took " in text
+    assert '<a href="../jobs/j/log/2.stderr">' in text
+    assert (page.parent / "../jobs/j/log/2.stderr").resolve().is_file()
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/install installs it)")
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert '<a href="../jobs/j/log/2.stderr">' in dom
