@@ -61,13 +61,25 @@ def obsid_text(row, history) -> str:
     elif row["state"] != DONE and row["reason"]:
         head += f": {printable(row['reason'])}"
     lines = [head] + ([] if history else ["  no attempt recorded yet"])
+    last_counted = 0
     for h in history:
         took = f"{h['ended'] - h['started']:.1f} s" if h["started"] is not None and h["ended"] is not None else "?"
+        # A reset starts the count again: a counted attempt numbered no higher than one before it
+        # came after a reset. An attempt put back uncounted (stopped, fenced, ...) keeps the number
+        # of the claim that follows it.
+        counted = h["outcome"] in COUNTED
+        note = ("  [after a reset]" if counted and h["attempt"] <= last_counted else "") + \
+            ("" if counted else "  [not counted]")
+        if counted:
+            last_counted = h["attempt"]
         lines.append(f"  attempt {h['attempt']}  {h['outcome']:<7}  {_when(h['started'])}  {took:>9}  "
                      f"{h['host']} slot {h['worker']} pid {h['pid']}  {_ending(h)}"
                      + (f"  {printable(h['reason'])}" if h["reason"] else "")
-                     + (f"  [template {h['template']}]" if h.get("template") else ""))
+                     + (f"  [template {h['template']}]" if h.get("template") else "") + note)
     return "\n".join(lines)
+
+
+COUNTED = (DONE, FAILED, "lost")   # the outcomes of the history that count an attempt
 
 
 def obsid_json(row, history) -> str:

@@ -2,6 +2,7 @@
 job after one attempt; -q and closed pipes; the report's figures and links; the wording.
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -131,3 +132,18 @@ def test_the_report_of_a_finished_job_has_its_duration_no_eta_and_log_links(sqli
                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert '<a href="../jobs/j/log/2.stderr">' in dom
+
+
+# ----------------------------------------------------------------- one attempt, one duration
+def test_an_attempt_takes_as_long_in_the_log_as_in_the_history(batch):
+    """The worker's `done in X s` is the history's claim-to-outcome time, not HIPE's part of it
+    alone: here a template written a moment ago is waited for (2 s unchanged) before HIPE starts."""
+    new_job(batch, [5], template=OK)
+    (batch.root / "jobs" / "j" / "j.py").write_text("import time\ntime.sleep(0.3)\n")   # just written
+    r = batch.cli("j", "run")
+    assert r.returncode == 0, r.stderr
+    [logged] = re.findall(r"done in (\d+\.\d) s \(HIPE (\d+\.\d) s\)", r.stderr)
+    [h] = batch.table("j").history()
+    # the claim's and the finish's transactions apart (the old log was 2 s and more off here)
+    assert abs(float(logged[0]) - (h["ended"] - h["started"])) <= 0.5, (logged, h)
+    assert float(logged[1]) < float(logged[0]) - 1.0      # HIPE's own part, said beside it

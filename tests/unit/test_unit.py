@@ -313,6 +313,10 @@ def test_obsid_text():
         "obsid 7: running, 2 attempts counted, running on h slot 1/1 pid 42", "  no attempt recorded yet"]
     assert report.obsid_text(row("done", "old reason"), []).splitlines()[0] == "obsid 7: done, 2 attempts counted"
     assert "signal 99" in report.obsid_text(row("failed"), [attempt(1, "failed", signal_no=99)])
+    # issue 22: after a reset the count starts again; the old failed row and the new one are told apart
+    lines = report.obsid_text(row("done"), [attempt(1, "failed"), attempt(1, "stopped"), attempt(1, "done")]).splitlines()
+    assert [line[line.index("  ["):] if "  [" in line else "" for line in lines[1:]] == [
+        "", "  [not counted]", "  [after a reset]"]
 
 
 def test_obsid_json():
