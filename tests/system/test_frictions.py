@@ -147,3 +147,27 @@ def test_an_attempt_takes_as_long_in_the_log_as_in_the_history(batch):
     # the claim's and the finish's transactions apart (the old log was 2 s and more off here)
     assert abs(float(logged[0]) - (h["ended"] - h["started"])) <= 0.5, (logged, h)
     assert float(logged[1]) < float(logged[0]) - 1.0      # HIPE's own part, said beside it
+
+
+# ----------------------------------------------------------------- the Slurm scripts installed by pip
+@pytest.mark.slow
+def test_pip_install_puts_the_slurm_scripts_where_sbatch_finds_them(tmp_path):
+    """`pip install` (no checkout): BatchProcess_sbatch.sh and BatchProcess_array.sh in the venv's
+    bin/ (and share/hipe-batch/bin/), with what they source; run from there they find the venv's
+    Python and the installed launcher (outside Slurm: its one line, not a missing module)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", str(ROOT)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for folder in (venv / "bin", venv / "share" / "hipe-batch" / "bin"):
+        for script in ("BatchProcess_sbatch.sh", "BatchProcess_array.sh"):
+            assert os.access(folder / script, os.X_OK), folder / script
+        assert (folder / "slurm_common.sh").is_file()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    for script in (venv / "bin" / "BatchProcess_sbatch.sh", venv / "share" / "hipe-batch" / "bin" / "BatchProcess_sbatch.sh"):
+        help_ = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, env=env, timeout=60)
+        assert help_.returncode == 0 and "sbatch --ntasks=64" in help_.stdout, help_.stderr
+        r = subprocess.run(["bash", str(script), "j"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+        assert r.returncode == 2 and "Error" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "cannot find bin/BatchProcess.py" not in r.stderr, r.stderr
