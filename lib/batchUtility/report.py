@@ -154,8 +154,11 @@ def pace_of(figures: dict) -> Pace:
     starts = [s for s in [*(f["started"] for f in theirs), *(r["started"] for r in running)] if s is not None]
     window = min(RATE_WINDOW, max(1.0, now - min(starts))) if starts and alive else 0.0
     speed, mean = _speed(figures)
-    speed = eta.for_workers(speed, [(f["expected"], f["ended"] - f["started"]) for f in theirs
-                                    if f["state"] == DONE and f["started"] is not None], len(alive))
+    pairs = [(f["expected"], f["ended"] - f["started"]) for f in theirs if f["state"] == DONE and f["started"] is not None]
+    own = eta.fit_speed(pairs)
+    # Their own line where their finishes give one (a slope and a cost of their own): the job's
+    # first finishes may come from other workers at another speed, which bends a line through both.
+    speed = own if own.overhead > 0 and len(pairs) >= max(5, len(alive)) else eta.for_workers(speed, pairs, len(alive))
     # A running obsid whose lease ran out belongs to no live worker: it is work left, whole.
     pending = list(figures["pending"]) + [(r["expected"], 1) for r in figures["running"] if r not in running]
     estimate = eta.estimate(pending, [(r["expected"], now - r["started"]) for r in running if r["started"] is not None],
