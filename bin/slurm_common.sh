@@ -33,13 +33,17 @@ parse_job_arguments() {
   done
 }
 
-# Python: $HIPE_BATCH_PYTHON, else the checkout's .venv/bin/python, else python3; resolved to the
-# interpreter's real path and exported, so that every task on every node uses the same one.
+# Python: $HIPE_BATCH_PYTHON, else the checkout's .venv/bin/python, else (installed by pip) the
+# environment's python beside this script in its bin/ or above its share/hipe-batch/, else python3;
+# resolved to the interpreter's real path and exported, so that every task on every node uses the same one.
 pick_python() {
   local given
   python=${HIPE_BATCH_PYTHON:-}
   if [ -z "$python" ]; then
-    if [ -x "$checkout/.venv/bin/python" ]; then python=$checkout/.venv/bin/python; else python=python3; fi
+    if [ -x "$checkout/.venv/bin/python" ]; then python=$checkout/.venv/bin/python
+    elif [ -x "$bin_dir/python" ]; then python=$bin_dir/python
+    elif [ -x "$checkout/../../bin/python" ]; then python=$checkout/../../bin/python
+    else python=python3; fi
   fi
   given=$python
   python=$("$python" -c 'import sys; print(sys.executable)' 2>/dev/null) && [ -n "$python" ] \

@@ -59,7 +59,7 @@ def test_new_without_a_file_takes_the_master_table(batch, main):
 
 def test_new_with_add_creates_a_missing_job(batch, main):
     r = main("j", "new", batch.obsid_file([5]), "--add")
-    assert r.code == 0 and "1 obsids added, 1 in all" in r.out
+    assert r.code == 0 and "1 obsid added, 1 in all" in r.out
     assert obsids_of(batch, "j") == [5]
 
 
@@ -85,7 +85,7 @@ def test_status_text(batch, main):
     assert r.code == 0 and r.err == ""
     lines = r.out.splitlines()
     assert lines[:2] == ["2 of 6 processed. (33.3 %, 3 remaining)", "  pending 2, running 1, done 2, failed 1"]
-    assert "    3  after 1 attempt(s): boom" in lines
+    assert "    3  after 1 attempt: boom" in lines
     assert "  retry them with: BatchProcess.py s reset --failed" in lines
     assert "host" not in r.out   # the per-host table only with --hosts
     assert "  h " in main("s", "status", "--hosts").out
@@ -110,7 +110,7 @@ def test_status_of_one_obsid(batch, main):
     job_with_every_state(batch, main)
     r = main("s", "status", "--obsid", 3)
     assert r.code == 0
-    assert r.out.splitlines()[0] == "obsid 3: failed, 1 attempt(s) counted: boom"
+    assert r.out.splitlines()[0] == "obsid 3: failed, 1 attempt counted: boom"
     assert "attempt 1  failed" in r.out and "exit 1  boom" in r.out
     data = json.loads(main("s", "status", "--obsid", 1, "--json").out)
     assert (data["obsid"], data["state"], data["attempts"]) == (1, "done", 1)
@@ -145,14 +145,14 @@ def test_status_of_an_empty_job(batch, main):
 def test_reset(batch, main):
     table, running = job_with_every_state(batch, main)
     r = main("s", "reset", "--failed")
-    assert (r.code, r.out.splitlines()[0]) == (0, "1 obsids reset to pending")
+    assert (r.code, r.out.splitlines()[0]) == (0, "1 obsid reset to pending")
     assert table.counts() == {"pending": 3, "running": 1, "done": 2, "failed": 0}
-    assert main("s", "reset", "--obsids", batch.obsid_file([1], "one.txt")).out.startswith("1 obsids reset to pending\n")
+    assert main("s", "reset", "--obsids", batch.obsid_file([1], "one.txt")).out.startswith("1 obsid reset to pending\n")
     assert table.counts() == {"pending": 4, "running": 1, "done": 1, "failed": 0}
     assert "not in job 's'" in main("s", "reset", "--obsids", batch.obsid_file([2, 99], "two.txt")).error()
     assert table.counts() == {"pending": 4, "running": 1, "done": 1, "failed": 0}
     r = main("s", "reset", "--yes")   # a plain reset asks first when done obsids would go back
-    assert r.out == "5 obsids reset to pending\n1 obsids are running under live workers and were left alone\n"
+    assert r.out == "5 obsids reset to pending\n1 obsid is running under live workers and left alone\n"
     assert table.counts() == {"pending": 5, "running": 1, "done": 0, "failed": 0}
     r = main("s", "reset", "--stale")
     assert r.out.startswith("0 obsids of lost workers taken back: 0 at once")
@@ -211,3 +211,48 @@ def test_missing_batch_cfg(batch, main):
 def test_bad_batch_cfg(batch, main):
     batch.write_cfg(run={"lease": "0"})
     assert main("j", "status").error() == f"{batch.cfg_path}: [run] lease = '0': must be at least 1"
+
+
+# ----------------------------------------------------------------------------- issue 22: -q, answers, one obsid
+def test_quiet_commands_print_nothing_but_the_data_asked_for(batch, main):
+    """-q: nothing that does not need a person, for every command; data asked for on stdout only."""
+    job_with_every_state(batch, main)
+    quiet = {("new", batch.obsid_file([7], "q.txt"), "--add"): "", ("reset", "--failed"): "",
+             ("report", batch.root / "r.html", "--svg", batch.root / "r.svg"): "",
+             ("results", "--csv", batch.root / "r.csv"): ""}
+    for argv, out in quiet.items():
+        r = main("-q", "s", *argv)
+        assert (r.code, r.out, r.err) == (0, out, ""), argv
+    for argv in (("status", "--json"), ("history", "--csv"), ("history",), ("results",)):
+        r = main("-q", "s", *argv)
+        assert r.code == 0 and r.out and r.err == "", argv
+    assert main("-q", "empty", "new", batch.obsid_file([9], "e.txt")).out == ""
+    r = main("-q", "empty", "history")
+    assert (r.code, r.out, r.err) == (0, "", "")         # "no attempt recorded" is not data
+    r = main("-q", "empty", "wipe", "--yes")
+    assert (r.code, r.out, r.err) == (0, "", "")
+
+
+class _Terminal:
+    """A standard input on a terminal whose person answers `answer`."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def isatty(self):
+        return True
+
+    def readline(self):
+        return self.answer + "\n"
+
+
+def test_answering_no_to_reset_or_wipe_is_not_an_error(batch, main, monkeypatch):
+    table, _ = job_with_every_state(batch, main)
+    before = table.counts()
+    monkeypatch.setattr("sys.stdin", _Terminal("n"))
+    r = main("s", "reset")
+    assert (r.code, r.out.endswith("[y/N] nothing reset\n"), "error" in r.err) == (0, True, False), r
+    assert table.counts() == before
+    r = main("s", "wipe", "--force")
+    assert (r.code, r.out.endswith("[y/N] nothing dropped\n")) == (0, True), r
+    assert table.counts() == before

@@ -130,6 +130,33 @@ def _duration_argument(text: str) -> float:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command; a reader of its output that went away (`status | head`, `--help | head -1`)
+    is not an error and gets no traceback, buffered or not (PYTHONUNBUFFERED)."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()   # here, not at exit, where a closed pipe would be reported
+        return status
+    except BrokenPipeError:
+        _reader_gone()
+        return 0
+    except SystemExit:   # argparse's --help, --version and usage errors: what they printed, flushed here
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _reader_gone()
+        raise
+
+
+def _reader_gone() -> None:
+    """Standard output's reader is gone: what is left goes nowhere, rather than into a second
+    BrokenPipeError when Python flushes standard output at exit."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.quiet = getattr(args, "quiet", False)
     _setup_logging(getattr(args, "verbose", False), args.quiet)
@@ -194,9 +221,18 @@ def cmd_new(cfg: config.Config, args: argparse.Namespace) -> int:
         if not existed:
             table.drop()
         raise BadInput(f"cannot create {cfg.job_dir(args.job)}: {e.strerror}; job not created") from None
-    _say(args, f"job {args.job}: {added} obsids added, {table.total()} in all, in {cfg.sql.describe()}")
+    _say(args, f"job {args.job}: {_obsids(added)} added, {table.total()} in all, in {cfg.sql.describe()}")
     _say(args, f"template: {template}")
     return 0
+
+
+def _obsids(n: int) -> str:
+    """'1 obsid', '3 obsids'."""
+    return f"{n} obsid" if n == 1 else f"{n} obsids"
+
+
+def _are(n: int) -> str:
+    return "is" if n == 1 else "are"
 
 
 def _say(args: argparse.Namespace, line: str) -> None:
@@ -244,19 +280,20 @@ def cmd_reset(cfg: config.Config, args: argparse.Namespace) -> int:
     dead_here = table.reclaim_dead_here(host_name(os.environ), process_gone, cfg.run.max_attempts)
     if args.stale:
         lost = _reclaim_watched(table, cfg, args)
-        _say(args, f"{len(dead_here) + len(lost)} obsids of lost workers taken back: {len(dead_here)} at once (a worker "
+        _say(args, f"{_obsids(len(dead_here) + len(lost))} of lost workers taken back: {len(dead_here)} at once (a worker "
                    f"of this machine whose process is gone), {len(lost)} whose heartbeat stood still for their "
                    "whole lease while this command watched")
         return 0
-    if not args.failed and obsids is None and not args.yes:
-        _confirm_putting_done_back(table, args.job)
+    if not args.failed and obsids is None and not args.yes and not _confirm_putting_done_back(table, args.job):
+        print("nothing reset")   # the person answered no: as asked, not an error (exit 0)
+        return 0
     changed, running = table.reset(cfg.run.lease, only_failed=args.failed, obsids=obsids)
-    _say(args, f"{changed} obsids reset to pending")
+    _say(args, f"{_obsids(changed)} reset to pending")
     if running:
-        _say(args, f"{running} obsids are running under live workers and were left alone")
+        _say(args, f"{_obsids(running)} {_are(running)} running under live workers and left alone")
     lapsed, _ = table.lapsed(cfg.run.lease)
     if lapsed:
-        _say(args, f"{lapsed} obsids are running with their lease over by the database's clock and were left alone: "
+        _say(args, f"{_obsids(lapsed)} {_are(lapsed)} running with their lease over by the database's clock and were left alone: "
                    "`reset --stale` takes back those of lost workers")
     return 0
 
@@ -272,7 +309,8 @@ def _reclaim_watched(table: JobTable, cfg: config.Config, args: argparse.Namespa
         return []
     table.reclaim_stale(cfg.run.lease, cfg.run.max_attempts)   # the first look
     if not args.quiet:
-        print(f"{lapsed} running obsids look lost by the database's clock: watching their heartbeats for one lease "
+        looks = f"{lapsed} running obsid looks" if lapsed == 1 else f"{lapsed} running obsids look"
+        print(f"{looks} lost by the database's clock: watching their heartbeats for one lease "
               f"({longest:g} s) before taking back those that stay still (Ctrl-C leaves them alone)", file=sys.stderr)
     watched_until = time.monotonic() + longest
     while time.monotonic() < watched_until:
@@ -280,16 +318,16 @@ def _reclaim_watched(table: JobTable, cfg: config.Config, args: argparse.Namespa
     return table.reclaim_stale(cfg.run.lease, cfg.run.max_attempts)
 
 
-def _confirm_putting_done_back(table: JobTable, job: str) -> None:
-    """A plain reset puts done obsids back to pending, where they will run again: ask first."""
+def _confirm_putting_done_back(table: JobTable, job: str) -> bool:
+    """A plain reset puts done obsids back to pending, where they will run again: ask first.
+    Whether to go on (BadInput without a terminal to ask on)."""
     done = table.counts()[DONE]
     if not done:
-        return
-    question = f"reset puts {done} done obsids of job '{job}' back to pending, to be run again"
+        return True
+    question = f"reset puts {_obsids(done).replace('obsid', 'done obsid')} of job '{job}' back to pending, to be run again"
     if not sys.stdin.isatty():
         raise BadInput(f"{question}: confirm with --yes (or reset only --failed ones)")
-    if input(f"{question}. Go on? [y/N] ").strip().lower() not in ("y", "yes"):
-        raise BadInput("nothing reset")
+    return input(f"{question}. Go on? [y/N] ").strip().lower() in ("y", "yes")
 
 
 def cmd_run(cfg: config.Config, args: argparse.Namespace) -> int:
@@ -376,7 +414,7 @@ def _watch_loop(cfg: config.Config, args: argparse.Namespace) -> int:
         text, counts = status_block(table, args.job, args.failures, args.hosts)
         if terminal:
             width = shutil.get_terminal_size().columns - 1   # no line may wrap, or the redraw drifts
-            text = "\n".join(line[:width] for line in text.splitlines())
+            text = "\n".join(report.fit_line(line, width) for line in text.splitlines())
             sys.stdout.write((f"\x1b[{drawn}F\x1b[J" if drawn else "") + text + "\n")
         else:
             sys.stdout.write(("\n" if drawn else "") + text + "\n")
@@ -391,8 +429,10 @@ def cmd_history(cfg: config.Config, args: argparse.Namespace) -> int:
     table = _interactive(cfg, args.job)
     table.require()
     since = parse_since(args.since, table.clock) if args.since else None
-    write = report.write_history_csv if args.csv else report.write_history_json if args.json else report.history_text
-    return _to_stdout(lambda: write(table.iter_history(since), sys.stdout))
+    if args.csv or args.json:
+        write = report.write_history_csv if args.csv else report.write_history_json
+        return _to_stdout(lambda: write(table.iter_history(since), sys.stdout))
+    return _to_stdout(lambda: report.history_text(table.iter_history(since), sys.stdout, quiet=args.quiet))
 
 
 def _to_stdout(write) -> int:
@@ -401,7 +441,7 @@ def _to_stdout(write) -> int:
         write()
         sys.stdout.flush()
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit
+        _reader_gone()
     return 0
 
 
@@ -437,11 +477,14 @@ def cmd_report(cfg: config.Config, args: argparse.Namespace) -> int:
     if args.svg:
         written.append(_write(args.svg, timeline.standalone_svg(attempts, now, args.job)))
     if args.file:
-        block, _ = status_block(table, args.job, failures=0)   # the page lists every failed obsid below
+        block, counts = status_block(table, args.job, failures=0)   # the page lists every failed obsid below
+        if not counts[RUNNING]:   # nothing running: an ETA on an archived page would only mislead
+            block = "\n".join(line for line in block.splitlines() if not line.startswith("  ETA"))
         page = timeline.page(args.job, block, table.by_host(), table.failures(10_000), attempts, now,
-                             cfg.job_dir(args.job) / "log")
+                             cfg.job_dir(args.job) / "log", page_dir=Path(args.file).resolve().parent,
+                             finished=counts[PENDING] + counts[RUNNING] == 0)
         written.append(_write(args.file, page))
-    print(f"{len(attempts)} attempts drawn: {', '.join(written)}")
+    _say(args, f"{len(attempts)} attempt{'' if len(attempts) == 1 else 's'} drawn: {', '.join(written)}")
     return 0
 
 
@@ -469,7 +512,8 @@ def cmd_results(cfg: config.Config, args: argparse.Namespace) -> int:
             count = results.write_table(names, rows, out)
     except OSError as e:
         raise BadInput(f"cannot write {args.csv}: {e.strerror}") from None
-    print(f"{count} done obsids, {len(names)} result names, written to {args.csv}")
+    _say(args, f"{count} done obsid{'' if count == 1 else 's'}, {len(names)} result name{'' if len(names) == 1 else 's'}, "
+               f"written to {args.csv}")
     return 0
 
 
@@ -479,20 +523,21 @@ def cmd_wipe(cfg: config.Config, args: argparse.Namespace) -> int:
     total = table.total()
     running = table.live_running(cfg.run.lease)
     if running and not args.force:
-        raise BadInput(f"job '{args.job}': {running} obsids are running under live leases; nothing dropped. Stop "
+        raise BadInput(f"job '{args.job}': {_obsids(running)} {_are(running)} running under live leases; nothing dropped. Stop "
                        f"their workers first (or wait), or use --force: their HIPEs would be orphaned of a table")
     if not args.yes:
         if not sys.stdin.isatty():
-            raise BadInput(f"wipe drops job '{args.job}' ({total} obsids): confirm with --yes")
-        answer = input(f"Drop job '{args.job}' ({total} obsids) and its history from {cfg.sql.describe()}? [y/N] ")
+            raise BadInput(f"wipe drops job '{args.job}' ({_obsids(total)}): confirm with --yes")
+        answer = input(f"Drop job '{args.job}' ({_obsids(total)}) and its history from {cfg.sql.describe()}? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
-            print("nothing dropped")
-            return 1
+            print("nothing dropped")   # as the person asked: information, exit 0
+            return 0
     table.drop()
-    print(f"job {args.job} dropped ({total} obsids); its folder {cfg.job_dir(args.job)} was left as it is")
-    if running:
-        print(f"{running} obsids were running under live leases: their HIPEs are orphaned of a table; their "
-              "workers stop them at their next heartbeat, or their guardians when the lease runs short")
+    _say(args, f"job {args.job} dropped ({_obsids(total)}); its folder {cfg.job_dir(args.job)} was left as it is")
+    if running:   # a person may want to know, -q or not
+        were = "was" if running == 1 else "were"
+        print(f"{_obsids(running)} {were} running under live leases: their HIPEs are orphaned of a table; their "
+              "workers stop them at their next heartbeat, or their guardians when the lease runs short", file=sys.stderr)
     return 0
 
 

@@ -2,7 +2,10 @@
 The worker's folder, the pool cache in it and the disk checks are workdir's.
 
 HIPE can exit 0 after its script raised, so success needs two things: exit status 0, and a marker
-file that a line appended to the script writes when the script has run to its last line.
+file that a line appended to the script writes when the script has run to its last line. The
+same file is made, empty, once the template has compiled, before its first line runs: a launch
+that failed without it, on a SyntaxError or IndentationError, ran a template that cannot run
+(`Outcome.template_broken`), and the launch's `on_compiled` hears of the compiling as it happens.
 What the script records with batchResult (a block of the preamble, `results.py`) goes to a file
 beside it, read only when the launch succeeded. Every launch that started HIPE says what it cost
 (model.Cost: wait4's resource usage, /proc/PID/io) and whether HIPE ran out of memory (Java's
@@ -48,6 +51,7 @@ class LaunchRequest:
     out_dir: Path        # the job's output folder (the script's outDir)
     log_dir: Path        # where OBSID.stdout and OBSID.stderr go
     template_path: Optional[Path] = None   # jobs/JOB/JOB.py: the name tracebacks give to the template
+    on_compiled: Optional[Callable[[], None]] = None   # called once when HIPE has compiled the template
 
 
 def py2_string(text: str) -> str:
@@ -74,9 +78,12 @@ def script_text(template: Path, obsid: int, out_dir: Path, job: str, marker: Pat
             f"outDir={py2_string(str(out_dir) + os.sep)}\n"
             f"jobName={py2_string(job)}\n"
             + (results.preamble(py2_string(str(results_file))) if results_file else "") +
-            f"exec(compile(open({path}, \"rb\").read(), {shown}, \"exec\"))\n"
+            f"batchTemplate = compile(open({path}, \"rb\").read(), {shown}, \"exec\")\n"
+            "# The template compiled: the marker, empty, says it can run.\n"
+            f"open({py2_string(str(marker))}, \"w\").close()\n"
+            "exec(batchTemplate)\n"
             "# Reached only if the template ran to its end.\n"
-            f"open({py2_string(str(marker))}, \"w\").close()\n")
+            f"batchEnd = open({py2_string(str(marker))}, \"w\"); batchEnd.write(\"end\"); batchEnd.close()\n")
 
 
 def hipe_command(hipe: HipeSettings, cache_dir: Path, script: Path) -> List[str]:
@@ -195,7 +202,7 @@ def _launch(request: LaunchRequest, scratch: Path, script: Path, cache: Path, st
             launch = _setup_fault(f"{guardian.ended(wait=1.0) or e}; HIPE stopped at once", started)
         else:
             launch = _wait(proc, exit_watch, hipe.timeout, started, marker, stderr_path, should_stop, lease, guardian,
-                           oom_before)
+                           oom_before, request.on_compiled)
             failing = _ended_on_a_failing_disk(request) if launch.end is LaunchEnd.FINISHED else None
             if failing:
                 launch = _setup_fault(f"{failing} (it {'succeeded' if launch.outcome.ok else 'failed'})", started)
@@ -251,9 +258,12 @@ def _cost(usage: Any, io: Dict[str, int]) -> Cost:
 
 def _wait(proc: subprocess.Popen, exit_watch: Optional[int], timeout: float, started: float, marker: Path,
           stderr_path: Path, should_stop: Callable[[], int], lease: Callable[[], Lease], guardian: Guardian,
-          oom_before: Optional[int] = None) -> Launch:
+          oom_before: Optional[int] = None, on_compiled: Optional[Callable[[], None]] = None) -> Launch:
     while not _exited(proc, exit_watch, POLL):
         now = time.monotonic()
+        if on_compiled is not None and marker.exists():
+            on_compiled()
+            on_compiled = None
         stop = should_stop()
         if stop:
             _stop(proc, exit_watch)
@@ -293,9 +303,19 @@ def _wait(proc: subprocess.Popen, exit_watch: Optional[int], timeout: float, sta
         # not the obsid's fault.
         lost = guardian.ended(wait=1.0) or guardian.check() or f"the guardian (pid {guardian.pid}) was ending"
         return _setup_fault(f"{lost}; HIPE stopped", started)
+    if on_compiled is not None and marker.exists():
+        on_compiled()
     oom_killed = (oom_before is not None and code in (-signal.SIGKILL, 128 + signal.SIGKILL)
                   and memory.oom_kills() > oom_before)
-    return Launch(_verdict(code, marker.exists(), stderr_path, oom_killed), seconds)
+    return Launch(_verdict(code, _marked(marker), stderr_path, marker.exists(), oom_killed), seconds)
+
+
+def _marked(marker: Path) -> bool:
+    """Whether the script ran to its end: the marker holds its last line's word."""
+    try:
+        return marker.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _stopped_with(code: int, should_stop: Callable[[], int]) -> int:
@@ -352,11 +372,19 @@ def _exit_code(proc: subprocess.Popen) -> int:
     return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
-def _verdict(code: int, completed: bool, stderr_path: Path, oom_killed: bool = False) -> Outcome:
+_CANNOT_RUN = re.compile(r"\b(SyntaxError|IndentationError|TabError)\b")
+
+
+def _verdict(code: int, completed: bool, stderr_path: Path, compiled: bool = True, oom_killed: bool = False) -> Outcome:
     """The outcome of a HIPE that exited with `code` (Popen's: -N for signal N); `completed`: the marker
-    is there; `oom_killed`: an OOM-kill counter rose while it ran (memory.oom_kills)."""
+    holds the script's last word; `compiled`: the marker is there at all (the template compiled);
+    `oom_killed`: an OOM-kill counter rose while it ran (memory.oom_kills)."""
     if code == 0 and completed:
         return Outcome(True, "", 0)
+    if not compiled and code > 0:
+        words = _last_words(stderr_path)
+        if _CANNOT_RUN.search(words):
+            return Outcome(False, f"template cannot run{words}", code, script_error=True, template_broken=True)
     java = _java_out_of_memory(stderr_path)
     # HIPE killed by SIGKILL (or its launcher reporting it, 128+9) while the kernel killed for memory.
     kernel = oom_killed and code in (-signal.SIGKILL, 128 + signal.SIGKILL)

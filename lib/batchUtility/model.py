@@ -97,6 +97,9 @@ class Outcome:
     # OOM killer"), if it did: the worker retries it with a bigger heap, up to [hipe] max_memory.
     out_of_memory: str = ""
     heap_next: Optional[int] = None   # the heap (MiB) its next run should get, when this launch taught one
+    # HIPE could not compile the template (a SyntaxError or IndentationError before its first line
+    # ran): no obsid can run it, on any worker. The job halts; the obsid goes back uncounted.
+    template_broken: bool = False
 
 
 class LaunchEnd(enum.Enum):

@@ -11,7 +11,7 @@ from .eta import Estimate
 from .model import DONE, FAILED, PENDING, RUNNING, STATES, as_seconds, printable
 
 RATE_WINDOW = 600.0     # seconds the rate is measured over
-WORKERS_WINDOW = 300.0  # a worker counts as present if it was heard from this recently
+WORKERS_WINDOW = 300.0  # no longer used (the workers are the live leases: eta.live_workers); kept for callers
 BAR_WIDTH = 60          # cells: with its frame and percentage the bar takes 72 columns
 MIN_BAR = 10            # cells of the bar on `run -j N`'s one line, however narrow the terminal
 
@@ -30,7 +30,8 @@ def status_text(job, counts, failures, hosts=None, pace=None) -> str:
         lines += pace_lines(counts, pace)
     if failures:
         lines.append(f"  failed obsids (first {len(failures)}):")
-        lines += [f"    {obsid}  after {attempts} attempt(s): {printable(reason)}" for obsid, attempts, reason in failures]
+        lines += [f"    {obsid}  after {_count(attempts, 'attempt')}: {printable(reason)}"
+                  for obsid, attempts, reason in failures]
         lines.append(f"  retry them with: BatchProcess.py {job} reset --failed")
         lines.append(f"  why each attempt ended: BatchProcess.py {job} status --obsid OBSID")
     if hosts is not None:
@@ -54,7 +55,7 @@ def status_json(job, counts, failures, hosts, pace=None) -> str:
 
 def obsid_text(row, history) -> str:
     """One obsid (`status --obsid`): its state, then each attempt, oldest first."""
-    head = f"obsid {row['obsid']}: {row['state']}, {row['attempts']} attempt(s) counted"
+    head = f"obsid {row['obsid']}: {row['state']}, {_count(row['attempts'], 'attempt')} counted"
     if row["state"] == RUNNING:
         head += f", running on {row['host']} slot {row['worker']} pid {row['pid']}"
     elif row["state"] != DONE and row["reason"]:
@@ -62,14 +63,26 @@ def obsid_text(row, history) -> str:
     if row.get("heap_mb"):
         head += f"\n  needs a Java heap of {row['heap_mb']}m (learned when it ran out of memory; its next run gets it)"
     lines = [head] + ([] if history else ["  no attempt recorded yet"])
+    last_counted = 0
     for h in history:
         took = f"{h['ended'] - h['started']:.1f} s" if h["started"] is not None and h["ended"] is not None else "?"
+        # A reset starts the count again: a counted attempt numbered no higher than one before it
+        # came after a reset. An attempt put back uncounted (stopped, fenced, ...) keeps the number
+        # of the claim that follows it.
+        counted = h["outcome"] in COUNTED
+        note = ("  [after a reset]" if counted and h["attempt"] <= last_counted else "") + \
+            ("" if counted else "  [not counted]")
+        if counted:
+            last_counted = h["attempt"]
         lines.append(f"  attempt {h['attempt']}  {h['outcome']:<7}  {_when(h['started'])}  {took:>9}  "
                      f"{h['host']} slot {h['worker']} pid {h['pid']}  {_ending(h)}"
                      + (f"  {printable(h['reason'])}" if h["reason"] else "")
-                     + (f"  [template {h['template']}]" if h.get("template") else "")
+                     + (f"  [template {h['template']}]" if h.get("template") else "") + note
                      + (f"\n{'':>12}{cost_text(h)}" if cost_text(h) else ""))
     return "\n".join(lines)
+
+
+COUNTED = (DONE, FAILED, "lost")   # the outcomes of the history that count an attempt
 
 
 def obsid_json(row, history) -> str:
@@ -123,12 +136,16 @@ def hosts_text(hosts) -> str:
 
 def slot_summary(slot, processed, done, failed, seconds, attempts=None) -> str:
     """The original's SUMMARY line, without its faults: no division by zero, whole days counted;
-    obsids and attempts (retries) counted apart."""
+    obsids and attempts (retries) counted apart. processed: the obsids this worker ran; only
+    those it finished (done or failed) count as processed, the others are said to be back to
+    pending (stopped, put back, to be retried)."""
     minutes = seconds / 60.0
-    per = f"{minutes / processed:.2f} minutes/obsid" if processed else "no obsid"
-    tried = f" ({processed} obsids in {attempts} attempts)" if attempts is not None and attempts != processed else ""
-    return (f"{slot.host} SLOT {slot.rank} SUMMARY: {processed} obsids processed in {minutes:.2f} minutes "
-            f"({per}); {done} done, {failed} failed{tried}")
+    finished = done + failed
+    per = f"{minutes / finished:.2f} minutes/obsid" if finished else "no obsid"
+    back = f", {processed - finished} back to pending" if processed > finished else ""
+    tried = f" ({_count(processed, 'obsid')} in {attempts} attempts)" if attempts is not None and attempts != processed else ""
+    return (f"{slot.host} SLOT {slot.rank} SUMMARY: {_count(finished, 'obsid')} processed in {minutes:.2f} minutes "
+            f"({per}); {done} done, {failed} failed{back}{tried}")
 
 
 
@@ -136,9 +153,9 @@ def slot_summary(slot, processed, done, failed, seconds, attempts=None) -> str:
 @dataclass(frozen=True)
 class Pace:
     """How fast a job goes, as storage measured it: the status block's second half."""
-    finished: int            # obsids that ended done or failed within the last `window` seconds
-    window: float            # seconds the rate covers (RATE_WINDOW, or less for a job that just began)
-    workers: int             # distinct workers heard from within WORKERS_WINDOW
+    finished: int            # obsids the workers alive now ended done or failed within `window`
+    window: float            # seconds those workers have run within the last RATE_WINDOW (0: none alive)
+    workers: int             # workers alive now: the job's live leases (eta.live_workers)
     estimate: Estimate       # seconds until the last obsid ends, or unknown
     now: float               # epoch seconds (the database's clock)
 
@@ -148,21 +165,37 @@ class Pace:
 
 
 def pace_of(figures: dict) -> Pace:
-    """The rate, workers and ETA from what storage measured (`JobTable.pace_figures`)."""
+    """The rate, workers and ETA from what storage measured (`JobTable.pace_figures`).
+
+    Only the workers alive now count: the rate is what exactly they finished, over the time they
+    have run within RATE_WINDOW (not the idle time before they started, nor an earlier run's
+    workers); the ETA schedules the work left onto them, at their speed."""
     now = figures["now"]
-    starts = [s for s in [figures["first_start"], *(r["started"] for r in figures["running"])] if s is not None]
-    # A job that began less than RATE_WINDOW ago is measured over its own age, not diluted.
-    window = min(RATE_WINDOW, max(1.0, now - min(starts))) if starts else RATE_WINDOW
+    alive = eta.live_workers(figures["running"], figures["finishes"], now,
+                             pending=any(n for _, n in figures["pending"]))
+    theirs = [f for f in figures["finishes"] if (f["host"], f["worker"], f["pid"]) in alive and f["state"] != PENDING]
+    running = [r for r in figures["running"] if (r["host"], r["worker"], r["pid"]) in alive]
+    starts = [s for s in [*(f["started"] for f in theirs), *(r["started"] for r in running)] if s is not None]
+    window = min(RATE_WINDOW, max(1.0, now - min(starts))) if starts and alive else 0.0
     speed, mean = _speed(figures)
-    running = [(r["expected"], now - r["started"]) for r in figures["running"] if r["started"] is not None]
-    estimate = eta.estimate(figures["pending"], running, speed, mean, figures["workers"])
-    return Pace(figures["finished"], window, figures["workers"], estimate, now)
+    pairs = [(f["expected"], f["ended"] - f["started"]) for f in theirs if f["state"] == DONE and f["started"] is not None]
+    own = eta.fit_speed(pairs)
+    # Their own line where their finishes give one (a slope and a cost of their own): the job's
+    # first finishes may come from other workers at another speed, which bends a line through both.
+    speed = own if own.overhead > 0 and len(pairs) >= max(5, len(alive)) else eta.for_workers(speed, pairs, len(alive))
+    # A running obsid whose lease ran out belongs to no live worker: it is work left, whole.
+    pending = list(figures["pending"]) + [(r["expected"], 1) for r in figures["running"] if r not in running]
+    estimate = eta.estimate(pending, [(r["expected"], now - r["started"]) for r in running if r["started"] is not None],
+                            speed, mean, len(alive))
+    return Pace(len(theirs), window, len(alive), estimate, now)
 
 
 def _speed(figures: dict):
-    """The speed fitted to recent finishes, and their mean duration (None if none finished)."""
+    """The speed fitted to the job's first and recent finishes, and the recent ones' mean duration
+    (None if none finished)."""
     recent = [(e, s) for e, s in figures["recent"] if s is not None]
-    speed = eta.fit_speed([(e, s) for e, s in recent if as_seconds(e) is not None])
+    first = [(e, s) for e, s in figures.get("first", ()) if s is not None]
+    speed = eta.fit_speed([(e, s) for e, s in recent + first if as_seconds(e) is not None])
     return speed, (sum(s for _, s in recent) / len(recent) if recent else None)
 
 
@@ -201,22 +234,29 @@ def pace_lines(counts, pace: Pace) -> List[str]:
     """The status block after the original's lines: bar, rate and workers, ETA."""
     rate = pace.per_hour
     window = f"{pace.window:.0f} s" if pace.window < 120 else f"{pace.window / 60:.0f} min"
-    rate_text = "rate unknown" if rate is None else f"{_rate_words(rate)} over the last {window}"
-    return ["  " + progress_bar(counts),
-            f"  {rate_text}; {pace.workers} worker(s) seen in the last {WORKERS_WINDOW / 60:.0f} min",
-            "  " + eta_line(pace)]
+    if not pace.workers:
+        rate_text = eta.NO_WORKER
+    else:
+        rate_text = ("rate unknown" if rate is None else f"{rate_words(rate)} over the last {window}") + \
+            f"; {_count(pace.workers, 'worker')} running"
+    return ["  " + progress_bar(counts), "  " + rate_text, "  " + eta_line(pace)]
+
+
+def _count(n: int, word: str) -> str:
+    """'1 obsid', '2 obsids': a count and its noun, singular for one."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def status_one_line(counts, pace: Pace, width: int) -> str:
     """The status block on one line of at most `width` columns (`run -j N` on a terminal): bar,
-    done and total, ETA, failed and running, rate; the last of these left out first where they
-    do not fit."""
+    done and total, failed and running, ETA, rate; the last of these left out first where they
+    do not fit (at 80 columns only the rate goes)."""
     est = pace.estimate
-    parts = [f"{counts[DONE]} of {sum(counts.values())} processed",
-             "ETA unknown" if est.seconds is None else "nothing left" if est.seconds == 0
-             else f"ETA {duration_words(est.seconds)}",
+    parts = [f"{counts[DONE]}/{sum(counts.values())} done",
              f"{counts[FAILED]} failed, {counts[RUNNING]} running",
-             "rate unknown" if pace.per_hour is None else _rate_words(pace.per_hour)]
+             ("no worker running" if est.basis == eta.NO_WORKER else "ETA unknown") if est.seconds is None
+             else "nothing left" if est.seconds == 0 else f"ETA {duration_words(est.seconds)}",
+             "rate unknown" if pace.per_hour is None else rate_words(pace.per_hour)]
     while len(parts) > 1 and MIN_BAR + 12 + len("; ".join(parts)) > width:
         parts.pop()
     text = "; ".join(parts)
@@ -224,12 +264,25 @@ def status_one_line(counts, pace: Pace, width: int) -> str:
     return (progress_bar(counts, cells) + "  " + text)[:width]
 
 
-def _rate_words(per_hour: float) -> str:
-    return f"{per_hour / 60:.1f} obsids/min" if per_hour >= 600 else f"{per_hour:.1f} obsids/h"
+def rate_words(per_hour: float) -> str:
+    """A rate, always in obsids a minute (one unit everywhere: status, run -j's line, the report)."""
+    per_minute = per_hour / 60
+    return f"{per_minute:.1f} obsids/min" if per_minute >= 1 else f"{per_minute:.2g} obsids/min"
+
+
+def fit_line(line: str, width: int) -> str:
+    """A line of at most `width` columns: cut after its last whole '; ' part that fits (the ETA's
+    basis goes before the ETA), else at width."""
+    if len(line) <= width:
+        return line
+    cut = line.rfind("; ", 0, width + 1)
+    return line[:cut] if cut > len(line) - len(line.lstrip()) else line[:width]
 
 
 def eta_line(pace: Pace) -> str:
     est = pace.estimate
+    if est.seconds is None and est.basis == eta.NO_WORKER:
+        return f"ETA: {eta.NO_WORKER}"
     if est.seconds is None:
         return f"ETA unknown: {est.basis}"
     if est.seconds == 0:
@@ -338,8 +391,9 @@ def write_history_json(attempts: Iterable[dict], out: TextIO) -> int:
     return n
 
 
-def history_text(attempts: Iterable[dict], out: TextIO) -> int:
-    """A terminal's view of the history: one attempt a line, oldest first."""
+def history_text(attempts: Iterable[dict], out: TextIO, quiet: bool = False) -> int:
+    """A terminal's view of the history: one attempt a line, oldest first (none: a line saying so,
+    unless quiet)."""
     n = 0
     for n, h in enumerate(attempts, 1):
         r = history_record(n, h)
@@ -348,6 +402,6 @@ def history_text(attempts: Iterable[dict], out: TextIO) -> int:
                   f"{h['host']} slot {h['worker']} pid {h['pid']}  {_ending(h)}"
                   + (f"  {cost_text(h)}" if cost_text(h) else "")
                   + (f"  {r['reason']}" if r["reason"] else "") + "\n")
-    if not n:
+    if not n and not quiet:
         out.write("no attempt recorded\n")
     return n

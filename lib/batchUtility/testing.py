@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .guardian import Guardian
 from .hipe import Launch, LaunchRequest
@@ -46,6 +46,7 @@ class InMemoryJobTable:
         self._history: Dict[str, Dict[str, Any]] = {}   # token -> the attempt (the history's key, as storage's)
         self._results: Dict[int, Dict[str, Any]] = {}
         self.calls: List[tuple] = []   # (operation, claim) of each finish and requeue asked, in order
+        self.templates: Dict[str, list] = {}   # version -> [state, probing claim's token, reason] (storage.templates)
         self.add(obsids, expected)
 
     # ----------------------------------------------------------------- filling, and what only a test does
@@ -147,6 +148,29 @@ class InMemoryJobTable:
                 row["heap_mb"] = launched.heap_next
             self._to_history(row, claim.attempt, outcome, launched)
             return True
+
+    def template_gate(self, version: str, claim: Claim, *,
+                      interrupted: Optional[Callable[[], bool]] = None) -> Tuple[str, str]:
+        """As JobTable.template_gate (storage.templates), in memory."""
+        state, token, reason = self.templates.setdefault(version, ["probing", claim.token, ""])
+        if state == "runs":
+            return "runs", ""
+        if state == "broken":
+            return "broken", reason
+        if token == claim.token:
+            return "probe", ""
+        if not any(r["token"] == token and r["state"] == RUNNING for r in self._rows.values()):
+            del self.templates[version]
+        return "wait", ""
+
+    def template_verdict(self, version: str, state: str, reason: str = "", *, patience: Optional[float] = None,
+                         interrupted: Optional[Callable[[], bool]] = None) -> None:
+        if version in self.templates and (self.templates[version][0] == "probing" or state == "broken"):
+            self.templates[version] = [state, None, reason]
+
+    def template_abandon(self, version: str, claim: Claim) -> None:
+        if self.templates.get(version, [None, None])[1] == claim.token:
+            del self.templates[version]
 
     def reclaim_stale(self, lease: float, max_attempts: int, *,
                       interrupted: Optional[Callable[[], bool]] = None) -> List[int]:
@@ -302,6 +326,12 @@ def done(seconds: float = 0.01, results: Optional[Dict[str, Any]] = None) -> Lau
 def script_error(status: int = 1, seconds: float = 0.01) -> Launch:
     """HIPE exited with status (the script raised): the script's own fault."""
     return Launch(Outcome(False, f"HIPE exited with status {status}: Traceback", status, script_error=True), seconds)
+
+
+def cannot_run(seconds: float = 0.01) -> Launch:
+    """HIPE could not compile the template (a SyntaxError before its first line ran)."""
+    return Launch(Outcome(False, "template cannot run: SyntaxError: invalid syntax", 1, script_error=True,
+                          template_broken=True), seconds)
 
 
 def killed(signum: int = signal.SIGKILL, seconds: float = 0.01) -> Launch:

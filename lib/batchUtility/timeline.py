@@ -6,8 +6,10 @@ obsid and reason through SVG <title>. Sized to stay readable at 10,000 attempts 
 Standard library only.
 """
 import html
+import os
 import re
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -174,11 +176,32 @@ td.n, th.n { text-align: right; } .timeline { overflow-x: auto; }
 """
 
 
+def log_link(log: Path, page_dir: Optional[Path]) -> str:
+    """A link to a log file: relative to the page's folder (the page and the job's folder moved or
+    archived together keep it working), as a URL path; absolute where no relative path exists."""
+    try:
+        target = os.path.relpath(log, page_dir) if page_dir is not None else str(log)
+    except ValueError:
+        target = str(log)
+    return f'<a href="{_text(urllib.parse.quote(target))}"><code>{_text(log)}</code></a>'
+
+
+def run_span(attempts: Sequence[dict]) -> Optional[Tuple[float, float]]:
+    """The run's first start and last end, of attempts that ended (None if none did)."""
+    ended = [a for a in attempts if a.get("started") is not None and a.get("ended") is not None]
+    if not ended:
+        return None
+    return min(a["started"] for a in ended), max(a["ended"] for a in ended)
+
+
 def page(job: str, status_block: str, hosts: Iterable[Tuple[str, int, int, float]], failures: Iterable[Tuple],
-         attempts: Sequence[dict], now: float, log_dir: Path) -> str:
+         attempts: Sequence[dict], now: float, log_dir: Path, page_dir: Optional[Path] = None,
+         finished: bool = False) -> str:
     """The whole report as one HTML document.
 
-    hosts: (host, done, failed, busy seconds); failures: (obsid, attempts, reason).
+    hosts: (host, done, failed, busy seconds); failures: (obsid, attempts, reason); page_dir: the
+    folder the page is written to (log links are relative to it); finished: nothing pending or
+    running, so the page says how long the run took.
     """
     written = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now))
     workers: Dict[str, set] = {}
@@ -194,12 +217,16 @@ def page(job: str, status_block: str, hosts: Iterable[Tuple[str, int, int, float
         f'<td class="n">{_figure(spent.get(h), "peak_max", "{:,.0f}")}</td></tr>' for h, d, f, s in hosts)
     failure_rows = "".join(
         f'<tr><td class="n">{o}</td><td class="n">{n}</td><td>{_text(printable(r))}</td>'
-        f"<td><code>{_text(log_dir / f'{o}.stderr')}</code></td></tr>" for o, n, r in failures)
+        f"<td>{log_link(log_dir / f'{o}.stderr', page_dir)}</td></tr>" for o, n, r in failures)
+    span = run_span(attempts) if finished else None
+    took = "" if span is None else (
+        f"<p>The run took {_text(_duration(span[1] - span[0]))}: from {_text(_stamp(span[0]))} "
+        f"to {_text(_stamp(span[1]))} (first start to last end).</p>")
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{_text(job)}: batch report</title><style>{_CSS}</style></head><body>",
         f"<h1>Job {_text(job)}</h1><p>Report written {_text(written)}.</p>",
-        f"<h2>Status</h2><pre>{_text(status_block)}</pre>",
+        f"<h2>Status</h2>{took}<pre>{_text(status_block)}</pre>",
         "<h2>Hosts</h2><table><tr><th>host</th><th class=\"n\">workers</th><th class=\"n\">attempts</th>"
         "<th class=\"n\">done</th><th class=\"n\">failed</th><th class=\"n\">busy (h)</th>"
         "<th class=\"n\">CPU (h)</th><th class=\"n\">peak memory (MiB)</th></tr>"
@@ -273,6 +300,18 @@ def costs_section(attempts: Sequence[dict]) -> str:
             "<h3>Peak memory against how long an attempt ran</h3>"
             f'<table class="costs"><tr><th>ran</th>{columns}</tr>'
             f"{rows(by_duration, lambda item: labels.index(item[0]))}</table>")
+def _stamp(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _duration(seconds: float) -> str:
+    """As report.duration_words says it (not imported: report imports nothing of the timeline)."""
+    s = round(seconds)
+    if s < 60:
+        return f"{seconds:.1f} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def standalone_svg(attempts: Sequence[dict], now: float, job: str) -> str:

@@ -4,6 +4,7 @@ One worker is one process (one MPI slot). Workers never talk to each other: the 
 only coordination. A worker that dies leaves its obsid running under a lease that stops being
 refreshed; any later worker takes it back (`JobTable.reclaim_stale`).
 """
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -47,6 +48,7 @@ TEMPLATE_QUIET = 2.0
 TEMPLATE_LOOK = 0.2
 # A worker whose next HIPE's heap does not fit in the memory it has now looks again this often.
 ROOM_LOOK = 1.0
+GATE_LOOK = 0.2   # seconds between looks while another worker's first launch of the template compiles it
 
 # What runs one obsid: hipe.run_obsid's signature (request, should_stop, lease, guardian, scratch).
 Launcher = Callable[[hipe.LaunchRequest, Callable[[], int], Callable[[], Lease], Guardian, Path], hipe.Launch]
@@ -161,6 +163,9 @@ class Worker:
         self.template_version, self.template_changed = "", False
         self.template_settled: Optional[tuple] = None   # the last snapshot of the template read whole
         self.next: Optional[NextClaim] = None   # the claim taken with the last outcome, not run yet
+        self.template_runs: set = set()   # versions of the template known to compile (storage.templates)
+        self.template_compiled = ""   # the version this worker saw compile but could not say so yet
+        self.claimed_at = 0.0   # time.monotonic() before the current claim: the history's start
 
     def check_ready(self) -> None:
         """See check_ready()."""
@@ -344,6 +349,7 @@ class Worker:
         self.log.extra["obsid"] = claim.obsid
         try:
             self.keeper.hold(claim, claimed_at)
+            self.claimed_at = claimed_at
             if not self.quiet:
                 self._say(f".....  [Slot {self.slot.rank}/{self.slot.size} on {self.slot.host}] "
                           f"[#{number}, obsid={claim.obsid}]")
@@ -385,9 +391,15 @@ class Worker:
         if not self._wait_for_room(claim, settings.memory_mb):
             return hipe.Launch(Outcome(False, f"stopped by {signal.Signals(self.stop_signal).name}"), 0.0,
                                LaunchEnd.STOPPED, self.stop_signal)
+        refused, probe = self._template_gate(claim, version)
+        if refused is not None:
+            return refused
         request = hipe.LaunchRequest(settings, template, self.job, claim.obsid, self.dir / "output",
-                                     self.dir / "log", template_path=self.template)
+                                     self.dir / "log", template_path=self.template,
+                                     on_compiled=(lambda: self._template_runs(version)) if probe else None)
         launch = self.launcher(request, lambda: self.stop_signal, self.keeper.state, self.guardian, self.scratch)
+        if probe:
+            self._probe_verdict(claim, version, launch)
         return dataclasses.replace(launch, outcome=dataclasses.replace(launch.outcome, template=version))
 
     def _heap_for(self, claim: Claim) -> HipeSettings:
@@ -418,6 +430,59 @@ class Worker:
             self._sleep(ROOM_LOOK)
             if self.stop_signal:
                 return False
+
+    def _template_gate(self, claim: Claim, version: str) -> Tuple[Optional[hipe.Launch], bool]:
+        """Whether this claim may launch the template's version (storage.templates): (None, probe)
+        to launch it, probe saying whether this launch is the version's probe; or (the launch's end,
+        False) without launching: the version cannot run (the job is halted), or a stop came while
+        another worker's probe was under way."""
+        said = False
+        while version not in self.template_runs:
+            what, why = self.table.template_gate(version, claim, interrupted=self._stopping)
+            if what == "runs":
+                self.template_runs.add(version)
+            elif what == "probe":
+                return None, True
+            elif what == "broken":
+                return hipe.Launch(Outcome(False, f"job halted: the template cannot run{': ' + why if why else ''}",
+                                           script_error=True, template=version, template_broken=True), 0.0), False
+            else:
+                if not said:
+                    said = True
+                    self.log.info("waiting for another worker's first launch of template version %s to compile it",
+                                  version)
+                self._sleep(GATE_LOOK)
+                if self.stop_signal:
+                    return hipe.Launch(Outcome(False, f"stopped by {signal.Signals(self.stop_signal).name}"), 0.0,
+                                       LaunchEnd.STOPPED, self.stop_signal), False
+        return None, False
+
+    def _template_runs(self, version: str) -> None:
+        """HIPE compiled the version this worker probes: the other workers may launch it now. One
+        try (patience 0): while HIPE runs, a database away must not hold up the watch over HIPE. It
+        is tried again once the launch has ended; unanswered then too, the probe is given up once
+        this claim no longer runs, and the next claim probes the version again."""
+        try:
+            self.table.template_verdict(version, "runs", patience=0, interrupted=_never)
+            self.template_runs.add(version)
+        except DatabaseUnavailable as e:   # the others wait on meanwhile
+            self.template_compiled = version
+            self.log.debug("%s: the template's verdict waits for the end of the launch", e)
+
+    def _probe_verdict(self, claim: Claim, version: str, launch: hipe.Launch) -> None:
+        """The job-wide verdict after a probe: broken, runs (it ran to its end, or compiled), or none
+        (stopped, fenced, lost before HIPE compiled it: the next claim probes)."""
+        if launch.outcome.template_broken:
+            self.table.template_verdict(version, "broken", launch.outcome.reason, interrupted=self._stopping)
+        elif version in self.template_runs:
+            return
+        elif launch.outcome.ok or self.template_compiled == version:
+            self._template_runs(version)
+        else:
+            # One try: unanswered, the probe is given up all the same once this claim no longer
+            # runs (the next look at the gate finds its prober gone).
+            with contextlib.suppress(DatabaseUnavailable):
+                self.table.template_abandon(version, claim)
 
     def _read_template(self) -> Optional[str]:
         """The template's text, read whole: a snapshot is taken only when the file's size, mtime,
@@ -466,6 +531,8 @@ class Worker:
         given = launch.outcome.heap_mb
         if given and given > self.cfg.hipe.memory_mb:   # the heap it was found to need stays its own
             launch = dataclasses.replace(launch, outcome=dataclasses.replace(launch.outcome, heap_next=given))
+        if launch.end is LaunchEnd.FINISHED and launch.outcome.template_broken:
+            return self._halt_broken(claim, launch)
         if launch.end is LaunchEnd.STOPPED:
             self._put_back_stopped(claim, launch)
         elif launch.end is LaunchEnd.SETUP_FAULT:
@@ -516,6 +583,19 @@ class Worker:
         failed = dataclasses.replace(outcome, reason=reason[:255], script_error=True, heap_next=2 * given)
         return self._finish(claim, dataclasses.replace(launch, outcome=failed))
 
+
+    def _halt_broken(self, claim: Claim, launch: hipe.Launch) -> Optional[str]:
+        """The template cannot run (found by this launch, or by another worker's: the job is halted):
+        the obsid goes back to pending uncounted, and this worker stops."""
+        outcome = launch.outcome
+        self.halted = True
+        ran = not outcome.reason.startswith("job halted")
+        back = self._put_back(claim, outcome.reason, "broken" if ran else "halted", outcome.template)
+        self.log.error("%s; the job is halted on every worker and host, obsid %s back to pending uncounted. Fix "
+                       "%s: the next `run` tries the new version once before the others do",
+                       outcome.reason, "put" if back else "not put", self.template)
+        return PENDING if back else None
+
     def _put_back(self, claim: Claim, reason: str, outcome: str, template: str = "",
                   launched: Optional[Outcome] = None) -> bool:
         """Requeue uncounted; whether it was put back (False: taken back meanwhile, or the database
@@ -565,15 +645,17 @@ class Worker:
             self.log.error("outcome not recorded: the obsid is no longer this worker's (its lease of %g s ran out "
                            "and it was taken back, or the job was wiped)", run.lease)
             return None
+        # As the history counts it (claim to outcome recorded), then HIPE's own part of it.
+        took = f"{time.monotonic() - self.claimed_at:.1f} s (HIPE {launch.seconds:.1f} s)"
         if outcome.ok:
             self.done += 1
             self.quick_failures = 0
-            self.log.info("done in %.1f s", launch.seconds)
+            self.log.info("done in %s", took)
         else:
             if state == FAILED:
                 self.failed += 1
             retry = f", will be retried (attempt {claim.attempt} of {run.max_attempts})" if state != FAILED else ""
-            self.log.error("failed after %.1f s: %s%s (log: %s)", launch.seconds, outcome.reason, retry,
+            self.log.error("failed after %s: %s%s (log: %s)", took, outcome.reason, retry,
                            Path(self.dir, "log", f"{claim.obsid}.stderr"))
             self._judge_failure(launch)
         self._halt_if_hopeless(outcome)

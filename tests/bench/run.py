@@ -3,8 +3,8 @@
 
     .venv/bin/python tests/bench/run.py [--quick] [NAME ...]
 
-NAME: dispatch, launch, makespan, scale, claims, memory, flat, durable, newjobs (default: all, in that order). Each prints a table
-and appends it, with date, machine, load, commit and versions, to tests/bench/RESULTS.md.
+NAME: dispatch, launch, makespan, scale, claims, memory, flat, durable, newjobs, eta (default: all, in that
+order). Each prints a table and appends it, with date, machine, load, commit and versions, to tests/bench/RESULTS.md.
 --quick: one repetition instead of the median of 3, shorter sleeps and runs (see each benchmark).
 """
 import argparse
@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_claims
 import bench_dispatch
 import bench_durable
+import bench_eta
 import bench_flat
 import bench_launch
 import bench_makespan
@@ -29,7 +30,8 @@ import common
 
 BENCHMARKS = {"dispatch": bench_dispatch, "launch": bench_launch, "makespan": bench_makespan, "scale": bench_scale,
               "claims": bench_claims, "memory": bench_memory, "flat": bench_flat,
-              "durable": bench_durable, "newjobs": bench_newjobs}
+              "durable": bench_durable, "newjobs": bench_newjobs,
+              "eta": bench_eta}
 
 
 def main(argv=None) -> int:
@@ -47,7 +49,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compare", action="append", default=[], metavar="CHECKOUT",
                         help="dispatch, durable: also `run` of another checkout (e.g. main), side by side (repeatable)")
     parser.add_argument("--scale", type=float, default=None,
-                        help="makespan: each obsid sleeps pipetime / SCALE (default 250; 1000 with --quick)")
+                        help="makespan: each obsid sleeps pipetime / SCALE (default 250; 1000 with --quick); "
+                             "eta: default 2000 (4000 with --quick)")
     parser.add_argument("--slots", type=int, action="append", default=None,
                         help="makespan: slot counts (default 15 and 64; repeatable)")
     parser.add_argument("--no-mpi", action="store_true", help="makespan: skip BatchProcess_mpi.sh")

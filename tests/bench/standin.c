@@ -1,7 +1,9 @@
 /* A HIPE stand-in for benchmarks: HIPE's command line (`hipe [-properties K=V ...] SCRIPT`), and only
  * what success needs. lib/batchUtility/hipe.py judges a launch by exit status 0 and the completion
- * marker that the script's appended last line, open("MARKER", "w").close(), would create: this
- * program creates that marker. If the template the script runs (exec(compile(open("TEMPLATE"...)))
+ * marker that the script's appended last line, batchEnd = open("MARKER", "w"); batchEnd.write("end");
+ * ..., would write (older versions: open("MARKER", "w").close()): this program writes that marker.
+ * If the template the script runs (batchTemplate = compile(open("TEMPLATE"...), older versions
+ * exec(compile(open("TEMPLATE"...)))
  * holds a Python dict `SLEEPS = {OBSID: SECONDS, ...}`, it first sleeps the seconds given for the
  * script's `obsid=` (the makespan replay).
  * Built by tests/bench/common.py with gcc into a temporary folder. */
@@ -41,21 +43,22 @@ static char *unquote(const char *start, const char *end) {
     return out;
 }
 
-/* The path in the last non-blank line, open("...", "w").close(). */
+/* The path in the last non-blank line: batchEnd = open("...", "w"); ... or open("...", "w").close(). */
 static char *marker_path(char *text) {
     char *end = text + strlen(text);
     while (end > text && (end[-1] == '\n' || end[-1] == '\r' || end[-1] == ' ')) end--;
     char *line = end;
     while (line > text && line[-1] != '\n') line--;
+    if (strncmp(line, "batchEnd = ", 11) == 0) line += 11;
     if (strncmp(line, "open(\"", 6) != 0) return NULL;
     return unquote(line + 6, end);
 }
 
 /* SLEEPS is in the template, which the script runs with exec(compile(open("TEMPLATE", "rb").read(), ...)). */
 static void maybe_sleep(const char *text) {
-    const char *o = strstr(text, "\nobsid="), *exec = strstr(text, "exec(compile(open(\"");
+    const char *o = strstr(text, "\nobsid="), *exec = strstr(text, "compile(open(\"");
     if (!o || !exec) return;
-    exec += strlen("exec(compile(open(\"");
+    exec += strlen("compile(open(\"");
     char *template = read_all(unquote(exec, exec + strlen(exec)));
     const char *sleeps = strstr(template, "SLEEPS = {");
     if (!sleeps) return;
@@ -74,9 +77,15 @@ int main(int argc, char **argv) {
     char *text = read_all(argv[argc - 1]);
     char *marker = marker_path(text);
     if (!marker) { fprintf(stderr, "no completion line in %s\n", argv[argc - 1]); return 4; }
+    if (strstr(text, "batchTemplate = ")) {   /* compiled: the marker, empty, before the template runs */
+        int made = open(marker, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (made < 0) { perror(marker); return 5; }
+        close(made);
+    }
     maybe_sleep(text);
     int fd = open(marker, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) { perror(marker); return 5; }
+    if (write(fd, "end", 3) != 3) { perror(marker); return 5; }   /* the end reached (an empty one: compiled only) */
     close(fd);
     return 0;
 }

@@ -89,7 +89,7 @@ def test_new_from_the_2014_dump(mysql_batch):
         assert cur.fetchone() == (1701, 332, 3663, 1286374)
     r = batch.cli("v11_reproc", "new")
     assert r.returncode == 0, r.stderr
-    assert "1701 obsids added" in r.stdout
+    assert "1701 obsid added" in r.stdout
     assert batch.cli("v11_reproc", "status").stdout.splitlines()[0] == "0 of 1701 processed. (0.0 %, 1701 remaining)"
 
 
@@ -122,7 +122,7 @@ def test_status_line_counts_and_failures(batch):
     lines = r.stdout.splitlines()
     assert lines[0] == "3 of 10 processed. (30.0 %, 6 remaining)"
     assert lines[1] == "  pending 5, running 1, done 3, failed 1"
-    assert "after 1 attempt(s): HIPE exited with status 1: boom" in r.stdout
+    assert "after 1 attempt: HIPE exited with status 1: boom" in r.stdout
     data = json.loads(batch.cli("s", "status", "--json").stdout)
     assert (data["total"], data["done"], data["failed"], data["pending"], data["running"]) == (10, 3, 1, 5, 1)
     assert data["failures"][0]["reason"] == "HIPE exited with status 1: boom"
@@ -154,7 +154,7 @@ def test_reset_all_failed_and_listed(batch):
     assert table.counts() == {"pending": 1, "running": 1, "done": 1, "failed": 1}
 
     r = batch.cli("r", "reset", "--failed")
-    assert r.returncode == 0 and "1 obsids reset" in r.stdout
+    assert r.returncode == 0 and "1 obsid reset" in r.stdout
     assert table.counts() == {"pending": 2, "running": 1, "done": 1, "failed": 0}
 
     listed = batch.obsid_file([1], "one.txt")
@@ -165,7 +165,7 @@ def test_reset_all_failed_and_listed(batch):
     assert r.returncode == 2 and "not in job 'r'" in r.stderr
 
     r = batch.cli("r", "reset", "--yes")
-    assert r.returncode == 0 and "1 obsids are running under live workers and were left alone" in r.stdout
+    assert r.returncode == 0 and "1 obsid is running under live workers and left alone" in r.stdout
     assert table.counts()["running"] == 1
     assert [row["attempts"] for row in table.rows() if row["state"] == "pending"] == [0, 0, 0]
     assert table.heartbeat(running) is Lease.HELD

@@ -334,7 +334,7 @@ def test_hipe_killed_by_a_signal_we_did_not_send_is_retried(batch):
 
 
 def test_a_worker_halts_after_k_script_errors(batch):
-    batch.template("j", "this is not python\n")
+    batch.template("j", "raise ValueError('no')\n")   # it runs, and fails (one that cannot run halts the job at once)
     batch.write_cfg(run={"halt_after": "3"})
     batch.cli("j", "new", batch.obsid_file(range(1, 11)))
     r = batch.cli("j", "run")

@@ -145,7 +145,7 @@ def test_a_dead_worker_of_another_host_is_taken_back_after_one_lease(batch, reap
     r = env.cli("j", "reset", "--stale")
     took = time.monotonic() - began
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("1 obsids of lost workers taken back: 0 at once"), r.stdout
+    assert r.stdout.startswith("1 obsid of lost workers taken back: 0 at once"), r.stdout
     assert "watching their heartbeats for one lease (3 s)" in r.stderr, r.stderr
     assert took >= 3, f"taken back after {took:.1f} s, less than the lease"
     [lost] = env.table("j").history(OBSID)

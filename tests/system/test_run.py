@@ -248,7 +248,7 @@ def test_a_stop_signal_stops_hipe_and_puts_the_obsid_back(batch, sig):
     assert [(r["state"], r["attempts"]) for r in rows] == [("pending", 0), ("pending", 0)]
     assert [h["outcome"] for h in batch.table("s").history()] == ["stopped"]
     assert f"stopped by {signal.Signals(sig).name}" in err
-    assert "SUMMARY: 1 obsids processed" in out
+    assert "SUMMARY: 0 obsids processed" in out and "0 done, 0 failed, 1 back to pending" in out   # put back: not processed
 
 
 

@@ -39,6 +39,77 @@ def test_eta_is_unknown_with_nothing_to_go_on_and_zero_when_nothing_is_left():
     assert eta.estimate([], [], eta.Speed(), None, 0).seconds == 0
 
 
+# ----------------------------------------------------------------- ETA after stops and restarts (issue 22)
+NOW = 1_000_000.0
+
+
+def _finish(worker, expected, seconds, ended, state="done"):
+    return {"host": "h", "worker": worker, "pid": int(worker.split("/")[0]) + 100, "state": state,
+            "expected": expected, "started": ended - seconds, "ended": ended}
+
+
+def _running(worker, expected, started, lease_left=30.0):
+    return {"obsid": started, "host": "h", "worker": worker, "pid": int(worker.split("/")[0]) + 100,
+            "started": started, "heartbeat": NOW - 1, "expected": expected, "lease_expires": NOW + lease_left}
+
+
+def test_eta_after_a_stop_says_no_worker_running_whatever_ran_a_minute_ago():
+    """Six workers finished obsids until 60 s ago, then stopped (their obsids put back): no lease is
+    live. The old ETA counted the six (seen in the last 5 min) and gave a figure 3x too short."""
+    finishes = [_finish(f"{w}/6", 1000, 1.0, NOW - 60 - i) for w in range(1, 7) for i in range(20)]
+    figures = {"now": NOW, "finishes": finishes, "pending": [(1000, 1547)], "running": [],
+               "recent": [(1000, 1.0)] * 120, "first": []}
+    pace = report.pace_of(figures)
+    assert (pace.workers, pace.estimate.seconds, pace.per_hour) == (0, None, None)
+    assert report.pace_lines(COUNTS, pace)[1:] == ["  no worker running", "  ETA: no worker running"]
+    assert "no worker running" in report.status_one_line(COUNTS, pace, 80)
+
+
+def test_eta_after_a_restart_with_fewer_workers_uses_those_workers_and_their_speed():
+    """Earlier, 4 workers took 1 s an obsid (1000 s expected); after the restart 2 workers take 2 s
+    each (a slower host): 100 obsids pending on 2 workers at 2 s is 100 s, plus what runs."""
+    old = [_finish(f"{w}/4", 1000, 1.0, NOW - 120 - i) for w in range(1, 5) for i in range(30)]
+    new = [_finish(f"{w}/2", 1000, 2.0, NOW - 3 - w) for w in (1, 2)]
+    new_pids = [{**f, "pid": f["pid"] + 50} for f in new]
+    running = [{**_running(f"{w}/2", 1000, NOW - 1.0), "pid": w + 150} for w in (1, 2)]
+    figures = {"now": NOW, "finishes": old + new_pids, "pending": [(1000, 100)], "running": running,
+               "recent": [(1000, 2.0)] * 2 + [(1000, 1.0)] * 120, "first": [(1000, 1.0)] * 120}
+    pace = report.pace_of(figures)
+    assert pace.workers == 2
+    assert pace.estimate.seconds == pytest.approx(100 + 1.0, rel=0.01)
+    # The rate is theirs, over the time they have run (since the first start among them), not 10 min
+    assert pace.finished == 2 and pace.window == pytest.approx(NOW - min(f["started"] for f in new_pids))
+
+
+def test_eta_counts_a_worker_between_two_claims_and_not_one_whose_lease_ran_out():
+    finishes = [_finish("1/2", 100, 1.0, NOW - 1.0)]                      # finished 1 s ago, claiming next
+    running = [_running("2/2", 100, NOW - 0.5), _running("3/3", 100, NOW - 400, lease_left=-10)]   # a dead one
+    alive = eta.live_workers(running, finishes, NOW)
+    assert alive == {("h", "1/2", 101), ("h", "2/2", 102)}
+    stopped = {**_finish("1/2", 100, 0.2, NOW - 0.5), "state": "pending"}   # then it stopped: obsid put back
+    assert eta.live_workers(running, [*finishes, stopped], NOW) == {("h", "2/2", 102)}
+    figures = {"now": NOW, "finishes": finishes, "pending": [(100, 3)], "running": running,
+               "recent": [(100, 1.0)] * 10, "first": []}
+    pace = report.pace_of(figures)
+    # 4 obsids of 1 s (3 pending and the dead worker's, whole) and 0.5 s left of one, on 2 workers
+    assert pace.workers == 2 and pace.estimate.seconds == pytest.approx(2.5, abs=0.1)
+
+
+def test_the_fit_keeps_a_per_launch_cost_from_the_first_finishes_beside_the_recent_ones():
+    """Longest first: the recent finishes are a narrow band whose noise gives the line a negative
+    cost, clamped to + 0 s before: the short obsids at the end were expected to take nothing. With
+    the job's first finishes beside them the line spans 3,000 s of pipetime and finds the 0.3 s."""
+    def took(x, i):
+        return 0.001 * x + 0.3 + (0.05 if i % 2 else -0.05) * (1 if x < 500 else 0) + (0.1 if x in (400, 410) else 0)
+    recent = [(x, took(x, i)) for i, x in enumerate(range(400, 420, 2))]
+    recent += [(x, 0.001 * x + 0.3 + (0.3 if x > 414 else 0)) for x in range(412, 420, 2)]
+    first = [(x, took(x, i)) for i, x in enumerate(range(3000, 3600, 20))]
+    assert eta.fit_speed(recent).overhead == 0                        # the narrow band alone: no cost
+    speed, _ = report._speed({"recent": recent, "first": first})
+    assert speed.overhead == pytest.approx(0.3, abs=0.1)
+    assert speed.of(10) == pytest.approx(0.31, abs=0.1)
+
+
 def test_fit_speed_falls_back_to_a_ratio_when_the_pairs_give_no_slope():
     speed = eta.fit_speed([(1000, 2.0)] * 10)
     assert speed.overhead == 0 and speed.scale == pytest.approx(0.002)
@@ -68,11 +139,11 @@ def test_status_block_fits_80_columns_and_shows_bar_rate_eta():
     assert bar.startswith("[") and bar.endswith("81.1 %")
     cells = bar[1:bar.index("]")]
     assert (cells.count("#"), cells.count("x"), cells.count(">"), cells.count("."), len(cells)) == (47, 1, 1, 11, 60)
-    assert lines[3] == "  12.0 obsids/min over the last 10 min; 16 worker(s) seen in the last 5 min"
+    assert lines[3] == "  12.0 obsids/min over the last 10 min; 16 workers running"
     assert lines[4].startswith("  ETA 1 h 30 min (about ")
     assert all(len(line) <= 80 for line in lines if "failed" not in line or "after" not in line)
-    unknown = report.Pace(0, 600, 0, eta.Estimate(None, "no worker seen recently"), 1_700_000_000.0)
-    assert report.pace_lines(COUNTS, unknown)[2] == "  ETA unknown: no worker seen recently"
+    none = report.Pace(0, 0, 0, eta.Estimate(None, eta.NO_WORKER), 1_700_000_000.0)
+    assert report.pace_lines(COUNTS, none)[1:] == ["  no worker running", "  ETA: no worker running"]
 
 
 def test_status_json_has_progress_rate_eta_and_workers():
@@ -151,3 +222,32 @@ def test_workers_sharing_a_slot_name_get_a_lane_each():
     a[2]["started"], a[2]["ended"] = 121, 130       # one after the other: one lane
     assert set(timeline.lanes_of(a).values()) == {("h", "1/1", None)}
 
+
+
+def test_at_80_columns_the_progress_line_keeps_failed_and_running_and_the_eta_line_is_fit_whole():
+    """run -j's line at 80 columns: the rate goes first, the failed and running counts stay (they
+    went first before); status --watch cuts a line after its last whole part, never in the ETA."""
+    pace = report.Pace(120, 600, 16, eta.Estimate(5400, "16 workers running; pipetime x0.001 + 0.3 s from 500 "
+                                                         "finishes"), 1_700_000_000.0)
+    line = report.status_one_line(COUNTS, pace, 79)
+    assert len(line) <= 79 and "5 failed, 16 running" in line and "ETA 1 h 30 min" in line, line
+    eta_line = "  " + report.eta_line(pace)
+    assert len(eta_line) > 79
+    fitted = report.fit_line(eta_line, 79)
+    assert fitted.startswith("  ETA 1 h 30 min (about ") and fitted.endswith("16 workers running"), fitted
+    assert report.fit_line("  short", 79) == "  short"
+
+
+def test_the_workers_alive_use_their_own_line_when_their_finishes_give_one():
+    """Before the restart 8 workers on a loaded machine took 1.5x as long; the 3 alive now have
+    finished obsids over a span of pipetimes: their own line (cost 0.15 s) is used, not one bent
+    through both regimes (which had a negative cost, clamped to 0 s)."""
+    first = [(x, 1.5 * (0.0005 * x + 0.15)) for x in range(1500, 3700, 4)][:500]
+    new = [_finish(f"{w}/3", x, 0.0005 * x + 0.15, NOW - 5 - i) for i, (w, x) in
+           enumerate((1 + i % 3, x) for i, x in enumerate(range(1400, 300, -10)))]
+    figures = {"now": NOW, "finishes": new, "pending": [(300, 300)],
+               "running": [_running(f"{w}/3", 300, NOW - 0.1) for w in (1, 2, 3)],
+               "recent": [(f["expected"], f["ended"] - f["started"]) for f in new], "first": first}
+    pace = report.pace_of(figures)
+    # 303 obsids of 0.3 s on 3 workers, less what ran: about 30 s
+    assert pace.estimate.seconds == pytest.approx(303 * 0.3 / 3 - 0.1, rel=0.05), pace.estimate

@@ -251,7 +251,7 @@ def test_status_text():
         "1 of 3 processed. (33.3 %, 1 remaining)",
         "  pending 1, running 0, done 1, failed 1",
         "  failed obsids (first 1):",
-        "    1342191755  after 3 attempt(s): HIPE exited with status 1: boom",
+        "    1342191755  after 3 attempts: HIPE exited with status 1: boom",
         "  retry them with: BatchProcess.py j reset --failed",
         "  why each attempt ended: BatchProcess.py j status --obsid OBSID",
     ]
@@ -283,6 +283,10 @@ def test_slot_summary():
         "node7 SLOT 2 SUMMARY: 3 obsids processed in 1.50 minutes (0.50 minutes/obsid); 2 done, 1 failed"
     assert report.slot_summary(slot, 0, 0, 0, 0.0) == \
         "node7 SLOT 2 SUMMARY: 0 obsids processed in 0.00 minutes (no obsid); 0 done, 0 failed"
+    # issue 22: an obsid put back (stopped, a setup fault) is not processed; one obsid is "1 obsid"
+    assert report.slot_summary(slot, 2, 1, 0, 60.0, attempts=2) == (
+        "node7 SLOT 2 SUMMARY: 1 obsid processed in 1.00 minutes (1.00 minutes/obsid); 1 done, 0 failed, "
+        "1 back to pending")
     assert "in 2880.00 minutes" in report.slot_summary(slot, 1, 1, 0, 2 * 86400.0)   # whole days counted
 
 
@@ -300,15 +304,19 @@ def test_obsid_text():
                attempt(2, "failed", ended=None, signal_no=signal.SIGKILL, reason="HIPE killed by SIGKILL"),
                attempt(3, "lost", started=None, ended=None)]
     lines = report.obsid_text(row("failed", "HIPE killed by SIGKILL"), history).splitlines()
-    assert lines[0] == "obsid 7: failed, 2 attempt(s) counted: HIPE killed by SIGKILL"
+    assert lines[0] == "obsid 7: failed, 2 attempts counted: HIPE killed by SIGKILL"
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(0.0))
     assert lines[1] == f"  attempt 1  failed   {when}     12.3 s  h slot 1/2 pid 99  exit 1  HIPE exited with status 1"
     assert lines[2].endswith("        ?  h slot 1/2 pid 99  signal 9 (SIGKILL)  HIPE killed by SIGKILL")
     assert lines[3] == "  attempt 3  lost     ?          ?  h slot 1/2 pid 99  -"
     assert report.obsid_text(row("running"), []).splitlines() == [
-        "obsid 7: running, 2 attempt(s) counted, running on h slot 1/1 pid 42", "  no attempt recorded yet"]
-    assert report.obsid_text(row("done", "old reason"), []).splitlines()[0] == "obsid 7: done, 2 attempt(s) counted"
+        "obsid 7: running, 2 attempts counted, running on h slot 1/1 pid 42", "  no attempt recorded yet"]
+    assert report.obsid_text(row("done", "old reason"), []).splitlines()[0] == "obsid 7: done, 2 attempts counted"
     assert "signal 99" in report.obsid_text(row("failed"), [attempt(1, "failed", signal_no=99)])
+    # issue 22: after a reset the count starts again; the old failed row and the new one are told apart
+    lines = report.obsid_text(row("done"), [attempt(1, "failed"), attempt(1, "stopped"), attempt(1, "done")]).splitlines()
+    assert [line[line.index("  ["):] if "  [" in line else "" for line in lines[1:]] == [
+        "", "  [not counted]", "  [after a reset]"]
 
 
 def test_obsid_json():
@@ -330,11 +338,13 @@ def test_script_text(tmp_path):
     text = script_text(template, 1342191755, Path("/out dir"), "j", marker)
     assert text.splitlines() == [
         "# -*- coding: utf-8 -*-", "obsid=1342191755", f'outDir="/out dir{os.sep}"', 'jobName="j"',
-        f'exec(compile(open("{template}", "rb").read(), "{template}", "exec"))',
-        "# Reached only if the template ran to its end.", f'open("{marker}", "w").close()']
+        f'batchTemplate = compile(open("{template}", "rb").read(), "{template}", "exec")',
+        "# The template compiled: the marker, empty, says it can run.", f'open("{marker}", "w").close()',
+        "exec(batchTemplate)", "# Reached only if the template ran to its end.",
+        f'batchEnd = open("{marker}", "w"); batchEnd.write("end"); batchEnd.close()']
     scope = {}
-    exec(text, scope)   # the preamble, the template as its own file and the marker line (valid Jython 2 too)
-    assert (scope["obsid"], scope["x"], scope["outDir"], marker.exists()) == (1342191755, 1342191755, "/out dir/", True)
+    exec(text, scope)   # the preamble, the template as its own file and the marker lines (valid Jython 2 too)
+    assert (scope["obsid"], scope["x"], scope["outDir"], marker.read_text()) == (1342191755, 1342191755, "/out dir/", "end")
 
 
 def test_hipe_command():

@@ -18,6 +18,7 @@ from batchUtility.testing import (
     FakeLauncher,
     FakeLeaseKeeper,
     InMemoryJobTable,
+    cannot_run,
     claim_lost,
     done,
     fenced,
@@ -327,3 +328,31 @@ def test_a_stopping_or_out_of_time_worker_claims_nothing_with_its_outcome(make):
     assert w.run() == 128 + signal.SIGTERM
     assert outcomes(table) == [(1, 1, "done")]
     assert states(table) == {1: ("done", 1), 2: ("pending", 0)}
+# ----------------------------------------------------------------------------- a template that cannot run (issue 22)
+def test_a_template_that_cannot_run_halts_every_worker_and_counts_nothing(make):
+    """The first launch of a version is the job's probe: HIPE cannot compile it, so the obsid goes
+    back uncounted, the version is marked broken job-wide, and another worker (of any host) puts
+    its claim back without launching. Before, each worker failed halt_after obsids, counted."""
+    table = InMemoryJobTable(JOB, range(1, 9))
+    first, second = FakeLauncher(then=cannot_run()), FakeLauncher(then=done())
+    assert make(table, first).run() == 0
+    assert make(table, second).run() == 0
+    assert len(first.obsids) == 1
+    assert second.obsids == []
+    assert {(r["state"], r["attempts"]) for r in table.rows()} == {("pending", 0)}
+    assert sorted(h["outcome"] for h in table.history()) == ["broken", "halted"]
+
+
+def test_a_worker_waits_for_another_workers_probe_of_the_template(make):
+    """While another claim probes the version, a worker holds its claim and launches nothing; once
+    the probe compiled it, it launches."""
+    table = InMemoryJobTable(JOB, [1, 2])
+    prober = table.claim("there", "1/1", 99)
+    version = "v"
+    assert table.template_gate(version, prober) == ("probe", "")
+    mine = table.claim("here", "1/1", 98)
+    assert table.template_gate(version, mine) == ("wait", "")
+    table.template_verdict(version, "runs")
+    assert table.template_gate(version, mine) == ("runs", "")
+    table.template_verdict(version, "broken", "SyntaxError")   # a later verdict of broken is final
+    assert table.template_gate(version, mine) == ("broken", "SyntaxError")

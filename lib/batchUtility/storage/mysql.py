@@ -2,9 +2,11 @@
 import math
 import os
 import re
+import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config import node_name
+from ..errors import BadInput
 from .engine import ConnectionRoom, Together, _rowcount_and_rows
 from .statements import CLAIM, COMMIT, FORGET_PICKED, PICK_PENDING, PICKED
 from .table import JobTable
@@ -52,7 +54,12 @@ class MySQLJobTable(JobTable):
     REFUSED = frozenset({1040, 1203, 1226})
 
     def __init__(self, *args: Any, **kwargs: Any):
-        import MySQLdb  # imported here so that SQLite users need no MySQL client library
+        try:
+            import MySQLdb  # imported here so that SQLite users need no MySQL client library
+        except ImportError as e:   # a system python3 without the checkout's .venv (cron, a bare shell)
+            raise BadInput(f"[sql] backend = mysql needs MySQLdb (the mysqlclient package), which {sys.executable} "
+                           f"lacks ({e}): install it with `bash .ci/install` in the checkout (it makes .venv, which "
+                           "BatchProcess.py then uses), or `python3 -m pip install mysqlclient`") from None
         self._driver = MySQLdb
         self.Error = MySQLdb.Error
         super().__init__(*args, **kwargs)

@@ -12,7 +12,8 @@ from .statements import (
     BY_HOST,
     COUNT_ALL,
     COUNT_BY_STATE,
-    FINISHED_SINCE,
+    FINISHES_SINCE,
+    FIRST_DONE,
     FIRST_FAILURES,
     HISTORY_ALL,
     HISTORY_OF_OBSID,
@@ -23,7 +24,6 @@ from .statements import (
     RESULTS_OF_DONE,
     RUNNING_NOW,
     STATE_BY_EXPECTED,
-    WORKERS_SEEN,
 )
 
 
@@ -88,24 +88,25 @@ class Reads:
 
 
     # ----------------------------------------------------------------- the operator's view
-    def pace_figures(self, rate_window: float, workers_window: float, samples: int = 500,
+    def pace_figures(self, rate_window: float, workers_window: float = 0.0, samples: int = 500,
                      census: bool = True) -> Dict[str, Any]:
         """What the status block rests on, read in one transaction (counts and ETA of one moment)
         from indexes only.
 
-        now (the database's clock); counts (obsids in each state, as `counts()`); finished (obsids
-        that ended done or failed since now - rate_window) and first_start (the earliest start among
-        them); workers (distinct host, slot and pid heard from since now - workers_window); pending
-        ((expected, count) groups); running (rows as `running()` gives them); recent ((expected,
-        seconds) of the last `samples` done obsids, newest first). census=False leaves out counts
-        and pending, which read every row (`status --running` needs neither). An expected duration
-        that is not a number (a job made from a master table whose pipetime is text: '', 'abc') is
-        None, unknown, as NULL is.
+        now (the database's clock); counts (obsids in each state, as `counts()`); finishes (host,
+        worker, pid, state, expected, started, ended of every obsid that ended done or failed since
+        now - rate_window: who finished what, for the rate and speed of the workers alive now);
+        pending ((expected, count) groups); running (rows as `running()` gives them, with their
+        lease_expires: the live leases are the workers alive); recent and first ((expected,
+        seconds) of the last and of the first `samples` done obsids). census=False leaves out
+        counts and pending, which read every row (`status --running` needs neither). An expected
+        duration that is not a number (a job made from a master table whose pipetime is text: '',
+        'abc') is None, unknown, as NULL is. workers_window is not used any more (workers are the
+        live leases), kept for callers.
         """
         def read(cur):
             now = self._db_now(cur)
-            finished, first_start = self._execute(cur, FINISHED_SINCE, {"since": now - rate_window}).fetchone()
-            workers = self._execute(cur, WORKERS_SEEN, {"since": now - workers_window}).fetchone()[0]
+            finishes = _dicts(self._execute(cur, FINISHES_SINCE, {"since": now - rate_window}))
             counts, pending = dict.fromkeys(STATES, 0), []
             for state, expected, n in (self._execute(cur, STATE_BY_EXPECTED).fetchall() if census else ()):
                 counts[state] = counts.get(state, 0) + int(n)
@@ -113,9 +114,11 @@ class Reads:
                     pending.append((as_seconds(expected), int(n)))
             running = _with_seconds(_dicts(self._execute(cur, RUNNING_NOW)))
             recent = [(as_seconds(e), s) for e, s in self._execute(cur, RECENT_DONE, {"limit": samples}).fetchall()]
-            return {"now": now, "counts": counts if census else None, "finished": int(finished or 0),
-                    "first_start": first_start, "workers": int(workers), "pending": pending, "running": running,
-                    "recent": recent}
+            first = [(as_seconds(e), s) for e, s in self._execute(cur, FIRST_DONE, {"limit": samples}).fetchall()]
+            for f in finishes:
+                f["expected"] = as_seconds(f["expected"])
+            return {"now": now, "counts": counts if census else None, "finishes": finishes, "pending": pending,
+                    "running": running, "recent": recent, "first": first}
         return self._transaction(read, "measuring the pace", write=False)
 
     def running(self) -> Tuple[float, List[Dict[str, Any]]]:

@@ -260,18 +260,43 @@ RESULTS_OF_DONE = """SELECT j.obsid, r.name, r.value FROM {job_table} j
 # expected (tests/bench/RESULTS.md).
 STATE_BY_EXPECTED = """SELECT state, expected, COUNT(*) FROM {job_table}
   GROUP BY state, expected ORDER BY state, expected DESC"""
-RUNNING_NOW = """SELECT obsid, attempts + 1 AS attempt, host, worker, pid, started, heartbeat, expected, reason
-  FROM {job_table} WHERE state = 'running' ORDER BY host, worker, pid, obsid"""
+RUNNING_NOW = """SELECT obsid, attempts + 1 AS attempt, host, worker, pid, started, heartbeat, expected, reason,
+       lease_expires FROM {job_table} WHERE state = 'running' ORDER BY host, worker, pid, obsid"""
 RECENT_DONE = """SELECT expected, ended - started FROM {job_table}
   WHERE ended IS NOT NULL AND state = 'done' ORDER BY ended DESC LIMIT :limit"""
-FINISHED_SINCE = """SELECT COUNT(*), MIN(started) FROM {job_table}
-  WHERE ended >= :since AND state IN ('done', 'failed')"""
-WORKERS_SEEN = """SELECT COUNT(*) FROM (
-  SELECT host, worker, pid FROM {job_table} WHERE state = 'running' AND heartbeat >= :since
-  UNION SELECT host, worker, pid FROM {job_table} WHERE ended >= :since) seen"""
+# The first finishes of the job (the ended index read from its start): with longest first, the
+# longest obsids; beside the recent ones they give the speed's fit a span of expected durations.
+FIRST_DONE = """SELECT expected, ended - started FROM {job_table}
+  WHERE ended IS NOT NULL AND state = 'done' ORDER BY ended LIMIT :limit"""
+# Every finish of the last rate window, by whom: the rate and the speed of the workers alive now;
+# and the obsids put back pending in it (a stopped worker's last word).
+FINISHES_SINCE = """SELECT host, worker, pid, state, expected, started, ended FROM {job_table}
+  WHERE ended >= :since AND state IN ('done', 'failed', 'pending')"""
 HISTORY_SINCE = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason,
        heap_mb, cpu_s, peak_rss_mb, read_mb, write_mb
   FROM {history_table}{in_start_order} WHERE started >= :since ORDER BY started, obsid"""
+
+
+# ----------------------------------------------------------------------------- the template's first launch
+# Each version of a job's template, job-wide: probing (one worker's first launch of it), runs (HIPE
+# compiled it), broken (it cannot run: the job halts). See templates.py.
+TEMPLATES_SUFFIX = "__templates"
+CREATE_TEMPLATES_TABLE = """CREATE TABLE IF NOT EXISTS {templates_table} (
+  version VARCHAR(16) NOT NULL PRIMARY KEY,
+  state VARCHAR(8) NOT NULL,
+  obsid BIGINT NULL,
+  token CHAR(32) NULL,
+  reason VARCHAR(255) NULL,
+  since DOUBLE NULL
+){table_options}"""
+DROP_TEMPLATES_TABLE = "DROP TABLE IF EXISTS {templates_table}"
+PROBE = """{insert_ignore} INTO {templates_table} (version, state, obsid, token, since)
+  VALUES (:version, 'probing', :obsid, :token, {now})"""
+VERSION_STATE = "SELECT state, obsid, token, reason FROM {templates_table} WHERE version = :version"
+PROBER_RUNNING = "SELECT 1 FROM {job_table} WHERE obsid = :obsid AND token = :token AND state = 'running'"
+ABANDON = "DELETE FROM {templates_table} WHERE version = :version AND state = 'probing' AND token = :token"
+VERDICT = """UPDATE {templates_table} SET state = :state, reason = :reason, since = {now}
+  WHERE version = :version AND (state = 'probing' OR :state = 'broken')"""
 
 
 def in_list(obsids: Sequence[int], size: int = _CHUNK) -> Iterator[Tuple[str, Dict[str, int]]]:

@@ -77,6 +77,7 @@ from .statements import (
     UNKNOWN_PENDING,
     in_list,
 )
+from .templates import TemplateGate
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class NextClaim:
         return False
 
 
-class JobTable(Reads, Engine):
+class JobTable(TemplateGate, Reads, Engine):
     """One job's table of obsids, on one connection that is re-opened after it is lost.
 
     Every operation is one transaction, retried whole on passing errors (deadlock, lock wait,
@@ -384,6 +385,7 @@ class JobTable(Reads, Engine):
         """Drop the job's table, its history and its results, and nothing else."""
         def drop(cur):
             self._execute(cur, DROP_RESULTS_TABLE)
+            self.drop_templates(cur)
             self._execute(cur, DROP_HISTORY_TABLE)
             self._execute(cur, DROP_JOB_TABLE)
         self._transaction(drop, "dropping the job table")

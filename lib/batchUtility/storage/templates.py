@@ -1,0 +1,89 @@
+"""Which versions of a job's template can run, job-wide: the gate of a template's first launch.
+
+A template that cannot run (a SyntaxError or IndentationError, found before its first line runs)
+would fail every obsid on every worker. So the first launch of each version (its content hash) in a
+job is a probe, and one only: the worker whose row goes into the job's `__templates` table first
+(a primary key: one insert wins, on any host and either backend) launches it; the others wait,
+their claims held, until it is known. The prober marks the version `runs` as soon as HIPE has
+compiled it (not when its obsid ends), or `broken`: the job halts, every worker puts its obsid back
+uncounted. A prober gone without a verdict (its claim no longer running) leaves the probe to
+the next one. A new version of the template is probed anew; `wipe` drops the table.
+
+A mixin of `JobTable`, on the engine's `_transaction` and `_execute`.
+"""
+from typing import Any, Callable, Optional, Tuple
+
+from ..model import Claim
+from .statements import (
+    ABANDON,
+    CREATE_TEMPLATES_TABLE,
+    DROP_TEMPLATES_TABLE,
+    PROBE,
+    PROBER_RUNNING,
+    TEMPLATES_SUFFIX,
+    VERDICT,
+    VERSION_STATE,
+)
+
+PROBING, RUNS, BROKEN = "probing", "runs", "broken"
+
+class TemplateGate:
+    """The job-wide verdict on each version of the template (see the module)."""
+
+    _templates_made = False
+
+    def _templates(self) -> str:
+        return self.quote(self.job + TEMPLATES_SUFFIX)
+
+    def _make_templates(self, interrupted: Optional[Callable[[], bool]] = None) -> None:
+        if not self._templates_made:
+            self._transaction(lambda cur: self._execute(cur, CREATE_TEMPLATES_TABLE, templates_table=self._templates()),
+                              "making the table of template versions", interrupted=interrupted)
+            self._templates_made = True
+
+    def template_gate(self, version: str, claim: Claim, *,
+                      interrupted: Optional[Callable[[], bool]] = None) -> Tuple[str, str]:
+        """(what to do, reason): ('probe', '') this claim is the version's probe: launch it and give
+        the verdict; ('runs', '') launch; ('broken', why) do not; ('wait', '') another worker's
+        probe is under way: ask again shortly."""
+        self._make_templates(interrupted)
+        names = {"templates_table": self._templates()}
+
+        def gate(cur):
+            row = self._execute(cur, VERSION_STATE, {"version": version}, **names).fetchone()
+            if row is None:
+                won = self._execute(cur, PROBE, {"version": version, "obsid": claim.obsid, "token": claim.token},
+                                    **names).rowcount
+                return ("probe", "") if won == 1 else ("wait", "")
+            state, obsid, token, reason = row
+            if state == RUNS:
+                return "runs", ""
+            if state == BROKEN:
+                return "broken", reason or ""
+            if token == claim.token:
+                return "probe", ""
+            if self._execute(cur, PROBER_RUNNING, {"obsid": obsid, "token": token}).fetchone() is None:
+                # The prober is gone without a verdict (stopped, killed, taken back): the next one probes.
+                self._execute(cur, ABANDON, {"version": version, "token": token}, **names)
+            return "wait", ""
+        return self._transaction(gate, "looking at the template's verdict", interrupted=interrupted)
+
+    def template_verdict(self, version: str, state: str, reason: str = "", *, patience: Optional[float] = None,
+                         interrupted: Optional[Callable[[], bool]] = None) -> None:
+        """The probe's verdict: RUNS (HIPE compiled it) or BROKEN (it cannot run: the job halts).
+        patience=0: one try (while HIPE runs, nothing may hold the worker's watch over it)."""
+        self._make_templates()
+        self._transaction(lambda cur: self._execute(cur, VERDICT, {"version": version, "state": state,
+                                                                   "reason": reason[:255] or None},
+                                                    templates_table=self._templates()),
+                          "recording the template's verdict", patience=patience, interrupted=interrupted)
+
+    def template_abandon(self, version: str, claim: Claim) -> None:
+        """The probe ended without a verdict (stopped, the claim lost): the next claim probes."""
+        self._make_templates()
+        self._transaction(lambda cur: self._execute(cur, ABANDON, {"version": version, "token": claim.token},
+                                                    templates_table=self._templates()),
+                          "giving the template's probe up", patience=0)
+
+    def drop_templates(self, cur: Any) -> None:
+        self._execute(cur, DROP_TEMPLATES_TABLE, templates_table=self._templates())
