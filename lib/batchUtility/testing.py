@@ -108,7 +108,7 @@ class InMemoryJobTable:
             row = self._held(claim, (RUNNING, state))
             if row is None:
                 return None
-            row.update(state=state, pipelined=int(state == DONE), attempts=claim.attempt, ended=self.clock(),
+            row.update(state=state, pipelined=int(state == DONE), attempts=row["attempts"] + 1, ended=self.clock(),
                        heartbeat=None, lease_expires=None, exit_code=outcome.exit_code, signal_no=outcome.signal,
                        reason=outcome.reason[:255] or None, template=outcome.template or None)
             self._to_history(row, claim.attempt, DONE if outcome.ok else FAILED)
@@ -129,6 +129,34 @@ class InMemoryJobTable:
                        template=template or None)
             self._to_history(row, claim.attempt, outcome)
             return True
+
+    def amend_taken_back(self, claim: Claim, outcome: Outcome, fenced: bool = False, *,
+                         results: Optional[Mapping[str, Any]] = None, patience: Optional[float] = None,
+                         interrupted: Optional[Callable[[], bool]] = None) -> Optional[str]:
+        """The late outcome of a claim taken back as `lost`: not counted; a success recorded done if
+        nobody claimed the obsid since (else `late`), anything else `fenced` in the history. What
+        the history now says of the attempt ('done', 'late', 'fenced'), or None if the claim was not
+        taken back as lost."""
+        with self._lock:
+            self.calls.append(("amend", claim))
+            attempt, row = self._history.get(claim.token), self._rows[claim.obsid]
+            if attempt is None or attempt["outcome"] != "lost":
+                return None
+            note = (f"{outcome.reason[:150]}; " if outcome.reason else "") + \
+                "taken back after its lease meanwhile, not counted"
+            untouched = row["token"] is None and row["attempts"] == claim.attempt
+            if outcome.ok and not fenced and untouched and row["state"] in (PENDING, FAILED):
+                row.update(state=DONE, pipelined=1, token=claim.token, ended=self.clock(), reason=None,
+                           exit_code=outcome.exit_code, signal_no=outcome.signal, template=outcome.template or None)
+                attempt.update(outcome=DONE, reason="recorded late: " + note)
+                if results:
+                    self._results[claim.obsid] = dict(results)
+                return DONE
+            if untouched and row["state"] == FAILED:
+                row["state"] = PENDING
+            row["attempts"] = max(0, row["attempts"] - 1)
+            attempt.update(outcome="fenced" if fenced or not outcome.ok else "late", reason=note)
+            return attempt["outcome"]
 
     def reclaim_stale(self, lease: float, max_attempts: int, *,
                       interrupted: Optional[Callable[[], bool]] = None) -> List[int]:

@@ -224,12 +224,13 @@ def test_a_claim_lost_records_nothing(make):
     launcher = FakeLauncher(claim_lost(table, max_attempts=3), done())
     w = make(table, launcher)
     assert w.run() == 0
-    _first, second = w.keeper.held
-    # Taken back by another worker (an attempt counted there); this worker wrote nothing for its first
-    # claim (no finish, no put-back), claimed the obsid again and recorded that claim's outcome.
-    assert [(op, claim.token) for op, claim in table.calls] == [("finish", second.token)]
-    assert outcomes(table) == [(1, 1, "lost"), (1, 2, "done")]
-    assert states(table) == {1: ("done", 2)}
+    first, second = w.keeper.held
+    # Taken back by another worker (an attempt counted there); this worker recorded no outcome for its
+    # first claim (no finish, no put-back) but undid the charge (the history says `fenced`: HIPE was
+    # stopped, not the obsid's fault), claimed the obsid again and recorded that claim's outcome.
+    assert [(op, claim.token) for op, claim in table.calls] == [("amend", first.token), ("finish", second.token)]
+    assert outcomes(table) == [(1, 1, "fenced"), (1, 1, "done")]
+    assert states(table) == {1: ("done", 1)}
     assert (w.done, w.failed) == (1, 0)
 
 
