@@ -717,6 +717,39 @@ if {"fails" in script!r}:
     assert [h["outcome"] for h in env.table("j").history(OBSID)] == ["setup", "done"]
 
 
+@pytest.mark.slow
+def test_a_full_disk_under_batch_sqlite_is_waited_for(sqlite_batch, reaper, small_tmpfs):
+    """batch.sqlite on a small disk of its own that fills while HIPE runs (SQLITE_FULL, 'database or
+    disk is full'): HIPE ends well, and recording the outcome fails for want of room. That is waited
+    for like an outage, within db_patience: the worker stays, the obsid stays running, uncounted and
+    not done; once space is freed, the success is recorded, the next obsid runs, each once.
+    (Before: the worker stopped, the obsid stayed claimed, and a later run took it back counted and
+    ran it again.)"""
+    env = sqlite_batch
+    folder = env.root / "db"
+    folder.mkdir()
+    small_tmpfs(folder)
+    env.write_cfg(sql={"path": "db/batch.sqlite"}, run={"lease": "30", "db_patience": "600"})
+    env.template("j", probe(first=None))
+    new_job(env, [OBSID, OBSID + 1])
+    w = Worker(env, reaper, "w")
+    script = wait_first_run(env, reaper, obsid=OBSID)
+    filler = fill(folder)
+    go(env)
+    wait_for(lambda: not alive(script), 10, "HIPE to succeed")
+    wait_for(lambda: "disk is full" in w.err(), 30, "the worker to meet the full disk")
+    time.sleep(2)   # retries meanwhile: the worker waits, as for a server away
+    assert w.proc.poll() is None, w.err()
+    filler.unlink()
+    assert w.wait(60) == 0, w.err()
+    assert "Traceback" not in w.err()
+    figures = assert_exactly_once(env, [OBSID, OBSID + 1])
+    assert figures["runs"] == 2
+    assert {r["obsid"]: (r["state"], r["attempts"]) for r in env.table("j").rows()} == {
+        OBSID: ("done", 1), OBSID + 1: ("done", 1)}
+    assert [h["outcome"] for h in env.table("j").history(OBSID)] == ["done"]
+
+
 def test_run_refuses_an_empty_or_comment_only_template(batch):
     """A template with nothing but blank lines and comments would count every obsid done with
     nothing done: `run` refuses it, exit 2, one line, nothing claimed."""
