@@ -7,6 +7,7 @@ What the script records with batchResult (a block of the preamble, `results.py`)
 beside it, read only when the launch succeeded.
 """
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -16,10 +17,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from . import results, workdir
+from . import procfs, results, workdir
 from .config import PASSWORD_ENV, HipeSettings
 from .guardian import Guardian, GuardianLost
 from .model import LaunchEnd, Lease, Outcome, printable
+
+log = logging.getLogger(__name__)
 
 KILL_GRACE = 5.0   # seconds between SIGTERM and SIGKILL to HIPE's process group
 POLL = 0.2         # how often the wait loop looks at signals, the timeout and the lease
@@ -119,6 +122,7 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Cal
     when it changed.
     """
     started = time.monotonic()
+    _become_subreaper()
     script = scratch / f"{request.job}_{request.obsid}.py"
     try:
         entries = workdir.scan(scratch)
@@ -203,6 +207,7 @@ def _launch(request: LaunchRequest, scratch: Path, script: Path, cache: Path, st
         if exit_watch is not None:
             os.close(exit_watch)
         proc.wait()
+        _kill_leftovers(proc.pid, guardian.pid)
 
 
 def _wait(proc: subprocess.Popen, exit_watch: Optional[int], timeout: float, started: float, marker: Path,
@@ -319,9 +324,10 @@ def _verdict(code: int, completed: bool, stderr_path: Path) -> Outcome:
 def _last_words(stderr_path: Path) -> str:
     """': ' and the last non-blank line HIPE wrote to stderr (usually the exception), if any, without
     terminal escapes or control characters (model.printable): it becomes the reason that `status`,
-    the report and the log lines show."""
+    the report and the log lines show. Opened by workdir.open_to_read: a FIFO a script put there
+    never blocks the worker, a link is not followed (nothing is said then)."""
     try:
-        with open(stderr_path, "rb") as f:
+        with open(workdir.open_to_read(stderr_path), "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
             lines = [printable(line).strip() for line in f.read().decode("utf-8", "replace").splitlines()]
             lines = [line for line in lines if line]
@@ -332,6 +338,55 @@ def _last_words(stderr_path: Path) -> str:
 
 def _hipe_environment() -> Dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != PASSWORD_ENV}
+
+
+_subreaper: Optional[bool] = None   # whether this process is its descendants' subreaper (asked at its first launch)
+
+
+def _become_subreaper() -> None:
+    global _subreaper
+    if _subreaper is None:
+        _subreaper = procfs.become_subreaper()
+        if not _subreaper:
+            log.debug("not a subreaper: a process HIPE leaves running in a session of its own goes unseen")
+
+
+def _kill_leftovers(hipe_pid: int, guardian_pid: Optional[int]) -> None:
+    """Kill whatever HIPE's launch left running outside its process group (a daemon it started in a
+    session of its own, setsid), and reap it: it must never write into the next launch's pool cache,
+    by its path or through a folder it holds open (its working folder). The worker is its processes'
+    subreaper (procfs.become_subreaper), so those orphans are its descendants (and so are HIPE's
+    children killed with its group: reaped here, never left as zombies). Looked for again until none
+    is left (one may fork as it is killed)."""
+    me = os.getpid()
+    for _ in range(5):
+        found = procfs.leftovers({me, hipe_pid}, hipe_pid, spare={guardian_pid})
+        if not found:
+            return
+        # The group's members were killed with it a moment ago (SIGKILL, maybe not yet delivered).
+        escaped = [pid for pid, state, group in found if group != hipe_pid and state not in ("Z", "X")]
+        if escaped:
+            log.warning("HIPE left %d process(es) running after its end (pids %s): killed before the next launch",
+                        len(escaped), " ".join(map(str, escaped[:10])))
+        for pid, _state, _group in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid, _state, _group in found:
+            _reap(pid)
+
+
+def _reap(pid: int, patience: float = 2.0) -> None:
+    """Wait for a killed leftover to be gone, reaping it once it is this process's child (orphans of
+    a killed leftover are reparented to this one a moment later)."""
+    end = time.monotonic() + patience
+    while time.monotonic() < end:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            if procfs.process_state(pid)[0] in (None, "Z", "X"):
+                return
+        time.sleep(0.005)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
