@@ -465,7 +465,8 @@ def cmd_results(cfg: config.Config, args: argparse.Namespace) -> int:
         shown = ((obsid, name, None if value is None else printable(value)) for obsid, name, value in rows)
         return _to_stdout(lambda: results.write_table(names, shown, sys.stdout))
     try:
-        with open(args.csv, "w", encoding="utf-8", newline="") as out:
+        # As the report's files (_write): a link, a FIFO or anything but a regular file is refused.
+        with open(workdir.open_to_write(Path(args.csv)), "w", encoding="utf-8", newline="") as out:
             count = results.write_table(names, rows, out)
     except OSError as e:
         raise BadInput(f"cannot write {args.csv}: {e.strerror}") from None

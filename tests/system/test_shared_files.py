@@ -220,13 +220,15 @@ def test_a_stop_while_the_template_is_being_written_puts_the_obsid_back(batch, r
 # ----------------------------------------------------------------------------- the report
 @pytest.mark.parametrize("planted", ["link", "dangling link", "fifo"])
 def test_a_link_or_fifo_at_the_reports_file_is_refused(batch, tmp_path, planted):
-    """`report FILE.html` (and `--svg FILE.svg`) where FILE is a link to a file, a dangling link or a
-    FIFO: refused with one line naming the file (exit 2), never blocking; the target untouched."""
+    """`report FILE.html` (and `--svg FILE.svg`, and `results --csv FILE`) where FILE is a link to a
+    file, a dangling link or a FIFO: refused with one line naming the file (exit 2), never blocking;
+    the target untouched."""
     env = batch
     new_job(env, template=OK_TEMPLATE)
     victim, nowhere = tmp_path / "victim.html", tmp_path / "nowhere.html"
     victim.write_text("someone's page\n")
-    for option, name in (([], "page.html"), (["--svg"], "timeline.svg")):
+    for command, option, name in (("report", [], "page.html"), ("report", ["--svg"], "timeline.svg"),
+                                  ("results", ["--csv"], "results.csv")):
         path = tmp_path / name
         if planted == "link":
             path.symlink_to(victim)
@@ -234,7 +236,7 @@ def test_a_link_or_fifo_at_the_reports_file_is_refused(batch, tmp_path, planted)
             path.symlink_to(nowhere)
         else:
             os.mkfifo(path)
-        r = env.cli("j", "report", *option, path, timeout=60)
+        r = env.cli("j", command, *option, path, timeout=60)
         assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1, r
         kind = "a FIFO" if planted == "fifo" else "a symbolic link"
         assert f"cannot write {path}: {kind}" in r.stderr, r.stderr
