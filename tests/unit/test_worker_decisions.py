@@ -253,3 +253,23 @@ def test_the_table_fences_a_late_outcome():
     assert table.heartbeat(old).value == "lost" and table.heartbeat(new).value == "held"
     assert table.finish(new, Outcome(False, "boom"), 2) == "failed"
     assert outcomes(table) == [(1, 1, "lost"), (1, 2, "failed")]
+
+
+def test_the_table_takes_a_claim_back_by_the_lease_watch_not_by_clocks():
+    """InMemoryJobTable goes by storage's rule (LeaseWatch), so the worker's decisions are tested as
+    they really are: a wall clock stepped an hour ahead takes nothing back; a claim is taken back only
+    after its renewal stood still for a whole lease on the taker's monotonic clock, and a heartbeat
+    starts the watch again. (Before: taken back at once when the wall clock passed lease_expires.)"""
+    wall, mono = [1000.0], [50.0]
+    table = InMemoryJobTable(JOB, [1], clock=lambda: wall[0], monotonic=lambda: mono[0])
+    claim = table.claim("here", "1/1", 1, 30.0)
+    wall[0] += 3600   # a clock step forward
+    assert table.reclaim_stale(30.0, 3) == []          # first look: the watch starts
+    mono[0] += 29
+    assert table.reclaim_stale(30.0, 3) == []          # not yet a whole lease
+    assert table.heartbeat(claim).value == "held"      # renewed: the watch starts again
+    mono[0] += 2
+    assert table.reclaim_stale(30.0, 3) == []
+    mono[0] += 30
+    assert table.reclaim_stale(30.0, 3) == [1]
+    assert states(table) == {1: ("pending", 1)}
