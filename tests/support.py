@@ -26,6 +26,10 @@ STANDIN = ROOT / "bin" / "hipe-standin"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 OBSID = 1342191755   # a real Herschel obsid, the one most tests use
+# libfaketime (Debian package faketime): a process's wall clock moved (FAKETIME="+60s"); None if missing.
+LIBFAKETIME = next((p for p in ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                                "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+                                "/usr/lib/faketime/libfaketime.so.1") if os.path.exists(p)), None)
 
 
 # ----------------------------------------------------------------------------- a batch environment

@@ -478,10 +478,16 @@ def cmd_wipe(cfg: config.Config, args: argparse.Namespace) -> int:
     table = _interactive(cfg, args.job, long_writes=True)
     table.require()  # only ever drops a job table of this tool
     total = table.total()
-    running = table.live_running(cfg.run.lease)
+    # Every running obsid counts, whatever the clocks say of its lease: a database clock stepped forward
+    # makes live leases look lapsed (on SQLite, this very process's clock), and the workers would lose
+    # their table under them. Those of lost workers go back by `reset --stale`, which watches them.
+    running = table.counts()[RUNNING]
     if running and not args.force:
-        raise BadInput(f"job '{args.job}': {running} obsids are running under live leases; nothing dropped. Stop "
-                       f"their workers first (or wait), or use --force: their HIPEs would be orphaned of a table")
+        lapsed = total_lapsed(table, cfg.run.lease)
+        hint = f" ({lapsed} of them look lost: `reset --stale` takes those back)" if lapsed else ""
+        raise BadInput(f"job '{args.job}': {running} obsids are running under live leases or lost ones{hint}; "
+                       "nothing dropped. Stop their workers first (or wait), or use --force: their HIPEs would "
+                       "be orphaned of a table")
     if not args.yes:
         if not sys.stdin.isatty():
             raise BadInput(f"wipe drops job '{args.job}' ({total} obsids): confirm with --yes")
@@ -492,9 +498,17 @@ def cmd_wipe(cfg: config.Config, args: argparse.Namespace) -> int:
     table.drop()
     print(f"job {args.job} dropped ({total} obsids); its folder {cfg.job_dir(args.job)} was left as it is")
     if running:
-        print(f"{running} obsids were running under live leases: their HIPEs are orphaned of a table; their "
-              "workers stop them at their next heartbeat, or their guardians when the lease runs short")
+        print(f"{running} obsids were running: their HIPEs are orphaned of a table; their live workers stop "
+              "them at their next heartbeat, or their guardians when the lease runs short")
     return 0
+
+
+def total_lapsed(table, lease: float) -> int:
+    """How many running obsids look lost by the database's clock: a hint for the refusal's line only."""
+    try:
+        return table.lapsed(lease)[0]
+    except BatchError:
+        return 0
 
 
 COMMANDS = {"new": cmd_new, "reset": cmd_reset, "run": cmd_run, "status": cmd_status, "history": cmd_history,

@@ -20,11 +20,8 @@ import pytest
 
 from exactly_once import assert_exactly_once, go, probe
 from mariadb_server import MariaDB
-from support import BIN, OBSID, BatchEnv, Worker, new_job, pid_alive, wait_for
+from support import BIN, LIBFAKETIME, OBSID, BatchEnv, Worker, new_job, pid_alive, wait_for
 
-LIBFAKETIME = next((p for p in ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-                                "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-                                "/usr/lib/faketime/libfaketime.so.1") if os.path.exists(p)), None)
 needs_faketime = pytest.mark.skipif(LIBFAKETIME is None, reason="libfaketime (Debian package faketime) not installed")
 LOOKED = "obsids still running elsewhere"   # a waiting worker's -v line, once per look
 
