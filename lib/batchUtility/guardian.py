@@ -319,12 +319,13 @@ class Guardian:
         """Whether the guardian still watches HIPE: "" if so, as far as can be told, else why not
         (one line naming its pid and what became of it). Called at each look of HIPE's wait; never
         blocks. The guardian is lost once it has exited (killed, or ended by a signal), or once a
-        ping has gone unanswered for PING_PATIENCE seconds (it is stopped, or cannot run); a ping is
-        sent PING_EVERY seconds after the last answer. Once lost, it stays lost."""
+        ping has gone unanswered for PING_PATIENCE seconds (it cannot run); a stop (SIGSTOP), which
+        the kernel reports to this parent at once, is seen at the next call. A ping is sent
+        PING_EVERY seconds after the last answer. Once lost, it stays lost."""
         if self.lost:
             return self.lost
         self._read_replies()   # first: an answer waiting is not a ping unanswered
-        reason = self.ended()
+        reason = self.ended() or self._stopped()
         now = time.monotonic()
         if not reason and self._ping_sent is not None and now - self._ping_sent >= PING_PATIENCE:
             reason = self._not_answering(now - self._ping_sent)
@@ -354,6 +355,18 @@ class Guardian:
         else:
             how = f"exited with status {code}"
         return f"the guardian (pid {self.pid}) {how}"
+
+    def _stopped(self) -> str:
+        """Why the guardian is stopped now, as the kernel reports a child's stop at once (SIGSTOP): so
+        the worker fences HIPE at its next look (POLL), not a ping's patience later, and a worker frozen
+        right after its guardian has a far smaller window to leave HIPE unwatched. "" if not stopped."""
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WSTOPPED | os.WNOHANG | os.WNOWAIT)
+        except OSError:
+            return ""
+        if info is not None and info.si_code == os.CLD_STOPPED:
+            return f"the guardian (pid {self.pid}) was stopped by {_signal_name(info.si_status)}"
+        return ""
 
     def _not_answering(self, seconds: float) -> str:
         try:   # it is this process's child: a stop is reported to it, with its signal (not consumed)

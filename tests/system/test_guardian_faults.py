@@ -201,6 +201,34 @@ def test_a_stopped_guardian_is_noticed_and_hipe_fenced_by_the_worker(batch, reap
 
 
 @pytest.mark.slow
+def test_a_worker_frozen_a_second_after_its_guardian_stopped_has_fenced_hipe(batch, reaper):
+    """SIGSTOP to the guardian, then 1 s later (before a ping would have gone unanswered for its 3 s)
+    SIGSTOP to the worker: the kernel tells the worker of its child's stop at once, so it has fenced
+    HIPE at its next look, before it froze; a second worker then runs the obsid with nothing beside
+    it. (Before: HIPE ran on, nobody left to stop it, beside the second worker's run.)"""
+    env = batch
+    w, guardian, pgid = hipe_running(env, reaper, lease="3")
+    os.kill(guardian, signal.SIGSTOP)
+    wait_for(lambda: proc_state(guardian) in ("T", "t"), 10, "the guardian to stop")
+    time.sleep(1.0)   # the fault's timing: the worker freezes within the old window of about 4 s
+    fenced = not group_members(pgid)
+    if w.proc.poll() is None:   # it may have put the obsid back and stopped already
+        os.kill(w.pid, signal.SIGSTOP)
+        wait_for(lambda: proc_state(w.pid) in ("T", "t") or w.proc.poll() is not None, 10, "the worker to stop")
+    second = Worker(env, reaper, "second")
+    status = second.wait(120)
+    assert status == 0 or (status == 3 and env.backend == "sqlite"), second.err()
+    assert not probe_figures(env)["overlaps"], "the obsid ran beside the first run, which nobody fenced"
+    assert fenced, "HIPE ran on under a stopped guardian and a frozen worker"
+    for pid in (w.pid, guardian):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert w.wait(60) == 2, w.err()
+    assert f"the guardian (pid {guardian}) was stopped by SIGSTOP" in error_line(w)
+    finish_with_a_new_run(env)
+
+
+@pytest.mark.slow
 def test_a_stopped_guardian_then_a_frozen_worker_never_overlap(batch, reaper):
     """SIGSTOP to the guardian, then (once the worker could have noticed) SIGSTOP to the worker, lease
     3 s, and a second worker started: the obsid goes to the second worker (put back, or taken back
