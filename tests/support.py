@@ -264,6 +264,15 @@ def ignoring_sigint():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def row_of(env, obsid=OBSID, job="j"):
+    """The job table's row of obsid, read on a connection of its own, closed at once."""
+    table = env.table(job)
+    try:
+        return table.row(obsid)
+    finally:
+        table.close()
+
+
 def new_job(env, obsids=(OBSID,), job="j", template=None):
     """`BatchProcess.py JOB new FILE` for obsids (a BatchEnv, through the command line, exit 0
     asserted), after writing the job's template if one is given. Returns the obsids as a list."""

@@ -22,7 +22,7 @@ import pytest
 
 from exactly_once import FAST_HIPE, assert_exactly_once, frozen, go, probe, probe_events, probe_figures, wait_first_run
 from mariadb_server import PASSWORD, USER
-from support import LIBFAKETIME, OBSID, ROOT, Worker, in_transaction, new_job, proc_state, wait_for
+from support import LIBFAKETIME, OBSID, ROOT, Worker, in_transaction, new_job, proc_state, row_of, wait_for
 from support import pid_alive as alive
 
 
@@ -36,11 +36,7 @@ def stop_past_lease(worker, seconds):
 def wait_unrenewed(env, obsid, seconds):
     """Wait until obsid's lease has gone unrenewed for `seconds` (by the row's heartbeat)."""
     def old_enough():
-        table = env.table("j")
-        try:
-            row = table.row(obsid)
-        finally:
-            table.close()
+        row = row_of(env, obsid)
         return row["state"] == "running" and time.time() - row["heartbeat"] > seconds
     wait_for(old_enough, 30, f"obsid {obsid}'s lease to go {seconds} s unrenewed", interval=0.1)
 

@@ -81,6 +81,18 @@ def test_a_link_in_place_of_the_slots_folder_is_replaced_never_followed(batch, t
 
 
 # ----------------------------------------------------------------------------- logs
+def stopped_with_one_line(env, reaper):
+    """A worker run to its end, which must come within a minute (not blocked on a FIFO) with exit 2
+    and one error line: (the worker, that line)."""
+    w = Worker(env, reaper, "w")
+    try:
+        assert w.wait(60) == 2, w.err()
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker blocked on the FIFO")
+    [line] = error_lines(w.err())
+    return w, line
+
+
 @pytest.mark.slow
 def test_a_fifo_planted_at_a_log_file_is_refused_without_blocking(batch, reaper):
     """log/OBSID.stdout a FIFO nobody reads: the worker used to block in open() for good (no timeout,
@@ -92,12 +104,7 @@ def test_a_fifo_planted_at_a_log_file_is_refused_without_blocking(batch, reaper)
     log.mkdir(parents=True, exist_ok=True)
     fifo = log / f"{OBSID}.stdout"
     os.mkfifo(fifo)
-    w = Worker(env, reaper, "w")
-    try:
-        assert w.wait(60) == 2, w.err()
-    except subprocess.TimeoutExpired:
-        pytest.fail("the worker blocked on the FIFO")
-    [line] = error_lines(w.err())
+    w, line = stopped_with_one_line(env, reaper)
     assert f"cannot write {fifo}: a FIFO" in line and f"obsid {OBSID} put back to pending" in line, line
     assert "Traceback" not in w.err()
     assert states(env) == {OBSID: ("pending", 0)}
@@ -119,12 +126,7 @@ if not stat.S_ISFIFO(os.lstat({str(template)!r}).st_mode):
     os.unlink({str(template)!r})
     os.mkfifo({str(template)!r})
 """)
-    w = Worker(env, reaper, "w")
-    try:
-        assert w.wait(60) == 2, w.err()
-    except subprocess.TimeoutExpired:
-        pytest.fail("the worker blocked on the FIFO")
-    [line] = error_lines(w.err())
+    _, line = stopped_with_one_line(env, reaper)
     assert f"cannot read template {template}: a FIFO" in line, line
     after = states(env)
     assert sorted(after.values()) == [("done", 1), ("pending", 0), ("pending", 0)], after
