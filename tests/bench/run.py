@@ -23,10 +23,12 @@ import bench_launch
 import bench_makespan
 import bench_memory
 import bench_scale
+import bench_soak
 import common
 
 BENCHMARKS = {"dispatch": bench_dispatch, "launch": bench_launch, "makespan": bench_makespan, "scale": bench_scale,
-              "claims": bench_claims, "memory": bench_memory, "flat": bench_flat}
+              "claims": bench_claims, "memory": bench_memory, "flat": bench_flat,
+              "soak": bench_soak}
 
 
 def main(argv=None) -> int:
