@@ -14,6 +14,9 @@ error 2013 (lost connection) without knowing whether its transaction committed. 
 ambiguous COMMIT of a network cut at the worst moment. Each arming fires once. With `hold` (an
 Event) the cut waits for it: the client waits for its answer meanwhile, while `swallowed` counts
 the answers swallowed, so that a test can act between the commit and the client's retry.
+
+`cut()` is a network partition between its clients and the server: every connection through the
+proxy is cut and new ones are closed at once, until `mend()`; other clients of the server go on.
 """
 import re
 import socket
@@ -53,12 +56,24 @@ class MySQLProxy:
         self.swallowed = 0                  # answers to COMMITs swallowed so far (the commits happened)
         self.sockets: List[socket.socket] = []
         self.closed = False
+        self.down = False                   # cut(): a partition until mend()
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
     def lose_commit_reply(self, pattern: str) -> None:
         """Lose the reply to the COMMIT of the next transaction that runs a query matching pattern."""
         with self.lock:
             self.armed.append(re.compile(pattern.encode(), re.S))
+
+    def cut(self) -> None:
+        """A network partition: every connection through the proxy cut, and new ones closed at once
+        (the client's connect fails), until mend()."""
+        self.down = True
+        with self.lock:
+            cut, self.sockets = self.sockets, []
+        _shut(*cut)
+
+    def mend(self) -> None:
+        self.down = False
 
     def close(self) -> None:
         self.closed = True
@@ -74,6 +89,9 @@ class MySQLProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if self.down:
+                client.close()
+                continue
             try:
                 server = socket.create_connection(self.backend)
             except OSError:

@@ -26,6 +26,10 @@ STANDIN = ROOT / "bin" / "hipe-standin"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 OBSID = 1342191755   # a real Herschel obsid, the one most tests use
+# libfaketime (Debian package faketime): a process's wall clock moved (FAKETIME="+60s"); None if missing.
+LIBFAKETIME = next((p for p in ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                                "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+                                "/usr/lib/faketime/libfaketime.so.1") if os.path.exists(p)), None)
 
 
 # ----------------------------------------------------------------------------- a batch environment
@@ -258,6 +262,15 @@ while not os.path.exists(outDir + 'go'):
 def ignoring_sigint():
     """preexec_fn: what a shell does to a script's background job (`cmd &`): SIGINT ignored."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def row_of(env, obsid=OBSID, job="j"):
+    """The job table's row of obsid, read on a connection of its own, closed at once."""
+    table = env.table(job)
+    try:
+        return table.row(obsid)
+    finally:
+        table.close()
 
 
 def new_job(env, obsids=(OBSID,), job="j", template=None):

@@ -22,7 +22,7 @@ Modules, one job each, from the entry point down (docs/development.md draws the 
   slot          who this worker is: its rank, size and host
   supervise     a launcher's child (mpirun or srun) supervised: stops passed on, lost hosts, hangs
   signals       the stop signals: which, caught how, held across an exec
-  procfs        what /proc says of a process: start time, gone, state, children
+  procfs        what /proc says of a process: start time, gone, state, children, a launch's leftovers
   memory        heap sizes, the memory a worker may use (MemAvailable, its memory cgroup), OOM-kill counters
   mpirun_output mpirun's standard error without Open MPI's noise
   testing       an in-memory job table and a fake launcher, for tests of the worker's decisions

@@ -508,7 +508,8 @@ def cmd_results(cfg: config.Config, args: argparse.Namespace) -> int:
         shown = ((obsid, name, None if value is None else printable(value)) for obsid, name, value in rows)
         return _to_stdout(lambda: results.write_table(names, shown, sys.stdout))
     try:
-        with open(args.csv, "w", encoding="utf-8", newline="") as out:
+        # As the report's files (_write): a link, a FIFO or anything but a regular file is refused.
+        with open(workdir.open_to_write(Path(args.csv)), "w", encoding="utf-8", newline="") as out:
             count = results.write_table(names, rows, out)
     except OSError as e:
         raise BadInput(f"cannot write {args.csv}: {e.strerror}") from None
@@ -521,10 +522,16 @@ def cmd_wipe(cfg: config.Config, args: argparse.Namespace) -> int:
     table = _interactive(cfg, args.job, long_writes=True)
     table.require()  # only ever drops a job table of this tool
     total = table.total()
-    running = table.live_running(cfg.run.lease)
+    # Every running obsid counts, whatever the clocks say of its lease: a database clock stepped forward
+    # makes live leases look lapsed (on SQLite, this very process's clock), and the workers would lose
+    # their table under them. Those of lost workers go back by `reset --stale`, which watches them.
+    running = table.counts()[RUNNING]
     if running and not args.force:
-        raise BadInput(f"job '{args.job}': {_obsids(running)} {_are(running)} running under live leases; nothing dropped. Stop "
-                       f"their workers first (or wait), or use --force: their HIPEs would be orphaned of a table")
+        lapsed = total_lapsed(table, cfg.run.lease)
+        hint = f" ({lapsed} of them look lost: `reset --stale` takes those back)" if lapsed else ""
+        raise BadInput(f"job '{args.job}': {_obsids(running)} {_are(running)} running under live leases or lost "
+                       f"ones{hint}; nothing dropped. Stop their workers first (or wait), or use --force: their "
+                       "HIPEs would be orphaned of a table")
     if not args.yes:
         if not sys.stdin.isatty():
             raise BadInput(f"wipe drops job '{args.job}' ({_obsids(total)}): confirm with --yes")
@@ -536,9 +543,17 @@ def cmd_wipe(cfg: config.Config, args: argparse.Namespace) -> int:
     _say(args, f"job {args.job} dropped ({_obsids(total)}); its folder {cfg.job_dir(args.job)} was left as it is")
     if running:   # a person may want to know, -q or not
         were = "was" if running == 1 else "were"
-        print(f"{_obsids(running)} {were} running under live leases: their HIPEs are orphaned of a table; their "
+        print(f"{_obsids(running)} {were} running: their HIPEs are orphaned of a table; their live "
               "workers stop them at their next heartbeat, or their guardians when the lease runs short", file=sys.stderr)
     return 0
+
+
+def total_lapsed(table, lease: float) -> int:
+    """How many running obsids look lost by the database's clock: a hint for the refusal's line only."""
+    try:
+        return table.lapsed(lease)[0]
+    except BatchError:
+        return 0
 
 
 COMMANDS = {"new": cmd_new, "reset": cmd_reset, "run": cmd_run, "status": cmd_status, "history": cmd_history,

@@ -7,7 +7,7 @@ the obsid, taken back after the lease, runs again elsewhere. The guardian preven
 started once per worker (not once per launch), in a session of its own so that nothing aimed at the
 worker's terminal or process group stops it, and reads lines from a pipe only the worker writes:
 
-    fence-at DEADLINE   HIPE may run until DEADLINE (CLOCK_MONOTONIC seconds, shared by every
+    fence-at DEADLINE   HIPE may run until DEADLINE (CLOCK_BOOTTIME seconds, shared by every
                         process of the host); the worker sends a later one after each heartbeat
                         that renewed its lease in the database
     launch PGID         HIPE runs as process group PGID (sent right after it started)
@@ -61,6 +61,29 @@ PING_EVERY = 1.0
 PING_PATIENCE = 3.0
 
 
+def _boot_clock():
+    """The deadline's clock: CLOCK_BOOTTIME, which goes on while the machine is suspended (a VM paused
+    and resumed, a laptop's lid), where CLOCK_MONOTONIC stops; so a deadline that passed during a
+    suspend has passed when the machine resumes, and HIPE is fenced at once (other machines' clocks
+    went on, and another worker may have taken the obsid back). CLOCK_MONOTONIC where there is none."""
+    for clock in (getattr(time, "CLOCK_BOOTTIME", None), time.CLOCK_MONOTONIC):
+        if clock is not None:
+            try:
+                time.clock_gettime(clock)
+                return clock
+            except OSError:
+                pass
+    return time.CLOCK_MONOTONIC
+
+
+DEADLINE_CLOCK = _boot_clock()
+
+
+def deadline_now():
+    """Now on the deadline's clock (DEADLINE_CLOCK), in seconds."""
+    return time.clock_gettime(DEADLINE_CLOCK)
+
+
 # ----------------------------------------------------------------------------- the guardian's side
 class _Watch:
     """The guardian's state: the launched groups and the deadline they may run until."""
@@ -77,7 +100,7 @@ class _Watch:
         elif word == "launch":
             pgid = int(arg)
             self.groups[pgid] = process_start(pgid)
-            if self.deadline is not None and time.monotonic() >= self.deadline:
+            if self.deadline is not None and deadline_now() >= self.deadline:
                 self.kill_all("fenced")   # launched after its lease's safety margin had passed
         elif word == "finished":
             self.groups.pop(int(arg), None)
@@ -107,7 +130,7 @@ class _Watch:
     def timeout(self):
         if self.deadline is None or not self.groups:
             return None
-        return max(0.0, self.deadline - time.monotonic())
+        return max(0.0, self.deadline - deadline_now())
 
 
 def _noted(signum, frame):
@@ -153,7 +176,7 @@ def _serve(commands, watch, wake):
             if ended_by:
                 return ended_by
         if commands not in readable:
-            if watch.deadline is not None and time.monotonic() >= watch.deadline:
+            if watch.deadline is not None and deadline_now() >= watch.deadline:
                 watch.kill_all("fenced")
             continue
         chunk = os.read(commands, 4096)
@@ -242,8 +265,9 @@ class Guardian:
     def fence_at(self, deadline: float, with_launch: bool = False):
         """HIPE may run until `deadline` (time.monotonic() seconds), unless a later one is sent.
         with_launch: sent with the next launch (one write, one wake-up of the guardian, instead of
-        two), unless another deadline is sent first; the guardian reads it before the launch."""
-        line = f"fence-at {deadline:.6f}\n"
+        two), unless another deadline is sent first; the guardian reads it before the launch. Sent on
+        the guardian's clock (DEADLINE_CLOCK), which a suspend of the machine does not stop."""
+        line = f"fence-at {deadline - time.monotonic() + deadline_now():.6f}\n"
         if not with_launch:
             self._send(line)
             return
@@ -295,12 +319,13 @@ class Guardian:
         """Whether the guardian still watches HIPE: "" if so, as far as can be told, else why not
         (one line naming its pid and what became of it). Called at each look of HIPE's wait; never
         blocks. The guardian is lost once it has exited (killed, or ended by a signal), or once a
-        ping has gone unanswered for PING_PATIENCE seconds (it is stopped, or cannot run); a ping is
-        sent PING_EVERY seconds after the last answer. Once lost, it stays lost."""
+        ping has gone unanswered for PING_PATIENCE seconds (it cannot run); a stop (SIGSTOP), which
+        the kernel reports to this parent at once, is seen at the next call. A ping is sent
+        PING_EVERY seconds after the last answer. Once lost, it stays lost."""
         if self.lost:
             return self.lost
         self._read_replies()   # first: an answer waiting is not a ping unanswered
-        reason = self.ended()
+        reason = self.ended() or self._stopped()
         now = time.monotonic()
         if not reason and self._ping_sent is not None and now - self._ping_sent >= PING_PATIENCE:
             reason = self._not_answering(now - self._ping_sent)
@@ -330,6 +355,18 @@ class Guardian:
         else:
             how = f"exited with status {code}"
         return f"the guardian (pid {self.pid}) {how}"
+
+    def _stopped(self) -> str:
+        """Why the guardian is stopped now, as the kernel reports a child's stop at once (SIGSTOP): so
+        the worker fences HIPE at its next look (POLL), not a ping's patience later, and a worker frozen
+        right after its guardian has a far smaller window to leave HIPE unwatched. "" if not stopped."""
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WSTOPPED | os.WNOHANG | os.WNOWAIT)
+        except OSError:
+            return ""
+        if info is not None and info.si_code == os.CLD_STOPPED:
+            return f"the guardian (pid {self.pid}) was stopped by {_signal_name(info.si_status)}"
+        return ""
 
     def _not_answering(self, seconds: float) -> str:
         try:   # it is this process's child: a stop is reported to it, with its signal (not consumed)

@@ -12,6 +12,7 @@ beside it, read only when the launch succeeded. Every launch that started HIPE s
 OutOfMemoryError in its stderr, or the kernel's OOM killer: memory.oom_kills).
 """
 import contextlib
+import logging
 import os
 import re
 import select
@@ -22,10 +23,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from . import memory, results, workdir
+from . import memory, procfs, results, workdir
 from .config import PASSWORD_ENV, HipeSettings
 from .guardian import Guardian, GuardianLost
 from .model import Cost, LaunchEnd, Lease, Outcome, printable
+
+log = logging.getLogger(__name__)
 
 KILL_GRACE = 5.0   # seconds between SIGTERM and SIGKILL to HIPE's process group
 POLL = 0.2         # how often the wait loop looks at signals, the timeout and the lease
@@ -129,6 +132,7 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Cal
     when it changed.
     """
     started = time.monotonic()
+    _become_subreaper()
     script = scratch / f"{request.job}_{request.obsid}.py"
     try:
         entries = workdir.scan(scratch)
@@ -220,6 +224,7 @@ def _launch(request: LaunchRequest, scratch: Path, script: Path, cache: Path, st
             os.close(exit_watch)
         io = _io_of(proc.pid)
         usage = _reap(proc)
+        _kill_leftovers(proc.pid, guardian.pid)
     return replace(launch, outcome=replace(launch.outcome, cost=_cost(usage, io), heap_mb=hipe.memory_mb))
 
 
@@ -430,9 +435,11 @@ def _last_words(stderr_path: Path) -> str:
     that is not a stack frame (Java's `at ...`, `... 12 more`; Python's `File ...` and the source
     line below it), so a Java exception's own line (`herschel.ia...Exception: message`, without
     `Exception in thread "main"`), not its last frame. Without terminal escapes or control characters
-    (model.printable): it becomes the reason that `status`, the report and the log lines show."""
+    (model.printable): it becomes the reason that `status`, the report and the log lines show.
+    Opened by workdir.open_to_read: a FIFO a script put there never blocks the worker, a link is not
+    followed (nothing is said then)."""
     try:
-        with open(stderr_path, "rb") as f:
+        with open(workdir.open_to_read(stderr_path), "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
             lines = [printable(line).rstrip() for line in f.read().decode("utf-8", "replace").splitlines()]
             lines = [line for line in lines if line.strip()]
@@ -448,6 +455,55 @@ def _last_words(stderr_path: Path) -> str:
 
 def _hipe_environment() -> Dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != PASSWORD_ENV}
+
+
+_subreaper: Optional[bool] = None   # whether this process is its descendants' subreaper (asked at its first launch)
+
+
+def _become_subreaper() -> None:
+    global _subreaper
+    if _subreaper is None:
+        _subreaper = procfs.become_subreaper()
+        if not _subreaper:
+            log.debug("not a subreaper: a process HIPE leaves running in a session of its own goes unseen")
+
+
+def _kill_leftovers(hipe_pid: int, guardian_pid: Optional[int]) -> None:
+    """Kill whatever HIPE's launch left running outside its process group (a daemon it started in a
+    session of its own, setsid), and reap it: it must never write into the next launch's pool cache,
+    by its path or through a folder it holds open (its working folder). The worker is its processes'
+    subreaper (procfs.become_subreaper), so those orphans are its descendants (and so are HIPE's
+    children killed with its group: reaped here, never left as zombies). Looked for again until none
+    is left (one may fork as it is killed)."""
+    me = os.getpid()
+    for _ in range(5):
+        found = procfs.leftovers({me, hipe_pid}, hipe_pid, spare={guardian_pid})
+        if not found:
+            return
+        # The group's members were killed with it a moment ago (SIGKILL, maybe not yet delivered).
+        escaped = [pid for pid, state, group in found if group != hipe_pid and state not in ("Z", "X")]
+        if escaped:
+            log.warning("HIPE left %d process(es) running after its end (pids %s): killed before the next launch",
+                        len(escaped), " ".join(map(str, escaped[:10])))
+        for pid, _state, _group in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid, _state, _group in found:
+            _reap_leftover(pid)
+
+
+def _reap_leftover(pid: int, patience: float = 2.0) -> None:
+    """Wait for a killed leftover to be gone, reaping it once it is this process's child (orphans of
+    a killed leftover are reparented to this one a moment later)."""
+    end = time.monotonic() + patience
+    while time.monotonic() < end:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            if procfs.process_state(pid)[0] in (None, "Z", "X"):
+                return
+        time.sleep(0.005)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

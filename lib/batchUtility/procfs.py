@@ -1,5 +1,6 @@
 """What Linux's /proc says of a process: when it started, whether it is gone, its state and parent,
-whether it has children, whether this process has one thread, which machine and PID namespace it is in.
+whether it has children, whether this process has one thread, which machine and PID namespace it is in;
+what a launch left running (leftovers), found among its descendants.
 
 A pid alone does not name a process (pids are reused); a pid with its start time does. Imports only
 os: the guardian, run as its own program (`python -S -I guardian.py`), uses it too.
@@ -53,6 +54,39 @@ def has_children(pid: int) -> bool:
         if parent == pid and state != "Z":
             return True
     return False
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux's PR_SET_CHILD_SUBREAPER): a
+    process that left HIPE's process group (setsid) and outlived HIPE is then reparented to this
+    process, not to init, and leftovers() finds it. Whether that worked (not on other kernels)."""
+    try:
+        import ctypes  # here, not at the top: the guardian, run as its own program, never needs it
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0   # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def leftovers(ancestors, first_pid: int, spare=()) -> list:
+    """(pid, state, process group) of the descendants of the processes `ancestors` among the processes
+    of pid first_pid or more (a launch's: started after HIPE), their descendants included, but those
+    in spare (the guardian) and the ancestors: what a launch left, seen from its subreaper, zombies
+    to reap included. Pids are read in rising order, so a child comes after its parent (but after a
+    wrap-around of pids, which then go unseen). Only the processes newer than HIPE are read: a few,
+    not all of /proc."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    family, found = set(ancestors), []
+    for pid in sorted(int(name) for name in names if name.isdigit() and int(name) >= first_pid):
+        if pid in family or pid in spare:
+            continue
+        fields = _stat_fields(pid)
+        if fields is not None and int(fields[1]) in family:
+            family.add(pid)
+            found.append((pid, fields[0].decode(), int(fields[2])))
+    return found
 
 
 def one_thread() -> bool:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from . import config, supervise, workdir
+from . import config, local, supervise, workdir
 from .errors import BadInput, BatchError
 from .frontend import job_summary, say_error, summary_heading
 from .model import INTERACTIVE_PATIENCE, check_identifier
@@ -113,15 +113,20 @@ def save_hostfile(path: Path, nodes: List[str], counts: List[int]) -> None:
         raise BadInput(f"cannot write the hostfile {path}: {e.strerror}") from None
 
 
-def check(job: str, config_args: List[str]):
-    """The database and the job, checked once here rather than failing in every task; the configuration."""
+def check(job: str, config_args: List[str], tasks: Optional[int] = None):
+    """The database and the job, checked once here rather than failing in every task; the configuration.
+    With tasks (srun's, SLURM_NTASKS), one warning line when the server would not give the
+    connections they and the launcher's lost-host watch need, as `run -j` and the MPI launcher say."""
     check_identifier(job)
     cfg = config.load(config_args[1] if config_args else None)
     table = open_table(cfg.sql, job, INTERACTIVE_PATIENCE)
     try:
         table.require()
+        room = local.read_connection_room(table) if tasks else None
     finally:
         table.close()
+    if tasks:
+        local.warn_if_short_of_connections(room, tasks + 1, cfg.sql, "one per task, one for the launcher", PROG)
     return cfg
 
 
@@ -171,7 +176,8 @@ def launch(argv: List[str]) -> int:
             return stop.status
         script = str(config.share_dir() / "bin" / "BatchProcess_mpi.sh")
         os.execv(script, [script, job, "--hostfile", str(hostfile), *config_args])
-    cfg = check(job, config_args)
+    tasks = env.get("SLURM_NTASKS", "")
+    cfg = check(job, config_args, int(tasks) if tasks.isdigit() else None)
     print(f"{PROG}: job {job}: {env.get('SLURM_NTASKS', '?')} worker(s) on {env.get('SLURM_JOB_NODELIST', '')} "
           f"(Slurm job {env['SLURM_JOB_ID']})", file=sys.stderr, flush=True)
     # srun waits for good for the tasks of a node that was lost (--no-kill lets the other nodes'

@@ -12,8 +12,10 @@ call, on the same rows and history (the same columns, the same states and attemp
 is one pending row, longest expected first, marked running with a fresh token; a write about a claim
 changes its row only while the row holds the claim's token (fencing), so an outcome that comes after
 its claim was taken back changes nothing; a finish counts the attempt, a put-back (requeue) does not,
-a take-back (reclaim_stale, reclaim_dead_here) counts it and clears the token. Times are its clock's
-(time.time by default), as storage's are the database's.
+a take-back (reclaim_stale, reclaim_dead_here) counts it and clears the token. A lost claim is taken back
+by storage's rule (LeaseWatch): only once its renewal (token, renewal counter, heartbeat) was seen the
+same at two looks a whole lease apart on the taker's monotonic clock (`monotonic`), never by comparing
+times. Times in rows are its clock's (time.time by default), as storage's are the database's.
 """
 import signal
 import threading
@@ -25,10 +27,11 @@ from .guardian import Guardian
 from .hipe import Launch, LaunchRequest
 from .model import DONE, FAILED, INTERACTIVE_PATIENCE, PENDING, RUNNING, STATES, Claim, LaunchEnd, Lease, Outcome
 from .storage import DEFAULT_LEASE, NextClaim
-from .storage.table import spent
+from .storage.table import LeaseWatch, spent
 
 COLUMNS = ("obsid", "pipelined", "state", "expected", "attempts", "token", "host", "worker", "pid", "pid_start",
-           "started", "heartbeat", "lease_expires", "ended", "exit_code", "signal_no", "reason", "template", "heap_mb")
+           "started", "heartbeat", "lease_expires", "ended", "exit_code", "signal_no", "reason", "template", "heap_mb",
+           "beats")
 HISTORY_COLUMNS = ("obsid", "attempt", "host", "worker", "pid", "started", "ended", "exit_code", "signal_no",
                    "outcome", "reason", "template", "heap_mb", "cpu_s", "peak_rss_mb", "read_mb", "write_mb")
 
@@ -39,8 +42,10 @@ class InMemoryJobTable:
     database needs (patience, interrupted) are taken and ignored: nothing here waits."""
 
     def __init__(self, job: str = "job", obsids: Iterable[int] = (), *, expected: Optional[Mapping[int, int]] = None,
-                 patience: float = INTERACTIVE_PATIENCE, clock: Callable[[], float] = time.time):
-        self.job, self.patience, self.clock = job, patience, clock
+                 patience: float = INTERACTIVE_PATIENCE, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.job, self.patience, self.clock, self.monotonic = job, patience, clock, monotonic
+        self._watch = LeaseWatch()   # what reclaim_stale has seen, as storage's JobTable keeps it
         self._lock = threading.Lock()
         self._rows: Dict[int, Dict[str, Any]] = {}
         self._history: Dict[str, Dict[str, Any]] = {}   # token -> the attempt (the history's key, as storage's)
@@ -61,14 +66,13 @@ class InMemoryJobTable:
                     self._rows[obsid] = row
 
     def take_back(self, obsid: int, max_attempts: int) -> List[int]:
-        """What another worker does to obsid's claim once its lease ran out: the lease made to have run
-        out now, then reclaim_stale (an attempt counted, the token cleared)."""
+        """What another worker does to obsid's claim once its lease ran out: the taker made to have seen
+        its present renewal a whole lease ago, then reclaim_stale (an attempt counted, the token cleared)."""
         with self._lock:
             row = self._rows[obsid]
-            if row["state"] == RUNNING and row["lease_expires"] is not None:
-                shift = row["lease_expires"] - self.clock() + 1.0
-                row["lease_expires"] -= shift
-                row["heartbeat"] -= shift
+            if row["state"] == RUNNING:
+                given = self._given(row, DEFAULT_LEASE)
+                self._watch.seen[obsid] = (self._renewal(row), self.monotonic() - given - 1.0)
         return self.reclaim_stale(DEFAULT_LEASE, max_attempts)
 
     # ----------------------------------------------------------------- what workers do
@@ -86,7 +90,7 @@ class InMemoryJobTable:
         # ORDER BY expected DESC, obsid: NULL comes last in descending order (SQLite and MariaDB).
         row = min(pending, key=lambda r: (r["expected"] is None, -(r["expected"] or 0), r["obsid"]))
         now, token = self.clock(), uuid.uuid4().hex
-        row.update(state=RUNNING, pipelined=0, token=token, host=host[:255], worker=worker[:32], pid=pid,
+        row.update(state=RUNNING, pipelined=0, token=token, beats=0, host=host[:255], worker=worker[:32], pid=pid,
                    pid_start=pid_start, started=now, heartbeat=now, lease_expires=now + lease, ended=None,
                    exit_code=None, signal_no=None, template=None)
         return Claim(row["obsid"], token, row["attempts"] + 1, lease, row["heap_mb"])
@@ -98,7 +102,7 @@ class InMemoryJobTable:
             if row is None:
                 return Lease.LOST
             now = self.clock()
-            row.update(heartbeat=now, lease_expires=now + claim.lease)
+            row.update(heartbeat=now, lease_expires=now + claim.lease, beats=(row.get("beats") or 0) + 1)
             return Lease.HELD
 
     def finish(self, claim: Claim, outcome: Outcome, max_attempts: int, *, patience: Optional[float] = None,
@@ -122,7 +126,7 @@ class InMemoryJobTable:
         row = self._held(claim, (RUNNING, state))
         if row is None:
             return None
-        row.update(state=state, pipelined=int(state == DONE), attempts=claim.attempt, ended=self.clock(),
+        row.update(state=state, pipelined=int(state == DONE), attempts=row["attempts"] + 1, ended=self.clock(),
                    heartbeat=None, lease_expires=None, exit_code=outcome.exit_code, signal_no=outcome.signal,
                    reason=outcome.reason[:255] or None, template=outcome.template or None)
         if outcome.heap_next is not None:
@@ -172,20 +176,60 @@ class InMemoryJobTable:
         if self.templates.get(version, [None, None])[1] == claim.token:
             del self.templates[version]
 
+    def amend_taken_back(self, claim: Claim, outcome: Outcome, fenced: bool = False, *,
+                         results: Optional[Mapping[str, Any]] = None, patience: Optional[float] = None,
+                         interrupted: Optional[Callable[[], bool]] = None) -> Optional[str]:
+        """The late outcome of a claim taken back as `lost`: not counted; a success recorded done if
+        nobody claimed the obsid since (else `late`), anything else `fenced` in the history. What
+        the history now says of the attempt ('done', 'late', 'fenced'), or None if the claim was not
+        taken back as lost."""
+        with self._lock:
+            self.calls.append(("amend", claim))
+            attempt, row = self._history.get(claim.token), self._rows[claim.obsid]
+            if attempt is None or attempt["outcome"] != "lost":
+                return None
+            note = (f"{outcome.reason[:150]}; " if outcome.reason else "") + \
+                "taken back after its lease meanwhile, not counted"
+            untouched = row["token"] is None and row["attempts"] == claim.attempt
+            if outcome.ok and not fenced and untouched and row["state"] in (PENDING, FAILED):
+                row.update(state=DONE, pipelined=1, token=claim.token, ended=self.clock(), reason=None,
+                           exit_code=outcome.exit_code, signal_no=outcome.signal, template=outcome.template or None)
+                attempt.update(outcome=DONE, reason="recorded late: " + note)
+                if results:
+                    self._results[claim.obsid] = dict(results)
+                return DONE
+            if untouched and row["state"] == FAILED:
+                row["state"] = PENDING
+            row["attempts"] = max(0, row["attempts"] - 1)
+            attempt.update(outcome="fenced" if fenced or not outcome.ok else "late", reason=note)
+            return attempt["outcome"]
+
     def reclaim_stale(self, lease: float, max_attempts: int, *,
                       interrupted: Optional[Callable[[], bool]] = None) -> List[int]:
-        """Take back every running obsid whose lease ran out (the row's own; `lease` for rows without
-        one): an attempt counted, the token cleared. The obsids taken back."""
+        """Take back every running obsid whose renewal stood still for its whole lease (the row's own;
+        `lease` for rows without one) since this table first saw it, by LeaseWatch's rule on the
+        monotonic clock: an attempt counted, the token cleared. The obsids taken back."""
         with self._lock:
-            now = self.clock()
-            stale = sorted((row for row in self._rows.values() if row["state"] == RUNNING
-                            and self._expiry(row, lease) is not None and self._expiry(row, lease) < now),
-                           key=lambda r: r["obsid"])
+            now = self.monotonic()
+            running = sorted((row for row in self._rows.values() if row["state"] == RUNNING), key=lambda r: r["obsid"])
+            due = self._watch.look([(row["obsid"], *self._renewal(row), self._given(row, lease)) for row in running],
+                                   now, now)
+            stale = [row for row in running if row["obsid"] in due]
             for row in stale:
-                given = (row["lease_expires"] - row["heartbeat"] if row["lease_expires"] is not None
-                         and row["heartbeat"] is not None else lease)
-                self._take_back(row, f"worker lost: no heartbeat for {round(float(given), 3):g} s", max_attempts)
+                self._take_back(row, f"worker lost: no heartbeat for {round(due[row['obsid']][1], 3):g} s", max_attempts)
+            self._watch.forget([row["obsid"] for row in stale])
             return [row["obsid"] for row in stale]
+
+    @staticmethod
+    def _renewal(row: Dict[str, Any]) -> tuple:
+        return row["token"], row.get("beats"), row["heartbeat"]
+
+    @staticmethod
+    def _given(row: Dict[str, Any], lease: float) -> float:
+        """The claim's own lease (lease_expires - heartbeat, as RENEWALS reads it), else `lease`."""
+        if row["lease_expires"] is not None and row["heartbeat"] is not None:
+            return float(row["lease_expires"] - row["heartbeat"])
+        return float(lease)
 
     def reclaim_dead_here(self, host: str, gone: Callable[[int, Optional[int]], bool], max_attempts: int, *,
                           interrupted: Optional[Callable[[], bool]] = None) -> List[int]:

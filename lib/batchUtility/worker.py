@@ -545,13 +545,22 @@ class Worker:
         elif launch.end is LaunchEnd.FENCED:
             # The lease could not be renewed in time (the database or this worker frozen, or cut off):
             # the guardian killed HIPE. Not the obsid's fault: back to pending uncounted, if still ours.
-            if self._put_back(claim, launch.outcome.reason, "fenced", launch.outcome.template, launch.outcome):
+            # The database may be away a while yet (that is why HIPE was fenced): waited for within
+            # db_patience, not a stop's patience, so that the lease does not take it back counted.
+            done = self._requeue(claim, launch.outcome.reason, outcome="fenced", template=launch.outcome.template,
+                                 patience=self.table.patience, interrupted=self._stopping, launched=launch.outcome)
+            if isinstance(done, DatabaseUnavailable):
+                self.log.error("%s; %s; obsid stays claimed until its lease runs out", launch.outcome.reason, done)
+            elif done:
                 self.log.warning("%s; obsid back to pending", launch.outcome.reason)
                 return PENDING
-            self.log.warning("%s; the obsid had been taken back meanwhile", launch.outcome.reason)
+            else:
+                return self._late(claim, launch, fenced=True)
         elif launch.end is LaunchEnd.FINISHED and launch.outcome.out_of_memory and not launch.outcome.ok:
             return self._out_of_memory(claim, launch)
-        elif launch.end is not LaunchEnd.CLAIM_LOST:   # lost: another worker's now, neither done nor failed by this one
+        elif launch.end is LaunchEnd.CLAIM_LOST:   # another worker's now: HIPE stopped, the attempt not counted
+            self._late(claim, launch, fenced=True)
+        else:
             return self._finish(claim, launch)
         return None
 
@@ -619,13 +628,14 @@ class Worker:
             self.log.warning("%s: HIPE stopped; the obsid had been taken back meanwhile (its lease of %g s ran out, "
                              "or the job was wiped): worker stopping", reason, self.cfg.run.lease)
 
-    def _requeue(self, claim: Claim, reason: str, **kw: Any) -> Union[bool, DatabaseUnavailable]:
+    def _requeue(self, claim: Claim, reason: str, patience: Optional[float] = None,
+                 interrupted: Optional[Callable[[], bool]] = None, **kw: Any) -> Union[bool, DatabaseUnavailable]:
         # A put-back should be quick (a stop above all): the database gets STOP_PATIENCE, not the run's
         # patience (the lease takes the obsid back all the same if it is away), and a stop signal no
         # longer cuts the wait short.
         try:
-            return self.table.requeue(claim, reason, patience=min(self.table.patience, STOP_PATIENCE),
-                                      interrupted=_never, **kw)
+            return self.table.requeue(claim, reason, patience=patience or min(self.table.patience, STOP_PATIENCE),
+                                      interrupted=interrupted or _never, **kw)
         except DatabaseUnavailable as e:
             return e
 
@@ -642,9 +652,9 @@ class Worker:
                                       then=following)
             self.next = following
         if state is None:
-            self.log.error("outcome not recorded: the obsid is no longer this worker's (its lease of %g s ran out "
-                           "and it was taken back, or the job was wiped)", run.lease)
-            return None
+            state = self._late(claim, launch)
+            if state != DONE:
+                return None
         # As the history counts it (claim to outcome recorded), then HIPE's own part of it.
         took = f"{time.monotonic() - self.claimed_at:.1f} s (HIPE {launch.seconds:.1f} s)"
         if outcome.ok:
@@ -659,6 +669,32 @@ class Worker:
                            Path(self.dir, "log", f"{claim.obsid}.stderr"))
             self._judge_failure(launch)
         self._halt_if_hopeless(outcome)
+        return state
+
+    def _late(self, claim: Claim, launch: hipe.Launch, fenced: bool = False) -> Optional[str]:
+        """The claim was taken back while this worker could not reach the database (or was frozen):
+        the attempt is not charged to the obsid, and a success nobody ran again since is recorded
+        done (JobTable.amend_taken_back). What the history now says of the attempt ('done': recorded
+        here), or None."""
+        outcome, lease = launch.outcome, self.cfg.run.lease
+        try:
+            state = self.table.amend_taken_back(claim, outcome, fenced, results=launch.results,
+                                                interrupted=self._stopping)
+        except BatchError as e:   # the database away again, or the job wiped (its tables gone)
+            self.log.error("outcome not recorded: the obsid was taken back meanwhile, and %s", _one_line(e))
+            return None
+        if state is None:
+            self.log.error("outcome not recorded: the obsid is no longer this worker's (it was reset, or the job "
+                           "was wiped)")
+        elif state == DONE:
+            self.log.warning("its lease of %g s ran out and the obsid was taken back meanwhile, but nobody ran "
+                             "it since: recorded done", lease)
+        elif fenced or not outcome.ok:
+            self.log.warning("%s; the obsid had been taken back meanwhile (its lease of %g s ran out): "
+                             "the attempt is not counted", outcome.reason, lease)
+        else:
+            self.log.error("outcome not recorded: its lease of %g s ran out and the obsid was taken back and "
+                           "claimed again meanwhile; the attempt is not counted (history: late)", lease)
         return state
 
     def _judge_failure(self, launch: hipe.Launch) -> None:

@@ -3,7 +3,7 @@
 
     .venv/bin/python tests/bench/run.py [--quick] [NAME ...]
 
-NAME: dispatch, launch, makespan, scale, claims, memory, flat, durable, newjobs, eta (default: all, in that
+NAME: dispatch, launch, makespan, scale, claims, memory, flat, durable, newjobs, eta, soak (default: all, in that
 order). Each prints a table and appends it, with date, machine, load, commit and versions, to tests/bench/RESULTS.md.
 --quick: one repetition instead of the median of 3, shorter sleeps and runs (see each benchmark).
 """
@@ -26,12 +26,13 @@ import bench_makespan
 import bench_memory
 import bench_newjobs
 import bench_scale
+import bench_soak
 import common
 
 BENCHMARKS = {"dispatch": bench_dispatch, "launch": bench_launch, "makespan": bench_makespan, "scale": bench_scale,
               "claims": bench_claims, "memory": bench_memory, "flat": bench_flat,
               "durable": bench_durable, "newjobs": bench_newjobs,
-              "eta": bench_eta}
+              "eta": bench_eta, "soak": bench_soak}
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,7 @@ import itertools
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from exactly_once import assert_exactly_once, probe
 from support import ROOT, Worker, new_job, pid_alive, wait_for
 
 MPI_SH = ROOT / "bin" / "BatchProcess_mpi.sh"
-WARNING = re.compile(r"^BatchProcess(?:_mpi\.sh|\.py): warning: this run needs (?:at least )?(\d+) connections .*$", re.M)
+WARNING = re.compile(r"^BatchProcess(?:_mpi\.sh|_sbatch\.sh|\.py): warning: this run needs (?:at least )?(\d+) connections .*$",
+                     re.M)
 _users = itertools.count(1)
 
 
@@ -139,6 +141,27 @@ def test_the_mpi_launcher_warns_when_the_server_allows_fewer_connections(mysql_b
     assert r.returncode == 0, r.stderr
     assert WARNING.findall(r.stderr) == ["5"], r.stderr
     assert "one per rank, one for the launcher" in r.stderr and "mpirun" in r.stdout
+
+
+def test_the_slurm_launcher_warns_when_the_server_allows_fewer_connections(mysql_batch, own_user, tmp_path):
+    """The Slurm launcher (srun's path) in a job of 6 tasks, a user allowed 4 connections: one line on
+    stderr before srun starts says the run needs 7 (6 tasks and the launcher's own watch), as `run -j`
+    and the MPI launcher say. (srun is kept off PATH here: the launcher then ends with one error line.)"""
+    env = mysql_batch
+    new_job(env, [1342000001], template="pass\n")
+    own_user(cap=4)
+    path = tmp_path / "bin"
+    path.mkdir()
+    for tool in ("bash", "env", "readlink", "dirname"):   # what BatchProcess_sbatch.sh needs, not srun
+        found = shutil.which(tool)
+        if found:
+            (path / tool).symlink_to(found)
+    script = ROOT / "bin" / "BatchProcess_sbatch.sh"
+    r = subprocess.run([str(script), "j"], capture_output=True, text=True, cwd=env.root, timeout=120,
+                       env=env.env(SLURM_JOB_ID="1", SLURM_NTASKS="6", SLURM_JOB_NODELIST="vm",
+                                   PATH=str(path), HIPE_BATCH_PYTHON=sys.executable))
+    assert WARNING.findall(r.stderr) == ["7"], r.stderr
+    assert "one per task, one for the launcher" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from batchUtility.guardian import Guardian, GuardianLost
+from batchUtility.guardian import DEADLINE_CLOCK, Guardian, GuardianLost
 from support import ROOT, wait_for
 
 LIB = ROOT / "lib"
@@ -33,7 +33,7 @@ g = Guardian()
 hipe = subprocess.Popen(["sh", "-c", "sleep 600 & exec sleep 600"], start_new_session=True)
 g.fence_at(time.monotonic() + window)
 g.launch(hipe.pid)
-print(json.dumps({"guardian": g.pid, "pgid": hipe.pid}), flush=True)
+print(json.dumps({"guardian": g.pid, "pgid": hipe.pid, "worker": os.getpid()}), flush=True)
 while True:
     info = os.waitid(os.P_PID, hipe.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     if info is not None:
@@ -84,8 +84,8 @@ def worker_program():
     """Start the WORKER program in a session of its own; SIGKILL it and its groups at the end."""
     started = []
 
-    def start(window):
-        proc = subprocess.Popen([sys.executable, "-c", WORKER, str(LIB), str(window)], stdout=subprocess.PIPE,
+    def start(window, wrap=()):
+        proc = subprocess.Popen([*wrap, sys.executable, "-c", WORKER, str(LIB), str(window)], stdout=subprocess.PIPE,
                                 text=True, start_new_session=True)
         started.append(proc)
         info = json.loads(proc.stdout.readline())
@@ -154,6 +154,26 @@ def test_frozen_worker_is_fenced(worker_program, how):
     os.kill(proc.pid, signal.SIGCONT)
     assert json.loads(proc.stdout.readline()) == {"fenced": True}
     assert proc.wait(10) == 0
+
+
+def test_the_deadline_is_kept_on_the_clock_a_suspend_does_not_stop(worker_program):
+    """The guardian's deadlines run on CLOCK_BOOTTIME, which goes on while a VM is suspended (its
+    CLOCK_MONOTONIC stops): a deadline that passed during a suspend has passed at the resume. The
+    worker reckons on CLOCK_MONOTONIC and converts. In a time namespace whose boot clock is 1000 s
+    ahead of its monotonic one (as after a suspend of 1000 s), a frozen worker's HIPE is fenced when
+    its 1 s deadline passes, not at once (a deadline sent unconverted would have passed 1000 s ago)
+    nor never. (A real suspend cannot be made here: this checks the two clocks are kept apart.)"""
+    assert DEADLINE_CLOCK == time.CLOCK_BOOTTIME
+    if subprocess.run(["unshare", "--time", "--fork", "--boottime", "1000", "true"], capture_output=True).returncode:
+        pytest.skip("no time namespaces here (unshare --time)")
+    proc, info = worker_program(window=1.0, wrap=["unshare", "--time", "--fork", "--boottime", "1000"])
+    assert len(group_members(info["pgid"])) == 2, "HIPE fenced at once: a deadline sent on the wrong clock"
+    frozen = time.monotonic()
+    os.kill(info["worker"], signal.SIGSTOP)
+    wait_for(lambda: not group_members(info["pgid"]), 10, "HIPE's group to be fenced")
+    assert 0.5 < time.monotonic() - frozen < 5
+    os.kill(info["worker"], signal.SIGCONT)
+    assert json.loads(proc.stdout.readline()) == {"fenced": True}
 
 
 @pytest.mark.slow

@@ -20,11 +20,8 @@ import pytest
 
 from exactly_once import assert_exactly_once, go, probe
 from mariadb_server import MariaDB
-from support import BIN, OBSID, BatchEnv, Worker, new_job, pid_alive, wait_for
+from support import BIN, LIBFAKETIME, OBSID, BatchEnv, Worker, new_job, pid_alive, row_of, wait_for
 
-LIBFAKETIME = next((p for p in ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-                                "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-                                "/usr/lib/faketime/libfaketime.so.1") if os.path.exists(p)), None)
 needs_faketime = pytest.mark.skipif(LIBFAKETIME is None, reason="libfaketime (Debian package faketime) not installed")
 LOOKED = "obsids still running elsewhere"   # a waiting worker's -v line, once per look
 
@@ -51,11 +48,7 @@ class Taker:
 def renewal(env, obsid=OBSID):
     """(token, renewal count) of the obsid's row; the count is the heartbeat counter, or on a table
     without one (the code before it) the heartbeat time, which moves with each renewal too."""
-    table = env.table("j")
-    try:
-        row = table.row(obsid)
-    finally:
-        table.close()
+    row = row_of(env, obsid)
     return row["token"], row.get("beats", row["heartbeat"])
 
 
@@ -91,6 +84,29 @@ def hold_while_watched(env, taker, token, looks=3):
     assert not second_run(env), "HIPE was started beside the owner's"
 
 
+def a_probe_job(env, lease):
+    """The job's one obsid, its probe's first run held until go(env), under `lease` seconds."""
+    env.write_cfg(run={"lease": str(lease)})
+    env.template("j", probe(first=None))
+    new_job(env)
+
+
+def owner_running(env, reaper, lease=30, **worker_env):
+    """Worker a (with worker_env) holding the obsid, its HIPE running until go(env)."""
+    a_probe_job(env, lease)
+    a = Worker(env, reaper, "a", **worker_env)
+    wait_for(lambda: lock_holder(env), 60, "the first run")
+    return a
+
+
+def both_finish_with_one_run(env, a, b):
+    """go(env): the owner a and the taker b end well, and the obsid ran once, done once."""
+    go(env)
+    assert a.wait(60) == 0, a.err() if hasattr(a, "err") else ""
+    assert b.wait(60) == 0, b.err()
+    assert assert_exactly_once(env, [OBSID])["runs"] == 1
+
+
 # ----------------------------------------------------------------------------- host names
 @pytest.mark.slow
 def test_a_worker_in_another_pid_namespace_is_not_taken_for_dead(batch, reaper):
@@ -100,9 +116,7 @@ def test_a_worker_in_another_pid_namespace_is_not_taken_for_dead(batch, reaper):
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("needs unshare and root")
     env = batch
-    env.write_cfg(run={"lease": "30"})
-    env.template("j", probe(first=None))
-    new_job(env)
+    a_probe_job(env, 30)
     with open(env.root / "a.out", "w") as out, open(env.root / "a.err", "w") as err:
         a = reaper.popen(subprocess.Popen(
             ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, str(BIN), "j", "run"],
@@ -116,12 +130,8 @@ def test_a_worker_in_another_pid_namespace_is_not_taken_for_dead(batch, reaper):
     assert renewal(env)[0] == token, "reset --stale took a live claim of another PID namespace"
     b = Taker(env, reaper, "b")
     hold_while_watched(env, b, token)
-    go(env)
-    assert a.wait(60) == 0, (env.root / "a.err").read_text()
-    assert b.wait(60) == 0, b.err()
-    figures = assert_exactly_once(env, [OBSID])
-    assert figures["runs"] == 1
-    assert [h["outcome"] for h in env.table("j").history(OBSID)] == ["done"]
+    both_finish_with_one_run(env, a, b)
+    assert [h["outcome"] for h in env.table("j").history(OBSID)] == ["done"], (env.root / "a.err").read_text()
 
 
 @pytest.mark.slow
@@ -130,11 +140,7 @@ def test_a_dead_worker_of_another_host_is_taken_back_after_one_lease(batch, reap
     HIPE dies with it (the guardian), and its claim is no dead worker of this host. `reset --stale`
     watches it for one lease (saying so) and takes it back; a new run finishes the obsid."""
     env = batch
-    env.write_cfg(run={"lease": "3"})
-    env.template("j", probe(first=None))
-    new_job(env)
-    a = Worker(env, reaper, "a", SLURMD_NODENAME="elsewhere")
-    wait_for(lambda: lock_holder(env), 60, "the first run")
+    a = owner_running(env, reaper, lease=3, SLURMD_NODENAME="elsewhere")
     script = int(lock_holder(env))
     assert env.table("j").row(OBSID)["host"] == "elsewhere"
     a.proc.send_signal(signal.SIGKILL)
@@ -165,20 +171,12 @@ def test_a_worker_whose_clock_is_60_s_ahead_takes_no_live_claim(batch, reaper):
     """A second worker whose clock is 60 s ahead (libfaketime; on SQLite the leases were judged by
     each process's clock) waits for the owner's obsid and never takes it back while it is renewed."""
     env = batch
-    env.write_cfg(run={"lease": "30"})
-    env.template("j", probe(first=None))
-    new_job(env)
-    a = Worker(env, reaper, "a")
-    wait_for(lambda: lock_holder(env), 60, "the first run")
+    a = owner_running(env, reaper)
     token, _ = renewal(env)
     b = Taker(env, reaper, "b", LD_PRELOAD=LIBFAKETIME, FAKETIME="+60s")
     wait_for(lambda: b.looks() >= 1 or second_run(env) or renewal(env)[0] != token, 60, "the second worker's first look")
     hold_while_watched(env, b, token)
-    go(env)
-    assert a.wait(60) == 0, a.err()
-    assert b.wait(60) == 0, b.err()
-    figures = assert_exactly_once(env, [OBSID])
-    assert figures["runs"] == 1
+    both_finish_with_one_run(env, a, b)
 
 
 @pytest.fixture(scope="module")
@@ -226,11 +224,7 @@ def test_mariadbd_clock_stepped_forward_takes_no_live_claim(steppable_server, re
     name = f"s{os.getpid()}_{tmp_path.name}"[:60].replace("-", "_")
     env = BatchEnv(tmp_path / "root", "mysql", server, server.create_database(name))
     try:
-        env.write_cfg(run={"lease": "30"})
-        env.template("j", probe(first=None))
-        new_job(env)
-        a = Worker(env, reaper, "a")
-        wait_for(lambda: lock_holder(env), 60, "the first run")
+        a = owner_running(env, reaper)
         token, count = renewal(env)
         b = Taker(env, reaper, "b")
         wait_for(lambda: b.looks() >= 2, 60, "the second worker to look")
@@ -238,11 +232,7 @@ def test_mariadbd_clock_stepped_forward_takes_no_live_claim(steppable_server, re
         server.faketime.write_text("+60\n")
         wait_for(lambda: server_ahead(server) > 55, 10, "mariadbd's clock to step")
         hold_while_watched(env, b, token)
-        go(env)
-        assert a.wait(60) == 0, a.err()
-        assert b.wait(60) == 0, b.err()
-        figures = assert_exactly_once(env, [OBSID])
-        assert figures["runs"] == 1
+        both_finish_with_one_run(env, a, b)
     finally:
         server.faketime.write_text("+0\n")
         with server.admin() as c:

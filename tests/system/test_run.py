@@ -63,17 +63,23 @@ def test_output_lines_launch_and_temporaries(batch):
 
 
 # Obsid 11's script leaves behind a process that escaped HIPE's process group (setsid) and goes on
-# writing into 11's pool cache by its path, making the folder again if it is gone (as a Java cache
-# would); obsid 12's script, run next by the same worker, lets it write 5 more times, then checks
-# that its own pool cache is still empty.
+# writing into 11's pool cache: by its path, making the folder again if it is gone (as a Java cache
+# would), or through its working folder (it went into the cache: a renamed folder is still its working
+# folder). Obsid 12's script, run next by the same worker, gives it time to write (up to 5 s, or until
+# it is gone), then checks that it is gone and that its own pool cache is empty.
 STRAY = """import os, sys, time
-cache, count, stop = sys.argv[1:]
+cache, count, stop, how = sys.argv[1:]
+if how == 'cwd':
+    os.chdir(cache)
 n = 0
 while not os.path.exists(stop):
     try:
-        if not os.path.isdir(cache):
-            os.mkdir(cache)
-        open(os.path.join(cache, 'stray-%d' % n), 'w').write('x')
+        if how == 'cwd':
+            open('stray-%d' % n, 'w').write('x')
+        else:
+            if not os.path.isdir(cache):
+                os.mkdir(cache)
+            open(os.path.join(cache, 'stray-%d' % n), 'w').write('x')
     except OSError:
         pass
     n += 1
@@ -83,31 +89,44 @@ while not os.path.exists(stop):
 LEAVES_A_STRAY_WRITER = """import os, subprocess, sys, time
 cache = [line.split()[3] for line in open(os.environ['TRIVIAL_HIPE_CALLS']) if line.split()[0] == str(obsid)][-1]
 count, stop = os.path.join(outDir, 'stray-writes'), os.path.join(outDir, 'stop')
+pid_file = os.path.join(outDir, 'stray-pid')
 def writes():
     return os.path.getsize(count) if os.path.exists(count) else 0
+def alive(pid):
+    try:
+        return open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
+    except OSError:
+        return False
 if obsid == 11:
-    stray = subprocess.Popen([sys.executable, '-c', STRAY, cache, count, stop], start_new_session=True)
-    open(os.path.join(outDir, 'stray-pid'), 'w').write(str(stray.pid))
+    stray = subprocess.Popen([sys.executable, '-c', STRAY, cache, count, stop, HOW], start_new_session=True)
+    open(pid_file, 'w').write(str(stray.pid))
     while not writes():
         time.sleep(0.01)
 else:
-    seen, end = writes(), time.time() + 60
-    while writes() < seen + 5 and time.time() < end:
+    stray, seen, end = int(open(pid_file).read()), writes(), time.time() + 5
+    while writes() < seen + 5 and alive(stray) and time.time() < end:
         time.sleep(0.01)
-    assert writes() >= seen + 5, 'the stray process stopped writing'
-    assert os.listdir(cache) == [], 'a stray process wrote into this pool cache: %r' % os.listdir(cache)
+    assert os.listdir(cache) == [], 'a stray process wrote into this pool cache: %r' % os.listdir(cache)[:3]
+    assert not alive(stray), 'the stray process of the last launch still runs'
 """
 
 
-def test_a_process_escaped_from_hipe_cannot_write_into_the_next_pool_cache(batch, reaper):
-    batch.template("e", f"STRAY = {STRAY!r}\n" + LEAVES_A_STRAY_WRITER)
+@pytest.mark.parametrize("how", ["path", "cwd"])
+def test_a_process_escaped_from_hipe_is_killed_before_the_next_launch(batch, reaper, how):
+    """A process HIPE's script started in a session of its own (setsid) outlives HIPE: the worker,
+    its subreaper, kills it when HIPE ends (one line says so), so it never writes into the next
+    launch's pool cache, by its path or through its working folder (before: the renamed cache, the
+    stray's working folder, was the next launch's)."""
+    batch.template("e", f"STRAY = {STRAY!r}\nHOW = {how!r}\n" + LEAVES_A_STRAY_WRITER)
     batch.cli("e", "new", batch.obsid_file([11, 12]))
     output = batch.root / "jobs" / "e" / "output"
     try:
         r = batch.cli("e", "run")
         assert r.returncode == 0, r.stderr + (output.parent / "log" / "12.stderr").read_text()
         assert [row["state"] for row in batch.table("e").rows()] == ["done", "done"]
-        assert pid_alive(int((output / "stray-pid").read_text()))   # it did escape: the test tried
+        stray = int((output / "stray-pid").read_text())
+        assert f"HIPE left 1 process(es) running after its end (pids {stray}): killed" in r.stderr, r.stderr
+        assert not pid_alive(stray)
     finally:
         (output / "stop").touch()
         if (output / "stray-pid").exists():

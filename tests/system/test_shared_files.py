@@ -81,6 +81,18 @@ def test_a_link_in_place_of_the_slots_folder_is_replaced_never_followed(batch, t
 
 
 # ----------------------------------------------------------------------------- logs
+def stopped_with_one_line(env, reaper):
+    """A worker run to its end, which must come within a minute (not blocked on a FIFO) with exit 2
+    and one error line: (the worker, that line)."""
+    w = Worker(env, reaper, "w")
+    try:
+        assert w.wait(60) == 2, w.err()
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker blocked on the FIFO")
+    [line] = error_lines(w.err())
+    return w, line
+
+
 @pytest.mark.slow
 def test_a_fifo_planted_at_a_log_file_is_refused_without_blocking(batch, reaper):
     """log/OBSID.stdout a FIFO nobody reads: the worker used to block in open() for good (no timeout,
@@ -92,12 +104,7 @@ def test_a_fifo_planted_at_a_log_file_is_refused_without_blocking(batch, reaper)
     log.mkdir(parents=True, exist_ok=True)
     fifo = log / f"{OBSID}.stdout"
     os.mkfifo(fifo)
-    w = Worker(env, reaper, "w")
-    try:
-        assert w.wait(60) == 2, w.err()
-    except subprocess.TimeoutExpired:
-        pytest.fail("the worker blocked on the FIFO")
-    [line] = error_lines(w.err())
+    w, line = stopped_with_one_line(env, reaper)
     assert f"cannot write {fifo}: a FIFO" in line and f"obsid {OBSID} put back to pending" in line, line
     assert "Traceback" not in w.err()
     assert states(env) == {OBSID: ("pending", 0)}
@@ -119,12 +126,7 @@ if not stat.S_ISFIFO(os.lstat({str(template)!r}).st_mode):
     os.unlink({str(template)!r})
     os.mkfifo({str(template)!r})
 """)
-    w = Worker(env, reaper, "w")
-    try:
-        assert w.wait(60) == 2, w.err()
-    except subprocess.TimeoutExpired:
-        pytest.fail("the worker blocked on the FIFO")
-    [line] = error_lines(w.err())
+    _, line = stopped_with_one_line(env, reaper)
     assert f"cannot read template {template}: a FIFO" in line, line
     after = states(env)
     assert sorted(after.values()) == [("done", 1), ("pending", 0), ("pending", 0)], after
@@ -220,13 +222,15 @@ def test_a_stop_while_the_template_is_being_written_puts_the_obsid_back(batch, r
 # ----------------------------------------------------------------------------- the report
 @pytest.mark.parametrize("planted", ["link", "dangling link", "fifo"])
 def test_a_link_or_fifo_at_the_reports_file_is_refused(batch, tmp_path, planted):
-    """`report FILE.html` (and `--svg FILE.svg`) where FILE is a link to a file, a dangling link or a
-    FIFO: refused with one line naming the file (exit 2), never blocking; the target untouched."""
+    """`report FILE.html` (and `--svg FILE.svg`, and `results --csv FILE`) where FILE is a link to a
+    file, a dangling link or a FIFO: refused with one line naming the file (exit 2), never blocking;
+    the target untouched."""
     env = batch
     new_job(env, template=OK_TEMPLATE)
     victim, nowhere = tmp_path / "victim.html", tmp_path / "nowhere.html"
     victim.write_text("someone's page\n")
-    for option, name in (([], "page.html"), (["--svg"], "timeline.svg")):
+    for command, option, name in (("report", [], "page.html"), ("report", ["--svg"], "timeline.svg"),
+                                  ("results", ["--csv"], "results.csv")):
         path = tmp_path / name
         if planted == "link":
             path.symlink_to(victim)
@@ -234,7 +238,7 @@ def test_a_link_or_fifo_at_the_reports_file_is_refused(batch, tmp_path, planted)
             path.symlink_to(nowhere)
         else:
             os.mkfifo(path)
-        r = env.cli("j", "report", *option, path, timeout=60)
+        r = env.cli("j", command, *option, path, timeout=60)
         assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1, r
         kind = "a FIFO" if planted == "fifo" else "a symbolic link"
         assert f"cannot write {path}: {kind}" in r.stderr, r.stderr

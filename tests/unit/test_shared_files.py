@@ -11,7 +11,7 @@ import stat
 
 import pytest
 
-from batchUtility import results, srun_launch, workdir
+from batchUtility import hipe, results, srun_launch, workdir
 from batchUtility.errors import BadInput
 
 PLANTS = ["link", "dangling link", "fifo", "socket", "empty folder"]
@@ -151,6 +151,16 @@ def test_a_results_file_a_script_replaced_is_not_followed_nor_waited_on(place, k
     with within(), pytest.raises(OSError) as raised:
         results.read(path)
     assert raised.value.filename == str(path)
+
+
+@pytest.mark.parametrize("kind", PLANTS)
+def test_the_reason_read_from_a_planted_stderr_log_never_blocks(place, kind):
+    """A failed launch's reason is HIPE's last line on stderr (hipe._last_words): a FIFO a script put at
+    log/OBSID.stderr is not waited on (before: blocked for good), a link not followed (nothing said)."""
+    path, victim, _nowhere = place(kind)
+    with within():
+        assert hipe._last_words(path) == ""
+    assert victim.read_text() == "someone's\n"
 
 
 @pytest.mark.parametrize("kind", PLANTS)

@@ -225,19 +225,20 @@ def test_a_claim_lost_records_nothing(make):
     launcher = FakeLauncher(claim_lost(table, max_attempts=3), done())
     w = make(table, launcher)
     assert w.run() == 0
-    _first, second = w.keeper.held
-    # Taken back by another worker (an attempt counted there); this worker wrote nothing for its first
-    # claim (no finish, no put-back), claimed the obsid again and recorded that claim's outcome.
-    assert [(op, claim.token) for op, claim in table.calls] == [("finish", second.token)]
-    assert outcomes(table) == [(1, 1, "lost"), (1, 2, "done")]
-    assert states(table) == {1: ("done", 2)}
+    first, second = w.keeper.held
+    # Taken back by another worker (an attempt counted there); this worker recorded no outcome for its
+    # first claim (no finish, no put-back) but undid the charge (the history says `fenced`: HIPE was
+    # stopped, not the obsid's fault), claimed the obsid again and recorded that claim's outcome.
+    assert [(op, claim.token) for op, claim in table.calls] == [("amend", first.token), ("finish", second.token)]
+    assert outcomes(table) == [(1, 1, "fenced"), (1, 1, "done")]
+    assert states(table) == {1: ("done", 1)}
     assert (w.done, w.failed) == (1, 0)
 
 
 def test_max_time_stops_claiming(make):
     table = InMemoryJobTable(JOB, [1, 2, 3])
-    launcher = FakeLauncher(slow(done(), 0.05), then=done())
-    w = make(table, launcher, max_time=0.04)
+    launcher = FakeLauncher(slow(done(), 1.2), then=done())
+    w = make(table, launcher, max_time=1.0)   # (a second: a loaded machine may take 0.04 s to claim)
     assert w.run() == 0
     assert launcher.obsids == [1]
     assert states(table) == {1: ("done", 1), 2: ("pending", 0), 3: ("pending", 0)}
@@ -314,7 +315,7 @@ def test_a_stopping_or_out_of_time_worker_claims_nothing_with_its_outcome(make):
     def stop(worker, then):
         assert then is None
     table = CountingTable(JOB, [1, 2, 3], on_finish=stop)
-    w = table.worker = make(table, FakeLauncher(slow(done(), 0.05), then=done()), max_time=0.04)
+    w = table.worker = make(table, FakeLauncher(slow(done(), 1.2), then=done()), max_time=1.0)
     assert w.run() == 0
     assert outcomes(table) == [(1, 1, "done")]   # nothing else claimed, nothing put back
     holder = []
@@ -356,3 +357,23 @@ def test_a_worker_waits_for_another_workers_probe_of_the_template(make):
     assert table.template_gate(version, mine) == ("runs", "")
     table.template_verdict(version, "broken", "SyntaxError")   # a later verdict of broken is final
     assert table.template_gate(version, mine) == ("broken", "SyntaxError")
+
+
+def test_the_table_takes_a_claim_back_by_the_lease_watch_not_by_clocks():
+    """InMemoryJobTable goes by storage's rule (LeaseWatch), so the worker's decisions are tested as
+    they really are: a wall clock stepped an hour ahead takes nothing back; a claim is taken back only
+    after its renewal stood still for a whole lease on the taker's monotonic clock, and a heartbeat
+    starts the watch again. (Before: taken back at once when the wall clock passed lease_expires.)"""
+    wall, mono = [1000.0], [50.0]
+    table = InMemoryJobTable(JOB, [1], clock=lambda: wall[0], monotonic=lambda: mono[0])
+    claim = table.claim("here", "1/1", 1, 30.0)
+    wall[0] += 3600   # a clock step forward
+    assert table.reclaim_stale(30.0, 3) == []          # first look: the watch starts
+    mono[0] += 29
+    assert table.reclaim_stale(30.0, 3) == []          # not yet a whole lease
+    assert table.heartbeat(claim).value == "held"      # renewed: the watch starts again
+    mono[0] += 2
+    assert table.reclaim_stale(30.0, 3) == []
+    mono[0] += 30
+    assert table.reclaim_stale(30.0, 3) == [1]
+    assert states(table) == {1: ("pending", 1)}

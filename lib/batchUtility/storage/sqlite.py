@@ -88,7 +88,16 @@ class SQLiteJobTable(JobTable):
         return super()._columns(cur, table)
 
     def _is_transient(self, e: Exception) -> bool:
-        return isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
+        # A full disk under the file (SQLITE_FULL) is an outage too: the transaction was rolled back
+        # whole, and is waited for within the patience, as a server away is; space freed, it goes
+        # through (a worker's finished run is recorded, nothing is charged for the disk).
+        return isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)
+                                                            or _is_full(e))
+
+
+def _is_full(e: sqlite3.Error) -> bool:
+    """SQLITE_FULL: 'database or disk is full' (the disk under the file, its journal or its WAL)."""
+    return (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_FULL or "disk is full" in str(e)
 
 
 def _file_identity(path: Any) -> Optional[Tuple[int, int]]:

@@ -136,7 +136,7 @@ HEARTBEAT = """UPDATE {job_table} SET heartbeat = {now}, lease_expires = {now} +
 # put-back after a finish that did commit). Only `reset` makes a done row pending again, and it deletes
 # its results: so only done rows have results.
 FINISH = """UPDATE {job_table}
-  SET state = :state, pipelined = :pipelined, attempts = :attempt, ended = {now}, heartbeat = NULL,
+  SET state = :state, pipelined = :pipelined, attempts = attempts + 1, ended = {now}, heartbeat = NULL,
       lease_expires = NULL, exit_code = :exit_code, signal_no = :signal_no, reason = :reason, template = :template,
       heap_mb = COALESCE(:heap_next, heap_mb)
   WHERE obsid = :obsid AND token = :token AND state IN ('running', :state)"""
@@ -184,6 +184,27 @@ LOST_RELEASE = """UPDATE {job_table}
   SET state = CASE WHEN attempts + 1 >= :max_attempts THEN 'failed' ELSE 'pending' END,
       attempts = attempts + 1, token = NULL, heartbeat = NULL, lease_expires = NULL
   WHERE obsid IN ({obsids})"""
+
+# A late outcome of a claim taken back as `lost` meanwhile (its worker frozen or cut off from the
+# database for longer than its lease): JobTable.amend_taken_back. LATE_CLAIM reads what became of the
+# claim (its history row) and of the obsid since.
+LATE_CLAIM = """SELECT h.outcome, j.state, j.token, j.attempts FROM {history_table} h
+  JOIN {job_table} j ON j.obsid = h.obsid WHERE h.token = :token AND h.obsid = :obsid"""
+# A success recorded late: only while nobody claimed the obsid since it was taken back (no token, the
+# attempts it was given by the take-back), as if FINISH had come in time.
+LATE_DONE = """UPDATE {job_table}
+  SET state = 'done', pipelined = 1, attempts = :attempt, token = :token, ended = {now}, heartbeat = NULL,
+      lease_expires = NULL, exit_code = :exit_code, signal_no = :signal_no, reason = NULL, template = :template
+  WHERE obsid = :obsid AND token IS NULL AND attempts = :attempt AND state IN ('pending', 'failed')"""
+# The take-back's charge undone: one attempt fewer; failed by that very take-back (nobody claimed it
+# since), pending again.
+UNCHARGE = """UPDATE {job_table}
+  SET state = CASE WHEN state = 'failed' AND token IS NULL AND attempts = :attempt THEN 'pending' ELSE state END,
+      attempts = attempts - 1
+  WHERE obsid = :obsid AND attempts > 0"""
+# The claim's history row, `lost` until now, says what really became of the attempt.
+HISTORY_AMEND = """UPDATE {history_table} SET outcome = :outcome, reason = :reason, exit_code = :exit_code,
+  signal_no = :signal_no, template = :template WHERE token = :token AND obsid = :obsid AND outcome = 'lost'"""
 
 # Running rows are never reset: they may run under a live worker (a lease judged by the database's
 # clock says nothing sure: clocks step), and would run twice at once. reset --stale takes back those

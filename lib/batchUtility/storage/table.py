@@ -51,11 +51,14 @@ from .statements import (
     EXPECTED_FROM_MASTER,
     FINISH,
     HEARTBEAT,
+    HISTORY_AMEND,
     HISTORY_FROM_ROW,
     HOSTS_INDEX,
     INSERT_FROM_MASTER,
     INSERT_OBSID,
     LAPSED,
+    LATE_CLAIM,
+    LATE_DONE,
     LOST_MARK,
     LOST_RELEASE,
     LOST_TO_HISTORY,
@@ -74,6 +77,7 @@ from .statements import (
     RESULTS_SUFFIX,
     RUNNING_ON_HOST,
     STALE,
+    UNCHARGE,
     UNKNOWN_PENDING,
     in_list,
 )
@@ -551,6 +555,47 @@ class JobTable(TemplateGate, Reads, Engine):
                 commit=True)
             return requeued == 1
         return self._transaction(put_back, f"putting obsid {claim.obsid} back", patience=patience,
+                                 interrupted=interrupted)
+
+    def amend_taken_back(self, claim: Claim, outcome: Outcome, fenced: bool = False, *,
+                         results: Optional[Mapping[str, Any]] = None, patience: Optional[float] = None,
+                         interrupted: Optional[Callable[[], bool]] = None) -> Optional[str]:
+        """The late outcome of a claim that was taken back as `lost` meanwhile (its worker frozen, or cut
+        off from the database, for longer than its lease): the attempt was the tool's fault, never
+        the obsid's, so its charge is undone, and its history row says what became of it.
+
+        A success (fenced False, outcome.ok) is recorded done, with its results, if nobody claimed
+        the obsid since it was taken back; else the history says `late` (it succeeded, its
+        products are there, and the obsid ran again). A fenced attempt (its guardian killed HIPE) or a
+        failure becomes `fenced`. Either way the attempt is no longer counted: one attempt fewer, and
+        an obsid failed by that very take-back is pending again. Returns what the history now says
+        of the attempt ('done': recorded here, 'late', 'fenced'), or None if the claim was not taken
+        back as lost (reset, wiped: nothing changes)."""
+        row = {"obsid": claim.obsid, "token": claim.token}
+        word = "fenced" if fenced or not outcome.ok else "late"
+        note = (f"{outcome.reason[:150]}; " if outcome.reason else "") + \
+            "taken back after its lease meanwhile, not counted"
+
+        def amend(cur):
+            found = self._execute(cur, LATE_CLAIM, row).fetchone()
+            if found is None or found[0] != "lost":
+                return None
+            _, state, token, attempts = found
+            values = {**row, "attempt": claim.attempt, "exit_code": outcome.exit_code, "signal_no": outcome.signal,
+                      "template": outcome.template or None}
+            # LATE_DONE checks again what it read (a claim may come between): it changes one row or none.
+            if word == "late" and token is None and int(attempts) == claim.attempt and state in (PENDING, FAILED) \
+                    and self._execute(cur, LATE_DONE, values).rowcount == 1:
+                self._execute(cur, HISTORY_AMEND, {**values, "outcome": DONE, "reason": "recorded late: " + note})
+                if results:
+                    self._execute(cur, RESULTS_DELETE, {"obsid": claim.obsid})
+                    cur.executemany(self.statement(RESULTS_INSERT),
+                                    [result_row(claim.obsid, name, value) for name, value in results.items()])
+                return DONE
+            self._execute(cur, UNCHARGE, values)
+            self._execute(cur, HISTORY_AMEND, {**values, "outcome": word, "reason": note[:255]})
+            return word
+        return self._transaction(amend, f"amending the late outcome of obsid {claim.obsid}", patience=patience,
                                  interrupted=interrupted)
 
     _watch: Optional[LeaseWatch] = None   # what this table's reclaim_stale has seen so far
