@@ -105,10 +105,11 @@ EXPECTED_FROM_HISTORY = """UPDATE {job_table} j JOIN (
   WHERE j.expected IS NULL AND j.state = 'pending'"""
 # Whether a pending obsid still has no expected duration: one probe of the claim index.
 UNKNOWN_PENDING = "SELECT 1 FROM {job_table} WHERE state = 'pending' AND expected IS NULL LIMIT 1"
-EXPECTED_FROM_HISTORY_SQLITE = """UPDATE {job_table} SET expected = h.took FROM (
+# (The job's table is aliased j in both: a job may be named h.)
+EXPECTED_FROM_HISTORY_SQLITE = """UPDATE {job_table} AS j SET expected = h.took FROM (
     SELECT obsid, ROUND(AVG(ended - started)) AS took FROM {earlier_history} WHERE outcome = 'done' GROUP BY obsid
   ) AS h
-  WHERE h.obsid = {job_table}.obsid AND {job_table}.expected IS NULL AND {job_table}.state = 'pending'"""
+  WHERE h.obsid = j.obsid AND j.expected IS NULL AND j.state = 'pending'"""
 
 DB_NOW = "SELECT {now}"
 COUNT_ALL = "SELECT COUNT(*) FROM {job_table}"
