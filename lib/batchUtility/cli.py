@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from . import __version__, config, report, results, signals, timeline, workdir
 from .errors import BadInput, BatchError
-from .frontend import COMMAND, EXIT_STATUSES, job_exit_status, print_status, say_error, status_block
+from .frontend import COMMAND, EXIT_STATUSES, job_exit_status, node_line, print_status, say_error, status_block
 from .local import LocalRun
 from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier, printable
 from .obsids import MAX_OBSID, WHAT_AN_OBSID_IS, read_obsids
@@ -191,7 +191,8 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
-def _interactive(cfg: config.Config, job: str, create: bool = False, long_writes: bool = False) -> JobTable:
+def _interactive(cfg: config.Config, job: str, create: bool = False, long_writes: bool = False,
+                 say_node: bool = True) -> JobTable:
     """The job's table for a command a person waits for: a server that does not answer is given up
     on within INTERACTIVE_PATIENCE (DatabaseUnavailable: one line, exit 3), not after a call's 60 s.
 
@@ -200,10 +201,18 @@ def _interactive(cfg: config.Config, job: str, create: bool = False, long_writes
     as long as any command's (DEFAULT_CALL_TIMEOUT)."""
     # Each connect waits at most the patience left (Engine._transaction), so the last ends within it.
     table = open_table(cfg.sql, job, INTERACTIVE_PATIENCE, create=create, call_timeout=INTERACTIVE_CALL)   # connects
-    if not long_writes:
-        return table
-    table.close()
-    return open_table(cfg.sql, job, INTERACTIVE_PATIENCE, create=create, call_timeout=DEFAULT_CALL_TIMEOUT)
+    if long_writes:
+        table.close()
+        table = open_table(cfg.sql, job, INTERACTIVE_PATIENCE, create=create, call_timeout=DEFAULT_CALL_TIMEOUT)
+    _say_node(table, say_node)
+    return table
+
+
+def _say_node(table: JobTable, say: bool = True) -> None:
+    """Which node of a host list answered, on stderr (-q leaves it out): every command says it."""
+    line = node_line(table) if say else None
+    if line:
+        logging.getLogger(PROG).info(line)
 
 
 def cmd_new(cfg: config.Config, args: argparse.Namespace) -> int:
@@ -338,6 +347,7 @@ def cmd_run(cfg: config.Config, args: argparse.Namespace) -> int:
     slot = current_slot()
     table = open_table(cfg.sql, args.job, cfg.run.db_patience, call_timeout=cfg.run.call_timeout)
     table.require()
+    _say_node(table)
     status = Worker(cfg, table, args.job, slot, **options).run()
     if status not in (0, 1):
         return status
@@ -347,7 +357,8 @@ def cmd_run(cfg: config.Config, args: argparse.Namespace) -> int:
 def cmd_status(cfg: config.Config, args: argparse.Namespace) -> int:
     if args.watch is not None and args.obsid is None and not args.running:
         return _watch(cfg, args)
-    table = _interactive(cfg, args.job)
+    # The status block names the node itself; --obsid and --running have it on stderr.
+    table = _interactive(cfg, args.job, say_node=args.obsid is not None or args.running)
     table.require()
     if args.obsid is not None:  # one obsid and its attempt history
         if not 0 < args.obsid <= MAX_OBSID:   # also keeps huge numbers away from the driver

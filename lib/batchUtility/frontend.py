@@ -5,7 +5,7 @@ A front end imports this, never another front end: only the entry point (startup
 """
 import json
 import sys
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from . import report
 from .errors import BatchError, JobExists, JobMissing, TemplateMissing
@@ -69,10 +69,17 @@ def _with_node(table: JobTable, text: str, as_json: bool) -> str:
         data = json.loads(text)
         data["node"] = table.node
         return json.dumps(data, indent=2)
+    line = node_line(table)
+    return f"{text}\n  {line}" if line else text
+
+
+def node_line(table: JobTable) -> Optional[str]:
+    """'database node H:P answered (N in [sql] host)' when [sql] host lists several nodes, else None:
+    what every command says (status in its block, the others on stderr, which -q leaves out)."""
     nodes = table.settings.addresses() if table.settings.backend == "mysql" else ()
     if len(nodes) > 1 and table.node is not None:
-        return f"{text}\n  database node {table.node} answered ({len(nodes)} in [sql] host)"
-    return text
+        return f"database node {table.node} answered ({len(nodes)} in [sql] host)"
+    return None
 
 
 def print_status(table: JobTable, job: str, failures: int = 10, hosts: bool = False,

@@ -18,7 +18,7 @@ import MySQLdb
 import pytest
 
 from exactly_once import assert_exactly_once, probe, wait_first_run
-from mariadb_server import MariaDB
+from mariadb_server import MariaDB, free_port
 from support import OBSID, BatchEnv, Worker, new_job, pid_alive, wait_for
 
 WORKER, WORKER_PASSWORD = "worker", "w0rker-pw"
@@ -98,3 +98,32 @@ def test_promoted_replica_without_the_claim(pair, tmp_path, reaper):
     assert first.wait(120) == 0, first.err()[-3000:]
     figures = assert_exactly_once(env, [OBSID])
     assert figures["runs"] == 2   # the stopped one, and the one recorded
+
+
+def test_every_command_says_which_node_answered(mysql_batch):
+    """[sql] host lists a node that refuses (nothing listens on its port) before the module's server:
+    every command reaches the second and says so on stderr (the status block in itself, --json in
+    its "node"); -q leaves the line out; a single host says nothing of nodes."""
+    env = mysql_batch
+    new_job(env, [OBSID], template="x = 1\n")
+    server = env.server.cfg_sql(env.db)
+    node = f"{server['host']}:{server['port']}"
+    env.write_cfg(sql={"host": f"127.0.0.1:{free_port()}, {node}", "port": None})
+    line = f"database node {node} answered (2 in [sql] host)"
+    r = env.cli("j", "run")
+    assert r.returncode == 0 and line in r.stderr, r.stderr
+    for command in (["history"], ["status", "--obsid", OBSID], ["status", "--running"], ["results"],
+                    ["report", env.root / "r.html"], ["reset", "--failed"], ["new", "--add", env.obsid_file([OBSID + 1])]):
+        r = env.cli("j", *command)
+        assert r.returncode == 0, (command, r.stderr)
+        assert line in r.stderr and line not in r.stdout, (command, r.stderr)
+        quiet = env.cli("-q", "j", *command)
+        assert quiet.returncode == 0 and line not in quiet.stderr + quiet.stdout, (command, quiet.stderr)
+    status = env.cli("j", "status")
+    assert line in status.stdout and line not in status.stderr, status.stdout
+    assert env.cli("j", "status", "--json").stdout.count(f'"node": "{node}"') == 1
+    wiped = env.cli("j", "wipe", "--yes")
+    assert wiped.returncode == 0 and line in wiped.stderr, wiped.stderr
+    env.write_cfg()   # one host: nothing said of nodes
+    new_job(env, [OBSID])
+    assert "database node" not in env.cli("j", "history").stderr
