@@ -126,7 +126,8 @@ class InMemoryJobTable:
         row = self._held(claim, (RUNNING, state))
         if row is None:
             return None
-        row.update(state=state, pipelined=int(state == DONE), attempts=row["attempts"] + 1, ended=self.clock(),
+        row.update(state=state, pipelined=int(state == DONE), attempts=row["attempts"] + (row["state"] == RUNNING),
+                   ended=self.clock(),
                    heartbeat=None, lease_expires=None, exit_code=outcome.exit_code, signal_no=outcome.signal,
                    reason=outcome.reason[:255] or None, template=outcome.template or None)
         if outcome.heap_next is not None:

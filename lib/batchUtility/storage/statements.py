@@ -135,9 +135,13 @@ HEARTBEAT = """UPDATE {job_table} SET heartbeat = {now}, lease_expires = {now} +
 # Finish and requeue change their claim's row only while it runs, or repeat what they did (a repeat
 # after a lost COMMIT reply finds the state it gave): a claim recorded done or failed stays so (a
 # put-back after a finish that did commit). Only `reset` makes a done row pending again, and it deletes
-# its results: so only done rows have results.
+# its results: so only done rows have results. The attempt counted is the row's own (one more than
+# the row says, not the claim's number: a charge undone meanwhile stays undone), and only once: a
+# repeat, which finds the heartbeat gone, leaves it. (Read before heartbeat is assigned: MariaDB
+# assigns in order, each assignment seeing the ones before it.)
 FINISH = """UPDATE {job_table}
-  SET state = :state, pipelined = :pipelined, attempts = attempts + 1, ended = {now}, heartbeat = NULL,
+  SET state = :state, pipelined = :pipelined,
+      attempts = CASE WHEN heartbeat IS NOT NULL THEN attempts + 1 ELSE attempts END, ended = {now}, heartbeat = NULL,
       lease_expires = NULL, exit_code = :exit_code, signal_no = :signal_no, reason = :reason, template = :template,
       heap_mb = COALESCE(:heap_next, heap_mb)
   WHERE obsid = :obsid AND token = :token AND state IN ('running', :state)"""
