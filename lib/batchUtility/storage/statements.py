@@ -260,6 +260,12 @@ RESULTS_OF_DONE = """SELECT j.obsid, r.name, r.value FROM {job_table} j
 # expected (tests/bench/RESULTS.md).
 STATE_BY_EXPECTED = """SELECT state, expected, COUNT(*) FROM {job_table}
   GROUP BY state, expected ORDER BY state, expected DESC"""
+# SQLite's census (SQLiteJobTable._census): the pending ones alone grouped by expected, the other
+# states only counted, each a range of the claim index; grouping the done rows by expected too
+# cost more than all the rest of `status` on a million rows (tests/bench/RESULTS.md).
+PENDING_BY_EXPECTED = """SELECT expected, COUNT(*) FROM {job_table} WHERE state = 'pending'
+  GROUP BY expected ORDER BY expected DESC"""
+COUNT_IN_STATE = "SELECT COUNT(*) FROM {job_table} WHERE state = :state"
 RUNNING_NOW = """SELECT obsid, attempts + 1 AS attempt, host, worker, pid, started, heartbeat, expected, reason
   FROM {job_table} WHERE state = 'running' ORDER BY host, worker, pid, obsid"""
 RECENT_DONE = """SELECT expected, ended - started FROM {job_table}
