@@ -98,17 +98,19 @@ PIPETIME_NOT_A_NUMBER = """SELECT COUNT(*) FROM {job_table} j JOIN {master_table
 # attempts are read once, grouped by obsid, and each finds its row by the primary key, so the cost is
 # the earlier job's, not the new job's size once per earlier job (a dependent subquery per row of the
 # new job, as MariaDB 10.11 planned it before). MariaDB: UPDATE ... JOIN; SQLite: UPDATE ... FROM.
-EXPECTED_FROM_HISTORY = """UPDATE {job_table} j JOIN (
+# The aliases begin with an underscore, which no job name does (model.check_identifier): a job
+# named h or j would clash with one-letter aliases ("ambiguous column name: h.obsid").
+EXPECTED_FROM_HISTORY = """UPDATE {job_table} _job JOIN (
     SELECT obsid, ROUND(AVG(ended - started)) AS took FROM {earlier_history} WHERE outcome = 'done' GROUP BY obsid
-  ) h ON h.obsid = j.obsid
-  SET j.expected = h.took
-  WHERE j.expected IS NULL AND j.state = 'pending'"""
+  ) _learned ON _learned.obsid = _job.obsid
+  SET _job.expected = _learned.took
+  WHERE _job.expected IS NULL AND _job.state = 'pending'"""
 # Whether a pending obsid still has no expected duration: one probe of the claim index.
 UNKNOWN_PENDING = "SELECT 1 FROM {job_table} WHERE state = 'pending' AND expected IS NULL LIMIT 1"
-EXPECTED_FROM_HISTORY_SQLITE = """UPDATE {job_table} SET expected = h.took FROM (
+EXPECTED_FROM_HISTORY_SQLITE = """UPDATE {job_table} SET expected = _learned.took FROM (
     SELECT obsid, ROUND(AVG(ended - started)) AS took FROM {earlier_history} WHERE outcome = 'done' GROUP BY obsid
-  ) AS h
-  WHERE h.obsid = {job_table}.obsid AND {job_table}.expected IS NULL AND {job_table}.state = 'pending'"""
+  ) AS _learned
+  WHERE _learned.obsid = {job_table}.obsid AND {job_table}.expected IS NULL AND {job_table}.state = 'pending'"""
 
 DB_NOW = "SELECT {now}"
 COUNT_ALL = "SELECT COUNT(*) FROM {job_table}"
