@@ -12,16 +12,17 @@ import pytest
 
 import batchUtility
 from batchUtility import config, storage
-from batchUtility.model import STATES
+from batchUtility.model import STATES, as_seconds
 from batchUtility.storage.reads import Reads
 
 N = 3000
 
 
-@pytest.fixture
-def job(tmp_path):
-    """A job of N obsids in every state, with numeric, missing and textual expected durations, and
-    (as a user may run it, or `PRAGMA optimize`) the planner's statistics gathered."""
+@pytest.fixture(params=[False, True], ids=["no-statistics", "analyzed"])
+def job(request, tmp_path):
+    """A job of N obsids in every state, with numeric, missing and textual expected durations, some
+    finished in the last minutes; without the planner's statistics (as `new` leaves a database) and
+    with them (as a user may gather them: ANALYZE, `PRAGMA optimize`)."""
     settings = config.SqlSettings("sqlite", "", 0, "", "", path=tmp_path / "batch.sqlite")
     table = storage.SQLiteJobTable("j", settings, create=True)
     table.create(list(range(1000, 1000 + N)))
@@ -33,7 +34,10 @@ def job(tmp_path):
         db.execute("UPDATE j SET state = 'failed', attempts = 3, reason = 'boom ' || obsid, started = obsid,"
                    " ended = obsid + 5, host = 'h' WHERE obsid % 4 = 1 AND obsid > 2000")
         db.execute("UPDATE j SET state = 'running', token = 'x', host = 'h', started = obsid WHERE obsid % 50 = 2")
-        db.execute("ANALYZE")
+        db.execute("UPDATE j SET started = unixepoch() - 900 + obsid % 300, ended = unixepoch() - 600 + obsid / 100.0"
+                   " WHERE state IN ('done', 'failed') AND obsid % 3 = 0")
+        if request.param:
+            db.execute("ANALYZE")
     yield table
     table.close()
 
@@ -46,6 +50,21 @@ def test_sqlite_census_gives_the_counts_and_pending_groups_of_one_full_read(job)
     assert all(counts[state] > 0 for state in STATES)
     assert figures["pending"] == pending   # the same groups in the same order, unknown durations None
     assert None in [e for e, _ in pending] and len(pending) > 90
+
+
+def test_recent_finishes_are_read_by_the_ended_index_and_are_the_same(job):
+    figures = job.pace_figures(600, 300, samples=50)
+    since = figures["now"] - 600
+    with sqlite3.connect(job.settings.path) as db:
+        for hinted in (storage.RECENT_DONE, storage.FINISHED_SINCE):
+            plan = " ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + job.statement(hinted), (0,)))
+            assert "j__ended" in plan and "TEMP B-TREE" not in plan, plan
+        finished = db.execute("SELECT COUNT(*), MIN(started) FROM j NOT INDEXED"
+                              " WHERE ended >= ? AND state IN ('done', 'failed')", (since,)).fetchone()
+        recent = db.execute("SELECT expected, ended - started FROM j NOT INDEXED WHERE ended IS NOT NULL"
+                            " AND state = 'done' ORDER BY ended DESC LIMIT 50").fetchall()
+    assert (figures["finished"], figures["first_start"]) == finished and finished[0] > 50
+    assert figures["recent"] == [(as_seconds(e), d) for e, d in recent]   # no two end at once: one order
 
 
 def test_first_failures_come_in_obsid_order_through_the_claim_index_after_analyze(job):

@@ -25,6 +25,7 @@ class SQLiteJobTable(JobTable):
     skip_locked = ""                # no row locks: BEGIN IMMEDIATE holds the database's only write lock
     lock_rows = ""
     in_start_order = ""             # SQLite reads the index in order by itself
+    by_ended = " INDEXED BY {index}"
     by_state = " INDEXED BY {index}"   # as MariaDB's hint: after an ANALYZE SQLite would scan every row by obsid
     columns_of = "SELECT name FROM pragma_table_info(:name)"
     expected_from_history = EXPECTED_FROM_HISTORY_SQLITE   # UPDATE ... FROM (SQLite 3.33+), not MariaDB's JOIN
