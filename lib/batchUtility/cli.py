@@ -13,16 +13,17 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import __version__, config, report, results, signals, timeline, workdir
+from . import __version__, config, report, results, signals, workdir
 from .errors import BadInput, BatchError
 from .frontend import COMMAND, EXIT_STATUSES, job_exit_status, node_line, print_status, say_error, status_block
-from .local import LocalRun
 from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier, printable
 from .obsids import MAX_OBSID, WHAT_AN_OBSID_IS, read_obsids
 from .procfs import process_gone
 from .slot import current_slot, host_name
 from .storage import DEFAULT_CALL_TIMEOUT, JobTable, open_table
-from .worker import Worker
+
+# Imported by the commands that use them (local, worker: `run`; timeline: `report`), not by every
+# command: `status` on a big job is asked often and should answer at once (tests/bench/RESULTS.md).
 
 PROG = COMMAND
 WATCH_EVERY = 5.0   # seconds between redraws of `status --watch`
@@ -341,6 +342,8 @@ def _confirm_putting_done_back(table: JobTable, job: str) -> bool:
 
 def cmd_run(cfg: config.Config, args: argparse.Namespace) -> int:
     """The worker's own status (2, 3, 128+N) when it ended abnormally, else the job's: 0 every obsid done, else 1."""
+    from .local import LocalRun
+    from .worker import Worker
     options = {"quiet": args.quiet, "max_time": args.max_time}
     if args.jobs:
         return LocalRun(cfg, args.job, args.jobs, quiet=args.quiet, worker_options=options).run()
@@ -479,6 +482,7 @@ def parse_since(text: str, clock) -> float:
 def cmd_report(cfg: config.Config, args: argparse.Namespace) -> int:
     if not args.file and not args.svg:
         raise BadInput("report: give the page to write (FILE.html), --svg FILE.svg, or both")
+    from . import timeline
     table = _interactive(cfg, args.job)
     table.require()
     now, running = table.running()

@@ -19,6 +19,7 @@ On a terminal the parent also shows the job's progress on one line below the wor
 """
 import contextlib
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -147,8 +148,9 @@ class LocalRun:
         table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience)
         try:
             table.require()
-            # Template and HIPE checked once, here: a bad setup is one line and exit 2, not N.
-            Worker(self.cfg, table, self.job, Slot(1, self.size, self.host)).check_ready()
+            # Template and HIPE checked once, here: a bad setup is one line and exit 2, not N. What
+            # was lost taken back once too: the workers, forked right after, start with their claims.
+            Worker(self.cfg, table, self.job, Slot(1, self.size, self.host)).prepare()
             room = read_connection_room(table)
         finally:
             table.close()   # no connection may cross the fork
@@ -205,6 +207,9 @@ class LocalRun:
             self.relay = TerminalRelay(self._figures)
         unforked = dict(slots)
         not_started: List[int] = []
+        # The parent's objects out of the collector's reach: a worker's collections would otherwise
+        # write to every inherited object's header, copying most of the parent's pages in each worker.
+        gc.freeze()
         for rank, fd in slots.items():
             del unforked[rank]
             if self.stop_signal:
@@ -274,7 +279,7 @@ class LocalRun:
             # a worker's (a third of the lease), as `run`'s are.
             table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience, call_timeout=self.cfg.run.call_timeout)
             worker = Worker(self.cfg, table, self.job, Slot(rank, self.size, self.host), out=self.out,
-                            stopped_before=lambda: self.stop_signal, **self.worker_options)
+                            stopped_before=lambda: self.stop_signal, prepared=True, **self.worker_options)
             status = worker.run()
         except BatchError as e:
             print(f"BatchProcess.py: error: [{self.host} slot {rank}/{self.size}] {e}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Who this worker is: its slot (rank and size, 1-based as the original printed them) and its host.
 
 Where the slot comes from, first match wins:
-1. MPI: started by mpirun (also mpirun inside an sbatch allocation): the MPI rank and size.
+1. MPI: started by mpirun (also mpirun inside an sbatch allocation): the MPI rank and size, as
+   mpirun's environment gives them (OMPI_COMM_WORLD_RANK/_SIZE, PMI_RANK/_SIZE), else from mpi4py.
 2. A Slurm job step started by srun: SLURM_PROCID + 1 of SLURM_NTASKS (SLURM_STEP_ID marks a step;
    the batch script itself has SLURM_PROCID=0 too, but is no step).
 3. A Slurm job array task: its place in the array, (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) /
@@ -89,6 +90,14 @@ def _array_slot(env, host) -> Optional[Slot]:
 
 
 def _mpi_slot(env, host) -> Slot:
+    # Rank and size as the MPI launcher put them in the environment (Open MPI; MPICH's Hydra): what
+    # MPI.COMM_WORLD would say, without importing mpi4py and initialising MPI, which cost each rank
+    # about 85 ms of CPU (64 ranks on 2 cores: seconds; tests/bench/RESULTS.md) and started Open MPI's
+    # threads (the guardian is then exec'd rather than forked). MPI itself only when they are absent.
+    for rank_name, size_name in (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE")):
+        rank, size = _int(env, rank_name), _int(env, size_name)
+        if rank is not None and size and 0 <= rank < size:
+            return Slot(rank + 1, size, host)
     try:
         import mpi4py
         if env.get("MPI4PY_RC_FINALIZE", "").lower() in ("false", "no", "off", "0"):

@@ -122,11 +122,13 @@ class Worker:
                  quiet: bool = False, max_time: Optional[float] = None, claim_until: Optional[float] = None,
                  stopped_before: Optional[Callable[[], int]] = None, *, launcher: Launcher = hipe.run_obsid,
                  guardian: Callable[[], Guardian] = Guardian,
-                 lease_keeper: Optional[Callable[[Guardian], LeaseKeeper]] = None):
+                 lease_keeper: Optional[Callable[[Guardian], LeaseKeeper]] = None, prepared: bool = False):
         """quiet: print no obsid lines and no SUMMARY (-q); max_time: seconds after which no obsid is
         claimed any more, or claim_until: the same as a time.monotonic() value (`run -j` sets it once
         for all its workers); stopped_before: the stop signal that came before run() took the
-        signals over (a forked worker's first moments), or 0.
+        signals over (a forked worker's first moments), or 0; prepared: prepare() was called on this
+        job just before this worker started (`run -j` calls it once, before it forks its workers), so
+        run() neither checks the job again nor makes the first reclaim pass.
 
         The collaborators, real unless given (batchUtility.testing has fakes): table, the job's
         table; launcher, what runs one obsid (hipe.run_obsid); guardian, what starts the guardian
@@ -160,6 +162,7 @@ class Worker:
         self.scratch: Optional[Path] = None
         self.keeper: Optional[LeaseKeeper] = None
         self.quick_failures, self.failing_since = 0, 0.0
+        self.prepared = prepared
         self.template_version, self.template_changed = "", False
         self.template_settled: Optional[tuple] = None   # the last snapshot of the template read whole
         self.next: Optional[NextClaim] = None   # the claim taken with the last outcome, not run yet
@@ -171,6 +174,14 @@ class Worker:
         """See check_ready()."""
         check_ready(self.cfg, self.job)
 
+    def prepare(self) -> None:
+        """What every worker does before its first claim, done once for the workers of a `run -j`
+        (forked right after, with prepared=True): the job checked, and the obsids of dead workers of
+        this host and of lost ones taken back. 64 workers each doing it queued on SQLite's write
+        lock before their first claim (tests/bench/RESULTS.md)."""
+        self.check_ready()
+        self._reclaim()
+
     def _stopping(self) -> bool:
         """Asked by the table between retries: a worker told to stop does not sit out an outage."""
         return bool(self.stop_signal)
@@ -181,7 +192,8 @@ class Worker:
         Returns 0 if every obsid this worker ran succeeded, 1 if any failed, 3 if the database
         stayed away too long, 128+N after stop signal N (its obsid put back to pending).
         """
-        self.check_ready()
+        if not self.prepared:
+            self.check_ready()
         previous = signals.catch(self._on_signal, STOP_SIGNALS)
         self.stop_signal = self.stop_signal or self.stopped_before()
         started = time.monotonic()
@@ -262,7 +274,8 @@ class Worker:
 
     def _claim_loop(self) -> None:
         run = self.cfg.run
-        self._reclaim()
+        if not self.prepared:
+            self._reclaim()
         wait = WAIT_FIRST
         while not self.stop_signal and not self.halted and not self._out_of_time():
             following, self.next = self.next, None

@@ -74,6 +74,7 @@ class Engine:
     # Index hints ({index} is the index meant), where the planner would read a million rows:
     in_start_order = ""            # the history in start order, streamed from its first row (no sort first)
     by_state = ""                  # FIRST_FAILURES: the failed rows by the claim index, not all rows by obsid
+    by_ended = ""                  # the recent finishes by the ended index, not every done row sorted
     columns_of = ""                # the column names of table :name, lower case, in order
     table_names = ""               # the names of every table in the database
     Error: Any = Exception         # the driver's base error class
@@ -133,6 +134,8 @@ class Engine:
             names["in_start_order"] = self.in_start_order.format(index=self.quote(self.job + "__attempts_started"))
         if "{by_state}" in text:
             names["by_state"] = self.by_state.format(index=self.quote(self.job + "__claim"))
+        if "{by_ended}" in text:
+            names["by_ended"] = self.by_ended.format(index=self.quote(self.job + "__ended"))
         if "{finished_only}" in text:
             names["finished_only"] = self.finished_only
         return names

@@ -107,11 +107,7 @@ class Reads:
         def read(cur):
             now = self._db_now(cur)
             finishes = _dicts(self._execute(cur, FINISHES_SINCE, {"since": now - rate_window}))
-            counts, pending = dict.fromkeys(STATES, 0), []
-            for state, expected, n in (self._execute(cur, STATE_BY_EXPECTED).fetchall() if census else ()):
-                counts[state] = counts.get(state, 0) + int(n)
-                if state == PENDING:
-                    pending.append((as_seconds(expected), int(n)))
+            counts, pending = self._census(cur) if census else (dict.fromkeys(STATES, 0), [])
             running = _with_seconds(_dicts(self._execute(cur, RUNNING_NOW)))
             recent = [(as_seconds(e), s) for e, s in self._execute(cur, RECENT_DONE, {"limit": samples}).fetchall()]
             first = [(as_seconds(e), s) for e, s in self._execute(cur, FIRST_DONE, {"limit": samples}).fetchall()]
@@ -120,6 +116,17 @@ class Reads:
             return {"now": now, "counts": counts if census else None, "finishes": finishes, "pending": pending,
                     "running": running, "recent": recent, "first": first}
         return self._transaction(read, "measuring the pace", write=False)
+
+    def _census(self, cur: Any) -> Tuple[Dict[str, int], List[Tuple[Optional[float], int]]]:
+        """The count in each state (every state present), and the pending ones as (expected, count)
+        groups, longest first: one read of the claim index in its own order (SQLite: _census of its own)."""
+        counts: Dict[str, int] = dict.fromkeys(STATES, 0)
+        pending = []
+        for state, expected, n in self._execute(cur, STATE_BY_EXPECTED).fetchall():
+            counts[state] = counts.get(state, 0) + int(n)
+            if state == PENDING:
+                pending.append((as_seconds(expected), int(n)))
+        return counts, pending
 
     def running(self) -> Tuple[float, List[Dict[str, Any]]]:
         """The database's clock, and the running obsids: obsid, attempt, host, worker (slot), pid,

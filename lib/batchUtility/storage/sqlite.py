@@ -2,10 +2,11 @@
 import os
 import sqlite3
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import BadInput, BatchError, JobMissing
-from .statements import EXPECTED_FROM_HISTORY_SQLITE
+from ..model import DONE, FAILED, PENDING, RUNNING, STATES, as_seconds
+from .statements import COUNT_ALL, COUNT_IN_STATE, EXPECTED_FROM_HISTORY_SQLITE, PENDING_BY_EXPECTED
 from .table import JobTable
 
 
@@ -24,7 +25,8 @@ class SQLiteJobTable(JobTable):
     skip_locked = ""                # no row locks: BEGIN IMMEDIATE holds the database's only write lock
     lock_rows = ""
     in_start_order = ""             # SQLite reads the index in order by itself
-    by_state = ""
+    by_ended = " INDEXED BY {index}"
+    by_state = " INDEXED BY {index}"   # as MariaDB's hint: after an ANALYZE SQLite would scan every row by obsid
     columns_of = "SELECT name FROM pragma_table_info(:name)"
     expected_from_history = EXPECTED_FROM_HISTORY_SQLITE   # UPDATE ... FROM (SQLite 3.33+), not MariaDB's JOIN
     table_names = "SELECT name FROM sqlite_master WHERE type = 'table'"
@@ -53,6 +55,18 @@ class SQLiteJobTable(JobTable):
         self._switch_to_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
+
+    def _census(self, cur: Any) -> Tuple[Dict[str, int], List[Tuple[Optional[float], int]]]:
+        """As JobTable's, but only the pending entries of the claim index are grouped by expected;
+        running and failed are counted, a range each, and done is the rest of the whole count (which
+        SQLite takes from the b-tree's pages, not its entries): a third of the time on a million
+        rows. No statement writes a state outside STATES, so the rest is the done ones."""
+        pending = [(as_seconds(expected), int(n)) for expected, n in self._execute(cur, PENDING_BY_EXPECTED).fetchall()]
+        counts = {PENDING: sum(n for _, n in pending)}
+        for state in (RUNNING, FAILED):
+            counts[state] = int(self._execute(cur, COUNT_IN_STATE, {"state": state}).fetchone()[0])
+        counts[DONE] = int(self._execute(cur, COUNT_ALL).fetchone()[0]) - sum(counts.values())
+        return {state: counts[state] for state in STATES}, pending
 
     _identity: Optional[Tuple[int, int]] = None   # (st_dev, st_ino) of the file when first opened
 

@@ -98,18 +98,19 @@ PIPETIME_NOT_A_NUMBER = """SELECT COUNT(*) FROM {job_table} j JOIN {master_table
 # attempts are read once, grouped by obsid, and each finds its row by the primary key, so the cost is
 # the earlier job's, not the new job's size once per earlier job (a dependent subquery per row of the
 # new job, as MariaDB 10.11 planned it before). MariaDB: UPDATE ... JOIN; SQLite: UPDATE ... FROM.
-EXPECTED_FROM_HISTORY = """UPDATE {job_table} j JOIN (
+# The aliases begin with an underscore, which no job name does (model.check_identifier): a job
+# named h or j would clash with one-letter aliases ("ambiguous column name: h.obsid").
+EXPECTED_FROM_HISTORY = """UPDATE {job_table} _job JOIN (
     SELECT obsid, ROUND(AVG(ended - started)) AS took FROM {earlier_history} WHERE outcome = 'done' GROUP BY obsid
-  ) h ON h.obsid = j.obsid
-  SET j.expected = h.took
-  WHERE j.expected IS NULL AND j.state = 'pending'"""
+  ) _learned ON _learned.obsid = _job.obsid
+  SET _job.expected = _learned.took
+  WHERE _job.expected IS NULL AND _job.state = 'pending'"""
 # Whether a pending obsid still has no expected duration: one probe of the claim index.
 UNKNOWN_PENDING = "SELECT 1 FROM {job_table} WHERE state = 'pending' AND expected IS NULL LIMIT 1"
-# (The job's table is aliased j in both: a job may be named h.)
-EXPECTED_FROM_HISTORY_SQLITE = """UPDATE {job_table} AS j SET expected = h.took FROM (
+EXPECTED_FROM_HISTORY_SQLITE = """UPDATE {job_table} SET expected = _learned.took FROM (
     SELECT obsid, ROUND(AVG(ended - started)) AS took FROM {earlier_history} WHERE outcome = 'done' GROUP BY obsid
-  ) AS h
-  WHERE h.obsid = j.obsid AND j.expected IS NULL AND j.state = 'pending'"""
+  ) AS _learned
+  WHERE _learned.obsid = {job_table}.obsid AND {job_table}.expected IS NULL AND {job_table}.state = 'pending'"""
 
 DB_NOW = "SELECT {now}"
 COUNT_ALL = "SELECT COUNT(*) FROM {job_table}"
@@ -286,17 +287,25 @@ RESULTS_OF_DONE = """SELECT j.obsid, r.name, r.value FROM {job_table} j
 # expected (tests/bench/RESULTS.md).
 STATE_BY_EXPECTED = """SELECT state, expected, COUNT(*) FROM {job_table}
   GROUP BY state, expected ORDER BY state, expected DESC"""
+# SQLite's census (SQLiteJobTable._census): the pending ones alone grouped by expected, the other
+# states only counted, each a range of the claim index; grouping the done rows by expected too
+# cost more than all the rest of `status` on a million rows (tests/bench/RESULTS.md).
+PENDING_BY_EXPECTED = """SELECT expected, COUNT(*) FROM {job_table} WHERE state = 'pending'
+  GROUP BY expected ORDER BY expected DESC"""
+COUNT_IN_STATE = "SELECT COUNT(*) FROM {job_table} WHERE state = :state"
 RUNNING_NOW = """SELECT obsid, attempts + 1 AS attempt, host, worker, pid, started, heartbeat, expected, reason,
        lease_expires FROM {job_table} WHERE state = 'running' ORDER BY host, worker, pid, obsid"""
-RECENT_DONE = """SELECT expected, ended - started FROM {job_table}
+# {by_ended}: without the planner's statistics (no ANALYZE: as users' databases are) SQLite read
+# every done row by the claim index and sorted them (0.37 s on a million rows; tests/bench/RESULTS.md).
+RECENT_DONE = """SELECT expected, ended - started FROM {job_table}{by_ended}
   WHERE ended IS NOT NULL AND state = 'done' ORDER BY ended DESC LIMIT :limit"""
 # The first finishes of the job (the ended index read from its start): with longest first, the
 # longest obsids; beside the recent ones they give the speed's fit a span of expected durations.
-FIRST_DONE = """SELECT expected, ended - started FROM {job_table}
+FIRST_DONE = """SELECT expected, ended - started FROM {job_table}{by_ended}
   WHERE ended IS NOT NULL AND state = 'done' ORDER BY ended LIMIT :limit"""
 # Every finish of the last rate window, by whom: the rate and the speed of the workers alive now;
 # and the obsids put back pending in it (a stopped worker's last word).
-FINISHES_SINCE = """SELECT host, worker, pid, state, expected, started, ended FROM {job_table}
+FINISHES_SINCE = """SELECT host, worker, pid, state, expected, started, ended FROM {job_table}{by_ended}
   WHERE ended >= :since AND state IN ('done', 'failed', 'pending')"""
 HISTORY_SINCE = """SELECT obsid, attempt, host, worker, pid, started, ended, exit_code, signal_no, outcome, reason,
        heap_mb, cpu_s, peak_rss_mb, read_mb, write_mb
