@@ -56,15 +56,21 @@ def test_recent_finishes_are_read_by_the_ended_index_and_are_the_same(job):
     figures = job.pace_figures(600, 300, samples=50)
     since = figures["now"] - 600
     with sqlite3.connect(job.settings.path) as db:
-        for hinted in (storage.RECENT_DONE, storage.FINISHED_SINCE):
+        for hinted in (storage.RECENT_DONE, storage.FIRST_DONE, storage.FINISHES_SINCE):
             plan = " ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + job.statement(hinted), (0,)))
             assert "j__ended" in plan and "TEMP B-TREE" not in plan, plan
-        finished = db.execute("SELECT COUNT(*), MIN(started) FROM j NOT INDEXED"
-                              " WHERE ended >= ? AND state IN ('done', 'failed')", (since,)).fetchone()
+        finishes = db.execute("SELECT host, worker, pid, state, expected, started, ended FROM j NOT INDEXED"
+                              " WHERE ended >= ? AND state IN ('done', 'failed', 'pending')", (since,)).fetchall()
         recent = db.execute("SELECT expected, ended - started FROM j NOT INDEXED WHERE ended IS NOT NULL"
                             " AND state = 'done' ORDER BY ended DESC LIMIT 50").fetchall()
-    assert (figures["finished"], figures["first_start"]) == finished and finished[0] > 50
+        first = db.execute("SELECT expected, ended - started FROM j NOT INDEXED WHERE ended IS NOT NULL"
+                           " AND state = 'done' ORDER BY ended LIMIT 50").fetchall()
+    keys = ("host", "worker", "pid", "state", "expected", "started", "ended")
+    read = sorted((tuple(f[k] for k in keys) for f in figures["finishes"]), key=repr)
+    assert read == sorted(((h, w, p, st, as_seconds(e), s, en) for h, w, p, st, e, s, en in finishes), key=repr)
+    assert len(read) > 50
     assert figures["recent"] == [(as_seconds(e), d) for e, d in recent]   # no two end at once: one order
+    assert figures["first"] == [(as_seconds(e), d) for e, d in first]
 
 
 def test_first_failures_come_in_obsid_order_through_the_claim_index_after_analyze(job):
