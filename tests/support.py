@@ -3,8 +3,11 @@ condition, looking at processes, killing what a test started, making a job, runn
 fixtures here (they are in conftest.py), and no import of conftest or of a test module, so that the
 standalone scripts (fault_soak.py, bench_new.py, bench/) and mariadb_server.py can use it too.
 """
+import gzip
 import os
 import random
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -380,3 +383,40 @@ def made_up_run(lanes=8, per_lane=20, seed=7, now=1_700_000_000.0):
             obsid += 1
             t += d + 1
     return attempts, now
+
+
+_SQL_VALUE = re.compile(r"'(?:[^'\\]|\\.)*'|[^,()\s]+")
+
+
+def blkr_pipetimes(dump: Path):
+    """(obsid, pipetime) of the 1,701 rows the 2014 dump (blkr_v11_1.sql.gz) loads: its first INSERT
+    (the second is cut off)."""
+    rows, inside = [], False
+    with gzip.open(dump, "rt", encoding="latin-1") as f:
+        for line in f:
+            if line.startswith("INSERT"):
+                if inside:
+                    break
+                inside = True
+            elif inside and line.startswith("\t("):
+                fields = _SQL_VALUE.findall(line.strip().rstrip(",;"))
+                rows.append((int(fields[0]), int(fields[7])))
+                if line.rstrip().endswith(";"):
+                    break
+    return rows
+
+
+# Headless Chromium as this machine's probe runs it: without background networking its connections
+# would be refused by the closed network, many at a time.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+def chromium(profile: Path, *args: str):
+    """Run headless Chromium with a profile folder of its own (check=True, text); None where it is
+    not installed (.ci/install installs it; the caller skips)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        return None
+    return subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
+                          text=True, timeout=120, check=True)

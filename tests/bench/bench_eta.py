@@ -13,7 +13,6 @@ first) the same way: `parallel -j BEFORE --joblog` stopped by SIGTERM at STOP_AT
 running jobs end), then `parallel --resume -j AFTER`; its `ETA: Ns Left: N` lines are read from its
 standard error as they come.
 """
-import gzip
 import re
 import signal
 import subprocess
@@ -23,29 +22,15 @@ import time
 
 from common import SHARED_DATA, load_average, md_table, record
 
+from support import blkr_pipetimes
+
 DUMP = SHARED_DATA / "blkr_v11_1.sql.gz"
 MARKS = (0.10, 0.25, 0.50, 0.75)
 STOP_AT = 0.06
 BEFORE, AFTER = 8, 3
-_SQL_VALUE = re.compile(r"'(?:[^'\\]|\\.)*'|[^,()\s]+")
 _PARALLEL_ETA = re.compile(r"ETA: (\d+)s Left: (\d+)")
 
 
-def blkr_pipetimes():
-    """(obsid, pipetime) of the 1,701 rows the 2014 dump loads: its first INSERT (the second is cut off)."""
-    rows, inside = [], False
-    with gzip.open(DUMP, "rt", encoding="latin-1") as f:
-        for line in f:
-            if line.startswith("INSERT"):
-                if inside:
-                    break
-                inside = True
-            elif inside and line.startswith("\t("):
-                fields = _SQL_VALUE.findall(line.strip().rstrip(",;"))
-                rows.append((int(fields[0]), int(fields[7])))
-                if line.rstrip().endswith(";"):
-                    break
-    return rows
 
 
 def lean_python() -> str:
@@ -172,7 +157,7 @@ def words(e) -> str:
 def main(suite, args):
     started_load = load_average()
     scale = args.scale or (4000.0 if suite.quick else 2000.0)
-    pipetimes = blkr_pipetimes()
+    pipetimes = blkr_pipetimes(DUMP)
     ours, our_end, our_restart, between = our_run(suite, pipetimes, scale)
     print(f"  ours: {len(ours)} samples, {our_end - ours[0][0]:.0f} s (load {load_average()})", flush=True)
     theirs, their_end, their_restart = parallel_run(suite.tmp, pipetimes, scale)

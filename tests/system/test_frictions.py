@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support import BIN, ROOT, new_job
+from support import BIN, ROOT, chromium, new_job
 
 OK = "x = obsid\n"
 
@@ -124,13 +124,10 @@ def test_the_report_of_a_finished_job_has_its_duration_no_eta_and_log_links(sqli
     assert "ETA" not in text and "The run took " in text
     assert '<a href="../jobs/j/log/2.stderr">' in text
     assert (page.parent / "../jobs/j/log/2.stderr").resolve().is_file()
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
+    shown = chromium(tmp_path / "profile", "--dump-dom", page.as_uri())
+    if shown is None:
         pytest.skip("chromium is not installed (.ci/install installs it)")
-    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = shown.stdout
     assert '<a href="../jobs/j/log/2.stderr">' in dom
 
 

@@ -5,14 +5,12 @@ of the 2014 run. tests/unit/test_operator.py tests the pure functions.
 """
 import csv
 import fcntl
-import gzip
 import io
 import json
 import os
 import pty
 import re
 import select
-import shutil
 import signal
 import sqlite3
 import struct
@@ -28,7 +26,7 @@ import pytest
 from batchUtility import eta, report, storage, timeline
 from batchUtility.errors import BatchError
 from batchUtility.model import Outcome
-from support import COUNTS, SHARED_DATA, SVG, made_up_run, wait_for
+from support import COUNTS, SHARED_DATA, SVG, blkr_pipetimes, chromium, made_up_run, wait_for
 
 
 # ----------------------------------------------------------------- the page in a browser
@@ -70,13 +68,8 @@ def png_pixels(path):
 
 
 def screenshot(page, png, tmp_path, size="1400,1000"):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
+    if chromium(tmp_path / "chromium-profile", f"--screenshot={png}", f"--window-size={size}", page.as_uri()) is None:
         pytest.skip("chromium is not installed (.ci/install installs it)")
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--screenshot={png}",
-                    f"--window-size={size}", page.as_uri()], capture_output=True, timeout=120, check=True)
     return png
 
 
@@ -113,13 +106,10 @@ def test_the_report_gives_what_attempts_cost_in_chromium(tmp_path):
     page = tmp_path / "report.html"
     page.write_text(timeline.page("j", "status", [("node01", 30, 2, 7200.0), ("node02", 30, 2, 7200.0)], [],
                                   attempts, now, tmp_path / "log"))
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
+    shown = chromium(tmp_path / "chromium-profile", "--dump-dom", page.as_uri())
+    if shown is None:
         pytest.skip("chromium is not installed (.ci/install installs it)")
-    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                          f"--user-data-dir={tmp_path / 'chromium-profile'}", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = shown.stdout
     assert dom.count('<table class="costs">') == 2
     costs = dom.split('<table class="costs">')[1].split("</table>")[0]
     rows = [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in costs.split("<tr>")[2:]]
@@ -464,24 +454,8 @@ def test_report_writes_a_page_and_an_svg(batch):
 DUMP = SHARED_DATA / "blkr_v11_1.sql.gz"
 SCALE = 1000.0          # a 2014 pipetime of 3,663 s takes 3.7 s here
 REPLAY_WORKERS = 16
-_SQL_VALUE = re.compile(r"'(?:[^'\\]|\\.)*'|[^,()\s]+")
 
 
-def blkr_pipetimes():
-    """(obsid, pipetime) of the 1,701 rows the 2014 dump loads: its first INSERT (the second is cut off)."""
-    rows, inside = [], False
-    with gzip.open(DUMP, "rt", encoding="latin-1") as f:
-        for line in f:
-            if line.startswith("INSERT"):
-                if inside:
-                    break
-                inside = True
-            elif inside and line.startswith("\t("):
-                fields = _SQL_VALUE.findall(line.strip().rstrip(",;"))
-                rows.append((int(fields[0]), int(fields[7])))
-                if line.rstrip().endswith(";"):
-                    break
-    return rows
 
 
 def load_blkr(batch):
@@ -491,7 +465,7 @@ def load_blkr(batch):
         return
     batch.load_master()
     with sqlite3.connect(batch.root / "batch.sqlite") as db:
-        db.executemany("INSERT INTO v11_1 (obsid, pipetime) VALUES (?, ?)", blkr_pipetimes())
+        db.executemany("INSERT INTO v11_1 (obsid, pipetime) VALUES (?, ?)", blkr_pipetimes(DUMP))
 
 
 def sample_eta(table, mark):
@@ -509,7 +483,7 @@ def sample_eta(table, mark):
 def test_eta_is_within_15_percent_on_the_2014_run_replayed(batch):
     """1,701 obsids, each sleeping its 2014 pipetime / SCALE, on 16 workers, longest first. The job
     table keeps the real pipetimes, so the ETA has to learn the speed from the first finishes."""
-    pipetimes = blkr_pipetimes()
+    pipetimes = blkr_pipetimes(DUMP)
     assert len(pipetimes) == 1701 and sum(p for _, p in pipetimes) == 1286374
     load_blkr(batch)
     # A HIPE that costs next to no CPU (sh exec'ing Python without site): 16 workers launching
