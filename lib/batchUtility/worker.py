@@ -462,8 +462,8 @@ class Worker:
             else:
                 if not said:
                     said = True
-                    self.log.info("waiting for another worker's first launch of template version %s to compile it",
-                                  version)
+                    self.log.debug("waiting for another worker's first launch of template version %s to compile it",
+                                   version)
                 self._sleep(GATE_LOOK)
                 if self.stop_signal:
                     return hipe.Launch(Outcome(False, f"stopped by {signal.Signals(self.stop_signal).name}"), 0.0,

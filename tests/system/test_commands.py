@@ -89,7 +89,7 @@ def test_new_from_the_2014_dump(mysql_batch):
         assert cur.fetchone() == (1701, 332, 3663, 1286374)
     r = batch.cli("v11_reproc", "new")
     assert r.returncode == 0, r.stderr
-    assert "1701 obsid added" in r.stdout
+    assert "1701 obsids added" in r.stdout
     assert batch.cli("v11_reproc", "status").stdout.splitlines()[0] == "0 of 1701 processed. (0.0 %, 1701 remaining)"
 
 

@@ -359,7 +359,7 @@ def test_a_dead_worker_on_this_host_is_seen_at_once(batch):
     batch.template("j", OK_TEMPLATE)
     t0 = time.monotonic()
     r = batch.cli("j", "reset", "--stale")
-    assert r.returncode == 0 and r.stdout.startswith("1 obsids of lost workers taken back"), r.stdout
+    assert r.returncode == 0 and r.stdout.startswith("1 obsid of lost workers taken back"), r.stdout
     assert time.monotonic() - t0 < 5
     [five, _six] = batch.table("j").rows()
     assert (five["state"], five["attempts"]) == ("pending", 1) and "gone" in five["reason"]

@@ -269,13 +269,13 @@ def test_wipe_refuses_while_obsids_run_under_live_leases(batch, reaper):
     r = env.cli("j", "wipe", "--yes")
     assert r.returncode == 2, r.stdout + r.stderr
     [line] = r.stderr.splitlines()
-    assert "1 obsids are running under live leases" in line and "--force" in line
+    assert "1 obsid is running under live leases" in line and "--force" in line
     assert env.table("j").exists()
     if LIBFAKETIME and env.backend == "sqlite":
         # SQLite's clock is the reader's own: an hour ahead, every lease looks lapsed. Refused all the
         # same (before: the table dropped under the live worker).
         r = env.cli("j", "wipe", "--yes", env=env.env(LD_PRELOAD=LIBFAKETIME, FAKETIME="+1h"))
-        assert r.returncode == 2 and "1 obsids are running" in r.stderr and "reset --stale" in r.stderr, r.stderr
+        assert r.returncode == 2 and "1 obsid is running" in r.stderr and "reset --stale" in r.stderr, r.stderr
         assert env.table("j").exists()
     r = env.cli("j", "wipe", "--yes", "--force")
     assert r.returncode == 0, r.stderr

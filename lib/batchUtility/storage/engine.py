@@ -273,8 +273,13 @@ class Engine:
         elif changed:
             log.warning("database server changed: now on node %s (was %s)", node, before)
             self.server_changes += 1
+            self._forget_made_tables()
             for listener in list(self._server_listeners):
                 listener()
+
+    def _forget_made_tables(self) -> None:
+        """Tables this process made on the server before (the template verdicts') may be missing on
+        another one (an asynchronous replica promoted before it had them): made again at next use."""
 
     def connection_room(self) -> Optional[ConnectionRoom]:
         """The server's connection limits, where it has any (MySQL); None on SQLite."""

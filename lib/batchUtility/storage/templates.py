@@ -35,6 +35,10 @@ class TemplateGate:
     def _templates(self) -> str:
         return self.quote(self.job + TEMPLATES_SUFFIX)
 
+    def _forget_made_tables(self) -> None:
+        self._templates_made = False
+        super()._forget_made_tables()
+
     def _make_templates(self, interrupted: Optional[Callable[[], bool]] = None) -> None:
         if not self._templates_made:
             self._transaction(lambda cur: self._execute(cur, CREATE_TEMPLATES_TABLE, templates_table=self._templates()),
