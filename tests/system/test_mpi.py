@@ -44,7 +44,7 @@ from support import GATED, ROOT, BatchEnv, Reaper, ignoring_sigint, new_job, pid
 
 MPI_SH = ROOT / "bin" / "BatchProcess_mpi.sh"
 SLOT_LINE = re.compile(r"^\.\.\.\.\.  \[Slot (\d+)/(\d+) on (\S+)\] \[#(\d+), obsid=(\d+)\]$", re.M)
-SUMMARY_LINE = re.compile(r"^(\S+) SLOT (\d+) SUMMARY: (\d+) obsids processed", re.M)
+SUMMARY_LINE = re.compile(r"^(\S+) SLOT (\d+) SUMMARY: (\d+) obsids? processed", re.M)
 # A worker's one line when a stop signal ends it: with the obsid it put back, or with none running.
 STOP_LINE = re.compile(r"\S+ \S+ WARNING \[\S+ slot (?P<slot>\d+)/\d+ pid \d+(?: obsid=(?P<obsid>\d+))?\] "
                        r"stopped by (?P<signal>SIG\w+)(?:: HIPE stopped, obsid put back to pending| with no obsid running)"

@@ -38,7 +38,7 @@ from support import ROOT, BatchEnv, wait_for
 SBATCH_SH = ROOT / "bin" / "BatchProcess_sbatch.sh"
 ARRAY_SH = ROOT / "bin" / "BatchProcess_array.sh"
 SLOT_LINE = re.compile(r"^\.\.\.\.\.  \[Slot (\d+)/(\d+) on (\S+)\] \[#(\d+), obsid=(\d+)\]$", re.M)
-SUMMARY_LINE = re.compile(r"^(\S+) SLOT (\d+) SUMMARY: (\d+) obsids processed", re.M)
+SUMMARY_LINE = re.compile(r"^(\S+) SLOT (\d+) SUMMARY: (\d+) obsids? processed", re.M)
 FIRST = 1342190000
 # A HIPE without Python start-up, for the big runs on two cores: it logs each call as
 # tests/bin/trivial-hipe does and marks the script as run to its end, without running it.
