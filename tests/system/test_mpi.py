@@ -59,7 +59,7 @@ for script; do :; done
 obsid=$(sed -n 's/^obsid=\([0-9]*\)$/\1/p' "$script")
 printf '%s %s\n' "$obsid" "$$" >> "$TRIVIAL_HIPE_CALLS"
 marker=$(sed -n 's/^open("\(.*\)", "w")\.close()$/\1/p' "$script" | tail -n 1)
-[ -n "$marker" ] && : > "$marker"
+[ -n "$marker" ] && printf end > "$marker"   # the script's last word: run to its end
 """
 
 
