@@ -27,9 +27,10 @@ anyone may take the obsid back, however long the worker stays frozen or cut off.
 """
 import logging
 import math
+import signal
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from .errors import BatchError
 from .guardian import Guardian, GuardianLost
@@ -42,10 +43,13 @@ log = logging.getLogger(__name__)
 class LeaseKeeper:
     """Renews the lease of the claim held (one at a time) every `every` seconds, in a thread."""
 
-    def __init__(self, table: JobTable, guardian: Guardian, every: float, say=log):
+    def __init__(self, table: JobTable, guardian: Guardian, every: float, say=log,
+                 stopping: Callable[[], int] = lambda: 0):
         """table: the worker's own job table, whose connection the heartbeats share (see above); the
-        keeper never closes it."""
+        keeper never closes it. stopping(): the signal stopping the worker (0: none), for what a failed
+        renewal says while HIPE is being stopped."""
         self._table = table
+        self._stopping = stopping
         self.guardian = guardian
         self.every = every
         self.say = say
@@ -165,7 +169,11 @@ class LeaseKeeper:
     def _report(self, claim: Claim, found: Lease) -> None:
         if found is self._state:
             return
-        if found is Lease.UNKNOWN and self._hipe_running:
+        if found is Lease.UNKNOWN and self._hipe_running and self._stopping():
+            self.say.warning("database unreachable; HIPE is being stopped (%s), and what became of the obsid waits "
+                             "for the database (other workers take it back after the lease of %g s)",
+                             signal.Signals(self._stopping()).name, claim.lease)
+        elif found is Lease.UNKNOWN and self._hipe_running:
             self.say.warning("database unreachable; HIPE keeps running until %.0f%% of the lease (%g s) has "
                              "passed without a renewal", 100 * FENCE_SHARE, claim.lease)
         elif found is Lease.UNKNOWN:

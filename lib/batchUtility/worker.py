@@ -239,7 +239,8 @@ class Worker:
     def _lease_keeper(self, guardian: Guardian) -> LeaseKeeper:
         """The real lease keeper: its heartbeat thread renews the lease through the worker's own table,
         sharing its one database connection (one connection per worker)."""
-        return LeaseKeeper(self.table, guardian, self.cfg.run.heartbeat, say=self.log)
+        return LeaseKeeper(self.table, guardian, self.cfg.run.heartbeat, say=self.log,
+                           stopping=lambda: self.stop_signal)
 
     def _stop_guard(self) -> None:
         if self.keeper is not None:
