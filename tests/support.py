@@ -166,6 +166,19 @@ def pid_alive(pid):
     return proc_state(pid) not in (None, "Z", "X")
 
 
+def kill_a_slot_worker(slots, killed, rng):
+    """SIGKILL one live worker of `run -j` (its pid read from a slot lock in `slots`) not killed
+    before, chosen by rng; it joins `killed`. False when none is left alive."""
+    pids = {int(p.read_text()) for p in slots.glob("*.lock") if p.read_text().strip()} - killed
+    alive = sorted(p for p in pids if pid_alive(p))
+    if not alive:
+        return False
+    victim = rng.choice(alive)
+    os.kill(victim, signal.SIGKILL)
+    killed.add(victim)
+    return True
+
+
 def start_time(pid):
     """When the process started (clock ticks since boot): a reused pid has another one."""
     fields = proc_stat(pid)

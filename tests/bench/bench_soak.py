@@ -4,13 +4,13 @@ each launch sleeping 0.2 s. Figures from the job table and its history: every ob
 lost, no attempt fenced (a HIPE stopped because its worker could not renew its lease: no connection),
 the most connections the user held (sampled from the server's processlist every 0.2 s), wall times.
 """
-import os
 import random
-import signal
 import threading
 import time
 
 from common import load_average, md_table, obsids, record
+
+from support import kill_a_slot_worker
 
 WORKERS, CAP, KILLS, SLEEP = 64, 40, 8, 0.2
 
@@ -62,13 +62,8 @@ def main(suite, args):
     for threshold in sorted(rng.sample(range(n_obsids // 10, n_obsids * 8 // 10), KILLS)):
         while watch.done < threshold and run.poll() is None:
             time.sleep(0.2)
-        pids = {int(p.read_text()) for p in slots.glob("*.lock") if p.read_text().strip()} - killed
-        alive = sorted(p for p in pids if _alive(p))
-        if not alive:
+        if not kill_a_slot_worker(slots, killed, rng):
             break
-        victim = rng.choice(alive)
-        os.kill(victim, signal.SIGKILL)
-        killed.add(victim)
     status = run.wait(3600)
     first_wall = time.monotonic() - began
     again = time.monotonic()
@@ -101,14 +96,6 @@ def main(suite, args):
             "`.venv/bin/python tests/bench/run.py soak`.\n\n" + md_table(["(figure", "value"], figures))
     record("Soak: 64 workers under a cap of 40 connections, with kills (issue 18)", body, started_load)
     assert r.returncode == 0, r.stderr[-2000:] + err_path.read_text()[-2000:]
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
 
 
 def _count(items):

@@ -10,7 +10,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from collections import Counter
@@ -19,7 +18,7 @@ import MySQLdb
 import pytest
 
 from exactly_once import assert_exactly_once, probe
-from support import ROOT, Worker, new_job, pid_alive, wait_for
+from support import ROOT, Worker, kill_a_slot_worker, new_job, wait_for
 
 MPI_SH = ROOT / "bin" / "BatchProcess_mpi.sh"
 WARNING = re.compile(r"^BatchProcess(?:_mpi\.sh|_sbatch\.sh|\.py): warning: this run needs (?:at least )?(\d+) connections .*$",
@@ -210,13 +209,8 @@ def test_soak_64_workers_under_a_cap_of_40_with_kills(mysql_batch, own_user, rea
     killed = set()
     for threshold in sorted(rng.sample(range(100, 1800), 8)):
         wait_for(lambda: len(env.calls_list()) >= threshold or run.poll() is not None, 1200, f"{threshold} launches")
-        pids = {int(p.read_text()) for p in slots.glob("*.lock") if p.read_text().strip()} - killed
-        alive = sorted(p for p in pids if pid_alive(p))
-        if not alive:
+        if not kill_a_slot_worker(slots, killed, rng):
             break
-        victim = rng.choice(alive)
-        os.kill(victim, signal.SIGKILL)
-        killed.add(victim)
     assert run.wait(1800) == 0, (env.root / "run.err").read_text()[-3000:]
     assert_exactly_once(env, obsids)
     assert "fenced" not in outcomes(env), outcomes(env)

@@ -26,7 +26,7 @@ import pytest
 
 from exactly_once import assert_exactly_once, probe
 from galera_cluster import Galera, available
-from support import BIN, ROOT, BatchEnv, Reaper, new_job, wait_for
+from support import BIN, ROOT, BatchEnv, new_job, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.galera,
               pytest.mark.skipif(not available(), reason="needs galera-4, rsync and a user mysql")]
@@ -60,15 +60,6 @@ def env(galera, tmp_path):
         else:
             node.start()
     galera.wait_size(3, timeout=180)
-
-
-@pytest.fixture
-def reaper():
-    r = Reaper()
-    try:
-        yield r
-    finally:
-        r.cleanup()
 
 
 def make_job(env, n, seconds, lease=10):
