@@ -34,8 +34,9 @@ def simulate(phases, seed=1, jitter=0.3, slower=lambda t: 1.0):
     """Runs obsids longest first, each claimed by the worker free soonest. phases: (workers, stop
     share, launch_cost): that phase's workers are stopped once the share of the obsids is done
     (their running obsids go back to pending), the last phase runs to the end (share 1.0);
-    launch_cost(t): the per-launch cost of an obsid started at t; an obsid takes pipetime / SCALE + that cost
-    * (1 +- jitter), all of it * slower(t). Returns one row per obsid, as storage keeps it at the end."""
+    launch_cost(t): the per-launch cost of an obsid started at t. An obsid takes pipetime / SCALE
+    + that cost * (1 +- jitter), all of it * slower(t). Returns one row per obsid, as storage
+    keeps it at the end."""
     rnd = random.Random(seed)
     todo, rows, t, pid = pipetimes(), [], 0.0, 100
     total = len(todo)
@@ -85,7 +86,6 @@ def errors(rows, marks):
         now = ends[int(mark * len(rows))] + 1e-6
         pace = report.pace_of(figures_at(rows, now))
         out.append(pace.estimate.seconds / (end - now) - 1)
-        print(f"{mark:.0%}: {out[-1]:+.1%} {pace.estimate.basis}")
     return out
 
 
@@ -114,11 +114,12 @@ def test_after_a_restart_with_fewer_workers_the_eta_holds_at_every_mark(seed):
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_the_eta_follows_a_change_of_the_machines_speed_within_a_few_finishes(seed):
     """3 workers; at 40 % done others load the machine and the launch cost goes from 0.1 s to 0.35 s.
-    Past it by a few finishes a worker, the ETA is the new speed's."""
+    Ten finishes a worker later (42 %: the cost is the mean of each worker's last 8), the ETA is
+    the new speed's, within 10 %."""
     rows = simulate([(3, 1.0, lambda t: 0.1)], seed=seed)
     change = sorted(r["ended"] for r in rows)[int(0.4 * len(rows))]
     rows = simulate([(3, 1.0, lambda t: 0.1 if t < change else 0.35)], seed=seed)
-    errs = errors(rows, (0.45, 0.50, 0.75, 0.90))
+    errs = errors(rows, (0.42, 0.50, 0.75, 0.90))
     assert all(abs(e) <= 0.10 for e in errs), [f"{e:+.0%}" for e in errs]
 
 
