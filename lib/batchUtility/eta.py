@@ -32,6 +32,10 @@ EXACT_LIMIT = 20_000   # the longest pending obsids scheduled one by one; the ot
 OVERDUE_SHARE = 0.05   # an obsid past its expected end is given this share of it again
 # A worker between two obsids holds no lease for a moment (its finish and its next claim are two
 # transactions): one that finished an obsid this recently and holds none now still counts as alive.
+# Nothing in the table tells such a worker from one that has just exited without putting an obsid
+# back (--max-time; a stop puts its obsid back and is not counted), so a grace it must be: the
+# pause is milliseconds, 2 s covers a slow commit on a loaded server, and an exited worker is
+# counted for at most those 2 s.
 LIVE_GRACE = 2.0
 NO_WORKER = "no worker running"
 BLOCK = 50           # consecutive finishes within which the per-launch cost is taken as constant
