@@ -178,11 +178,7 @@ def pace_of(figures: dict) -> Pace:
     starts = [s for s in [*(f["started"] for f in theirs), *(r["started"] for r in running)] if s is not None]
     window = min(RATE_WINDOW, max(1.0, now - min(starts))) if starts and alive else 0.0
     speed, mean = _speed(figures)
-    pairs = [(f["expected"], f["ended"] - f["started"]) for f in theirs if f["state"] == DONE and f["started"] is not None]
-    own = eta.fit_speed(pairs)
-    # Their own line where their finishes give one (a slope and a cost of their own): the job's
-    # first finishes may come from other workers at another speed, which bends a line through both.
-    speed = own if own.overhead > 0 and len(pairs) >= max(5, len(alive)) else eta.for_workers(speed, pairs, len(alive))
+    speed = eta.current(speed, figures["finishes"], alive)
     # A running obsid whose lease ran out belongs to no live worker: it is work left, whole.
     pending = list(figures["pending"]) + [(r["expected"], 1) for r in figures["running"] if r not in running]
     estimate = eta.estimate(pending, [(r["expected"], now - r["started"]) for r in running if r["started"] is not None],
@@ -191,11 +187,12 @@ def pace_of(figures: dict) -> Pace:
 
 
 def _speed(figures: dict):
-    """The speed fitted to the job's first and recent finishes, and the recent ones' mean duration
-    (None if none finished)."""
+    """The job's speed from its first and recent finishes (`eta.job_speed`), and the recent ones'
+    mean duration (None if none finished)."""
     recent = [(e, s) for e, s in figures["recent"] if s is not None]
     first = [(e, s) for e, s in figures.get("first", ()) if s is not None]
-    speed = eta.fit_speed([(e, s) for e, s in recent + first if as_seconds(e) is not None])
+    speed = eta.job_speed([(e, s) for e, s in first if as_seconds(e) is not None],
+                          [(e, s) for e, s in recent if as_seconds(e) is not None])
     return speed, (sum(s for _, s in recent) / len(recent) if recent else None)
 
 

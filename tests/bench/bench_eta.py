@@ -85,8 +85,11 @@ def our_run(suite, pipetimes, scale):
     with sqlite3.connect(env.root / "batch.sqlite") as db:
         end = db.execute("SELECT MAX(ended) FROM replay").fetchone()[0]
         left = db.execute("SELECT COUNT(*) FROM replay WHERE state <> 'done'").fetchone()[0]
+        rows = db.execute("SELECT pid, started, ended FROM replay ORDER BY pid, started").fetchall()
     assert left == 0, f"{left} obsids not done"
-    return samples, end, restart, between
+    # A worker's pause between a finish and its next claim (two transactions): what eta.LIVE_GRACE must cover
+    pauses = sorted(b[1] - a[2] for a, b in zip(rows, rows[1:]) if a[0] == b[0])
+    return samples, end, restart, between, pauses
 
 
 def parallel_run(tmp, pipetimes, scale):
@@ -155,10 +158,11 @@ def words(e) -> str:
 
 
 def main(suite, args):
+    from batchUtility import eta
     started_load = load_average()
     scale = args.scale or (4000.0 if suite.quick else 2000.0)
     pipetimes = blkr_pipetimes(DUMP)
-    ours, our_end, our_restart, between = our_run(suite, pipetimes, scale)
+    ours, our_end, our_restart, between, pauses = our_run(suite, pipetimes, scale)
     print(f"  ours: {len(ours)} samples, {our_end - ours[0][0]:.0f} s (load {load_average()})", flush=True)
     theirs, their_end, their_restart = parallel_run(suite.tmp, pipetimes, scale)
     print(f"  parallel: {len(theirs)} samples, {their_end - theirs[0][0]:.0f} s (load {load_average()})", flush=True)
@@ -174,5 +178,9 @@ def main(suite, args):
             f"parallel's {their_end - theirs[0][0]:.0f} s.\n\n"
             + md_table(["(moment", "(this tool's ETA", "(GNU parallel --eta"], rows)
             + f"\n\nBetween the stop and the restart, `status` said: `{between}`. Our ETA's basis at each mark:\n\n"
-            + "".join(f"- {m:.0%}: {o[3]}\n" for m, o in zip(MARKS, ours_at) if o is not None))
+            + "".join(f"- {m:.0%}: {o[3]}\n" for m, o in zip(MARKS, ours_at) if o is not None)
+            + (f"\nA worker's pause between a finish and its next claim (what `eta.LIVE_GRACE`, {eta.LIVE_GRACE:g} s, "
+               f"covers): median {1000 * pauses[len(pauses) // 2]:.0f} ms, 99th percentile "
+               f"{1000 * pauses[int(0.99 * (len(pauses) - 1))]:.0f} ms, longest {1000 * pauses[-1]:.0f} ms "
+               f"({len(pauses):,} pauses).\n" if pauses else ""))
     record(f"ETA after a stop and a restart with fewer workers (pipetime / {scale:g})", body, started_load)

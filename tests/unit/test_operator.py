@@ -240,10 +240,10 @@ def test_at_80_columns_the_progress_line_keeps_failed_and_running_and_the_eta_li
 
 def test_the_workers_alive_use_their_own_line_when_their_finishes_give_one():
     """Before the restart 8 workers on a loaded machine took 1.5x as long; the 3 alive now have
-    finished obsids over a span of pipetimes: their own line (cost 0.15 s) is used, not one bent
-    through both regimes (which had a negative cost, clamped to 0 s)."""
-    first = [(x, 1.5 * (0.0005 * x + 0.15)) for x in range(1500, 3700, 4)][:500]
-    new = [_finish(f"{w}/3", x, 0.0005 * x + 0.15, NOW - 5 - i) for i, (w, x) in
+    finished obsids over a span of pipetimes, longest first: the cost they pay now (0.15 s) is
+    used, not one of a line bent through both regimes (which had a negative cost, clamped to 0 s)."""
+    first = [(x, 1.5 * (0.0005 * x + 0.15)) for x in range(3700, 1500, -4)][:500]
+    new = [_finish(f"{w}/3", x, 0.0005 * x + 0.15, NOW - 5 - (109 - i)) for i, (w, x) in
            enumerate((1 + i % 3, x) for i, x in enumerate(range(1400, 300, -10)))]
     figures = {"now": NOW, "finishes": new, "pending": [(300, 300)],
                "running": [_running(f"{w}/3", 300, NOW - 0.1) for w in (1, 2, 3)],
