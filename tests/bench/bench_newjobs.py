@@ -3,9 +3,11 @@ with --quick) into a database holding 0, 30 and 300 earlier jobs, against the bu
 file into a table of the same layout (the job table's CREATE and indexes): MariaDB's LOAD DATA LOCAL
 INFILE, SQLite's `.import` (sqlite3 shell). The earlier jobs have the tables `new` makes, 2,000
 obsids each (the same obsids as the new job's first 2,000: every earlier job has learned durations to
-give), each with one successful attempt per obsid in its history. `new` reads the durations of
-every earlier job's successful attempts (JobTable._expect_from_history). Both sides interleaved in
-each repetition on the shared machine; `new` as a command (the interpreter's start included).
+give), each with one successful attempt per obsid in its history, and in the site's learned
+durations (storage/durations.py), as their finishes would have written them. `new` reads those with
+one join by primary key (JobTable._expect_learned), whatever the number of earlier jobs; each job it
+makes is listed once as learned. Both sides interleaved in each repetition on the shared machine;
+`new` as a command (the interpreter's start included).
 """
 import subprocess
 import time
@@ -43,6 +45,19 @@ def add_earlier(env, first, count):
         _sql(table, "INSERT INTO {history_table} (token, obsid, attempt, started, ended, outcome) "
                     "VALUES (:token, :obsid, 1, :started, :ended, 'done')", many=rows)
         _sql(table, "UPDATE {job_table} SET state = 'done', attempts = 1")
+        # What their finishes would have written into the site's learned durations (durations.py):
+        # the same upsert, of the whole history at once.
+        table._learn_histories([f"e{k:03d}__attempts"])
+        table.close()
+
+
+def learned_count(env, name):
+    """How many obsids of the job `new` gave a learned duration."""
+    table = env.table(name)
+    try:
+        return table._transaction(lambda cur: table._execute(
+            cur, "SELECT COUNT(*) FROM {job_table} WHERE expected IS NOT NULL").fetchone()[0], "counting", write=False)
+    finally:
         table.close()
 
 
@@ -93,6 +108,8 @@ def main(suite, args):
                 r = env.cli(f"new{jobs}", "new", path, timeout=3600)
                 news.append(time.perf_counter() - t)
                 assert r.returncode == 0, r.stderr
+                learned = learned_count(env, f"new{jobs}")
+                assert learned == (EARLIER_SIZE if earlier else 0), f"`new` learned {learned} durations"
                 print(f"  {backend:6} {earlier:3} earlier jobs  rep {rep + 1}/{suite.reps}  new {news[-1]:6.2f} s  "
                       f"bulk load {loads[-1]:6.2f} s  ({news[-1] / loads[-1]:.2f}x)  (load {load_average()})", flush=True)
                 # Not an earlier job for the next `new`: only the e* jobs have histories with successes.

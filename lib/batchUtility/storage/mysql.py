@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config import node_name
 from ..errors import BadInput
+from .durations import NEWER_WINS_MYSQL
 from .engine import ConnectionRoom, Together, _rowcount_and_rows
 from .statements import CLAIM, COMMIT, FORGET_PICKED, PICK_PENDING, PICKED
 from .table import JobTable
@@ -38,6 +39,7 @@ class MySQLJobTable(JobTable):
   WHERE table_schema = DATABASE() AND table_name = :name ORDER BY ordinal_position"""
     table_names = "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
     # Every column of every job history (JobTable._history_tables), in one read of information_schema.
+    newer_wins = NEWER_WINS_MYSQL   # ON DUPLICATE KEY UPDATE, in the order it assigns
     history_columns = """SELECT table_name, LOWER(column_name) FROM information_schema.columns
   WHERE table_schema = DATABASE() AND table_name LIKE :pattern"""
     # A decimal number, as text or not; '' or 'abc' would be 0 to MariaDB (INSERT IGNORE), not unknown.
