@@ -116,7 +116,8 @@ def main(suite, args):
             rows.append([backend, earlier, f"{median(news):.2f} s", f"{median(loads):.2f} s",
                          " ".join(f"{a / b:.2f}" for a, b in zip(news, loads))])
     body = (f"`new` of {n:,} obsids from a file, into a database holding 0, 30 and 300 earlier jobs of {EARLIER_SIZE:,} "
-            f"obsids (all done, one successful attempt each, the new job's first {EARLIER_SIZE:,} obsids), against the "
+            f"obsids (all done, one successful attempt each, the new job's first {EARLIER_SIZE:,} obsids; their durations "
+            "in the site's learned durations, site__durations, as their finishes write them), against the "
             "bulk load of the same file into a table of the same layout (MariaDB: LOAD DATA LOCAL INFILE; SQLite: the "
             f"sqlite3 shell's .import); median of {suite.reps}, interleaved, shared 2-core machine. The jobs made "
             "by the benchmark itself (`new` and the loads) have no successful attempts.\n\n"
