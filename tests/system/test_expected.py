@@ -180,6 +180,20 @@ def test_a_success_is_learned_in_its_finish_and_a_failure_or_put_back_is_not(bat
     table.close()
 
 
+def test_a_success_recorded_late_is_learned_as_its_history_says(batch):
+    """A claim taken back as lost (its worker frozen past its lease), whose success then comes late
+    while nobody claimed the obsid again: recorded done by amend_taken_back, its history row amended
+    to done, and its duration learned in that transaction (as the history row says it)."""
+    table = batch.table("j", create=True)
+    table.create([1, 2])
+    claim = table.claim("h", "w", 7)
+    table._transaction(lambda cur: table._take_back(cur, [claim.obsid], "worker lost: test", 3), "taking it back")
+    assert learned(batch) == {}
+    assert table.amend_taken_back(claim, Outcome(ok=True)) == "done"
+    assert sorted(assert_learned_as_histories(batch, ["j"])) == [claim.obsid]
+    table.close()
+
+
 @pytest.mark.slow
 def test_a_database_of_an_older_version_is_learned_once_by_two_new_at_once(batch):
     """30 earlier jobs (made in an order other than their names'), each with done attempts of some
