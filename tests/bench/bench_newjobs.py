@@ -6,8 +6,10 @@ obsids each (the same obsids as the new job's first 2,000: every earlier job has
 give), each with one successful attempt per obsid in its history, and in the site's learned
 durations (storage/durations.py), as their finishes would have written them. `new` reads those with
 one join by primary key (JobTable._expect_learned), whatever the number of earlier jobs; each job it
-makes is listed once as learned. Both sides interleaved in each repetition on the shared machine;
-`new` as a command (the interpreter's start included).
+makes is listed once as learned. Last, once, the first `new` after an upgrade: the learned
+durations dropped, as a database of an older version has none, so that `new` reads the 300
+histories in. Both sides interleaved in each repetition on the shared machine; `new` as a command
+(the interpreter's start included).
 """
 import subprocess
 import time
@@ -49,6 +51,14 @@ def add_earlier(env, first, count):
         # the same upsert, of the whole history at once.
         table._learn_histories([f"e{k:03d}__attempts"])
         table.close()
+
+
+def forget_learned(env):
+    """The database as an older version left it: the histories, no learned durations."""
+    table = env.table("e000")
+    for name in ("site__durations", "site__durations_from"):
+        _sql(table, f"DROP TABLE {name}")
+    table.close()
 
 
 def learned_count(env, name):
@@ -115,6 +125,19 @@ def main(suite, args):
                 # Not an earlier job for the next `new`: only the e* jobs have histories with successes.
             rows.append([backend, earlier, f"{median(news):.2f} s", f"{median(loads):.2f} s",
                          " ".join(f"{a / b:.2f}" for a, b in zip(news, loads))])
+        # The first `new` after an upgrade: a database of an older version has the histories and no
+        # learned durations; that `new` reads each history in, once (one repetition: the next is as above).
+        forget_learned(env)
+        jobs += 1
+        load = bulk_load(env, path, f"load{jobs}")
+        t = time.perf_counter()
+        r = env.cli(f"new{jobs}", "new", path, timeout=3600)
+        first = time.perf_counter() - t
+        assert r.returncode == 0 and learned_count(env, f"new{jobs}") == EARLIER_SIZE, r.stderr
+        print(f"  {backend:6} {made:3} earlier jobs of an older version  new {first:6.2f} s  bulk load {load:6.2f} s  "
+              f"({first / load:.2f}x)  (load {load_average()})", flush=True)
+        rows.append([backend, f"{made}, not learned yet (first `new` after an upgrade)", f"{first:.2f} s",
+                     f"{load:.2f} s", f"{first / load:.2f}"])
     body = (f"`new` of {n:,} obsids from a file, into a database holding 0, 30 and 300 earlier jobs of {EARLIER_SIZE:,} "
             f"obsids (all done, one successful attempt each, the new job's first {EARLIER_SIZE:,} obsids; their durations "
             "in the site's learned durations, site__durations, as their finishes write them), against the "
