@@ -112,4 +112,3 @@ NEWER_WINS_MYSQL = (f"\n  ON DUPLICATE KEY UPDATE job = IF({_NEWER}, VALUES(job)
 NEWER_WINS_SQLITE = ("\n  ON CONFLICT (obsid) DO UPDATE SET took = excluded.took, ended = excluded.ended, job = excluded.job"
                      "\n  WHERE excluded.ended > {durations}.ended"
                      " OR (excluded.ended = {durations}.ended AND excluded.took > {durations}.took)")
-

@@ -38,8 +38,8 @@ class MySQLJobTable(JobTable):
     columns_of = """SELECT LOWER(column_name) FROM information_schema.columns
   WHERE table_schema = DATABASE() AND table_name = :name ORDER BY ordinal_position"""
     table_names = "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
-    # Every column of every job history (JobTable._history_tables), in one read of information_schema.
     newer_wins = NEWER_WINS_MYSQL   # ON DUPLICATE KEY UPDATE, in the order it assigns
+    # Every column of every job history (JobTable._history_tables), in one read of information_schema.
     history_columns = """SELECT table_name, LOWER(column_name) FROM information_schema.columns
   WHERE table_schema = DATABASE() AND table_name LIKE :pattern"""
     # A decimal number, as text or not; '' or 'abc' would be 0 to MariaDB (INSERT IGNORE), not unknown.

@@ -350,6 +350,8 @@ LEARNED_FROM = "SELECT job FROM {durations_from}"
 MARK_LEARNED_FROM = "{insert_ignore} INTO {durations_from} (job, since) VALUES (:job, {now})"
 FORGET_LEARNED_FROM = "DELETE FROM {durations_from} WHERE job = :job"
 # `new`: each pending obsid without a duration expects what the site learned of it, by its primary key.
+# Only pending rows: a finished row is left as its run left it. The aliases begin with an underscore,
+# which no job name does (model.check_identifier): a job named j would clash with a one-letter alias.
 EXPECTED_FROM_DURATIONS = """UPDATE {job_table} _job JOIN {durations} _learned ON _learned.obsid = _job.obsid
   SET _job.expected = ROUND(_learned.took)
   WHERE _job.expected IS NULL AND _job.state = 'pending'"""
