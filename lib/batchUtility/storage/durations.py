@@ -57,13 +57,14 @@ class LearnedDurations:
                          newer_wins=self.newer_wins.format(durations=durations))
         return names
 
-    def _make_durations(self, interrupted: Any = None) -> None:
-        """Both tables, once per process and server (a promoted replica may lack them)."""
+    def _make_durations(self, what: str = "making the table of learned durations", **waits: Any) -> None:
+        """Both tables, once per process and server (a promoted replica may lack them). what, waits:
+        as the caller's own transaction's (a finish's outage is told as the finish's)."""
         if not self._durations_made:
             def make(cur):
                 self._execute(cur, CREATE_DURATIONS_TABLE)
                 self._execute(cur, CREATE_DURATIONS_FROM_TABLE)
-            self._transaction(make, "making the table of learned durations", interrupted=interrupted)
+            self._transaction(make, what, **waits)
             self._durations_made = True
 
     def _learn_claim(self, obsid: int, token: str) -> Tuple[str, Dict[str, Any]]:

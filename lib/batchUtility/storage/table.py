@@ -487,7 +487,7 @@ class JobTable(LearnedDurations, TemplateGate, Reads, Engine):
         attempt_outcome = DONE if outcome.ok else FAILED
         tries = []
         if state == DONE:
-            self._make_durations(interrupted)
+            self._make_durations(f"recording the outcome of obsid {claim.obsid}", patience=patience, interrupted=interrupted)
 
         def record(cur):
             # The next claim committed with the outcome, or neither did: a row running under one of
@@ -576,7 +576,8 @@ class JobTable(LearnedDurations, TemplateGate, Reads, Engine):
         note = (f"{outcome.reason[:150]}; " if outcome.reason else "") + \
             "taken back after its lease meanwhile, not counted"
         if word == "late":
-            self._make_durations(interrupted)
+            self._make_durations(f"amending the late outcome of obsid {claim.obsid}", patience=patience,
+                                 interrupted=interrupted)
 
         def amend(cur):
             found = self._execute(cur, LATE_CLAIM, row).fetchone()
