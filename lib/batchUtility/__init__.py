@@ -14,7 +14,8 @@ Modules, one job each, from the entry point down (docs/development.md draws the 
   hipe          launching HIPE for one obsid and judging whether it succeeded
   workdir       the worker's temporary folder, its pool cache, files opened without following links, disk checks
   storage/      the job table on MySQL/MariaDB or SQLite: statements, engine, table, reads, the two dialects,
-                templates (the job-wide verdict on each version of the template: its first launch a probe)
+                templates (the job-wide verdict on each version of the template: its first launch a probe),
+                durations (what each obsid's latest success took, site-wide, kept at finish time, for `new`)
   report, eta, timeline   status text, the ETA, the HTML report and its SVG timeline
   results       what a script records with batchResult, kept in SQL
   config, hostfile, obsids   batch.cfg, the Open MPI hostfile, obsid lists

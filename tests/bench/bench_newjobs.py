@@ -3,9 +3,13 @@ with --quick) into a database holding 0, 30 and 300 earlier jobs, against the bu
 file into a table of the same layout (the job table's CREATE and indexes): MariaDB's LOAD DATA LOCAL
 INFILE, SQLite's `.import` (sqlite3 shell). The earlier jobs have the tables `new` makes, 2,000
 obsids each (the same obsids as the new job's first 2,000: every earlier job has learned durations to
-give), each with one successful attempt per obsid in its history. `new` reads the durations of
-every earlier job's successful attempts (JobTable._expect_from_history). Both sides interleaved in
-each repetition on the shared machine; `new` as a command (the interpreter's start included).
+give), each with one successful attempt per obsid in its history, and in the site's learned
+durations (storage/durations.py), as their finishes would have written them. `new` reads those with
+one join by primary key (JobTable._expect_learned), whatever the number of earlier jobs; each job it
+makes is listed once as learned. Last, once, the first `new` after an upgrade: the learned
+durations dropped, as a database of an older version has none, so that `new` reads the 300
+histories in. Both sides interleaved in each repetition on the shared machine; `new` as a command
+(the interpreter's start included).
 """
 import subprocess
 import time
@@ -43,6 +47,27 @@ def add_earlier(env, first, count):
         _sql(table, "INSERT INTO {history_table} (token, obsid, attempt, started, ended, outcome) "
                     "VALUES (:token, :obsid, 1, :started, :ended, 'done')", many=rows)
         _sql(table, "UPDATE {job_table} SET state = 'done', attempts = 1")
+        # What their finishes would have written into the site's learned durations (durations.py):
+        # the same upsert, of the whole history at once.
+        table._learn_histories([f"e{k:03d}__attempts"])
+        table.close()
+
+
+def forget_learned(env):
+    """The database as an older version left it: the histories, no learned durations."""
+    table = env.table("e000")
+    for name in ("site__durations", "site__durations_from"):
+        _sql(table, f"DROP TABLE {name}")
+    table.close()
+
+
+def learned_count(env, name):
+    """How many obsids of the job `new` gave a learned duration."""
+    table = env.table(name)
+    try:
+        return table._transaction(lambda cur: table._execute(
+            cur, "SELECT COUNT(*) FROM {job_table} WHERE expected IS NOT NULL").fetchone()[0], "counting", write=False)
+    finally:
         table.close()
 
 
@@ -93,13 +118,29 @@ def main(suite, args):
                 r = env.cli(f"new{jobs}", "new", path, timeout=3600)
                 news.append(time.perf_counter() - t)
                 assert r.returncode == 0, r.stderr
+                learned = learned_count(env, f"new{jobs}")
+                assert learned == (EARLIER_SIZE if earlier else 0), f"`new` learned {learned} durations"
                 print(f"  {backend:6} {earlier:3} earlier jobs  rep {rep + 1}/{suite.reps}  new {news[-1]:6.2f} s  "
                       f"bulk load {loads[-1]:6.2f} s  ({news[-1] / loads[-1]:.2f}x)  (load {load_average()})", flush=True)
                 # Not an earlier job for the next `new`: only the e* jobs have histories with successes.
             rows.append([backend, earlier, f"{median(news):.2f} s", f"{median(loads):.2f} s",
                          " ".join(f"{a / b:.2f}" for a, b in zip(news, loads))])
+        # The first `new` after an upgrade: a database of an older version has the histories and no
+        # learned durations; that `new` reads each history in, once (one repetition: the next is as above).
+        forget_learned(env)
+        jobs += 1
+        load = bulk_load(env, path, f"load{jobs}")
+        t = time.perf_counter()
+        r = env.cli(f"new{jobs}", "new", path, timeout=3600)
+        first = time.perf_counter() - t
+        assert r.returncode == 0 and learned_count(env, f"new{jobs}") == EARLIER_SIZE, r.stderr
+        print(f"  {backend:6} {made:3} earlier jobs of an older version  new {first:6.2f} s  bulk load {load:6.2f} s  "
+              f"({first / load:.2f}x)  (load {load_average()})", flush=True)
+        rows.append([backend, f"{made}, not learned yet (first `new` after an upgrade)", f"{first:.2f} s",
+                     f"{load:.2f} s", f"{first / load:.2f}"])
     body = (f"`new` of {n:,} obsids from a file, into a database holding 0, 30 and 300 earlier jobs of {EARLIER_SIZE:,} "
-            f"obsids (all done, one successful attempt each, the new job's first {EARLIER_SIZE:,} obsids), against the "
+            f"obsids (all done, one successful attempt each, the new job's first {EARLIER_SIZE:,} obsids; their durations "
+            "in the site's learned durations, site__durations, as their finishes write them), against the "
             "bulk load of the same file into a table of the same layout (MariaDB: LOAD DATA LOCAL INFILE; SQLite: the "
             f"sqlite3 shell's .import); median of {suite.reps}, interleaved, shared 2-core machine. The jobs made "
             "by the benchmark itself (`new` and the loads) have no successful attempts.\n\n"

@@ -13,6 +13,7 @@ the engine and nowhere else (`model.check_identifier`, `Engine.quote`); every va
     engine.py       the connection, the statement filled in, transactions retried whole
     reads.py        the reads of status, history and the report
     table.py        JobTable: the job table's life, what workers do, what users do
+    durations.py    the site's learned durations (site__durations), kept by each success's transaction, read by `new`
     sqlite.py       SQLiteJobTable
     mysql.py        MySQLJobTable
 """

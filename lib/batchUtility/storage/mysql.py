@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..config import node_name
 from ..errors import BadInput
+from .durations import NEWER_WINS_MYSQL
 from .engine import ConnectionRoom, Together, _rowcount_and_rows
 from .statements import CLAIM, COMMIT, FORGET_PICKED, PICK_PENDING, PICKED
 from .table import JobTable
@@ -37,6 +38,7 @@ class MySQLJobTable(JobTable):
     columns_of = """SELECT LOWER(column_name) FROM information_schema.columns
   WHERE table_schema = DATABASE() AND table_name = :name ORDER BY ordinal_position"""
     table_names = "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
+    newer_wins = NEWER_WINS_MYSQL   # ON DUPLICATE KEY UPDATE, in the order it assigns
     # Every column of every job history (JobTable._history_tables), in one read of information_schema.
     history_columns = """SELECT table_name, LOWER(column_name) FROM information_schema.columns
   WHERE table_schema = DATABASE() AND table_name LIKE :pattern"""

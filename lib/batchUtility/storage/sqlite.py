@@ -6,7 +6,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import BadInput, BatchError, JobMissing
 from ..model import DONE, FAILED, PENDING, RUNNING, STATES, as_seconds
-from .statements import COUNT_ALL, COUNT_IN_STATE, EXPECTED_FROM_HISTORY_SQLITE, PENDING_BY_EXPECTED
+from .durations import NEWER_WINS_SQLITE
+from .statements import COUNT_ALL, COUNT_IN_STATE, EXPECTED_FROM_DURATIONS_SQLITE, PENDING_BY_EXPECTED
 from .table import JobTable
 
 
@@ -28,7 +29,8 @@ class SQLiteJobTable(JobTable):
     by_ended = " INDEXED BY {index}"
     by_state = " INDEXED BY {index}"   # as MariaDB's hint: after an ANALYZE SQLite would scan every row by obsid
     columns_of = "SELECT name FROM pragma_table_info(:name)"
-    expected_from_history = EXPECTED_FROM_HISTORY_SQLITE   # UPDATE ... FROM (SQLite 3.33+), not MariaDB's JOIN
+    expected_from_durations = EXPECTED_FROM_DURATIONS_SQLITE   # UPDATE ... FROM (SQLite 3.33+), not MariaDB's JOIN
+    newer_wins = NEWER_WINS_SQLITE   # ON CONFLICT ... DO UPDATE ... WHERE (SQLite 3.24+)
     table_names = "SELECT name FROM sqlite_master WHERE type = 'table'"
     Error = sqlite3.Error
     # A text that SQLite's numeric affinity turns into the same number ('12', ' 12.5 ', '1e3'), or a

@@ -92,25 +92,8 @@ EXPECTED_FROM_MASTER = """UPDATE {job_table}
 # dialect's `number_or_null` of m.pipetime, NULL for those; they expect what others took (eta.py).
 PIPETIME_NOT_A_NUMBER = """SELECT COUNT(*) FROM {job_table} j JOIN {master_table} m ON m.obsid = j.obsid
   WHERE m.pipetime IS NOT NULL AND {expected} IS NULL"""
-# An obsid without a pipetime (a job made from a file) expects what its successful attempts took in
-# an earlier job's history {earlier_history}: so that long obsids are still claimed first. Only pending
-# rows: a finished row is left exactly as its run left it. Driven by the history: its successful
-# attempts are read once, grouped by obsid, and each finds its row by the primary key, so the cost is
-# the earlier job's, not the new job's size once per earlier job (a dependent subquery per row of the
-# new job, as MariaDB 10.11 planned it before). MariaDB: UPDATE ... JOIN; SQLite: UPDATE ... FROM.
-# The aliases begin with an underscore, which no job name does (model.check_identifier): a job
-# named h or j would clash with one-letter aliases ("ambiguous column name: h.obsid").
-EXPECTED_FROM_HISTORY = """UPDATE {job_table} _job JOIN (
-    SELECT obsid, ROUND(AVG(ended - started)) AS took FROM {earlier_history} WHERE outcome = 'done' GROUP BY obsid
-  ) _learned ON _learned.obsid = _job.obsid
-  SET _job.expected = _learned.took
-  WHERE _job.expected IS NULL AND _job.state = 'pending'"""
 # Whether a pending obsid still has no expected duration: one probe of the claim index.
 UNKNOWN_PENDING = "SELECT 1 FROM {job_table} WHERE state = 'pending' AND expected IS NULL LIMIT 1"
-EXPECTED_FROM_HISTORY_SQLITE = """UPDATE {job_table} SET expected = _learned.took FROM (
-    SELECT obsid, ROUND(AVG(ended - started)) AS took FROM {earlier_history} WHERE outcome = 'done' GROUP BY obsid
-  ) AS _learned
-  WHERE _learned.obsid = {job_table}.obsid AND {job_table}.expected IS NULL AND {job_table}.state = 'pending'"""
 
 DB_NOW = "SELECT {now}"
 COUNT_ALL = "SELECT COUNT(*) FROM {job_table}"
@@ -332,6 +315,48 @@ PROBER_RUNNING = "SELECT 1 FROM {job_table} WHERE obsid = :obsid AND token = :to
 ABANDON = "DELETE FROM {templates_table} WHERE version = :version AND state = 'probing' AND token = :token"
 VERDICT = """UPDATE {templates_table} SET state = :state, reason = :reason, since = {now}
   WHERE version = :version AND (state = 'probing' OR :state = 'broken')"""
+
+
+# ----------------------------------------------------------------------------- the site's learned durations
+# One row per obsid of the database (durations.py): what its latest successful attempt in any job took,
+# kept up to date by the finish that records a success (in its own transaction), so that `new` reads
+# them with one join whatever the number of earlier jobs. {durations_from} lists the jobs whose
+# histories it holds: a history not listed (a job of an older version) is read into it once.
+DURATIONS_TABLE = "site__durations"          # job names may not contain "__": never a job's table
+DURATIONS_FROM_TABLE = "site__durations_from"
+CREATE_DURATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {durations} (
+  obsid {obsid_type} NOT NULL PRIMARY KEY,
+  took DOUBLE NOT NULL,
+  ended DOUBLE NOT NULL,
+  job VARCHAR(64) NOT NULL
+){table_options}"""
+CREATE_DURATIONS_FROM_TABLE = """CREATE TABLE IF NOT EXISTS {durations_from} (
+  job VARCHAR(64) NOT NULL PRIMARY KEY,
+  since DOUBLE NULL
+){table_options}"""
+# The successful attempts of a history into the durations: the latest one (by its end, then the
+# longest) wins, whatever the order they come in, so reading a history again, or a finish and a
+# history read at once, change nothing ({newer_wins}: the dialect's upsert). Only done attempts with
+# both times, as before (the mean of the histories read one by one: NULL times gave no duration).
+LEARN_HISTORY = """INSERT INTO {durations} (obsid, took, ended, job)
+  SELECT obsid, ended - started, ended, :job FROM {learned_history}
+  WHERE outcome = 'done' AND started IS NOT NULL AND ended IS NOT NULL ORDER BY obsid{newer_wins}"""
+# The same of one claim's success, by the history's key: the row its finish wrote just before, in the
+# same transaction (nothing when the finish changed nothing: the claim was no longer ours).
+LEARN_CLAIM = """INSERT INTO {durations} (obsid, took, ended, job)
+  SELECT obsid, ended - started, ended, :job FROM {history_table}
+  WHERE token = :token AND obsid = :obsid AND outcome = 'done' AND started IS NOT NULL AND ended IS NOT NULL{newer_wins}"""
+LEARNED_FROM = "SELECT job FROM {durations_from}"
+MARK_LEARNED_FROM = "{insert_ignore} INTO {durations_from} (job, since) VALUES (:job, {now})"
+FORGET_LEARNED_FROM = "DELETE FROM {durations_from} WHERE job = :job"
+# `new`: each pending obsid without a duration expects what the site learned of it, by its primary key.
+# Only pending rows: a finished row is left as its run left it. The aliases begin with an underscore,
+# which no job name does (model.check_identifier): a job named j would clash with a one-letter alias.
+EXPECTED_FROM_DURATIONS = """UPDATE {job_table} _job JOIN {durations} _learned ON _learned.obsid = _job.obsid
+  SET _job.expected = ROUND(_learned.took)
+  WHERE _job.expected IS NULL AND _job.state = 'pending'"""
+EXPECTED_FROM_DURATIONS_SQLITE = """UPDATE {job_table} SET expected = ROUND(_learned.took) FROM {durations} AS _learned
+  WHERE _learned.obsid = {job_table}.obsid AND {job_table}.expected IS NULL AND {job_table}.state = 'pending'"""
 
 
 def in_list(obsids: Sequence[int], size: int = _CHUNK) -> Iterator[Tuple[str, Dict[str, int]]]:

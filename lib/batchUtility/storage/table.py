@@ -26,6 +26,7 @@ from ..model import DONE, FAILED, HISTORY_SUFFIX, INTERACTIVE_PATIENCE, PENDING,
 from ..obsids import WHAT_AN_OBSID_IS, as_obsid
 from ..procfs import machine_identity
 from ..results import as_row as result_row
+from .durations import LearnedDurations
 from .engine import Engine
 from .reads import Reads
 from .statements import (
@@ -47,7 +48,6 @@ from .statements import (
     DROP_HISTORY_TABLE,
     DROP_JOB_TABLE,
     DROP_RESULTS_TABLE,
-    EXPECTED_FROM_HISTORY,
     EXPECTED_FROM_MASTER,
     FINISH,
     HEARTBEAT,
@@ -175,7 +175,7 @@ class NextClaim:
         return False
 
 
-class JobTable(TemplateGate, Reads, Engine):
+class JobTable(LearnedDurations, TemplateGate, Reads, Engine):
     """One job's table of obsids, on one connection that is re-opened after it is lost.
 
     Every operation is one transaction, retried whole on passing errors (deadlock, lock wait,
@@ -312,7 +312,9 @@ class JobTable(TemplateGate, Reads, Engine):
                     cur.executemany(insert, [{"obsid": o} for o in obsids[start:start + 50_000]])
                 if expected:
                     self._execute(cur, EXPECTED_FROM_MASTER, master_table=master_table, expected=expected)
-            self._expect_from_history(cur)
+            # Those still without a duration expect what the site learned of them (durations.py).
+            if self._execute(cur, UNKNOWN_PENDING).fetchone() is not None:
+                self._expect_learned(cur)
             return self._count(cur) - before, not_numbers(cur) - bad_before
 
         if not existed:
@@ -327,6 +329,7 @@ class JobTable(TemplateGate, Reads, Engine):
                 existed = True
                 self._require_made()
         try:
+            self._learn_histories()
             added, not_a_number = self._transaction(fill, "filling the job table")
         except BaseException:
             if not existed:
@@ -354,22 +357,12 @@ class JobTable(TemplateGate, Reads, Engine):
                     raise BadInput(f"master table '{master}' in {self.settings.describe()}: obsid {value!r} is not an "
                                    f"obsid ({WHAT_AN_OBSID_IS}); nothing was created")
 
-    def _expect_from_history(self, cur: Any) -> None:
-        """Fill the expected durations the master table did not give from earlier attempts at the
-        same obsids, in the histories of every job of the database (the first, by job name, that
-        has a successful attempt of an obsid gives the mean of them)."""
-        for history in sorted(self._history_tables(cur)):
-            if self._execute(cur, UNKNOWN_PENDING).fetchone() is None:
-                return   # every pending obsid has its duration: the later histories would change nothing
-            self._execute(cur, self.expected_from_history, earlier_history=self.quote(history))
-
-    expected_from_history = EXPECTED_FROM_HISTORY   # the dialect's (SQLite: EXPECTED_FROM_HISTORY_SQLITE)
-
-    def _history_tables(self, cur: Any) -> List[str]:
-        """Every job history in the database: JOB__attempts with the columns this tool gives it."""
+    def _history_tables(self, cur: Any, known: Sequence[str] = ()) -> List[str]:
+        """Every job history in the database: JOB__attempts with the columns this tool gives it, but
+        those of the jobs `known` (not looked at)."""
         names = [r[0] for r in self._execute(cur, self.table_names).fetchall()]
         candidates = [n for n in names if n.endswith(HISTORY_SUFFIX) and SQL_NAME.match(n)
-                      and "__" not in n[:-len(HISTORY_SUFFIX)]]
+                      and "__" not in n[:-len(HISTORY_SUFFIX)] and n[:-len(HISTORY_SUFFIX)] not in known]
         columns = self._columns_of_histories(cur, candidates)
         return [n for n in candidates if {"obsid", "outcome", "started", "ended"} <= columns.get(n, set())]
 
@@ -387,7 +380,10 @@ class JobTable(TemplateGate, Reads, Engine):
 
     def drop(self) -> None:
         """Drop the job's table, its history and its results, and nothing else."""
+        self._make_durations()
+
         def drop(cur):
+            self._forget_learned_from(cur)
             self._execute(cur, DROP_RESULTS_TABLE)
             self.drop_templates(cur)
             self._execute(cur, DROP_HISTORY_TABLE)
@@ -490,6 +486,8 @@ class JobTable(TemplateGate, Reads, Engine):
         row = {"obsid": claim.obsid, "token": claim.token}
         attempt_outcome = DONE if outcome.ok else FAILED
         tries = []
+        if state == DONE:
+            self._make_durations(f"recording the outcome of obsid {claim.obsid}", patience=patience, interrupted=interrupted)
 
         def record(cur):
             # The next claim committed with the outcome, or neither did: a row running under one of
@@ -512,11 +510,13 @@ class JobTable(TemplateGate, Reads, Engine):
                           "reason": outcome.reason[:255] or None, "template": outcome.template or None,
                           "heap_next": outcome.heap_next}),
                 (HISTORY_FROM_ROW, {**row, "attempt": claim.attempt, "outcome": attempt_outcome, **spent(outcome)})]
+            if state == DONE:   # what it took, for the next jobs of this obsid: in the same transaction
+                outcome_statements.append(self._learn_claim(claim.obsid, claim.token))
             if then is not None and not with_results:
-                ((finished, _), _), picked = self._together_then_claim(cur, outcome_statements, then.values())
+                ((finished, _), *_), picked = self._together_then_claim(cur, outcome_statements, then.values())
                 then.took(picked)
                 return state if finished == 1 else None
-            (finished, _), _ = self._execute_together(cur, outcome_statements,
+            (finished, _), *_ = self._execute_together(cur, outcome_statements,
                                                       commit=not with_results and then is None)
             # Only done rows have results, and a row becomes done only here: without results there are
             # none to replace. With results, a finish repeated after a lost COMMIT reply replaces its own.
@@ -575,6 +575,9 @@ class JobTable(TemplateGate, Reads, Engine):
         word = "fenced" if fenced or not outcome.ok else "late"
         note = (f"{outcome.reason[:150]}; " if outcome.reason else "") + \
             "taken back after its lease meanwhile, not counted"
+        if word == "late":
+            self._make_durations(f"amending the late outcome of obsid {claim.obsid}", patience=patience,
+                                 interrupted=interrupted)
 
         def amend(cur):
             found = self._execute(cur, LATE_CLAIM, row).fetchone()
@@ -587,6 +590,7 @@ class JobTable(TemplateGate, Reads, Engine):
             if word == "late" and token is None and int(attempts) == claim.attempt and state in (PENDING, FAILED) \
                     and self._execute(cur, LATE_DONE, values).rowcount == 1:
                 self._execute(cur, HISTORY_AMEND, {**values, "outcome": DONE, "reason": "recorded late: " + note})
+                self._execute(cur, *self._learn_claim(claim.obsid, claim.token))
                 if results:
                     self._execute(cur, RESULTS_DELETE, {"obsid": claim.obsid})
                     cur.executemany(self.statement(RESULTS_INSERT),
