@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, TextIO, Tuple, Union
@@ -168,6 +169,7 @@ class Worker:
         self.next: Optional[NextClaim] = None   # the claim taken with the last outcome, not run yet
         self.template_runs: set = set()   # versions of the template known to compile (storage.templates)
         self.template_compiled = ""   # the version this worker saw compile but could not say so yet
+        self._telling: Optional[threading.Thread] = None   # saying "runs" while HIPE runs (_template_runs_soon)
         self.claimed_at = 0.0   # time.monotonic() before the current claim: the history's start
 
     def check_ready(self) -> None:
@@ -410,7 +412,7 @@ class Worker:
             return refused
         request = hipe.LaunchRequest(settings, template, self.job, claim.obsid, self.dir / "output",
                                      self.dir / "log", template_path=self.template,
-                                     on_compiled=(lambda: self._template_runs(version)) if probe else None)
+                                     on_compiled=(lambda: self._template_runs_soon(version)) if probe else None)
         launch = self.launcher(request, lambda: self.stop_signal, self.keeper.state, self.guardian, self.scratch)
         if probe:
             self._probe_verdict(claim, version, launch)
@@ -471,6 +473,14 @@ class Worker:
                                        LaunchEnd.STOPPED, self.stop_signal), False
         return None, False
 
+    def _template_runs_soon(self, version: str) -> None:
+        """HIPE compiled the probed version: say so in a thread of its own. Even one try can block
+        for the read timeout on a frozen server, and the main thread must stay free meanwhile to stop
+        HIPE on a signal, its timeout or a lost lease."""
+        self._telling = threading.Thread(target=self._template_runs, args=(version,), name="template-verdict",
+                                         daemon=True)
+        self._telling.start()
+
     def _template_runs(self, version: str) -> None:
         """HIPE compiled the version this worker probes: the other workers may launch it now. One
         try (patience 0): while HIPE runs, a database away must not hold up the watch over HIPE. It
@@ -486,6 +496,11 @@ class Worker:
     def _probe_verdict(self, claim: Claim, version: str, launch: hipe.Launch) -> None:
         """The job-wide verdict after a probe: broken, runs (it ran to its end, or compiled), or none
         (stopped, fenced, lost before HIPE compiled it: the next claim probes)."""
+        if self._telling is not None:
+            # Its one try is bounded (the connection's wait and read timeout); waited for at most one
+            # call's timeout: after a stop on a frozen server, the obsid's put-back comes first.
+            self._telling.join(timeout=self.cfg.run.call_timeout)
+            self._telling = None
         if launch.outcome.template_broken:
             self.table.template_verdict(version, "broken", launch.outcome.reason, interrupted=self._stopping)
         elif version in self.template_runs:

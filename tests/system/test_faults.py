@@ -114,6 +114,34 @@ def test_a_stopped_worker_waiting_for_a_frozen_database_says_hipe_has_ended(free
 
 
 @pytest.mark.slow
+def test_hipe_compiling_its_first_template_while_the_database_is_frozen_can_be_stopped(freeze_env, reaper):
+    """The first run of a template version is a probe: when HIPE has compiled it the worker says so in
+    the database. HIPE held until mariadbd is frozen, then let go: that saying waits on the frozen
+    server (lease 60 s: up to a call timeout of 20 s), yet SIGTERM to the worker stops HIPE within
+    seconds. It once waited in the thread that watches HIPE."""
+    env = freeze_env
+    gate = env.root / "gate"
+    held = env.root / "held-hipe"
+    held.write_text(f"#!/bin/sh\nwhile [ ! -e {gate} ]; do sleep 0.05; done\nexec {sys.executable} "
+                    f"{ROOT / 'tests' / 'bin' / 'trivial-hipe'} \"$@\"\n")
+    held.chmod(0o755)
+    env.write_cfg(hipe={"command": str(held)}, run={"lease": "60", "db_patience": "600"})
+    env.template("j", probe(first=None))
+    new_job(env)
+    w = Worker(env, reaper, "w")
+    wait_for(lambda: row_of(env, OBSID)["state"] == "running", 60, "the obsid claimed")
+    with frozen(env.server):
+        gate.touch()
+        script = wait_first_run(env, reaper)   # the template compiled: the verdict is due
+        w.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: not alive(script), 5, "HIPE to be stopped while its compiling is told to a frozen database")
+        assert w.wait(180) == 128 + signal.SIGTERM, w.err()
+    r = env.cli("j", "run", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert_exactly_once(env, [OBSID])
+
+
+@pytest.mark.slow
 def test_hipe_timeout_acts_while_the_database_is_frozen(freeze_env, reaper):
     """[hipe] timeout = 2.5 with mariadbd frozen right after HIPE started (a heartbeat due every
     1.2 s meets the frozen server): HIPE is killed after 2.5 s, before its guardian's fence
