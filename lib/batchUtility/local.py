@@ -129,6 +129,11 @@ def _lock_folder(guard: int, folder: Path) -> None:
             return
 
 
+def _close(fd: Optional[int]) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
 class LocalRun:
     """One `run -j N`: the slots it got, the workers it forked, and how they ended."""
 
@@ -143,6 +148,7 @@ class LocalRun:
         self.children: Dict[int, int] = {}   # pid -> rank
         self.stop_signal = 0
         self.relay: Optional[TerminalRelay] = None
+        self.first_rank = 1   # the slot the parent's own lines (its reclaim pass) name
 
     def run(self) -> int:
         table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience)
@@ -150,22 +156,13 @@ class LocalRun:
             table.require()
             # Template and HIPE checked once, here: a bad setup is one line and exit 2, not N. What
             # was lost taken back once too: the workers, forked right after, start with their claims.
-            Worker(self.cfg, table, self.job, Slot(1, self.size, self.host)).prepare()
+            Worker(self.cfg, table, self.job, Slot(self.first_rank, self.size, self.host)).prepare()
             room = read_connection_room(table)
         finally:
             table.close()   # no connection may cross the fork
-        slots = take_free_slots(self.cfg.job_dir(self.job), self.host, self.size)
-        if slots:
-            progress = 1 if self._shows_progress() else 0
-            warn_if_short_of_connections(room, len(slots) + progress, self.cfg.sql,
-                                         "one per worker" + (", one for the progress line" if progress else ""))
+        slots = self._take_slots(room)
         if not slots:
-            if not self.quiet:
-                self._say(f"{self.size} worker(s) of job {self.job} already run on {self.host}: none started")
             return 0
-        if len(slots) < self.size and not self.quiet:
-            self._say(f"{self.size - len(slots)} worker(s) of job {self.job} already run on {self.host}: "
-                      f"starting {len(slots)} (slot {', '.join(str(r) for r in slots)} of {self.size})")
         previous = signals.catch(self._on_signal, signals.WORKER_STOP_SIGNALS)
         try:
             statuses = self._start_and_wait(slots)
@@ -173,6 +170,21 @@ class LocalRun:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         return self._finish(statuses)
+
+    def _take_slots(self, room) -> Dict[int, Optional[int]]:
+        """The slots to fork a worker in: {rank: its lock's file descriptor}, the free ones of 1..size."""
+        slots: Dict[int, Optional[int]] = dict(take_free_slots(self.cfg.job_dir(self.job), self.host, self.size))
+        if slots:
+            progress = 1 if self._shows_progress() else 0
+            warn_if_short_of_connections(room, len(slots) + progress, self.cfg.sql,
+                                         "one per worker" + (", one for the progress line" if progress else ""))
+        if not slots:
+            if not self.quiet:
+                self._say(f"{self.size} worker(s) of job {self.job} already run on {self.host}: none started")
+        elif len(slots) < self.size and not self.quiet:
+            self._say(f"{self.size - len(slots)} worker(s) of job {self.job} already run on {self.host}: "
+                      f"starting {len(slots)} (slot {', '.join(str(r) for r in slots)} of {self.size})")
+        return slots
 
     def _say(self, line):
         self.out.write(line + "\n")
@@ -200,7 +212,7 @@ class LocalRun:
             table.close()
         return figures["counts"], report.pace_of(figures)
 
-    def _start_and_wait(self, slots: Dict[int, int]) -> List[int]:
+    def _start_and_wait(self, slots: Dict[int, Optional[int]]) -> List[int]:
         sys.stdout.flush()
         sys.stderr.flush()
         if self._shows_progress():
@@ -213,7 +225,7 @@ class LocalRun:
         for rank, fd in slots.items():
             del unforked[rank]
             if self.stop_signal:
-                os.close(fd)
+                _close(fd)
                 continue
             try:
                 pid = os.fork()
@@ -221,7 +233,7 @@ class LocalRun:
                 # The workers started run the job; the others are not tried again (they would fail
                 # alike), and the run's status says so.
                 for left in (fd, *unforked.values()):
-                    os.close(left)
+                    _close(left)
                 others = f" and the {len(unforked)} after it" if unforked else ""
                 print(f"BatchProcess.py: error: [{self.host}] cannot start the worker of slot {rank}/{self.size}{others}: "
                       f"fork: {e.strerror}", file=sys.stderr)
@@ -232,9 +244,9 @@ class LocalRun:
                 if self.relay is not None:
                     self.relay.in_worker()
                 for other_fd in unforked.values():
-                    os.close(other_fd)   # the slots of workers still to be forked are theirs
+                    _close(other_fd)   # the slots of workers still to be forked are theirs
                 os._exit(self._worker(rank, fd))
-            os.close(fd)   # the worker's copy alone holds the slot from now on
+            _close(fd)   # the worker's copy alone holds the slot from now on
             self.children[pid] = rank
             if self.stop_signal:   # it came during the fork: _on_signal did not know this worker yet
                 self._on_signal(self.stop_signal, None)
@@ -264,7 +276,7 @@ class LocalRun:
             statuses.append(os.waitstatus_to_exitcode(wait_status))
         return statuses
 
-    def _worker(self, rank: int, lock_fd: int) -> int:
+    def _worker(self, rank: int, lock_fd: Optional[int]) -> int:
         """The forked worker in slot rank/size; its return value is its exit status."""
         status = 1
         try:
@@ -273,8 +285,9 @@ class LocalRun:
             # a signal caught but not yet handled when a handler becomes SIG_DFL is dropped by Python.
             if self.stop_signal:
                 return 128 + self.stop_signal
-            os.ftruncate(lock_fd, 0)
-            os.write(lock_fd, f"{os.getpid()}\n".encode())
+            if lock_fd is not None:
+                os.ftruncate(lock_fd, 0)
+                os.write(lock_fd, f"{os.getpid()}\n".encode())
             # The worker's one connection, its lease keeper's heartbeats included: each call bounded as
             # a worker's (a third of the lease), as `run`'s are.
             table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience, call_timeout=self.cfg.run.call_timeout)
