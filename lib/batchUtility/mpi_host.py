@@ -52,6 +52,11 @@ class HostRun(LocalRun):
         # The launcher warned about the server's connections for the whole job, once.
         return dict.fromkeys(range(self.first_rank, self.first_rank + self.count))
 
+    def _shows_progress(self) -> bool:
+        # Open MPI gives each rank a terminal (a pty) for its output, but no person watches that one:
+        # the workers' lines go to the launcher's output as they are, no progress line among them.
+        return False
+
     def _finish(self, statuses: List[int]) -> int:
         """As a single worker's status: 128+N after a stop, else the worst of the workers'."""
         if self.stop_signal:
