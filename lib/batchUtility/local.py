@@ -149,6 +149,7 @@ class LocalRun:
         self.stop_signal = 0
         self.relay: Optional[TerminalRelay] = None
         self.first_rank = 1   # the slot the parent's own lines (its reclaim pass) name
+        self.gate: Optional[int] = None   # the workers' end of the pipe they wait on (_start_and_wait)
 
     def run(self) -> int:
         table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience)
@@ -222,6 +223,25 @@ class LocalRun:
         # The parent's objects out of the collector's reach: a worker's collections would otherwise
         # write to every inherited object's header, copying most of the parent's pages in each worker.
         gc.freeze()
+        # A gate: each worker waits until the parent has forked the last one (and closed its end of
+        # this pipe). Else the workers forked first, starting up, take the CPU from the parent still
+        # forking the others, and the last worker starts long after the first (tests/bench/RESULTS.md).
+        self.gate, gate_w = os.pipe()
+        try:
+            self._fork_workers(slots, unforked, not_started, gate_w)
+        finally:
+            os.close(gate_w)   # the gate opens
+            os.close(self.gate)
+        if self.relay is None:
+            return not_started + self._wait()
+        self.relay.start()
+        try:
+            return not_started + self._wait()
+        finally:
+            self.relay.finish(final_figures=not self.stop_signal)   # after a stop, no summary follows either
+
+    def _fork_workers(self, slots: Dict[int, Optional[int]], unforked: Dict[int, Optional[int]],
+                      not_started: List[int], gate_w: int) -> None:
         for rank, fd in slots.items():
             del unforked[rank]
             if self.stop_signal:
@@ -240,6 +260,7 @@ class LocalRun:
                 not_started.append(2)
                 break
             if pid == 0:
+                os.close(gate_w)
                 self.children = {}   # a signal in the worker must not reach its siblings
                 if self.relay is not None:
                     self.relay.in_worker()
@@ -250,13 +271,6 @@ class LocalRun:
             self.children[pid] = rank
             if self.stop_signal:   # it came during the fork: _on_signal did not know this worker yet
                 self._on_signal(self.stop_signal, None)
-        if self.relay is None:
-            return not_started + self._wait()
-        self.relay.start()
-        try:
-            return not_started + self._wait()
-        finally:
-            self.relay.finish(final_figures=not self.stop_signal)   # after a stop, no summary follows either
 
     def _wait(self) -> List[int]:
         """Wait for every worker (relaying their lines meanwhile, on a terminal); their exit statuses."""
@@ -280,6 +294,7 @@ class LocalRun:
         """The forked worker in slot rank/size; its return value is its exit status."""
         status = 1
         try:
+            self._pass_the_gate()
             # Until the worker takes the signals over, the parent's handler stays: in this copy it only
             # records a stop (self.children is empty here), which the worker then acts on. Not SIG_DFL:
             # a signal caught but not yet handled when a handler becomes SIG_DFL is dropped by Python.
@@ -307,6 +322,18 @@ class LocalRun:
             finally:
                 os._exit(status)
         return status
+
+    def _pass_the_gate(self) -> None:
+        """Wait until the parent has forked every worker: the gate's pipe then ends (a stop signal
+        meanwhile is only noted; the parent, stopping, forks no more and opens it)."""
+        gate, self.gate = self.gate, None
+        if gate is None:
+            return
+        try:
+            while os.read(gate, 1):
+                pass
+        finally:
+            os.close(gate)
 
     def _finish(self, statuses: List[int]) -> int:
         if self.stop_signal:
