@@ -1,7 +1,8 @@
 """`run --jobs N`: N workers on this host from one command, at most N per host and job.
 
 The parent checks the job once, then forks one worker per free slot: everything is imported and
-checked before the fork, so a worker starts at almost no cost. Each worker is slot r/N in its
+checked before the fork, so a worker starts at almost no cost; each waits until the last is forked,
+so that the first ones do not slow the parent's forks down and the slots start together. Each worker is slot r/N in its
 lines and SUMMARY, opens its own database connection (its one: claims, heartbeats and outcomes
 share it) and runs the usual worker loop. The run needs N connections, one more for the progress
 line; when the server would not give that many, one warning line says so before the fork.
