@@ -4,6 +4,7 @@ Modules, one job each, from the entry point down (docs/development.md draws the 
   startup       the entry point of BatchProcess.py: stops answered before the imports, then cli
   cli           the command line (bin/BatchProcess.py), thin over the modules below
   mpi_launch    the MPI launcher (bin/BatchProcess_mpi.sh): its options, checks, mpirun's command line
+  mpi_host      under mpirun, one process per host: its hostfile slots forked as `run -j` forks them
   srun_launch   the Slurm launcher (bin/BatchProcess_sbatch.sh): srun's command line, the --mpi hostfile
   frontend      what the front ends share: error lines, the job-wide summary, exit statuses
   local         `run -j N`: N workers forked on this host, at most N per host and job

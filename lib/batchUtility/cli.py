@@ -347,6 +347,10 @@ def cmd_run(cfg: config.Config, args: argparse.Namespace) -> int:
     options = {"quiet": args.quiet, "max_time": args.max_time}
     if args.jobs:
         return LocalRun(cfg, args.job, args.jobs, quiet=args.quiet, worker_options=options).run()
+    from .mpi_host import HostRun, host_share
+    share = host_share(os.environ)   # started by BatchProcess_mpi.sh once for this host's slots
+    if share is not None:
+        return HostRun(cfg, args.job, share, quiet=args.quiet, worker_options=options).run()
     slot = current_slot()
     table = open_table(cfg.sql, args.job, cfg.run.db_patience, call_timeout=cfg.run.call_timeout)
     table.require()

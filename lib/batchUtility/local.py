@@ -1,7 +1,8 @@
 """`run --jobs N`: N workers on this host from one command, at most N per host and job.
 
 The parent checks the job once, then forks one worker per free slot: everything is imported and
-checked before the fork, so a worker starts at almost no cost. Each worker is slot r/N in its
+checked before the fork, so a worker starts at almost no cost; each waits until the last is forked,
+so that the first ones do not slow the parent's forks down and the slots start together. Each worker is slot r/N in its
 lines and SUMMARY, opens its own database connection (its one: claims, heartbeats and outcomes
 share it) and runs the usual worker loop. The run needs N connections, one more for the progress
 line; when the server would not give that many, one warning line says so before the fork.
@@ -129,6 +130,11 @@ def _lock_folder(guard: int, folder: Path) -> None:
             return
 
 
+def _close(fd: Optional[int]) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
 class LocalRun:
     """One `run -j N`: the slots it got, the workers it forked, and how they ended."""
 
@@ -143,6 +149,8 @@ class LocalRun:
         self.children: Dict[int, int] = {}   # pid -> rank
         self.stop_signal = 0
         self.relay: Optional[TerminalRelay] = None
+        self.first_rank = 1   # the slot the parent's own lines (its reclaim pass) name
+        self.gate: Optional[int] = None   # the workers' end of the pipe they wait on (_start_and_wait)
 
     def run(self) -> int:
         table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience)
@@ -150,22 +158,13 @@ class LocalRun:
             table.require()
             # Template and HIPE checked once, here: a bad setup is one line and exit 2, not N. What
             # was lost taken back once too: the workers, forked right after, start with their claims.
-            Worker(self.cfg, table, self.job, Slot(1, self.size, self.host)).prepare()
+            Worker(self.cfg, table, self.job, Slot(self.first_rank, self.size, self.host)).prepare()
             room = read_connection_room(table)
         finally:
             table.close()   # no connection may cross the fork
-        slots = take_free_slots(self.cfg.job_dir(self.job), self.host, self.size)
-        if slots:
-            progress = 1 if self._shows_progress() else 0
-            warn_if_short_of_connections(room, len(slots) + progress, self.cfg.sql,
-                                         "one per worker" + (", one for the progress line" if progress else ""))
+        slots = self._take_slots(room)
         if not slots:
-            if not self.quiet:
-                self._say(f"{self.size} worker(s) of job {self.job} already run on {self.host}: none started")
             return 0
-        if len(slots) < self.size and not self.quiet:
-            self._say(f"{self.size - len(slots)} worker(s) of job {self.job} already run on {self.host}: "
-                      f"starting {len(slots)} (slot {', '.join(str(r) for r in slots)} of {self.size})")
         previous = signals.catch(self._on_signal, signals.WORKER_STOP_SIGNALS)
         try:
             statuses = self._start_and_wait(slots)
@@ -173,6 +172,21 @@ class LocalRun:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         return self._finish(statuses)
+
+    def _take_slots(self, room) -> Dict[int, Optional[int]]:
+        """The slots to fork a worker in: {rank: its lock's file descriptor}, the free ones of 1..size."""
+        slots: Dict[int, Optional[int]] = dict(take_free_slots(self.cfg.job_dir(self.job), self.host, self.size))
+        if slots:
+            progress = 1 if self._shows_progress() else 0
+            warn_if_short_of_connections(room, len(slots) + progress, self.cfg.sql,
+                                         "one per worker" + (", one for the progress line" if progress else ""))
+        if not slots:
+            if not self.quiet:
+                self._say(f"{self.size} worker(s) of job {self.job} already run on {self.host}: none started")
+        elif len(slots) < self.size and not self.quiet:
+            self._say(f"{self.size - len(slots)} worker(s) of job {self.job} already run on {self.host}: "
+                      f"starting {len(slots)} (slot {', '.join(str(r) for r in slots)} of {self.size})")
+        return slots
 
     def _say(self, line):
         self.out.write(line + "\n")
@@ -200,7 +214,7 @@ class LocalRun:
             table.close()
         return figures["counts"], report.pace_of(figures)
 
-    def _start_and_wait(self, slots: Dict[int, int]) -> List[int]:
+    def _start_and_wait(self, slots: Dict[int, Optional[int]]) -> List[int]:
         sys.stdout.flush()
         sys.stderr.flush()
         if self._shows_progress():
@@ -210,34 +224,15 @@ class LocalRun:
         # The parent's objects out of the collector's reach: a worker's collections would otherwise
         # write to every inherited object's header, copying most of the parent's pages in each worker.
         gc.freeze()
-        for rank, fd in slots.items():
-            del unforked[rank]
-            if self.stop_signal:
-                os.close(fd)
-                continue
-            try:
-                pid = os.fork()
-            except OSError as e:   # the node is at its process limit (EAGAIN) or out of memory
-                # The workers started run the job; the others are not tried again (they would fail
-                # alike), and the run's status says so.
-                for left in (fd, *unforked.values()):
-                    os.close(left)
-                others = f" and the {len(unforked)} after it" if unforked else ""
-                print(f"BatchProcess.py: error: [{self.host}] cannot start the worker of slot {rank}/{self.size}{others}: "
-                      f"fork: {e.strerror}", file=sys.stderr)
-                not_started.append(2)
-                break
-            if pid == 0:
-                self.children = {}   # a signal in the worker must not reach its siblings
-                if self.relay is not None:
-                    self.relay.in_worker()
-                for other_fd in unforked.values():
-                    os.close(other_fd)   # the slots of workers still to be forked are theirs
-                os._exit(self._worker(rank, fd))
-            os.close(fd)   # the worker's copy alone holds the slot from now on
-            self.children[pid] = rank
-            if self.stop_signal:   # it came during the fork: _on_signal did not know this worker yet
-                self._on_signal(self.stop_signal, None)
+        # A gate: each worker waits until the parent has forked the last one (and closed its end of
+        # this pipe). Else the workers forked first, starting up, take the CPU from the parent still
+        # forking the others, and the last worker starts long after the first (tests/bench/RESULTS.md).
+        self.gate, gate_w = os.pipe()
+        try:
+            self._fork_workers(slots, unforked, not_started, gate_w)
+        finally:
+            os.close(gate_w)   # the gate opens
+            os.close(self.gate)
         if self.relay is None:
             return not_started + self._wait()
         self.relay.start()
@@ -245,6 +240,38 @@ class LocalRun:
             return not_started + self._wait()
         finally:
             self.relay.finish(final_figures=not self.stop_signal)   # after a stop, no summary follows either
+
+    def _fork_workers(self, slots: Dict[int, Optional[int]], unforked: Dict[int, Optional[int]],
+                      not_started: List[int], gate_w: int) -> None:
+        for rank, fd in slots.items():
+            del unforked[rank]
+            if self.stop_signal:
+                _close(fd)
+                continue
+            try:
+                pid = os.fork()
+            except OSError as e:   # the node is at its process limit (EAGAIN) or out of memory
+                # The workers started run the job; the others are not tried again (they would fail
+                # alike), and the run's status says so.
+                for left in (fd, *unforked.values()):
+                    _close(left)
+                others = f" and the {len(unforked)} after it" if unforked else ""
+                print(f"BatchProcess.py: error: [{self.host}] cannot start the worker of slot {rank}/{self.size}{others}: "
+                      f"fork: {e.strerror}", file=sys.stderr)
+                not_started.append(2)
+                break
+            if pid == 0:
+                os.close(gate_w)
+                self.children = {}   # a signal in the worker must not reach its siblings
+                if self.relay is not None:
+                    self.relay.in_worker()
+                for other_fd in unforked.values():
+                    _close(other_fd)   # the slots of workers still to be forked are theirs
+                os._exit(self._worker(rank, fd))
+            _close(fd)   # the worker's copy alone holds the slot from now on
+            self.children[pid] = rank
+            if self.stop_signal:   # it came during the fork: _on_signal did not know this worker yet
+                self._on_signal(self.stop_signal, None)
 
     def _wait(self) -> List[int]:
         """Wait for every worker (relaying their lines meanwhile, on a terminal); their exit statuses."""
@@ -264,17 +291,19 @@ class LocalRun:
             statuses.append(os.waitstatus_to_exitcode(wait_status))
         return statuses
 
-    def _worker(self, rank: int, lock_fd: int) -> int:
+    def _worker(self, rank: int, lock_fd: Optional[int]) -> int:
         """The forked worker in slot rank/size; its return value is its exit status."""
         status = 1
         try:
+            self._pass_the_gate()
             # Until the worker takes the signals over, the parent's handler stays: in this copy it only
             # records a stop (self.children is empty here), which the worker then acts on. Not SIG_DFL:
             # a signal caught but not yet handled when a handler becomes SIG_DFL is dropped by Python.
             if self.stop_signal:
                 return 128 + self.stop_signal
-            os.ftruncate(lock_fd, 0)
-            os.write(lock_fd, f"{os.getpid()}\n".encode())
+            if lock_fd is not None:
+                os.ftruncate(lock_fd, 0)
+                os.write(lock_fd, f"{os.getpid()}\n".encode())
             # The worker's one connection, its lease keeper's heartbeats included: each call bounded as
             # a worker's (a third of the lease), as `run`'s are.
             table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience, call_timeout=self.cfg.run.call_timeout)
@@ -294,6 +323,18 @@ class LocalRun:
             finally:
                 os._exit(status)
         return status
+
+    def _pass_the_gate(self) -> None:
+        """Wait until the parent has forked every worker: the gate's pipe then ends (a stop signal
+        meanwhile is only noted; the parent, stopping, forks no more and opens it)."""
+        gate, self.gate = self.gate, None
+        if gate is None:
+            return
+        try:
+            while os.read(gate, 1):
+                pass
+        finally:
+            os.close(gate)
 
     def _finish(self, statuses: List[int]) -> int:
         if self.stop_signal:

@@ -22,6 +22,7 @@ from . import config, hostfile, local, mpirun_output, supervise, worker
 from .errors import BadInput, BatchError
 from .frontend import job_summary, say_error, summary_heading
 from .model import INTERACTIVE_PATIENCE, check_identifier
+from .mpi_host import HOSTS_VARIABLE
 from .storage import open_table
 
 PROG = "BatchProcess_mpi.sh"
@@ -196,9 +197,40 @@ def check(cfg, job: str, explicit_hostfile: Optional[str] = None, quiet: bool = 
     return path
 
 
+# --------------------------------------------------------------------------- one process per host
+# mpirun options that place or count the ranks otherwise than one per hostfile slot: with any of
+# them, mpirun starts one rank per slot as it places them (each its own interpreter), as before.
+_PLACING = {"np", "n", "c", "N", "npernode", "pernode", "npersocket", "map-by", "rank-by", "bynode",
+            "byslot", "bycore", "bysocket", "host", "H", "ppr", "app", "cpus-per-proc", "cpus-per-rank",
+            "rankfile", "rf", "add-host", "add-hostfile", "default-hostfile"}
+
+
+def host_slot_counts(hosts: List[hostfile.Host], extra: List[str]) -> Optional[List[int]]:
+    """The slots of each host, in the hostfile's order (a host on several lines counted once, as Open
+    MPI merges it), when one process per host can fork them all with the slot numbers Open MPI would
+    give one rank per slot (mpi_host); None when not: a host leaves its count to Open MPI (its cores,
+    which only that host knows), a host has no slot (Open MPI would still map a process per host
+    there), or an mpirun option places the ranks itself."""
+    if any(w.startswith("-") and w.lstrip("-").split("=", 1)[0] in _PLACING for w in extra):
+        return None
+    counts: dict = {}
+    for h in hosts:
+        if h.slots is None or h.slots == 0:
+            return None
+        counts[h.name] = counts.get(h.name, 0) + h.slots
+    return list(counts.values())
+
+
 # --------------------------------------------------------------------------- mpirun's command line
-def mpirun_command(mpirun: str, path: Path, options: Options) -> List[str]:
+def mpirun_command(mpirun: str, path: Path, options: Options, per_host: Optional[List[int]] = None) -> List[str]:
+    """per_host: the slots of each host (host_slot_counts): one process per host, which forks them
+    (mpi_host); None: one rank per slot."""
     opts = ["--hostfile", str(path)]
+    if per_host:
+        opts += ["--map-by", "ppr:1:node"]
+        os.environ[HOSTS_VARIABLE] = ",".join(map(str, per_host))   # sent below with the other HIPE_*
+    else:
+        os.environ.pop(HOSTS_VARIABLE, None)
     if os.geteuid() == 0:
         opts.append("--allow-run-as-root")
     # Why these options (Open MPI 4.1, mpi4py 4.1; each was seen to matter on this setup):
@@ -268,7 +300,8 @@ def launch(argv: List[str]) -> int:
     mpirun = find_mpirun()
     grace = grace_seconds()
     cfg = config.load(None)  # --config reaches it (and every rank) as $HIPE_BATCH_CONFIG
-    command = mpirun_command(mpirun, check(cfg, options.job, options.hostfile, options.quiet), options)
+    path = check(cfg, options.job, options.hostfile, options.quiet)
+    command = mpirun_command(mpirun, path, options, host_slot_counts(hostfile.parse(path), options.extra))
     if options.dry_run:
         print(shlex.join(command))
         return 0

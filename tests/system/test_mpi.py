@@ -163,6 +163,52 @@ def test_eight_ranks_thousand_obsids(mysql_batch, reaper, tmp_path):
     assert re.search(rf"^  {re.escape(socket.gethostname())}\s+1000\s+0\s", out, re.M), out[-1000:]
 
 
+def _parent(pid) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def _cmdline(pid) -> list:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+@pytest.mark.parametrize("extra", [[], ["-np", "4"]], ids=["per-host", "np-one-rank-per-slot"])
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_one_process_per_host(sqlite_batch, reaper, extra):
+    """mpirun starts one BatchProcess.py per host, which forks the host's four slots (one
+    interpreter, one check and reclaim pass for the host, not one per slot); numbered 1/4..4/4 as
+    Open MPI numbered one rank per slot. With an option placing the ranks itself (-np), mpirun
+    starts one rank per slot, each its own process, as before."""
+    batch = sqlite_batch
+    obsids = make_job(batch, "j", 4, GATED, hostfile="localhost slots=4\n")
+    launcher = reaper.launch(batch, "j", *extra)
+    table = batch.table("j")
+    started = batch.root / "jobs" / "j" / "output"
+    wait_for(lambda: launcher.poll() is not None or (
+        table.counts()["running"] == 4 and len(list(started.glob("*.started"))) == 4), 120, "four obsids running")
+    assert launcher.poll() is None, launcher.err_path.read_text()[-2000:]
+    workers = {r["worker"]: r["pid"] for r in table.rows()}
+    assert sorted(workers) == [f"{k}/4" for k in range(1, 5)]
+    parents = {_parent(pid) for pid in workers.values()}
+    assert len(parents) == 1, parents
+    words = _cmdline(parents.pop())
+    # With -np each worker is a rank, mpirun's child (its daemon's on other hosts). (mpirun's own
+    # command line ends as a rank's: BatchProcess.py j run.)
+    assert (os.path.basename(words[0]) in ("mpirun", "orted")) == bool(extra), words
+    if not extra:   # the four workers forked by one process, mpirun's one rank on this host
+        assert words[-3:-1] == ["j", "run"] and words[-4].endswith("BatchProcess.py"), words
+        assert _cmdline(_parent(_parent(next(iter(workers.values())))))[0].endswith("mpirun")
+    go(batch, "j")
+    rc, out, err = finish(launcher, timeout=120)
+    assert rc == 0, err[-3000:]
+    done_once(batch, "j", obsids)
+    lines = SLOT_LINE.findall(out)
+    assert sorted((int(r), int(s)) for r, s, *_ in lines) == [(k, 4) for k in range(1, 5)]
+    assert sorted(int(s) for _, s, _ in SUMMARY_LINE.findall(out)) == [1, 2, 3, 4]
+    assert "job-wide summary" in out and "Traceback" not in err
+
+
 KILL_TEMPLATE = """import time
 time.sleep(0.4)
 f = open(outDir + "finished.txt", "a")
@@ -724,6 +770,8 @@ def test_several_hosts(hosts, reaper, tmp_path):
     lines = SLOT_LINE.findall(out)
     assert sorted(int(o) for *_, o in lines) == obsids
     assert {h for _, _, h, _, _ in lines} == set(HOSTS)
+    # Numbered as Open MPI numbers one rank per slot: the hostfile's hosts in order, host by host.
+    assert {(h, int(r)) for r, _, h, _, _ in lines} <= {(h, k) for i, h in enumerate(HOSTS) for k in (2 * i + 1, 2 * i + 2)}
     assert {h for h, _, _ in SUMMARY_LINE.findall(out)} == set(HOSTS)
     for h in HOSTS:
         assert re.search(rf"^  {h}\s+\d+\s+0\s", out, re.M), out[-1500:]

@@ -452,3 +452,47 @@ conn.close()
         cur = c.cursor()
         cur.execute("SELECT obsid, note FROM results")
         assert cur.fetchall() == ((1342191755, "reduced by jdbc"),)
+
+
+def _children(pid):
+    try:
+        return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _waits_on_a_pipe(pid):
+    try:
+        return "pipe" in Path(f"/proc/{pid}/wchan").read_text()   # pipe_read, anon_pipe_read, pipe_wait
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_run_j_workers_start_once_the_last_is_forked(sqlite_batch, reaper):
+    """`run -j 64`: no worker starts its work before the parent has forked the last one (else the first
+    ones took the CPU from the parent still forking, and the last started long after the first). The
+    parent stopped (SIGSTOP) half-way through its forks: the workers it forked wait on the gate's pipe
+    and nothing is claimed; continued, every obsid is done once."""
+    batch = sqlite_batch
+    obsids = new_job(batch, range(1342190001, 1342190065), template=OK)
+    run = reaper.popen(batch.popen("-q", "j", "run", "-j", "64", start_new_session=True), group=True)
+
+    def stopped_while_forking():
+        if not _children(run.pid):
+            return None
+        os.kill(run.pid, signal.SIGSTOP)
+        return _children(run.pid)
+    forked = wait_for(lambda: run.poll() is not None or stopped_while_forking(), 60, "the first worker forked",
+                      interval=0.002)
+    assert forked is not True, run.communicate()[1][-2000:]
+    if len(forked) == 64:   # the parent forked them all before the stop could come: nothing to see
+        os.kill(run.pid, signal.SIGCONT)
+        pytest.skip("the parent forked all 64 workers between two looks")
+    wait_for(lambda: all(map(_waits_on_a_pipe, forked)), 30, f"the {len(forked)} workers forked to wait at the gate")
+    assert batch.table("j").history() == [] and batch.calls_list() == []
+    os.kill(run.pid, signal.SIGCONT)
+    _out, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err[-2000:]
+    assert sorted(batch.calls_list()) == obsids
+    assert {r["state"] for r in batch.table("j").rows()} == {"done"}
