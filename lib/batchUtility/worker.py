@@ -477,9 +477,15 @@ class Worker:
         """HIPE compiled the probed version: say so in a thread of its own. Even one try can block
         for the read timeout on a frozen server, and the main thread must stay free meanwhile to stop
         HIPE on a signal, its timeout or a lost lease."""
-        self._telling = threading.Thread(target=self._template_runs, args=(version,), name="template-verdict",
-                                         daemon=True)
+        self._telling = threading.Thread(target=self._tell_runs, args=(version,), name="template-verdict", daemon=True)
         self._telling.start()
+
+    def _tell_runs(self, version: str) -> None:
+        try:
+            self._template_runs(version)
+        except BatchError as e:   # said again once HIPE has ended, where an error stops the worker (_probe_verdict)
+            self.template_compiled = version
+            self.log.debug("%s: the template's verdict waits for the end of the launch", e)
 
     def _template_runs(self, version: str) -> None:
         """HIPE compiled the version this worker probes: the other workers may launch it now. One

@@ -20,6 +20,26 @@ def attempts_of(batch, job):
 
 
 # ----------------------------------------------------------------- a template that cannot run
+def test_the_template_gate_survives_its_table_dropped_by_wipe_force_and_new(batch):
+    """A worker's table made the template versions' table once; `wipe --force` then `new` of the same
+    job drop it while the worker runs (its claim is gone). The worker's next gate, verdict and
+    abandon make it again rather than fail with 'no such table' (which stopped the worker, exit 2)."""
+    new_job(batch, [1342000001, 1342000002])
+    table = batch.table("j")
+    try:
+        claim = table.claim("host", "1/1", os.getpid(), lease=30)
+        assert table.template_gate("v1", claim) == ("probe", "")
+        assert batch.cli("j", "wipe", "--yes", "--force").returncode == 0
+        new_job(batch, [1342000001, 1342000002])
+        table.template_verdict("v1", "runs", patience=0)   # the old claim's verdict: harmless
+        claim = table.claim("host", "1/1", os.getpid(), lease=30)
+        assert table.template_gate("v2", claim) == ("probe", "")
+        table.template_abandon("v2", claim)
+        assert table.template_gate("v2", claim) == ("probe", "")
+    finally:
+        table.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("broken", ["def f(:\n    pass\n", "x = 1\n  y = 2\n"], ids=["syntax", "indentation"])
 def test_a_template_that_cannot_run_halts_the_job_after_one_attempt(batch, broken):

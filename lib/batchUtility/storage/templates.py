@@ -13,6 +13,7 @@ A mixin of `JobTable`, on the engine's `_transaction` and `_execute`.
 """
 from typing import Any, Callable, Optional, Tuple
 
+from ..errors import BatchError, DatabaseUnavailable
 from ..model import Claim
 from .statements import (
     ABANDON,
@@ -45,12 +46,25 @@ class TemplateGate:
                               "making the table of template versions", interrupted=interrupted)
             self._templates_made = True
 
+    def _on_templates(self, work: Callable[[Any], Any], what: str, interrupted: Optional[Callable[[], bool]] = None,
+                      patience: Optional[float] = None) -> Any:
+        """work in a transaction, the table made first (once per process). A table made once may have
+        gone since (`wipe --force` then `new` while this worker ran): made again, and work tried once more."""
+        self._make_templates(interrupted)
+        try:
+            return self._transaction(work, what, interrupted=interrupted, patience=patience)
+        except DatabaseUnavailable:
+            raise
+        except BatchError:
+            self._templates_made = False
+            self._make_templates(interrupted)
+            return self._transaction(work, what, interrupted=interrupted, patience=patience)
+
     def template_gate(self, version: str, claim: Claim, *,
                       interrupted: Optional[Callable[[], bool]] = None) -> Tuple[str, str]:
         """(what to do, reason): ('probe', '') this claim is the version's probe: launch it and give
         the verdict; ('runs', '') launch; ('broken', why) do not; ('wait', '') another worker's
         probe is under way: ask again shortly."""
-        self._make_templates(interrupted)
         names = {"templates_table": self._templates()}
 
         def gate(cur):
@@ -70,24 +84,22 @@ class TemplateGate:
                 # The prober is gone without a verdict (stopped, killed, taken back): the next one probes.
                 self._execute(cur, ABANDON, {"version": version, "token": token}, **names)
             return "wait", ""
-        return self._transaction(gate, "looking at the template's verdict", interrupted=interrupted)
+        return self._on_templates(gate, "looking at the template's verdict", interrupted)
 
     def template_verdict(self, version: str, state: str, reason: str = "", *, patience: Optional[float] = None,
                          interrupted: Optional[Callable[[], bool]] = None) -> None:
         """The probe's verdict: RUNS (HIPE compiled it) or BROKEN (it cannot run: the job halts).
         patience=0: one try (while HIPE runs, nothing may hold the worker's watch over it)."""
-        self._make_templates()
-        self._transaction(lambda cur: self._execute(cur, VERDICT, {"version": version, "state": state,
-                                                                   "reason": reason[:255] or None},
-                                                    templates_table=self._templates()),
-                          "recording the template's verdict", patience=patience, interrupted=interrupted)
+        self._on_templates(lambda cur: self._execute(cur, VERDICT, {"version": version, "state": state,
+                                                                    "reason": reason[:255] or None},
+                                                     templates_table=self._templates()),
+                           "recording the template's verdict", interrupted, patience)
 
     def template_abandon(self, version: str, claim: Claim) -> None:
         """The probe ended without a verdict (stopped, the claim lost): the next claim probes."""
-        self._make_templates()
-        self._transaction(lambda cur: self._execute(cur, ABANDON, {"version": version, "token": claim.token},
-                                                    templates_table=self._templates()),
-                          "giving the template's probe up", patience=0)
+        self._on_templates(lambda cur: self._execute(cur, ABANDON, {"version": version, "token": claim.token},
+                                                     templates_table=self._templates()),
+                           "giving the template's probe up", patience=0)
 
     def drop_templates(self, cur: Any) -> None:
         self._execute(cur, DROP_TEMPLATES_TABLE, templates_table=self._templates())
