@@ -477,8 +477,14 @@ class Worker:
         """HIPE compiled the probed version: say so in a thread of its own. Even one try can block
         for the read timeout on a frozen server, and the main thread must stay free meanwhile to stop
         HIPE on a signal, its timeout or a lost lease."""
-        self._telling = threading.Thread(target=self._tell_runs, args=(version,), name="template-verdict", daemon=True)
-        self._telling.start()
+        telling = threading.Thread(target=self._tell_runs, args=(version,), name="template-verdict", daemon=True)
+        try:
+            telling.start()
+        except RuntimeError as e:   # no thread to be had (a node at its process limit): said once HIPE has ended
+            self.template_compiled = version
+            self.log.debug("%s: the template's verdict waits for the end of the launch", e)
+            return
+        self._telling = telling
 
     def _tell_runs(self, version: str) -> None:
         try:
