@@ -8,6 +8,7 @@ Modules, one job each, from the entry point down (docs/development.md draws the 
   srun_launch   the Slurm launcher (bin/BatchProcess_sbatch.sh): srun's command line, the --mpi hostfile
   frontend      what the front ends share: error lines, the job-wide summary, exit statuses
   local         `run -j N`: N workers forked on this host, at most N per host and job
+  first_claims  `run -j N`'s workers' first obsids, claimed by their parent in one transaction and handed over
   relay         `run -j N` on a terminal: the workers' lines and a progress line below them
   worker        the claim-launch-record loop of `run`, its collaborators passed in
   lease         the heartbeat thread: renews a claim's lease, moves the guardian's deadline

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 KILL_GRACE = 5.0   # seconds between SIGTERM and SIGKILL to HIPE's process group
 POLL = 0.2         # how often the wait loop looks at signals, the timeout and the lease
+COMPILED_FIRST_LOOK = 0.02   # the first look for a probed template's compiling (then doubled up to POLL)
 
 
 @dataclass(frozen=True)
@@ -264,8 +265,12 @@ def _cost(usage: Any, io: Dict[str, int]) -> Cost:
 def _wait(proc: subprocess.Popen, exit_watch: Optional[int], timeout: float, started: float, marker: Path,
           stderr_path: Path, should_stop: Callable[[], int], lease: Callable[[], Lease], guardian: Guardian,
           oom_before: Optional[int] = None, on_compiled: Optional[Callable[[], None]] = None) -> Launch:
-    while not _exited(proc, exit_watch, POLL):
+    # While a probe's compiling is awaited, the marker is looked at sooner (the other workers wait on it),
+    # from COMPILED_FIRST_LOOK doubling up to POLL.
+    look = POLL if on_compiled is None else COMPILED_FIRST_LOOK
+    while not _exited(proc, exit_watch, look):
         now = time.monotonic()
+        look = min(look * 2, POLL)
         if on_compiled is not None and marker.exists():
             on_compiled()
             on_compiled = None
@@ -453,7 +458,11 @@ def _last_words(stderr_path: Path) -> str:
     return f": {lines[-1].strip()[:160]}" if lines else ""
 
 
-def _hipe_environment() -> Dict[str, str]:
+def _hipe_environment() -> Optional[Dict[str, str]]:
+    """HIPE's environment: this process's without the database password; None (inherited as it is,
+    no copy to make at each launch) when there is none."""
+    if PASSWORD_ENV not in os.environ:
+        return None
     return {k: v for k, v in os.environ.items() if k != PASSWORD_ENV}
 
 

@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from . import report, signals, workdir
+from . import procfs, report, signals, workdir
 from .errors import BadInput, BatchError
+from .first_claims import FirstClaims
 from .frontend import job_exit_status, summary_heading
 from .relay import TerminalRelay
 from .slot import Slot, host_name
@@ -151,6 +152,7 @@ class LocalRun:
         self.relay: Optional[TerminalRelay] = None
         self.first_rank = 1   # the slot the parent's own lines (its reclaim pass) name
         self.gate: Optional[int] = None   # the workers' end of the pipe they wait on (_start_and_wait)
+        self.first_claims: Optional[FirstClaims] = None   # their first obsids, claimed by this parent
 
     def run(self) -> int:
         table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience)
@@ -162,6 +164,7 @@ class LocalRun:
             room = read_connection_room(table)
         finally:
             table.close()   # no connection may cross the fork
+        procfs.load_prctl()   # once here, not in each worker at its first launch
         slots = self._take_slots(room)
         if not slots:
             return 0
@@ -228,11 +231,18 @@ class LocalRun:
         # this pipe). Else the workers forked first, starting up, take the CPU from the parent still
         # forking the others, and the last worker starts long after the first (tests/bench/RESULTS.md).
         self.gate, gate_w = os.pipe()
+        self.first_claims = FirstClaims(len(slots))
         try:
-            self._fork_workers(slots, unforked, not_started, gate_w)
+            try:
+                self._fork_workers(slots, unforked, not_started, gate_w)
+            finally:
+                os.close(gate_w)   # the gate opens
+                os.close(self.gate)
+                self.first_claims.forked()
         finally:
-            os.close(gate_w)   # the gate opens
-            os.close(self.gate)
+            # Once ready, the workers wait for the first obsids this parent claims for all in one transaction.
+            self.first_claims.claim(self.cfg, self.job, dict(self.children), self.size, self.host,
+                                    lambda: bool(self.stop_signal), self.worker_options.get("claim_until"))
         if self.relay is None:
             return not_started + self._wait()
         self.relay.start()
@@ -262,6 +272,7 @@ class LocalRun:
                 break
             if pid == 0:
                 os.close(gate_w)
+                self.first_claims.in_worker()
                 self.children = {}   # a signal in the worker must not reach its siblings
                 if self.relay is not None:
                     self.relay.in_worker()
@@ -307,8 +318,10 @@ class LocalRun:
             # The worker's one connection, its lease keeper's heartbeats included: each call bounded as
             # a worker's (a third of the lease), as `run`'s are.
             table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience, call_timeout=self.cfg.run.call_timeout)
-            worker = Worker(self.cfg, table, self.job, Slot(rank, self.size, self.host), out=self.out,
-                            stopped_before=lambda: self.stop_signal, prepared=True, **self.worker_options)
+            slot = Slot(rank, self.size, self.host)
+            worker = Worker(self.cfg, table, self.job, slot, out=self.out, stopped_before=lambda: self.stop_signal,
+                            prepared=True, first_claim=lambda: self.first_claims.take(table, slot, self.cfg.run.lease),
+                            **self.worker_options)
             status = worker.run()
         except BatchError as e:
             print(f"BatchProcess.py: error: [{self.host} slot {rank}/{self.size}] {e}", file=sys.stderr)

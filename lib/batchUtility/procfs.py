@@ -56,15 +56,32 @@ def has_children(pid: int) -> bool:
     return False
 
 
+_libc = None   # the C library through ctypes, loaded once (load_prctl)
+
+
+def load_prctl() -> None:
+    """Load what prctl() needs (ctypes, the C library): `run -j`'s parent does it before its forks, so
+    that each of its workers does not pay ~5 ms of CPU for it at its first launch."""
+    global _libc
+    if _libc is None:
+        import ctypes  # here, not at the top: the guardian, run as its own program, never needs it
+        _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def prctl(option: int, arg: int) -> bool:
+    """Linux's prctl(option, arg); whether it worked (not on other kernels)."""
+    try:
+        load_prctl()
+        return _libc.prctl(option, arg, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def become_subreaper() -> bool:
     """Make this process the reaper of its orphaned descendants (Linux's PR_SET_CHILD_SUBREAPER): a
     process that left HIPE's process group (setsid) and outlived HIPE is then reparented to this
     process, not to init, and leftovers() finds it. Whether that worked (not on other kernels)."""
-    try:
-        import ctypes  # here, not at the top: the guardian, run as its own program, never needs it
-        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0   # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        return False
+    return prctl(36, 1)   # PR_SET_CHILD_SUBREAPER
 
 
 def leftovers(ancestors, first_pid: int, spare=()) -> list:

@@ -95,6 +95,24 @@ class InMemoryJobTable:
                    exit_code=None, signal_no=None, template=None)
         return Claim(row["obsid"], token, row["attempts"] + 1, lease, row["heap_mb"])
 
+    def claim_for(self, workers: Sequence[Any], *, patience: Optional[float] = None,
+                  interrupted: Optional[Callable[[], bool]] = None) -> None:
+        """As JobTable.claim_for: one obsid for each NextClaim, in their order, in one step."""
+        with self._lock:
+            for w in workers:
+                w.claim = self._claim(w.host, w.worker, w.pid, w.lease, w.pid_start)
+                w.nothing_pending = w.claim is None
+
+    def claimed_for(self, host: str, pid: int, pid_start: Optional[int], machine: str, lease: float) -> List[Claim]:
+        """As JobTable.claimed_for (no machine kept here: host, pid and its start time)."""
+        with self._lock:
+            return [Claim(r["obsid"], r["token"], r["attempts"] + 1, lease, r["heap_mb"])
+                    for r in sorted(self._rows.values(), key=lambda r: r["obsid"])
+                    if r["state"] == RUNNING and (r["host"], r["pid"], r["pid_start"]) == (host, pid, pid_start)]
+
+    def make_templates(self) -> None:
+        """As JobTable.make_templates: here there is always room for template versions."""
+
     def heartbeat(self, claim: Claim) -> Lease:
         """Renew the claim's lease: HELD while the row runs under its token, else LOST."""
         with self._lock:

@@ -50,6 +50,7 @@ TEMPLATE_LOOK = 0.2
 # A worker whose next HIPE's heap does not fit in the memory it has now looks again this often.
 ROOM_LOOK = 1.0
 GATE_LOOK = 0.2   # seconds between looks while another worker's first launch of the template compiles it
+GATE_FIRST_LOOK = 0.025   # the first of them, doubled up to GATE_LOOK: a HIPE that compiles at once is not waited 0.2 s for
 
 # What runs one obsid: hipe.run_obsid's signature (request, should_stop, lease, guardian, scratch).
 Launcher = Callable[[hipe.LaunchRequest, Callable[[], int], Callable[[], Lease], Guardian, Path], hipe.Launch]
@@ -123,13 +124,16 @@ class Worker:
                  quiet: bool = False, max_time: Optional[float] = None, claim_until: Optional[float] = None,
                  stopped_before: Optional[Callable[[], int]] = None, *, launcher: Launcher = hipe.run_obsid,
                  guardian: Callable[[], Guardian] = Guardian,
-                 lease_keeper: Optional[Callable[[Guardian], LeaseKeeper]] = None, prepared: bool = False):
+                 lease_keeper: Optional[Callable[[Guardian], LeaseKeeper]] = None, prepared: bool = False,
+                 first_claim: Optional[Callable[[], Optional[NextClaim]]] = None):
         """quiet: print no obsid lines and no SUMMARY (-q); max_time: seconds after which no obsid is
         claimed any more, or claim_until: the same as a time.monotonic() value (`run -j` sets it once
         for all its workers); stopped_before: the stop signal that came before run() took the
         signals over (a forked worker's first moments), or 0; prepared: prepare() was called on this
         job just before this worker started (`run -j` calls it once, before it forks its workers), so
-        run() neither checks the job again nor makes the first reclaim pass.
+        run() neither checks the job again nor makes the first reclaim pass; first_claim: what hands
+        this worker its first claim, made for it by its parent (`run -j`, first_claims.py), called once
+        its guardian and lease keeper run: a NextClaim as finish() fills one in, or None to claim its own.
 
         The collaborators, real unless given (batchUtility.testing has fakes): table, the job's
         table; launcher, what runs one obsid (hipe.run_obsid); guardian, what starts the guardian
@@ -164,6 +168,7 @@ class Worker:
         self.keeper: Optional[LeaseKeeper] = None
         self.quick_failures, self.failing_since = 0, 0.0
         self.prepared = prepared
+        self.first_claim = first_claim
         self.template_version, self.template_changed = "", False
         self.template_settled: Optional[tuple] = None   # the last snapshot of the template read whole
         self.next: Optional[NextClaim] = None   # the claim taken with the last outcome, not run yet
@@ -182,6 +187,7 @@ class Worker:
         this host and of lost ones taken back. 64 workers each doing it queued on SQLite's write
         lock before their first claim (tests/bench/RESULTS.md)."""
         self.check_ready()
+        self.table.make_templates()   # so that the workers' first looks at the template's verdict are reads
         self._reclaim()
 
     def _stopping(self) -> bool:
@@ -271,6 +277,8 @@ class Worker:
 
     def _loop(self) -> None:
         try:
+            if self.first_claim is not None:   # inside: a claim handed over is put back if not run
+                self.next = self.first_claim()
             self._claim_loop()
         finally:
             self._put_back_next()
@@ -452,7 +460,7 @@ class Worker:
         to launch it, probe saying whether this launch is the version's probe; or (the launch's end,
         False) without launching: the version cannot run (the job is halted), or a stop came while
         another worker's probe was under way."""
-        said = False
+        said, look = False, GATE_FIRST_LOOK
         while version not in self.template_runs:
             what, why = self.table.template_gate(version, claim, interrupted=self._stopping)
             if what == "runs":
@@ -467,7 +475,8 @@ class Worker:
                     said = True
                     self.log.debug("waiting for another worker's first launch of template version %s to compile it",
                                    version)
-                self._sleep(GATE_LOOK)
+                self._sleep(look)
+                look = min(look * 2, GATE_LOOK)
                 if self.stop_signal:
                     return hipe.Launch(Outcome(False, f"stopped by {signal.Signals(self.stop_signal).name}"), 0.0,
                                        LaunchEnd.STOPPED, self.stop_signal), False

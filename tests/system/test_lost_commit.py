@@ -223,3 +223,25 @@ def test_a_worker_killed_after_its_outcome_and_claim_committed(proxied, reaper):
     assert sorted(env.calls_list()) == obsids, "HIPE ran an obsid twice, or not at all"
     assert [(h["attempt"], h["outcome"]) for h in table.history(claimed)] == [(1, "lost"), (2, "done")]
     assert sorted(h["outcome"] for h in table.history()) == ["done"] * len(obsids) + ["lost"]
+
+
+@pytest.mark.slow
+def test_a_lost_commit_reply_to_the_first_claims_of_run_j_runs_each_obsid_once(proxied):
+    """`run -j 3`'s parent claims its workers' first obsids in one transaction (first_claims.py); the
+    reply to its COMMIT is lost. Its retry finds the claims by their tokens and hands them over: each
+    obsid HIPE-run once, done with one attempt, nothing taken back or charged twice."""
+    env = proxied
+    obsids = [OBSID + i for i in range(6)]
+    env.template("j", probe(first=0.05))
+    new_job(env, obsids)
+    env.proxy.lose_commit_reply(CLAIM_UPDATE)
+    r = env.cli("j", "run", "-j", "3", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(env.proxy.fired) == 1, env.proxy.fired
+    assert "Traceback" not in r.stderr and "taken back" not in r.stderr and "took back" not in r.stderr, r.stderr
+    assert "could not claim" not in r.stderr, r.stderr   # the retry resolved it: no worker was left to find its own
+    assert_exactly_once(env, obsids)
+    assert sorted(env.calls_list()) == obsids, "HIPE ran an obsid twice, or not at all"
+    table = env.table("j")
+    assert {r["obsid"]: (r["state"], r["attempts"]) for r in table.rows()} == dict.fromkeys(obsids, ("done", 1))
+    assert sorted((h["obsid"], h["attempt"], h["outcome"]) for h in table.history()) == [(o, 1, "done") for o in obsids]

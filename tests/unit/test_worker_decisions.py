@@ -12,7 +12,9 @@ from batchUtility import worker as worker_module
 from batchUtility.config import Config, HipeSettings, RunSettings
 from batchUtility.errors import BlackHole, SetupBroken
 from batchUtility.model import Outcome
+from batchUtility.procfs import process_start
 from batchUtility.slot import Slot
+from batchUtility.storage import NextClaim
 from batchUtility.testing import (
     FakeGuardian,
     FakeLauncher,
@@ -43,12 +45,13 @@ def make(tmp_path):
     settled(tmp_path / "jobs" / JOB / f"{JOB}.py")
     made = []
 
-    def make(table, launcher, max_time=None, **run):
+    def make(table, launcher, max_time=None, first_claim=None, stopped_before=None, **run):
         settings = {"lease": 30.0, "max_attempts": 3, "db_patience": 60.0, "wait_for_running": True, **run}
         cfg = Config(tmp_path / "batch.cfg", tmp_path, None, HipeSettings((sys.executable,), "512m", (), 0.0),
                      RunSettings(**settings))
         w = Worker(cfg, table, JOB, Slot(1, 1, "here"), out=io.StringIO(), max_time=max_time,
-                   launcher=launcher, guardian=FakeGuardian, lease_keeper=FakeLeaseKeeper)
+                   launcher=launcher, guardian=FakeGuardian, lease_keeper=FakeLeaseKeeper,
+                   first_claim=first_claim, stopped_before=stopped_before)
         made.append(w)
         return w
     yield make
@@ -377,3 +380,62 @@ def test_the_table_takes_a_claim_back_by_the_lease_watch_not_by_clocks():
     mono[0] += 30
     assert table.reclaim_stale(30.0, 3) == [1]
     assert states(table) == {1: ("pending", 1)}
+
+
+# ----------------------------------------------------------------------------- first claims made by the parent (issue 21)
+def parent_claims(table, n, pid=None):
+    """What `run -j`'s parent does for n workers (first_claims.py): their first obsids in one step, in
+    the names of this process (it is alive: no reclaim pass takes them back) or of pid, pid+1, ..."""
+    workers = [NextClaim("here", f"{i + 1}/{n}", (pid or os.getpid()) + i, 30.0,
+                         pid_start=7 if pid else process_start(os.getpid())) for i in range(n)]
+    table.claim_for(workers)
+    return workers
+
+
+def test_a_claim_handed_over_is_run_before_any_claim_of_its_own(make):
+    table = CountingTable(JOB, [1, 2, 3], expected={1: 10, 2: 30, 3: 20})
+    handed = parent_claims(table, 1)[0]
+    assert handed.claim.obsid == 2   # longest expected first, as a claim of its own would take
+    w = make(table, FakeLauncher(then=done()), first_claim=lambda: handed)
+    table.worker = w
+    assert w.run() == 0
+    assert table.alone == 0   # the rest came with the outcomes
+    assert [h.obsid for h in w.keeper.held] == [2, 3, 1]
+    assert w.keeper.held[0].token == handed.claim.token
+    assert states(table) == {1: ("done", 1), 2: ("done", 1), 3: ("done", 1)}
+
+
+def test_a_claim_handed_over_to_a_stopping_worker_goes_back_uncounted(make):
+    table = InMemoryJobTable(JOB, [1, 2])
+    handed = parent_claims(table, 1)[0]
+    launcher = FakeLauncher(then=done())
+    w = make(table, launcher, first_claim=lambda: handed, stopped_before=lambda: signal.SIGTERM)
+    assert w.run() == 128 + signal.SIGTERM
+    assert launcher.obsids == []
+    assert states(table) == {1: ("pending", 0), 2: ("pending", 0)}
+    assert outcomes(table) == [(handed.claim.obsid, 1, "stopped")]
+
+
+def test_nothing_pending_for_the_first_claim_claims_nothing_more(make):
+    table = CountingTable(JOB, [1])
+    first, second = parent_claims(table, 2)
+    assert (first.claim.obsid, second.claim, second.nothing_pending) == (1, None, True)
+    w = make(table, FakeLauncher(then=done()), first_claim=lambda: second, wait_for_running=False)
+    assert w.run() == 0
+    assert table.alone == 0 and w.keeper.held == []
+
+
+def test_no_claim_handed_over_claims_its_own(make):
+    table = CountingTable(JOB, [1])
+    w = make(table, FakeLauncher(then=done()), first_claim=lambda: None)
+    assert w.run() == 0
+    assert table.alone == 1 and states(table) == {1: ("done", 1)}
+
+
+def test_claims_made_for_a_worker_are_found_by_it_alone():
+    table = InMemoryJobTable(JOB, [1, 2])
+    a, b = parent_claims(table, 2, pid=100)
+    assert [c.token for c in table.claimed_for("here", 100, 7, "m", 30.0)] == [a.claim.token]
+    assert [c.token for c in table.claimed_for("here", 101, 7, "m", 30.0)] == [b.claim.token]
+    assert table.claimed_for("here", 100, 8, "m", 30.0) == []   # the same pid, another process
+    assert table.claimed_for("there", 100, 7, "m", 30.0) == []

@@ -114,6 +114,11 @@ FORGET_PICKED = "SET @picked_obsid = NULL, @picked_attempts = NULL, @picked_heap
 PICKED = "SELECT @picked_obsid, @picked_attempts, @picked_heap"
 # A claim retried after a lost reply to its COMMIT may have been taken after all: found by its token.
 CLAIMED_BY = """SELECT obsid, attempts, heap_mb FROM {job_table} WHERE token = :token AND state = 'running'"""
+# The claims made in a process's name by another (`run -j`'s parent claims its workers' first obsids):
+# the pid with its start time and machine names one process, so only that process adopts them.
+CLAIMED_FOR = """SELECT obsid, token, attempts, heap_mb FROM {job_table}
+  WHERE state = 'running' AND host = :host AND pid = :pid AND pid_start = :pid_start AND machine = :machine
+  ORDER BY obsid"""
 HEARTBEAT = """UPDATE {job_table} SET heartbeat = {now}, lease_expires = {now} + :lease, beats = COALESCE(beats, 0) + 1
   WHERE obsid = :obsid AND token = :token AND state = 'running'"""
 # Finish and requeue change their claim's row only while it runs, or repeat what they did (a repeat

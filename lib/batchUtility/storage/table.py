@@ -35,6 +35,7 @@ from .statements import (
     ATTEMPT_RECORDED,
     CLAIM,
     CLAIMED_BY,
+    CLAIMED_FOR,
     COUNT_LIVE_RUNNING,
     CREATE_CLAIM_INDEX,
     CREATE_ENDED_INDEX,
@@ -426,6 +427,42 @@ class JobTable(LearnedDurations, TemplateGate, Reads, Engine):
                 raise BatchError(f"claim of obsid {obsid} lost a race it cannot lose; please report this")
             return Claim(obsid, token, attempts + 1, lease, heap)
         return self._transaction(take, "claiming an obsid", interrupted=interrupted)
+
+    def claim_for(self, workers: Sequence[NextClaim], *, patience: Optional[float] = None,
+                  interrupted: Optional[Callable[[], bool]] = None) -> None:
+        """Atomically take one pending obsid for each of several workers, in one transaction (one
+        commit), in their order, longest expected first: the first obsids of the workers `run -j`
+        has just forked, claimed by their parent in their names (host, worker, pid, its start time),
+        so that their slots start together rather than queue on SQLite's write lock one claim each.
+        Fills in each NextClaim's claim as finish() does; nothing_pending for those left without.
+
+        The claims are the workers' as if each had made its own (their tokens, leases and history);
+        the guarantees are claim()'s, and a try whose COMMIT got no answer is found by its tokens on
+        the next try. Should the claims be made but their news not reach the workers, each worker
+        finds its own with claimed_for()."""
+        def take(cur):
+            # Each worker that tried looks for its tokens: all found, or none (the last try did not commit).
+            found = [w.found(self, cur) for w in workers if w.tokens]
+            if any(found):
+                return   # the last try committed: the claims found are the workers', the others got none
+            exhausted = False
+            for w in workers:
+                if exhausted:
+                    w.claim, w.nothing_pending = None, True
+                    continue
+                w.took(self._pick_and_claim(cur, w.values()))
+                exhausted = w.nothing_pending
+        self._transaction(take, "claiming the workers' first obsids", patience=patience, interrupted=interrupted)
+
+    def claimed_for(self, host: str, pid: int, pid_start: Optional[int], machine: str, lease: float) -> List[Claim]:
+        """The running claims made in this process's name (host, pid and its start time, machine) that it
+        was not told of: claim_for()'s, when its caller could not hand them over. Only that process can
+        match all four, so it alone may take them up. A read, one try within the patience."""
+        def look(cur):
+            rows = self._execute(cur, CLAIMED_FOR, {"host": host[:255], "pid": pid, "pid_start": pid_start,
+                                                    "machine": machine[:80] or None}).fetchall()
+            return [Claim(int(obsid), token, int(attempts) + 1, lease, _heap(heap)) for obsid, token, attempts, heap in rows]
+        return self._transaction(look, "looking for claims made in this worker's name", write=False)
 
     def _pick_and_claim(self, cur: Any, values: Dict[str, Any],
                         commit: bool = False) -> Optional[Tuple[int, int, int, Optional[int]]]:

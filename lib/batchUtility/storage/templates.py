@@ -67,6 +67,21 @@ class TemplateGate:
         probe is under way: ask again shortly."""
         names = {"templates_table": self._templates()}
 
+        def look(cur):   # what a read can tell: all but a probe to begin or one to give up
+            row = self._execute(cur, VERSION_STATE, {"version": version}, **names).fetchone()
+            if row is None:
+                return None
+            state, obsid, token, reason = row
+            if state == RUNS:
+                return "runs", ""
+            if state == BROKEN:
+                return "broken", reason or ""
+            if token == claim.token:
+                return "probe", ""
+            if self._execute(cur, PROBER_RUNNING, {"obsid": obsid, "token": token}).fetchone() is not None:
+                return "wait", ""
+            return None
+
         def gate(cur):
             row = self._execute(cur, VERSION_STATE, {"version": version}, **names).fetchone()
             if row is None:
@@ -84,7 +99,22 @@ class TemplateGate:
                 # The prober is gone without a verdict (stopped, killed, taken back): the next one probes.
                 self._execute(cur, ABANDON, {"version": version, "token": token}, **names)
             return "wait", ""
+        # A read first: on SQLite a writer's transaction takes the one write lock, and the workers of
+        # a `run -j` all look at their first launch (tests/bench/RESULTS.md). Then, or with no table
+        # yet (a job made by an older version), the writer's way.
+        try:
+            said = self._transaction(look, "looking at the template's verdict", write=False, interrupted=interrupted)
+        except DatabaseUnavailable:
+            raise
+        except BatchError:
+            said = None
+        if said is not None:
+            return said
         return self._on_templates(gate, "looking at the template's verdict", interrupted)
+
+    def make_templates(self) -> None:
+        """Make the job's table of template versions if it is not there (`run -j`'s parent, once for its workers)."""
+        self._make_templates()
 
     def template_verdict(self, version: str, state: str, reason: str = "", *, patience: Optional[float] = None,
                          interrupted: Optional[Callable[[], bool]] = None) -> None:
