@@ -8,6 +8,9 @@
   exactly once, by workers on all three hosts.
 - test_rank_killed: a rank SIGKILLed mid-run; the others run on, take its obsid back after the
   lease and finish everything; its interrupted attempt is recorded as lost, never as done.
+- test_host_process_killed: the one process of a host (which forked its slots) SIGKILLed while its
+  workers run HIPE, with and without --enable-recovery: the orphans say so, and finish and record
+  their obsids once, or (the launcher stopped) put them back uncounted; a rerun finishes the job.
 - test_host_lost: a whole host lost mid-run (everything on it SIGKILLed, Open MPI's daemon too):
   the other hosts finish the job, and the launcher still ends, reporting the job done.
 - test_launcher_stopped: SIGTERM to the launcher, Ctrl-C (SIGINT to its process group), or SIGTERM
@@ -38,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from exactly_once import assert_exactly_once, frozen, go, probe
+from exactly_once import assert_exactly_once, frozen, go, probe, probe_events
 from mariadb_server import MariaDB
 from support import GATED, ROOT, BatchEnv, Reaper, ignoring_sigint, new_job, pid_alive, wait_for
 
@@ -263,6 +266,74 @@ def test_rank_killed(mysql_batch, reaper):
     assert finished >= set(obsids)
     assert sorted(int(s) for _, s, _ in SUMMARY_LINE.findall(out)) == [1, 3, 4]  # the dead rank printed none
     assert f"{n} of {n} processed." in out
+
+
+ORPHAN_LINE = re.compile(r"WARNING \[\S+ slot (\d+)/3 pid (\d+)\] this host's process \(pid (\d+)\) died: the "
+                         r"worker runs on to the job's end")
+
+
+@pytest.mark.parametrize("then", ["finish", "stop"])
+@pytest.mark.parametrize("recovery", [[], ["--disable-recovery"]], ids=["enable-recovery", "disable-recovery"])
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_host_process_killed(batch, reaper, recovery, then):
+    """The one process of a host (which forked its three slots) SIGKILLed while each of its workers
+    runs HIPE, with mpirun's --enable-recovery (the launcher's) or without (--disable-recovery after
+    it). The orphaned workers run on: each says so on one line; their HIPEs run to their end and are
+    recorded once (then: finish), or a launcher's stop still reaches them through their process
+    group and each stops its HIPE and puts its obsid back uncounted (then: stop). No obsid lost, none
+    run twice at once, none done without its product; a rerun finishes whatever is left."""
+    n = 8
+    obsids = make_job(batch, "j", n, probe(first=None, later=0.3), hostfile="localhost slots=3\n",
+                      run={"lease": "5"})
+    launcher = reaper.launch(batch, "j", *recovery)
+    table = batch.table("j")
+    locks = batch.root / "jobs" / "j" / "output"
+    wait_for(lambda: launcher.poll() is not None or (
+        table.counts()["running"] == 3 and len(list(locks.glob("lock-*"))) == 3), 120, "three HIPEs running")
+    assert launcher.poll() is None, launcher.err_path.read_text()[-2000:]
+    running = {r["obsid"]: r["pid"] for r in table.rows() if r["state"] == "running"}
+    hipes = [int(p.read_text()) for p in locks.glob("lock-*")]
+    host = {_parent(pid) for pid in running.values()}
+    assert len(host) == 1, host
+    host = host.pop()
+    assert _cmdline(host)[-3:-1] == ["j", "run"], _cmdline(host)
+    os.kill(host, signal.SIGKILL)
+
+    # Each orphan says so, at once, on the launcher's stderr; its HIPE was not touched.
+    wait_for(lambda: len(ORPHAN_LINE.findall(launcher.err_path.read_text())) == 3, 30, "three orphans' lines")
+    said = ORPHAN_LINE.findall(launcher.err_path.read_text())
+    assert {int(pid) for _, pid, _ in said} == set(running.values()) and {int(h) for *_, h in said} == {host}
+    assert all(pid_alive(p) for p in [*running.values(), *hipes])
+    if then == "stop":
+        os.kill(launcher.pid, signal.SIGTERM)
+        rc, out, err = finish(launcher, timeout=120)
+        assert rc == 143, err[-3000:]
+        stopped = {int(m["obsid"]) for m in STOP_LINE.finditer(err)}
+        assert stopped == set(running), err[-3000:]
+        rows = {r["obsid"]: r for r in table.rows()}
+        assert all(rows[o]["state"] == "pending" and rows[o]["attempts"] == 0 for o in running), rows
+        assert not (set(running) & {h["obsid"] for h in table.history() if h["outcome"] == "done"})
+        go(batch, "j")
+        rerun = batch.cli("j", "run", "-j", "2")
+    else:
+        go(batch, "j")
+        rc, out, err = finish(launcher, timeout=180)
+        assert rc == 0, err[-3000:]
+        assert f"{n} of {n} processed." in out
+        # The orphans ran on to the job's end: their obsids recorded once each, by them, no attempt charged.
+        history = table.history()
+        for obsid, pid in running.items():
+            assert [(h["outcome"], h["pid"]) for h in history if h["obsid"] == obsid] == [("done", pid)], history
+        assert {r["attempts"] for r in table.rows()} == {1}
+        rerun = batch.cli("j", "run")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    figures = assert_exactly_once(batch, obsids)   # every obsid done once, no overlap, no HIPE left
+    # None done without its product: each obsid's run recorded done ran its script to the end.
+    ends = {o for o, _, event, _, _ in probe_events(batch) if event == "end"}
+    assert ends >= set(obsids)
+    assert figures["runs"] == n + (3 if then == "stop" else 0)
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C", "SIGTERM while starting"])
