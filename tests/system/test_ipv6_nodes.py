@@ -8,6 +8,8 @@
 - test_ipv6_node_after_one_refusing: `127.0.0.1:P, [::1]:P6` with nothing on P (a stopped server):
   every command reaches the IPv6 node, the second of the list.
 - test_ipv6_node_refusing: `[::1]:P, 127.0.0.1:P4` with nothing on [::1]:P: the IPv4 node answers.
+- test_bare_ipv6_host: `host = ::1` and `port = P6`, one host as earlier versions took it: used as
+  written, nothing said of nodes.
 - test_ipv6_node_killed_mid_run: a Galera cluster whose first node listens on ::1 only, `run -j 3`
   on `[::1]:P1, 127.0.0.1:P2, 127.0.0.1:P3`; that node SIGKILLed mid-run: the workers move to the
   next node within seconds (no HIPE stopped, nothing charged, every obsid done once). The two
@@ -41,7 +43,8 @@ def has_ipv6_loopback() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not has_ipv6_loopback(), reason="no ::1 on this machine")
+# slow: two servers to start (2 to 15 s here), then seconds a test.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not has_ipv6_loopback(), reason="no ::1 on this machine")]
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +120,21 @@ def test_ipv6_node_refusing(servers, tmp_path):
     assert has_table(v4, env.job) and not has_table(v6, env.job)
 
 
+def test_bare_ipv6_host(servers, tmp_path):
+    """One host as every earlier version took it, an IPv6 literal without brackets and [sql] port
+    beside it: used as written, and nothing said of nodes."""
+    v6, v4 = servers
+    env = env_on(servers, tmp_path, "::1")
+    env.write_cfg(sql={"host": "::1", "port": str(v6.port)})
+    env.template(env.job, "x = 1\n")
+    obsids = list(range(FIRST, FIRST + 3))
+    for command in (["new", env.obsid_file(obsids)], ["run", "-j", "2"], ["status"]):
+        r = env.cli(env.job, *command)
+        assert r.returncode == 0 and "database node" not in r.stdout + r.stderr, (command, r.stderr)
+    assert sorted(env.calls_list()) == obsids
+    assert has_table(v6, env.job) and not has_table(v4, env.job)
+
+
 # ----------------------------------------------------------------------------- the IPv6 node killed mid-run
 @pytest.fixture
 def galera_v6():
@@ -141,7 +159,6 @@ def done_count(env):
         return 0
 
 
-@pytest.mark.slow
 @pytest.mark.galera
 def test_ipv6_node_killed_mid_run(galera_v6, tmp_path, reaper):
     cluster = galera_v6
