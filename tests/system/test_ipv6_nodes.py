@@ -83,9 +83,10 @@ def has_table(server, job):
         return cur.fetchone()[0] == 1
 
 
-def commands_answered_by(env, node, obsids):
-    """new, run -j 2, status and status --json each say `node` answered; the job is done."""
-    line = f"database node {node} answered (2 in [sql] host)"
+def commands_answered_by(env, node, place, obsids):
+    """new, run -j 2, status and status --json each say `node` answered, the `place`-th of the list
+    of 2; the job is done."""
+    line = f"database node {node} answered ({place} of 2 in [sql] host)"
     env.template(env.job, "x = 1\n")
     r = env.cli(env.job, "new", env.obsid_file(obsids))
     assert r.returncode == 0 and line in r.stderr, r.stderr
@@ -102,21 +103,21 @@ def commands_answered_by(env, node, obsids):
 def test_ipv6_node_first(servers, tmp_path):
     v6, v4 = servers
     env = env_on(servers, tmp_path, f"[::1]:{v6.port}, 127.0.0.1:{v4.port}")
-    commands_answered_by(env, f"[::1]:{v6.port}", list(range(FIRST, FIRST + 6)))
+    commands_answered_by(env, f"[::1]:{v6.port}", 1, list(range(FIRST, FIRST + 6)))
     assert has_table(v6, env.job) and not has_table(v4, env.job)
 
 
 def test_ipv6_node_after_one_refusing(servers, tmp_path):
     v6, v4 = servers
     env = env_on(servers, tmp_path, f"127.0.0.1:{free_port()}, [::1]:{v6.port}")
-    commands_answered_by(env, f"[::1]:{v6.port}", list(range(FIRST, FIRST + 4)))
+    commands_answered_by(env, f"[::1]:{v6.port}", 2, list(range(FIRST, FIRST + 4)))
     assert has_table(v6, env.job) and not has_table(v4, env.job)
 
 
 def test_ipv6_node_refusing(servers, tmp_path):
     v6, v4 = servers
     env = env_on(servers, tmp_path, f"[::1]:{free_port('::1')}, 127.0.0.1:{v4.port}")
-    commands_answered_by(env, f"127.0.0.1:{v4.port}", list(range(FIRST, FIRST + 4)))
+    commands_answered_by(env, f"127.0.0.1:{v4.port}", 2, list(range(FIRST, FIRST + 4)))
     assert has_table(v4, env.job) and not has_table(v6, env.job)
 
 
@@ -172,7 +173,7 @@ def test_ipv6_node_killed_mid_run(galera_v6, tmp_path, reaper):
     with open(env.root / "run.err", "w") as err:
         proc = reaper.popen(subprocess.Popen([sys.executable, str(BIN), "j", "run", "-j", "3"], stdout=subprocess.DEVNULL,
                                              stderr=err, env=env.env(), cwd=env.root, start_new_session=True), group=True)
-    assert f"database node {first.address} answered (3 in [sql] host)" in env.cli("j", "status").stdout
+    assert f"database node {first.address} answered (1 of 3 in [sql] host)" in env.cli("j", "status").stdout
     wait_for(lambda: done_count(env) >= 6, 120, "a fifth of the obsids done")
     first.kill(signal.SIGKILL)
     killed = time.monotonic()
@@ -186,6 +187,6 @@ def test_ipv6_node_killed_mid_run(galera_v6, tmp_path, reaper):
     assert "stopping HIPE" not in err and "fenced" not in err, err[-3000:]
     second = cluster.nodes[1].address
     assert f"database server changed: now on node {second} (was {first.address})" in err, err[-3000:]
-    assert f"database node {second} answered" in env.cli("j", "status").stdout
+    assert f"database node {second} answered (2 of 3 in [sql] host)" in env.cli("j", "status").stdout
     print(f"three more obsids done {moved_in:.1f} s after the IPv6 node's SIGKILL")
     assert moved_in < 30, f"{moved_in:.1f} s"
