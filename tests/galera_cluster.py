@@ -16,6 +16,7 @@ from pathlib import Path
 
 import MySQLdb
 
+from batchUtility.config import node_name
 from mariadb_server import PASSWORD, USER, free_port
 from support import wait_for
 
@@ -31,18 +32,20 @@ def available() -> bool:
 
 
 class Node:
-    def __init__(self, cluster: "Galera", index: int):
+    def __init__(self, cluster: "Galera", index: int, bind: str = "127.0.0.1"):
         self.cluster = cluster
         self.index = index
+        self.bind = bind   # where its SQL port listens (::1: IPv6 only); the group's ports stay on 127.0.0.1
         self.base = cluster.base / f"node{index}"
         self.datadir = self.base / "data"
         self.socket = str(self.base / "mysqld.sock")
-        self.port, self.gcomm, self.ist, self.sst = (free_port() for _ in range(4))
+        self.port = free_port(bind)
+        self.gcomm, self.ist, self.sst = (free_port() for _ in range(3))
         self.proc = None
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return node_name(self.bind, self.port)
 
     def install(self):
         self.base.mkdir(parents=True)
@@ -61,7 +64,7 @@ class Node:
         self.log = open(self.base / "mariadbd.log", "ab")
         command = [
             "mariadbd", "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
-            f"--port={self.port}", "--bind-address=127.0.0.1", "--user=mysql",
+            f"--port={self.port}", f"--bind-address={self.bind}", "--user=mysql",
             f"--pid-file={self.base / 'mariadbd.pid'}", f"--tmpdir={self.base / 'tmp'}",
             "--innodb-buffer-pool-size=48M", "--innodb-log-file-size=48M", "--max-connections=300",
             "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=2",
@@ -119,12 +122,14 @@ class Node:
 class Galera:
     """Three nodes (by default) on loopback; start() returns when all are synced and the test user exists."""
 
-    def __init__(self, size: int = 3, sync_wait: int = 0):
+    def __init__(self, size: int = 3, sync_wait: int = 0, binds=()):
+        """binds: where the first nodes' SQL ports listen (e.g. ("::1",)), the others on 127.0.0.1."""
         # Not under pytest's tmp_path: its folders are root's alone, and mariadbd runs as mysql.
         self.base = Path(tempfile.mkdtemp(prefix="galera-"))
         os.chmod(self.base, 0o755)
         self.sync_wait = sync_wait
-        self.nodes = [Node(self, i + 1) for i in range(size)]
+        binds = (*binds, *["127.0.0.1"] * size)
+        self.nodes = [Node(self, i + 1, binds[i]) for i in range(size)]
         self.started_in = 0.0
 
     def start(self, timeout: float = 180):

@@ -13,13 +13,14 @@ USER, PASSWORD = "hipeuser", "s3cret-pw"
 
 
 def free_port(host="127.0.0.1") -> int:
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
 
 class MariaDB:
-    """mariadb-install-db into `base`, then mariadbd bound to `bind`:`port` and a socket in `base`."""
+    """mariadb-install-db into `base`, then mariadbd bound to `bind`:`port` and a socket in `base`
+    (`bind` an IPv4 address, or an IPv6 one such as ::1: the server then listens on IPv6 only)."""
 
     def __init__(self, base: Path, bind: str = "127.0.0.1", port: int = 0, options=()):
         self.base = Path(base)
@@ -89,5 +90,6 @@ class MariaDB:
 
     def cfg_sql(self, db, table="v11_1"):
         """The [sql] section of a batch.cfg for this server (TCP, as remote hosts reach it)."""
-        return {"backend": "mysql", "host": self.bind, "port": str(self.port), "user": USER,
+        host = f"[{self.bind}]:{self.port}" if ":" in self.bind else self.bind   # [::1] alone would not parse
+        return {"backend": "mysql", "host": host, "port": str(self.port), "user": USER,
                 "pswd": PASSWORD, "db": db, "table": table}

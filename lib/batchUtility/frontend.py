@@ -8,6 +8,7 @@ import sys
 from typing import Dict, Optional, Tuple
 
 from . import report
+from .config import node_name
 from .errors import BatchError, JobExists, JobMissing, TemplateMissing
 from .model import DONE
 from .storage import JobTable, open_table
@@ -74,11 +75,14 @@ def _with_node(table: JobTable, text: str, as_json: bool) -> str:
 
 
 def node_line(table: JobTable) -> Optional[str]:
-    """'database node H:P answered (N in [sql] host)' when [sql] host lists several nodes, else None:
-    what every command says (status in its block, the others on stderr, which -q leaves out)."""
+    """'database node H:P answered (I of N in [sql] host)' when [sql] host lists several nodes, else
+    None: what every command says (status in its block, the others on stderr, which -q leaves out).
+    I is the node's place in the list: 1 unless the nodes before it did not answer."""
     nodes = table.settings.addresses() if table.settings.backend == "mysql" else ()
     if len(nodes) > 1 and table.node is not None:
-        return f"database node {table.node} answered ({len(nodes)} in [sql] host)"
+        names = [node_name(host, port or table.settings.default_port()) for host, port in nodes]
+        place = f"{names.index(table.node) + 1} of " if table.node in names else ""
+        return f"database node {table.node} answered ({place}{len(nodes)} in [sql] host)"
     return None
 
 

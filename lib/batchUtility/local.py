@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 from . import procfs, report, signals, workdir
 from .errors import BadInput, BatchError
 from .first_claims import FirstClaims
-from .frontend import job_exit_status, summary_heading
+from .frontend import COMMAND, job_exit_status, node_line, summary_heading
 from .relay import TerminalRelay
 from .slot import Slot, host_name
 from .storage import ConnectionRoom, open_table
@@ -158,6 +158,7 @@ class LocalRun:
         table = open_table(self.cfg.sql, self.job, self.cfg.run.db_patience)
         try:
             table.require()
+            self._say_node(table)
             # Template and HIPE checked once, here: a bad setup is one line and exit 2, not N. What
             # was lost taken back once too: the workers, forked right after, start with their claims.
             Worker(self.cfg, table, self.job, Slot(self.first_rank, self.size, self.host)).prepare()
@@ -175,6 +176,12 @@ class LocalRun:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         return self._finish(statuses)
+
+    def _say_node(self, table) -> None:
+        """Which node of a host list answered, once for the run as every command says it (-q: not)."""
+        line = node_line(table)
+        if line:
+            logging.getLogger(COMMAND).info(line)
 
     def _take_slots(self, room) -> Dict[int, Optional[int]]:
         """The slots to fork a worker in: {rank: its lock's file descriptor}, the free ones of 1..size."""

@@ -12,13 +12,30 @@ seconds). A worker that dies is its host's loss alone: its siblings run on and t
 
 No slot locks (the cap of `run -j`): mpirun's ranks never had one, and the slot numbers are the
 job's, not this host's. No job-wide summary either: the launcher prints it once.
+
+This host's process killed (SIGKILL, the OOM killer) while its workers run: they are orphans, and
+run on as they were. Nothing is lost or run twice: each still holds its own connection, lease and
+guardian, runs its HIPE to the end and records it, then claims on to the job's end; mpirun (or its
+daemon) still holds their output pipes, so it waits for them, and still passes the launcher's stops
+on to their process group (the dead process's), so a stop puts their obsids back. What dies with
+the process is the one thing it did: collect their exit statuses. So each orphan says so at once,
+on one line (_tell_when_orphaned), the launcher's exit status then being the job table's.
 """
+import ctypes
+import logging
+import os
+import signal
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from .errors import BadInput
 from .local import LocalRun
 
 HOSTS_VARIABLE = "HIPE_BATCH_MPI_HOSTS"
+# Sent by the kernel to a forked worker when this host's process dies (PR_SET_PDEATHSIG): a signal
+# ignored by default, which nothing else here uses, and which HIPE (exec'd: default dispositions) ignores.
+ORPHANED = signal.SIGWINCH
+_PR_SET_PDEATHSIG = 1
+log = logging.getLogger(__name__)
 
 
 def host_share(env: Mapping[str, str]) -> Optional[Tuple[int, int, int]]:
@@ -47,6 +64,32 @@ class HostRun(LocalRun):
         first, self.count, size = share
         super().__init__(cfg, job, size, quiet=quiet, worker_options=worker_options)
         self.first_rank = first
+        self.host_pid = os.getpid()   # the workers' parent, which they outlive if it is killed
+
+    def _worker(self, rank: int, lock_fd: Optional[int]) -> int:
+        self._tell_when_orphaned(rank)
+        return super()._worker(rank, lock_fd)
+
+    def _tell_when_orphaned(self, rank: int) -> None:
+        """In a forked worker: one line when this host's process dies (the worker runs on). Only a
+        line: a parent-death signal that stopped the worker would leave its HIPE to the guardian,
+        which kills it without putting the obsid back."""
+        host_process, told = self.host_pid, []
+
+        def said(signum, frame):
+            # Not a SIGWINCH from elsewhere; once. (The handler stays: HIPE, exec'd, gets the default.)
+            if os.getppid() != host_process and not told:
+                told.append(signum)
+                log.warning("[%s slot %d/%d pid %d] this host's process (pid %d) died: the worker runs on "
+                            "to the job's end (its exit status goes nowhere: the job table says what it did)",
+                            self.host, rank, self.size, os.getpid(), host_process)
+        signal.signal(ORPHANED, said)
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(ORPHANED), 0, 0, 0)
+        except (OSError, AttributeError):   # not Linux: no line, the worker runs on all the same
+            return
+        if os.getppid() != host_process:   # it died before the prctl
+            os.kill(os.getpid(), ORPHANED)
 
     def _take_slots(self, room) -> Dict[int, Optional[int]]:
         # The launcher warned about the server's connections for the whole job, once.

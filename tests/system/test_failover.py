@@ -109,7 +109,7 @@ def test_every_command_says_which_node_answered(mysql_batch):
     server = env.server.cfg_sql(env.db)
     node = f"{server['host']}:{server['port']}"
     env.write_cfg(sql={"host": f"127.0.0.1:{free_port()}, {node}", "port": None})
-    line = f"database node {node} answered (2 in [sql] host)"
+    line = f"database node {node} answered (2 of 2 in [sql] host)"   # the second, the first refusing
     r = env.cli("j", "run")
     assert r.returncode == 0 and line in r.stderr, r.stderr
     for command in (["history"], ["status", "--obsid", OBSID], ["status", "--running"], ["results"],

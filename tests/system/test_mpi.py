@@ -8,6 +8,11 @@
   exactly once, by workers on all three hosts.
 - test_rank_killed: a rank SIGKILLed mid-run; the others run on, take its obsid back after the
   lease and finish everything; its interrupted attempt is recorded as lost, never as done.
+- test_host_process_killed: the one process of a host (which forked its slots) SIGKILLed while its
+  workers run HIPE: the orphans say so, and finish and record their obsids once, or (the launcher
+  stopped) put them back uncounted; without --enable-recovery mpirun aborts and the launcher exits
+  137 while the orphans finish theirs; a rerun finishes the job. test_host_process_killed_on_another_host:
+  the same on h2 of three hosts, under Open MPI's daemon.
 - test_host_lost: a whole host lost mid-run (everything on it SIGKILLed, Open MPI's daemon too):
   the other hosts finish the job, and the launcher still ends, reporting the job done.
 - test_launcher_stopped: SIGTERM to the launcher, Ctrl-C (SIGINT to its process group), or SIGTERM
@@ -38,7 +43,7 @@ from pathlib import Path
 
 import pytest
 
-from exactly_once import assert_exactly_once, frozen, go, probe
+from exactly_once import assert_exactly_once, frozen, go, probe, probe_events
 from mariadb_server import MariaDB
 from support import GATED, ROOT, BatchEnv, Reaper, ignoring_sigint, new_job, pid_alive, wait_for
 
@@ -263,6 +268,96 @@ def test_rank_killed(mysql_batch, reaper):
     assert finished >= set(obsids)
     assert sorted(int(s) for _, s, _ in SUMMARY_LINE.findall(out)) == [1, 3, 4]  # the dead rank printed none
     assert f"{n} of {n} processed." in out
+
+
+ORPHAN_LINE = re.compile(r"WARNING \[\S+ slot (\d+)/3 pid (\d+)\] this host's process \(pid (\d+)\) died: the "
+                         r"worker runs on to the job's end")
+
+
+# mpirun without --enable-recovery, which the launcher always passes (and which a later
+# --disable-recovery does not undo in Open MPI 4.1): $HIPE_BATCH_MPIRUN names this wrapper.
+NO_RECOVERY_MPIRUN = """#!/bin/sh
+for word; do shift; [ "$word" = --enable-recovery ] || set -- "$@" "$word"; done
+exec mpirun "$@"
+"""
+
+
+def mpirun_without_recovery(batch):
+    wrapper = batch.root / "mpirun-without-recovery"
+    wrapper.write_text(NO_RECOVERY_MPIRUN)
+    wrapper.chmod(0o755)
+    return {"HIPE_BATCH_MPIRUN": str(wrapper)}
+
+
+@pytest.mark.parametrize("case", ["finish", "stop", "no-recovery"])
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_host_process_killed(batch, reaper, case):
+    """The one process of a host (which forked its three slots) SIGKILLed while each of its workers
+    runs HIPE. The orphaned workers run on, and each says so on one line. With the launcher's
+    --enable-recovery, mpirun waits for them: their HIPEs run to their end and are recorded once by
+    them, exit 0 (finish); or a launcher's stop still reaches them through their process group, and
+    each stops its HIPE and puts its obsid back uncounted, exit 143 (stop). Without it (an mpirun
+    wrapper dropping the option), mpirun aborts at once and says so, and the launcher ends with its
+    status (137, never 0) while the orphans finish their HIPEs and record them, then stop (their
+    output is gone), putting back uncounted what they claimed meanwhile. Every time: no obsid lost,
+    none run twice at once, none done without its product; a rerun finishes the job."""
+    n = 8
+    obsids = make_job(batch, "j", n, probe(first=None, later=0.3), hostfile="localhost slots=3\n",
+                      run={"lease": "5"})
+    extra = mpirun_without_recovery(batch) if case == "no-recovery" else {}
+    launcher = reaper.launch(batch, "j", env=launcher_env(batch, **extra))
+    table = batch.table("j")
+    locks = batch.root / "jobs" / "j" / "output"
+    wait_for(lambda: launcher.poll() is not None or (
+        table.counts()["running"] == 3 and len(list(locks.glob("lock-*"))) == 3), 120, "three HIPEs running")
+    assert launcher.poll() is None, launcher.err_path.read_text()[-2000:]
+    running = {r["obsid"]: r["pid"] for r in table.rows() if r["state"] == "running"}
+    hipes = [int(p.read_text()) for p in locks.glob("lock-*")]
+    host = {_parent(pid) for pid in running.values()}
+    assert len(host) == 1, host
+    host = host.pop()
+    assert _cmdline(host)[-3:-1] == ["j", "run"], _cmdline(host)
+    os.kill(host, signal.SIGKILL)
+
+    if case == "no-recovery":   # mpirun gone at once: the orphans' lines may go down with its output
+        rc, out, err = finish(launcher, timeout=120)
+        assert rc == 137 and "BatchProcess_mpi.sh: mpirun ended with status 137" in err, err[-3000:]
+        assert "exited on signal 9 (Killed)" in err and "running 3" in out, out[-1500:]
+        assert all(pid_alive(p) for p in hipes)   # untouched by mpirun's abort
+    else:   # each orphan says so, at once, on the launcher's stderr; its HIPE was not touched
+        wait_for(lambda: len(ORPHAN_LINE.findall(launcher.err_path.read_text())) == 3, 30, "three orphans' lines")
+        said = ORPHAN_LINE.findall(launcher.err_path.read_text())
+        assert {int(pid) for _, pid, _ in said} == set(running.values()) and {int(h) for *_, h in said} == {host}
+        assert all(pid_alive(p) for p in [*running.values(), *hipes])
+    if case == "stop":
+        os.kill(launcher.pid, signal.SIGTERM)
+        rc, out, err = finish(launcher, timeout=120)
+        assert rc == 143, err[-3000:]
+        assert {int(m["obsid"]) for m in STOP_LINE.finditer(err)} == set(running), err[-3000:]
+        rows = {r["obsid"]: r for r in table.rows()}
+        assert all(rows[o]["state"] == "pending" and rows[o]["attempts"] == 0 for o in running), rows
+        assert not (set(running) & {h["obsid"] for h in table.history() if h["outcome"] == "done"})
+    go(batch, "j")
+    if case == "finish":
+        rc, out, err = finish(launcher, timeout=180)
+        assert rc == 0, err[-3000:]
+        assert f"{n} of {n} processed." in out
+    if case != "stop":   # the orphans' obsids recorded once each, by them, no attempt charged
+        wait_for(lambda: not any(pid_alive(p) for p in running.values()), 120, "the orphans to end")
+        history = table.history()
+        for obsid, pid in running.items():
+            assert [(h["outcome"], h["pid"]) for h in history if h["obsid"] == obsid] == [("done", pid)], history
+        assert not [h for h in history if h["outcome"] in ("lost", "failed")], history
+    rerun = batch.cli("j", "run", "-j", "2")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    figures = assert_exactly_once(batch, obsids)   # every obsid done once, no overlap, no HIPE left
+    assert {r["attempts"] for r in table.rows()} == {1}
+    # None done without its product: each obsid's run recorded done ran its script to the end.
+    ends = {o for o, _, event, _, _ in probe_events(batch) if event == "end"}
+    assert ends >= set(obsids)
+    assert figures["runs"] == n + (3 if case == "stop" else 0)
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C", "SIGTERM while starting"])
@@ -819,3 +914,44 @@ def test_host_lost(hosts, reaper, tmp_path):
     assert not [h for h in history if h["host"] == "h3" and h["started"] > lost_at]
     assert {h["host"] for h in history if h["started"] > lost_at} == {"h1", "h2"}
     assert f"{n} of {n} processed." in out
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+@pytest.mark.netns
+def test_host_process_killed_on_another_host(hosts, reaper, tmp_path):
+    """h2's one process (started there by Open MPI's daemon through ssh, which forked h2's two
+    slots) SIGKILLed while both its workers run HIPE: they run on under the daemon, say so on the
+    launcher's stderr, finish and record their obsids once; the other hosts are untouched; exit 0."""
+    db = hosts.server.create_database("hostprocess")
+    batch = BatchEnv(tmp_path / "root", "mysql", hosts.server, db)
+    n = 12
+    obsids = make_job(batch, "j", n, probe(first=None, later=0.3), run={"lease": "5"},
+                      hostfile="h1 slots=2\nh2 slots=2\nh3 slots=2\n")
+    launcher = reaper.launch(batch, "j", *hosts.mpirun_options(), "-x", "TRIVIAL_HIPE_CALLS")
+    table = batch.table("j")
+    locks = batch.root / "jobs" / "j" / "output"
+    wait_for(lambda: launcher.poll() is not None or (
+        table.counts()["running"] == 6 and len(list(locks.glob("lock-*"))) == 6), 180, "six HIPEs running")
+    assert launcher.poll() is None, launcher.err_path.read_text()[-2000:]
+    on_h2 = {r["obsid"]: r["pid"] for r in table.rows() if r["state"] == "running" and r["host"] == "h2"}
+    assert len(on_h2) == 2, table.rows()
+    host = {_parent(pid) for pid in on_h2.values()}
+    assert len(host) == 1, host
+    host = host.pop()
+    assert _cmdline(host)[-3:-1] == ["j", "run"], _cmdline(host)
+    os.kill(host, signal.SIGKILL)
+
+    orphan_line = re.compile(ORPHAN_LINE.pattern.replace("/3", "/6"))
+    wait_for(lambda: len(orphan_line.findall(launcher.err_path.read_text())) == 2, 30, "two orphans' lines")
+    assert {int(pid) for _, pid, _ in orphan_line.findall(launcher.err_path.read_text())} == set(on_h2.values())
+    go(batch, "j")
+    rc, out, err = finish(launcher, timeout=240)
+    assert rc == 0, err[-3000:]
+    assert f"{n} of {n} processed." in out
+    assert_exactly_once(batch, obsids)
+    history = table.history()
+    for obsid, pid in on_h2.items():
+        assert [(h["outcome"], h["host"], h["pid"]) for h in history if h["obsid"] == obsid] == [("done", "h2", pid)]
+    assert {r["attempts"] for r in table.rows()} == {1}
+    assert sorted(batch.calls_list()) == obsids   # HIPE launched once per obsid
