@@ -16,7 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from . import config, hostfile, local, mpirun_output, supervise, worker
 from .errors import BadInput, BatchError
@@ -45,8 +45,9 @@ the hostfile names; the job's SQL table is the only coordination. See README.md.
 Every other argument goes to mpirun, e.g. `-x JAVA_HOME` or `--mca plm_rsh_agent "ssh -p 2222"`.
 SIGTERM, SIGINT (Ctrl-C) or SIGHUP: every worker puts its running obsid back to pending and stops.
 Exit status: 0 when every obsid of the job is done; 1 when some failed or are unfinished; 2 for
-bad input (nothing started); 3 when the database stayed away; mpirun's status when mpirun itself
-failed; 128+N after signal N.
+bad input (nothing started); 3 when the database stayed away; 4 when a worker stopped because the
+Java heap an obsid needs cannot fit in the memory it may ever have; mpirun's status when mpirun
+itself failed; 128+N after signal N.
 """
 
 
@@ -262,18 +263,25 @@ def mpirun_command(mpirun: str, path: Path, options: Options, per_host: Optional
 
 
 # --------------------------------------------------------------------------- supervising mpirun
-def run_mpirun(command: List[str], watch: supervise.LostHostWatch, stop: supervise.Stop) -> int:
-    """Start mpirun and supervise it to its end (see supervise); mpirun's status as supervise() gives it.
+def run_mpirun(command: List[str], watch: supervise.LostHostWatch, stop: supervise.Stop) -> Tuple[int, int]:
+    """Start mpirun and supervise it to its end (see supervise); mpirun's status as supervise() gives it,
+    and the status a worker stopped with that mpirun does not pass on (4, or 0: mpirun_output.Relay).
 
     mpirun's stdout (the ranks' obsid and SUMMARY lines) goes straight to ours; its stderr through
     a filter of Open MPI's noise (see mpirun_output)."""
-    return supervise.run(command, watch, stop, "mpirun", hangs=" (Open MPI hangs so at times)",
-                         relay=mpirun_output.Relay)
+    relays: List[mpirun_output.Relay] = []
+
+    def relay(pipe, to, stopping):
+        relays.append(mpirun_output.Relay(pipe, to, stopping))
+        return relays[-1]
+    status = supervise.run(command, watch, stop, "mpirun", hangs=" (Open MPI hangs so at times)", relay=relay)
+    return status, max((r.worker_status for r in relays), default=0)
 
 
 # --------------------------------------------------------------------------- the end
-def finish(cfg, job: str, status: int, stop: supervise.Stop, quiet: bool = False) -> int:
-    """The job-wide summary, then the launcher's exit status (see USAGE). Each database call is
+def finish(cfg, job: str, status: int, stop: supervise.Stop, quiet: bool = False, worker_status: int = 0) -> int:
+    """The job-wide summary, then the launcher's exit status (see USAGE): a worker's 4 (worker_status,
+    said in the worker's own line) as `run -j` passes it on. Each database call is
     bounded as a worker's are (a frozen server must not hold the launcher for a minute), and a
     stopped launcher tries once: it is to end within seconds, the summary is a courtesy."""
     if not quiet:
@@ -287,7 +295,7 @@ def finish(cfg, job: str, status: int, stop: supervise.Stop, quiet: bool = False
     if status != 0:
         print(f"{PROG}: mpirun ended with status {status}", file=sys.stderr, flush=True)
         return status
-    return done
+    return worker_status or done
 
 
 def launch(argv: List[str]) -> int:
@@ -305,9 +313,10 @@ def launch(argv: List[str]) -> int:
     if options.dry_run:
         print(shlex.join(command))
         return 0
-    status = run_mpirun(command, supervise.LostHostWatch(cfg.sql, options.job, grace, cfg.run.call_timeout), stop)
+    status, worker_status = run_mpirun(command, supervise.LostHostWatch(cfg.sql, options.job, grace,
+                                                                         cfg.run.call_timeout), stop)
     stop.uninstall()
-    return finish(cfg, options.job, status, stop, options.quiet)
+    return finish(cfg, options.job, status, stop, options.quiet, worker_status)
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,10 @@ prints on every stop however clean it is (the ranks' own lines pass unchanged):
   line N`, when a stop ends a rank while it connects to mpirun. mpirun may then hang, and the
   launcher says so in its own words when it ends it (mpi_launch.HangWatch).
 
+The relay also notes the worst exit status a worker said it stops with that mpirun does not pass on
+(mpirun, with --enable-recovery, exits 0 whatever its ranks did): 4, a worker whose memory can never
+hold an obsid's heap (errors.NoRoom), from the line the worker prints (passed on unchanged).
+
 The relay always reads on, whatever becomes of its own writes, so mpirun never blocks on a full
 pipe. Should the launcher itself be killed (SIGKILL), mpirun (which ignores SIGPIPE) runs on and
 only its later stderr lines are lost.
@@ -23,6 +27,8 @@ import re
 import signal
 import threading
 from typing import Callable, Optional
+
+from .errors import NoRoom
 
 NOISE = re.compile(rb"\S+: Forwarding signal %d to job|\[[^\]\s]*\] PMIX ERROR: BAD-PARAM in file "
                    rb"\S*pmix_event_notification\.c at line \d+|\[warn\] Epoll [A-Z]+\(\d+\) on fd \d+ failed\. "
@@ -37,6 +43,7 @@ class Relay:
 
     def __init__(self, pipe, to: int, stopping: Callable[[], bool] = lambda: False):
         self.pipe, self.to, self.stopping = pipe, to, stopping
+        self.worker_status = 0   # 4 once a worker said it stops with NoRoom's status (read once closed)
         self.thread: Optional[threading.Thread] = threading.Thread(target=self._run, name="mpirun-stderr",
                                                                    daemon=True)
         self.thread.start()
@@ -52,9 +59,16 @@ class Relay:
             if not chunk:
                 break
             *lines, rest = (rest + chunk).split(b"\n")
+            self._note_statuses(lines)
             self._write(b"".join(line + b"\n" for line in lines if not self._noise(line)))
+        self._note_statuses([rest])
         if rest and not self._noise(rest):
             self._write(rest)
+
+    def _note_statuses(self, lines) -> None:
+        for line in lines:
+            if b"error:" in line and NoRoom.SAID.search(line.decode(errors="replace")):
+                self.worker_status = max(self.worker_status, NoRoom.exit_status)
 
     def _noise(self, line: bytes) -> bool:
         return bool(NOISE.fullmatch(line) or (STOP_NOISE.fullmatch(line) and self.stopping()))

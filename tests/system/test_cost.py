@@ -3,8 +3,8 @@ read and written) measured on a HIPE that does known work; an obsid that runs ou
 with the heap doubled up to [hipe] max_memory, failed beyond it, and remembered on its next run (the
 trivial HIPE printing a real Jython OutOfMemoryError trace, and the Jython stand-in running out of heap
 for real); a worker in a memory cgroup (the real v1 controller here) that waits rather than launch a
-heap that does not fit, stops with exit 4 when it never can, and a kernel OOM kill in the cgroup
-recognised as running out of memory."""
+heap that does not fit, stops with exit 4 when it never can (run -j and BatchProcess_mpi.sh exit 4
+too), and a kernel OOM kill in the cgroup recognised as running out of memory."""
 import contextlib
 import json
 import os
@@ -252,6 +252,32 @@ def test_a_worker_that_can_never_fit_the_heap_stops_with_exit_4(batch, reaper):
                            capture_output=True, text=True, env=env.env(), cwd=env.root, timeout=120, preexec_fn=enter)
         assert r.returncode == 4, r.stderr
     assert env.table("j").row(A)["state"] == "pending" and not env.calls.exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["-np", "1"]], ids=["per-host", "np-one-rank-per-slot"])
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_the_mpi_launcher_passes_a_workers_exit_4_on(batch, extra):
+    """bin/BatchProcess_mpi.sh in a memory cgroup too small for the heap (mpirun, its rank and the
+    worker forked by it inherit the group): the worker stops with 4, which mpirun (run with
+    --enable-recovery, so 0 whatever its ranks did) does not pass on; the launcher exits 4 all the
+    same, with the worker's one line saying why; nothing counted, no obsid failed."""
+    env = batch
+    env.write_cfg(hipe={"memory": "512m"})
+    new_job(env, [A], template="print(obsid)\n")
+    (env.root / "hostfile").write_text("localhost slots=1\n")
+    with memory_group("never-mpi", 300) as (group, enter):
+        r = subprocess.run([str(ROOT / "bin" / "BatchProcess_mpi.sh"), "j", *extra], capture_output=True, text=True,
+                           env=env.env(HIPE_BATCH_PYTHON=sys.executable), cwd=env.root, timeout=180,
+                           preexec_fn=enter)
+    assert r.returncode == 4, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    lines = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "needs a Java heap of 512m but this worker can have at most 300 MiB" in lines[0], lines
+    assert str(group) in lines[0] and "Traceback" not in r.stderr
+    row = env.table("j").row(A)
+    assert (row["state"], row["attempts"]) == ("pending", 0)
+    assert [h["outcome"] for h in history(env)] == ["memory"]
+    assert not env.calls.exists()
 
 
 @pytest.mark.slow
