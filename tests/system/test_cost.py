@@ -110,6 +110,60 @@ def test_history_gives_what_each_attempt_cost(batch):
     assert attempt["cpu_s"] == work["cpu_s"] and attempt["peak_rss_mb"] == work["peak_rss_mb"]
 
 
+# A process the job script starts and never waits for: it reads IO MiB of /dev/zero into /dev/null,
+# burns CPU seconds (its whole CPU time, its interpreter's start included), says so with one byte on
+# a pipe, then ends or lingers (killed with the launch). os.posix_spawn and os.fork leave no Popen
+# behind to reap it at the script's exit. Obsid A: a child that ends unwaited (HIPE's zombie, the
+# worker's once HIPE is gone); A+1: a child still running when HIPE ends (killed with HIPE's process
+# group); A+2: a daemon in a session of its own that lingers, its burning child ended unwaited.
+ESCAPES = '''import os, sys
+BURN = """import os, sys, time
+with open("/dev/zero", "rb") as z, open("/dev/null", "wb") as n:
+    for _ in range({io}):
+        n.write(z.read(1 << 20))
+while time.process_time() < {cpu}:
+    pass
+os.write(FD, b"x")
+if sys.argv[1] == "linger":
+    time.sleep(600)
+"""
+def burn():
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    argv = [sys.executable, "-c", BURN.replace("FD", str(w)), "linger" if obsid == {a} + 1 else "end"]
+    if obsid in ({a}, {a} + 1):
+        os.posix_spawn(sys.executable, argv, os.environ)
+    elif os.fork() == 0:
+        os.setsid()
+        os.posix_spawn(sys.executable, argv, os.environ)
+        os.execv("/bin/sleep", ["sleep", "600"])
+    os.close(w)
+    assert os.read(r, 1) == b"x"
+if {a} <= obsid <= {a} + 2:
+    burn()
+'''
+
+
+@pytest.mark.slow
+def test_processes_hipe_did_not_wait_for_are_counted(batch):
+    """What HIPE started and did not wait for (ESCAPES): each burnt 1 CPU s and moved 30 MiB, and
+    the attempt's cpu_s, read_mb and write_mb hold it beyond an idle obsid's (before: only what
+    HIPE waited for, a few ms)."""
+    env = batch
+    cases = [A + 10, A + 11, A + 12]
+    new_job(env, [*cases, B], template=ESCAPES.format(a=A + 10, io=30, cpu=1.0))
+    r = run(env, "run")
+    assert r.returncode == 0, r.stderr
+    [idle] = history(env, B)
+    for obsid in cases:
+        [spent] = history(env, obsid)
+        assert 1.0 - 0.03 <= spent["cpu_s"] - idle["cpu_s"] <= 1.0 * 1.03 + 0.1, (obsid, spent, idle)
+        assert abs(spent["write_mb"] - idle["write_mb"] - 30) <= 30 * 0.03, (obsid, spent, idle)
+        # 30 MiB, and the burner's interpreter reading its own modules (about 1.3 MiB)
+        assert 30 <= spent["read_mb"] - idle["read_mb"] <= 30 * 1.03 + 3, (obsid, spent, idle)
+    assert "left 1 process(es) running after its end" in r.stderr   # the daemon (A+12) is still warned of
+
+
 @pytest.mark.slow
 def test_a_job_of_an_earlier_version_gets_the_cost_columns(batch):
     """A job table without heap_mb and a history without the cost columns (made by an earlier
