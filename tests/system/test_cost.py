@@ -157,7 +157,8 @@ def test_processes_hipe_did_not_wait_for_are_counted(batch):
     [idle] = history(env, B)
     for obsid in cases:
         [spent] = history(env, obsid)
-        assert 1.0 - 0.03 <= spent["cpu_s"] - idle["cpu_s"] <= 1.0 * 1.03 + 0.1, (obsid, spent, idle)
+        # (the idle obsid's own CPU varies by a few 10 ms from one launch to the next)
+        assert 1.0 - 0.05 <= spent["cpu_s"] - idle["cpu_s"] <= 1.0 * 1.03 + 0.1, (obsid, spent, idle)
         assert abs(spent["write_mb"] - idle["write_mb"] - 30) <= 30 * 0.03, (obsid, spent, idle)
         # 30 MiB, and the burner's interpreter reading its own modules (about 1.3 MiB)
         assert 30 <= spent["read_mb"] - idle["read_mb"] <= 30 * 1.03 + 3, (obsid, spent, idle)
