@@ -3,7 +3,6 @@
 The domain errors (JobMissing, JobExists, NotAJobTable, TemplateMissing) carry data; their message
 names no command. The command line words them, adding what to type next (`frontend.error_line`).
 """
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -88,15 +87,9 @@ class BlackHole(BatchError):
 
 class NoRoom(BatchError):
     """The heap an obsid needs is more than this worker could ever have (its node's memory, or its
-    cgroup's limit): waiting would be for good. The obsid was put back (uncounted), the worker stops.
-
-    SAID finds its line as a worker prints it (`BatchProcess.py: error: [HOST slot r/n] obsid ...`,
-    within whatever mpirun puts before it): mpirun, run with --enable-recovery, exits 0 whatever its
-    ranks did, so the MPI launcher learns of the stop from that line (mpirun_output.Relay)."""
+    cgroup's limit): waiting would be for good. The obsid was put back (uncounted), the worker stops."""
 
     exit_status = 4
-    SAID = re.compile(r"BatchProcess\.py: error: (?:\[[^\]]*\] )?obsid \d+ needs a Java heap of \S+ but this worker "
-                      r"can have at most \d+ MiB .*and worker stopped$")
 
     def __init__(self, obsid: int, heap: str, most: int, where: str):
         self.obsid, self.heap, self.most = obsid, heap, most

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from . import config, hostfile, local, mpirun_output, supervise, worker
+from . import config, hostfile, local, mpirun_output, rank_status, supervise, worker
 from .errors import BadInput, BatchError
 from .frontend import job_summary, say_error, summary_heading
 from .model import INTERACTIVE_PATIENCE, check_identifier
@@ -45,9 +45,10 @@ the hostfile names; the job's SQL table is the only coordination. See README.md.
 Every other argument goes to mpirun, e.g. `-x JAVA_HOME` or `--mca plm_rsh_agent "ssh -p 2222"`.
 SIGTERM, SIGINT (Ctrl-C) or SIGHUP: every worker puts its running obsid back to pending and stops.
 Exit status: 0 when every obsid of the job is done; 1 when some failed or are unfinished; 2 for
-bad input (nothing started); 3 when the database stayed away; 4 when a worker stopped because the
-Java heap an obsid needs cannot fit in the memory it may ever have; mpirun's status when mpirun
-itself failed; 128+N after signal N.
+bad input (nothing started), or a worker stopped by a bad setup (HIPE or the template gone, a broken
+host); 3 when the database stayed away (from the launcher or a worker); 4 when a worker stopped
+because the Java heap an obsid needs cannot fit in the memory it may ever have; of a worker's
+2, 3 and 4 the highest; mpirun's status when mpirun itself failed; 128+N after signal N.
 """
 
 
@@ -232,6 +233,12 @@ def mpirun_command(mpirun: str, path: Path, options: Options, per_host: Optional
         os.environ[HOSTS_VARIABLE] = ",".join(map(str, per_host))   # sent below with the other HIPE_*
     else:
         os.environ.pop(HOSTS_VARIABLE, None)
+    # The ranks' token for telling their 2, 3 or 4 (rank_status): not in a command line to copy
+    # (--dry-run), nor where their stderr would not come back through mpirun (the line would be seen).
+    if options.dry_run or rank_status.diverted(options.extra):
+        os.environ.pop(rank_status.VARIABLE, None)
+    else:
+        os.environ[rank_status.VARIABLE] = rank_status.new_token()
     if os.geteuid() == 0:
         opts.append("--allow-run-as-root")
     # Why these options (Open MPI 4.1, mpi4py 4.1; each was seen to matter on this setup):
@@ -265,23 +272,23 @@ def mpirun_command(mpirun: str, path: Path, options: Options, per_host: Optional
 # --------------------------------------------------------------------------- supervising mpirun
 def run_mpirun(command: List[str], watch: supervise.LostHostWatch, stop: supervise.Stop) -> Tuple[int, int]:
     """Start mpirun and supervise it to its end (see supervise); mpirun's status as supervise() gives it,
-    and the status a worker stopped with that mpirun does not pass on (4, or 0: mpirun_output.Relay).
+    and the worst status (2, 3, 4, else 0) a rank told in its status line (rank_status), which
+    mpirun does not pass on.
 
     mpirun's stdout (the ranks' obsid and SUMMARY lines) goes straight to ours; its stderr through
-    a filter of Open MPI's noise (see mpirun_output)."""
-    relays: List[mpirun_output.Relay] = []
+    a filter of Open MPI's noise and the ranks' status lines (see mpirun_output)."""
+    listener = rank_status.Listener(os.environ.get(rank_status.VARIABLE))
 
     def relay(pipe, to, stopping):
-        relays.append(mpirun_output.Relay(pipe, to, stopping))
-        return relays[-1]
+        return mpirun_output.Relay(pipe, to, stopping, listener)
     status = supervise.run(command, watch, stop, "mpirun", hangs=" (Open MPI hangs so at times)", relay=relay)
-    return status, max((r.worker_status for r in relays), default=0)
+    return status, listener.worst
 
 
 # --------------------------------------------------------------------------- the end
 def finish(cfg, job: str, status: int, stop: supervise.Stop, quiet: bool = False, worker_status: int = 0) -> int:
-    """The job-wide summary, then the launcher's exit status (see USAGE): a worker's 4 (worker_status,
-    said in the worker's own line) as `run -j` passes it on. Each database call is
+    """The job-wide summary, then the launcher's exit status (see USAGE): a worker's 2, 3 or 4
+    (worker_status, the worst a rank told) as `run -j` passes it on. Each database call is
     bounded as a worker's are (a frozen server must not hold the launcher for a minute), and a
     stopped launcher tries once: it is to end within seconds, the summary is a courtesy."""
     if not quiet:
@@ -295,7 +302,7 @@ def finish(cfg, job: str, status: int, stop: supervise.Stop, quiet: bool = False
     if status != 0:
         print(f"{PROG}: mpirun ended with status {status}", file=sys.stderr, flush=True)
         return status
-    return worker_status or done
+    return max(worker_status, done) if worker_status else done   # the launcher's own 2 or 3 counts too
 
 
 def launch(argv: List[str]) -> int:

@@ -40,7 +40,7 @@ import pytest
 
 from exactly_once import assert_exactly_once, frozen, go, probe
 from mariadb_server import MariaDB
-from support import GATED, ROOT, BatchEnv, Reaper, ignoring_sigint, new_job, pid_alive, wait_for
+from support import GATED, ROOT, TRIVIAL_HIPE, BatchEnv, Reaper, ignoring_sigint, new_job, pid_alive, wait_for
 
 MPI_SH = ROOT / "bin" / "BatchProcess_mpi.sh"
 SLOT_LINE = re.compile(r"^\.\.\.\.\.  \[Slot (\d+)/(\d+) on (\S+)\] \[#(\d+), obsid=(\d+)\]$", re.M)
@@ -444,6 +444,109 @@ def test_launcher_stopped_while_the_database_is_frozen(freeze_env, reaper):
     for obsid in running:
         outcomes = [h["outcome"] for h in batch.table("j").history(obsid)]
         assert outcomes[-1] == "done" and set(outcomes[:-1]) <= {"lost", "stopped", "fenced"}, outcomes
+
+
+# --------------------------------------------------------------------------- a worker's 2 and 3 passed on
+MODES = pytest.mark.parametrize("extra", [[], ["-np", "1"]], ids=["per-host", "np-one-rank-per-slot"])
+STATUS_TOKEN = "hipe-batch-status-"   # rank_status's lines, the launcher's alone
+
+
+def _one_worker_error(text, what):
+    """The one line of a worker's stop in the launcher's stderr, which holds no status line."""
+    lines = [line for line in text.splitlines() if what in line]
+    assert len(lines) == 1, text[-3000:]
+    assert STATUS_TOKEN not in text and "Traceback" not in text, text[-3000:]
+    return lines[0]
+
+
+@MODES
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_a_workers_exit_2_is_the_launchers(sqlite_batch, reaper, tmp_path, extra):
+    """HIPE removed while the job runs (as test_reliability's run alone): the worker puts the next
+    obsid back uncounted and stops with 2; mpirun (--enable-recovery) exits 0 whatever its ranks did,
+    yet the launcher exits 2 as `run -j` does, with the worker's one line and the job-wide summary,
+    forked by its host's process or a rank of its own (-np). Before: 1, the job being unfinished."""
+    batch = sqlite_batch
+    wrapper = tmp_path / "hipe"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -S {TRIVIAL_HIPE} \"$@\"\n")
+    wrapper.chmod(0o755)
+    obsids = make_job(batch, "j", 3, GATED, hostfile="localhost slots=1\n", hipe={"command": str(wrapper)})
+    launcher = reaper.launch(batch, "j", *extra)
+    started = batch.root / "jobs" / "j" / "output"
+    wait_for(lambda: launcher.poll() is not None or list(started.glob("*.started")), 120, "HIPE to start")
+    assert launcher.poll() is None, launcher.err_path.read_text()[-2000:]
+    wrapper.unlink()
+    go(batch, "j")
+    rc, out, err = finish(launcher, timeout=120)
+    assert rc == 2, (rc, out[-2000:], err[-3000:])
+    line = _one_worker_error(err, "error:")
+    assert line.startswith("BatchProcess.py: error: ") and f"cannot start HIPE ({wrapper})" in line, line
+    assert "put back to pending and worker stopped" in line
+    assert "job-wide summary" in out and "1 of 3 processed." in out, out[-2000:]
+    rows = batch.table("j").rows()
+    assert sorted((r["state"], r["attempts"]) for r in rows) == [("done", 1), ("pending", 0), ("pending", 0)]
+    assert sorted(r["obsid"] for r in rows) == obsids
+
+
+def _mpirun_of(launcher) -> int:
+    """The pid of the launcher's mpirun."""
+    def find():
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit() and _is_mpirun_of_job(d.name):
+                try:
+                    if _parent(d.name) == launcher.pid:
+                        return int(d.name)
+                except OSError:
+                    continue
+        return None
+    return wait_for(find, 30, "the launcher's mpirun")
+
+
+def _state(pid) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return stat[stat.rindex(")") + 2]
+
+
+@MODES
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_a_workers_exit_3_is_the_launchers(freeze_env, reaper, extra):
+    """The MariaDB server stopped while HIPE runs, db_patience 3 s: the worker cannot record the
+    outcome, says `stopping. Nothing is lost ...` once and leaves with 3, which mpirun does not pass
+    on. The launcher, held (SIGSTOP) meanwhile so that the server is back for its own job-wide
+    summary (the workers' database trouble need not be the launcher's: another network, another
+    moment), exits 3 as `run -j` does, in both modes. Before: 1, the job being unfinished. The next
+    run takes the obsid back after its lease and finishes the job."""
+    batch = freeze_env
+    obsids = make_job(batch, "j", 2, GATED, hostfile="localhost slots=1\n", run={"lease": "4", "db_patience": "3"})
+    launcher = reaper.launch(batch, "j", *extra)
+    started = batch.root / "jobs" / "j" / "output"
+    wait_for(lambda: launcher.poll() is not None or list(started.glob("*.started")), 120, "HIPE to start")
+    assert launcher.poll() is None, launcher.err_path.read_text()[-2000:]
+    mpirun = _mpirun_of(launcher)
+    launcher.send_signal(signal.SIGSTOP)
+    try:
+        batch.server.stop()
+        go(batch, "j")
+        wait_for(lambda: _state(mpirun) in ("Z", "gone"), 120, "the worker to give up and mpirun to end")
+    finally:
+        if batch.server.proc is None:
+            batch.server.start()
+        launcher.send_signal(signal.SIGCONT)
+    rc, out, err = finish(launcher, timeout=120)
+    assert rc == 3, (rc, out[-2000:], err[-3000:])
+    line = _one_worker_error(err, "Nothing is lost")
+    assert " ERROR " in line and "stopping. Nothing is lost: an obsid left running is taken back after its lease." in line
+    assert "error:" not in err, err[-3000:]
+    assert "job-wide summary" in out and "0 of 2 processed." in out, out[-2000:]
+    r = batch.cli("j", "run", timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = batch.table("j").rows()
+    assert [(r["obsid"], r["state"]) for r in rows] == [(o, "done") for o in obsids]
 
 
 # --------------------------------------------------------------------------- bad input
