@@ -459,34 +459,57 @@ def _one_worker_error(text, what):
     return lines[0]
 
 
-@MODES
-@pytest.mark.slow
-@pytest.mark.mpi
-def test_a_workers_exit_2_is_the_launchers(sqlite_batch, reaper, tmp_path, extra):
-    """HIPE removed while the job runs (as test_reliability's run alone): the worker puts the next
-    obsid back uncounted and stops with 2; mpirun (--enable-recovery) exits 0 whatever its ranks did,
-    yet the launcher exits 2 as `run -j` does, with the worker's one line and the job-wide summary,
-    forked by its host's process or a rank of its own (-np). Before: 1, the job being unfinished."""
-    batch = sqlite_batch
+def _hipe_removed_mid_run(batch, reaper, tmp_path, *extra):
+    """A launcher over 3 obsids, one slot, whose HIPE (a wrapper) is removed while the first runs;
+    (its wrapper's path, its exit status, stdout, stderr)."""
     wrapper = tmp_path / "hipe"
     wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -S {TRIVIAL_HIPE} \"$@\"\n")
     wrapper.chmod(0o755)
-    obsids = make_job(batch, "j", 3, GATED, hostfile="localhost slots=1\n", hipe={"command": str(wrapper)})
+    make_job(batch, "j", 3, GATED, hostfile="localhost slots=1\n", hipe={"command": str(wrapper)})
     launcher = reaper.launch(batch, "j", *extra)
     started = batch.root / "jobs" / "j" / "output"
     wait_for(lambda: launcher.poll() is not None or list(started.glob("*.started")), 120, "HIPE to start")
     assert launcher.poll() is None, launcher.err_path.read_text()[-2000:]
     wrapper.unlink()
     go(batch, "j")
-    rc, out, err = finish(launcher, timeout=120)
+    return (wrapper, *finish(launcher, timeout=120))
+
+
+@pytest.mark.parametrize("extra", [[], ["-np", "1"], ["--tag-output", "--timestamp-output"]],
+                         ids=["per-host", "np-one-rank-per-slot", "tag-and-timestamp-output"])
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_a_workers_exit_2_is_the_launchers(sqlite_batch, reaper, tmp_path, extra):
+    """HIPE removed while the job runs (as test_reliability's run alone): the worker puts the next
+    obsid back uncounted and stops with 2; mpirun (--enable-recovery) exits 0 whatever its ranks did,
+    yet the launcher exits 2 as `run -j` does, with the worker's one line and the job-wide summary,
+    forked by its host's process or a rank of its own (-np), and behind mpirun's own prefixes
+    (--tag-output, --timestamp-output). Before: 1, the job being unfinished."""
+    batch = sqlite_batch
+    wrapper, rc, out, err = _hipe_removed_mid_run(batch, reaper, tmp_path, *extra)
     assert rc == 2, (rc, out[-2000:], err[-3000:])
     line = _one_worker_error(err, "error:")
-    assert line.startswith("BatchProcess.py: error: ") and f"cannot start HIPE ({wrapper})" in line, line
+    assert "BatchProcess.py: error: " in line and f"cannot start HIPE ({wrapper})" in line, line
+    assert line.startswith("BatchProcess.py: error: ") or extra[0] == "--tag-output", line
     assert "put back to pending and worker stopped" in line
     assert "job-wide summary" in out and "1 of 3 processed." in out, out[-2000:]
     rows = batch.table("j").rows()
     assert sorted((r["state"], r["attempts"]) for r in rows) == [("done", 1), ("pending", 0), ("pending", 0)]
-    assert sorted(r["obsid"] for r in rows) == obsids
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_where_the_ranks_stderr_goes_to_files_no_status_line_is_written(sqlite_batch, reaper, tmp_path):
+    """mpirun's --output-filename DIR sends the ranks' stderr to DIR/1/rank.N/stderr, not through the
+    launcher: the launcher gives no token, so the worker's file holds its error line and nothing
+    more, and the launcher exits 1 (the job unfinished), the limit many-hosts.md states."""
+    batch = sqlite_batch
+    files = tmp_path / "ranks"
+    _, rc, out, err = _hipe_removed_mid_run(batch, reaper, tmp_path, "--output-filename", files)
+    assert rc == 1, (rc, out[-2000:], err[-3000:])
+    [stderr] = files.glob("*/rank.*/stderr")
+    _one_worker_error(stderr.read_text(), "cannot start HIPE")
+    assert STATUS_TOKEN not in err + out and "job-wide summary" in out
 
 
 def _mpirun_of(launcher) -> int:
