@@ -133,10 +133,11 @@ def _duration_argument(text: str) -> float:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command; a reader of its output that went away (`status | head`, `--help | head -1`)
     is not an error and gets no traceback, buffered or not (PYTHONUNBUFFERED)."""
+    token = rank_status.take()   # a rank of BatchProcess_mpi.sh tells it its 2, 3 or 4 at the end
     try:
         status = _main(argv)
         sys.stdout.flush()   # here, not at exit, where a closed pipe would be reported
-        return rank_status.tell(status)   # a rank of BatchProcess_mpi.sh tells it its 2, 3 or 4
+        return rank_status.tell(status, token)
     except BrokenPipeError:
         _reader_gone()
         return 0

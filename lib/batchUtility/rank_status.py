@@ -1,7 +1,8 @@
 """A worker's exit status of 2, 3 or 4 told to the MPI launcher, which mpirun does not tell it.
 
 mpirun, run with --enable-recovery (mpi_launch), exits 0 whatever its ranks did. So the launcher
-makes a token for each launch (random) and gives it to every rank in $HIPE_BATCH_STATUS_TOKEN; a
+makes a token for each launch (random) and gives it to every rank in $HIPE_BATCH_STATUS_TOKEN,
+which the rank takes out of its environment at once (its workers and HIPE never see it); a
 rank (`BatchProcess.py JOB run`, one slot, or one host's slots forked: the worst of them) that
 leaves with 2 (bad input, HIPE or the template gone, a broken host), 3 (the database away past
 db_patience) or 4 (no room for an obsid's heap) writes, as its last word on stderr, one line
@@ -22,7 +23,7 @@ import os
 import re
 import secrets
 import sys
-from typing import Mapping, Optional
+from typing import MutableMapping, Optional
 
 VARIABLE = "HIPE_BATCH_STATUS_TOKEN"
 TOLD = (2, 3, 4)   # the statuses `run -j` passes on (local.LocalRun._finish)
@@ -39,10 +40,15 @@ def diverted(mpirun_options) -> bool:
     return any(w.startswith("-") and w.lstrip("-").split("=", 1)[0] in DIVERTING for w in mpirun_options)
 
 
-def tell(status: int, env: Mapping[str, str] = os.environ, fd: int = 2) -> int:
+def take(env: MutableMapping[str, str] = os.environ) -> Optional[str]:
+    """This rank's token, taken out of its environment: its workers, HIPE and whatever HIPE runs
+    (a BatchProcess.py of a job script's own) never write a status line."""
+    return env.pop(VARIABLE, None) or None
+
+
+def tell(status: int, token: Optional[str], fd: int = 2) -> int:
     """Write `TOKEN exit STATUS` on fd when this process is a rank given a token and STATUS is one
     to tell, after whatever the process printed; returns status."""
-    token = env.get(VARIABLE)
     if token and status in TOLD:
         try:
             sys.stderr.flush()

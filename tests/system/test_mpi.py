@@ -465,14 +465,17 @@ def _hipe_removed_mid_run(batch, reaper, tmp_path, *extra):
     wrapper = tmp_path / "hipe"
     wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -S {TRIVIAL_HIPE} \"$@\"\n")
     wrapper.chmod(0o755)
-    make_job(batch, "j", 3, GATED, hostfile="localhost slots=1\n", hipe={"command": str(wrapper)})
+    seen = "open(outDir + 'token', 'w').write(os.environ.get('HIPE_BATCH_STATUS_TOKEN', 'none'))\n"
+    make_job(batch, "j", 3, GATED + seen, hostfile="localhost slots=1\n", hipe={"command": str(wrapper)})
     launcher = reaper.launch(batch, "j", *extra)
     started = batch.root / "jobs" / "j" / "output"
     wait_for(lambda: launcher.poll() is not None or list(started.glob("*.started")), 120, "HIPE to start")
     assert launcher.poll() is None, launcher.err_path.read_text()[-2000:]
     wrapper.unlink()
     go(batch, "j")
-    return (wrapper, *finish(launcher, timeout=120))
+    result = finish(launcher, timeout=120)
+    assert (started / "token").read_text() == "none"   # the rank took it: HIPE never sees it
+    return (wrapper, *result)
 
 
 @pytest.mark.parametrize("extra", [[], ["-np", "1"], ["--tag-output", "--timestamp-output"]],

@@ -52,7 +52,9 @@ def worker_status(lines, token=TOKEN):
 def told(status, token=TOKEN):
     """What rank_status.tell writes on a real pipe for a rank ending with status (given token)."""
     r, w = os.pipe()
-    assert rank_status.tell(status, {rank_status.VARIABLE: token} if token else {}, w) == status
+    env = {rank_status.VARIABLE: token} if token else {}
+    assert rank_status.tell(status, rank_status.take(env), w) == status
+    assert rank_status.VARIABLE not in env   # taken: the rank's workers and HIPE do not see it
     os.close(w)
     with os.fdopen(r, "rb") as f:
         return f.read()
