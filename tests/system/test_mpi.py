@@ -8,6 +8,9 @@
   exactly once, by workers on all three hosts.
 - test_rank_killed: a rank SIGKILLed mid-run; the others run on, take its obsid back after the
   lease and finish everything; its interrupted attempt is recorded as lost, never as done.
+- test_a_workers_exit_2_is_the_launchers, test_a_workers_exit_3_is_the_launchers,
+  test_a_remote_workers_exit_2_is_the_launchers: a worker's 2 (HIPE removed mid-run) and 3 (MariaDB
+  stopped past db_patience) are the launcher's, as run -j's, though mpirun exits 0 (rank_status).
 - test_host_lost: a whole host lost mid-run (everything on it SIGKILLed, Open MPI's daemon too):
   the other hosts finish the job, and the launcher still ends, reporting the job done.
 - test_launcher_stopped: SIGTERM to the launcher, Ctrl-C (SIGINT to its process group), or SIGTERM
@@ -948,3 +951,34 @@ def test_host_lost(hosts, reaper, tmp_path):
     assert not [h for h in history if h["host"] == "h3" and h["started"] > lost_at]
     assert {h["host"] for h in history if h["started"] > lost_at} == {"h1", "h2"}
     assert f"{n} of {n} processed." in out
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+@pytest.mark.netns
+def test_a_remote_workers_exit_2_is_the_launchers(hosts, reaper, tmp_path):
+    """Workers on two other hosts only (reached by ssh, their output passed on by Open MPI's daemon
+    there), HIPE removed while both run an obsid: each puts its next obsid back and stops with 2;
+    the token reached them (mpirun's -x), their status lines came back through the daemons, and
+    the launcher exits 2, showing the workers' two lines and no status line. Before: 1."""
+    db = hosts.server.create_database("remote2")
+    batch = BatchEnv(tmp_path / "root", "mysql", hosts.server, db)
+    wrapper = tmp_path / "hipe"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -S {TRIVIAL_HIPE} \"$@\"\n")
+    wrapper.chmod(0o755)
+    make_job(batch, "j", 4, GATED, hostfile="h1 slots=1\nh2 slots=1\n", hipe={"command": str(wrapper)})
+    launcher = reaper.launch(batch, "j", *hosts.mpirun_options(), "-x", "TRIVIAL_HIPE_CALLS")
+    started = batch.root / "jobs" / "j" / "output"
+    wait_for(lambda: launcher.poll() is not None or len(list(started.glob("*.started"))) == 2, 180,
+             "HIPE to start on both hosts")
+    assert launcher.poll() is None, launcher.err_path.read_text()[-2000:]
+    wrapper.unlink()
+    go(batch, "j")
+    rc, out, err = finish(launcher, timeout=180)
+    assert rc == 2, (rc, out[-2000:], err[-3000:])
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 2 and all(f"cannot start HIPE ({wrapper})" in line for line in lines), err[-3000:]
+    assert {re.search(r"\[(h\d) slot", line).group(1) for line in lines} == {"h1", "h2"}, lines
+    assert STATUS_TOKEN not in err + out and "Traceback" not in err
+    rows = batch.table("j").rows()
+    assert sorted((r["state"], r["attempts"]) for r in rows) == [("done", 1)] * 2 + [("pending", 0)] * 2
