@@ -28,6 +28,7 @@ Modules, one job each, from the entry point down (docs/development.md draws the 
   procfs        what /proc says of a process: start time, gone, state, children, a launch's leftovers
   memory        heap sizes, the memory a worker may use (MemAvailable, its memory cgroup), OOM-kill counters
   mpirun_output mpirun's standard error without Open MPI's noise
+  rank_status   a rank's exit status of 2, 3 or 4 told to the MPI launcher in a line of its own
   testing       an in-memory job table and a fake launcher, for tests of the worker's decisions
 """
 __version__ = "1.0.0"

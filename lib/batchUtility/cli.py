@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import __version__, config, report, results, signals, workdir
+from . import __version__, config, rank_status, report, results, signals, workdir
 from .errors import BadInput, BatchError
 from .frontend import COMMAND, EXIT_STATUSES, job_exit_status, node_line, print_status, say_error, status_block
 from .model import DONE, INTERACTIVE_PATIENCE, PENDING, RUNNING, check_identifier, printable
@@ -133,10 +133,11 @@ def _duration_argument(text: str) -> float:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command; a reader of its output that went away (`status | head`, `--help | head -1`)
     is not an error and gets no traceback, buffered or not (PYTHONUNBUFFERED)."""
+    token = rank_status.take()   # a rank of BatchProcess_mpi.sh tells it its 2, 3 or 4 at the end
     try:
         status = _main(argv)
         sys.stdout.flush()   # here, not at exit, where a closed pipe would be reported
-        return status
+        return rank_status.tell(status, token)
     except BrokenPipeError:
         _reader_gone()
         return 0

@@ -8,8 +8,9 @@ that failed without it, on a SyntaxError or IndentationError, ran a template tha
 (`Outcome.template_broken`), and the launch's `on_compiled` hears of the compiling as it happens.
 What the script records with batchResult (a block of the preamble, `results.py`) goes to a file
 beside it, read only when the launch succeeded. Every launch that started HIPE says what it cost
-(model.Cost: wait4's resource usage, /proc/PID/io) and whether HIPE ran out of memory (Java's
-OutOfMemoryError in its stderr, or the kernel's OOM killer: memory.oom_kills).
+(model.Cost: wait4's resource usage, /proc/PID/io, of HIPE and of every process it left for the
+worker to reap: _kill_leftovers) and whether HIPE ran out of memory (Java's OutOfMemoryError in its
+stderr, or the kernel's OOM killer: memory.oom_kills).
 """
 import contextlib
 import logging
@@ -200,6 +201,7 @@ def _launch(request: LaunchRequest, scratch: Path, script: Path, cache: Path, st
     exit_watch = _exit_watch(proc.pid)
     io: Dict[str, int] = {}
     usage = None
+    left = Spent()
     try:
         try:
             guardian.launch(proc.pid)
@@ -225,8 +227,8 @@ def _launch(request: LaunchRequest, scratch: Path, script: Path, cache: Path, st
             os.close(exit_watch)
         io = _io_of(proc.pid)
         usage = _reap(proc)
-        _kill_leftovers(proc.pid, guardian.pid)
-    return replace(launch, outcome=replace(launch.outcome, cost=_cost(usage, io), heap_mb=hipe.memory_mb))
+        left = _kill_leftovers(proc.pid, guardian.pid)
+    return replace(launch, outcome=replace(launch.outcome, cost=_cost(usage, io, left), heap_mb=hipe.memory_mb))
 
 
 def _io_of(pid: int) -> Dict[str, int]:
@@ -250,16 +252,32 @@ def _reap(proc: subprocess.Popen) -> Any:
     return usage
 
 
-def _cost(usage: Any, io: Dict[str, int]) -> Cost:
-    """The launch's cost (model.Cost) from wait4's resource usage and /proc/PID/io: CPU is user +
-    system time; the peak is ru_maxrss (KiB on Linux: the largest of HIPE and its waited-for
-    descendants); reads and writes are rchar and wchar, the bytes of read() and write() calls,
-    whatever the page cache or a network file system did with them."""
+@dataclass
+class Spent:
+    """What the processes a launch left behind used, added up as the worker reaps them (_kill_leftovers)."""
+    cpu_s: float = 0.0
+    maxrss_kb: int = 0
+    rchar: int = 0
+    wchar: int = 0
+
+    def add(self, usage: Any, io: Dict[str, int]) -> None:
+        self.cpu_s += usage.ru_utime + usage.ru_stime
+        self.maxrss_kb = max(self.maxrss_kb, usage.ru_maxrss)
+        self.rchar += io.get("rchar", 0)
+        self.wchar += io.get("wchar", 0)
+
+
+def _cost(usage: Any, io: Dict[str, int], escaped: Spent) -> Cost:
+    """The launch's cost (model.Cost) from wait4's resource usage and /proc/PID/io of HIPE, and of
+    the processes it left (escaped; each reaped once, so none is counted twice): CPU is user +
+    system time; the peak is ru_maxrss (KiB on Linux: the largest process's, of HIPE, its
+    waited-for descendants and those left); reads and writes are rchar and wchar, the bytes of
+    read() and write() calls, whatever the page cache or a network file system did with them."""
     mib = float(1 << 20)
-    return Cost(cpu_s=round(usage.ru_utime + usage.ru_stime, 3) if usage else None,
-                peak_rss_mb=round(usage.ru_maxrss / 1024, 1) if usage else None,
-                read_mb=round(io["rchar"] / mib, 3) if "rchar" in io else None,
-                write_mb=round(io["wchar"] / mib, 3) if "wchar" in io else None)
+    return Cost(cpu_s=round(usage.ru_utime + usage.ru_stime + escaped.cpu_s, 3) if usage else None,
+                peak_rss_mb=round(max(usage.ru_maxrss, escaped.maxrss_kb) / 1024, 1) if usage else None,
+                read_mb=round((io["rchar"] + escaped.rchar) / mib, 3) if "rchar" in io else None,
+                write_mb=round((io["wchar"] + escaped.wchar) / mib, 3) if "wchar" in io else None)
 
 
 def _wait(proc: subprocess.Popen, exit_watch: Optional[int], timeout: float, started: float, marker: Path,
@@ -477,18 +495,21 @@ def _become_subreaper() -> None:
             log.debug("not a subreaper: a process HIPE leaves running in a session of its own goes unseen")
 
 
-def _kill_leftovers(hipe_pid: int, guardian_pid: Optional[int]) -> None:
+def _kill_leftovers(hipe_pid: int, guardian_pid: Optional[int]) -> Spent:
     """Kill whatever HIPE's launch left running outside its process group (a daemon it started in a
     session of its own, setsid), and reap it: it must never write into the next launch's pool cache,
     by its path or through a folder it holds open (its working folder). The worker is its processes'
     subreaper (procfs.become_subreaper), so those orphans are its descendants (and so are HIPE's
-    children killed with its group: reaped here, never left as zombies). Looked for again until none
-    is left (one may fork as it is killed)."""
+    children killed with its group, and those that ended unwaited: reaped here, never left as
+    zombies). Looked for again until none is left (one may fork as it is killed). What those reaped
+    here used (their wait4 and /proc/PID/io: with their own waited-for children) is the launch's
+    too; nothing when HIPE left nothing (one look at the processes newer than HIPE, as before)."""
     me = os.getpid()
+    spent = Spent()
     for _ in range(5):
         found = procfs.leftovers({me, hipe_pid}, hipe_pid, spare={guardian_pid})
         if not found:
-            return
+            return spent
         # The group's members were killed with it a moment ago (SIGKILL, maybe not yet delivered).
         escaped = [pid for pid, state, group in found if group != hipe_pid and state not in ("Z", "X")]
         if escaped:
@@ -498,16 +519,20 @@ def _kill_leftovers(hipe_pid: int, guardian_pid: Optional[int]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for pid, _state, _group in found:
-            _reap_leftover(pid)
+            _reap_leftover(pid, spent)
+    return spent
 
 
-def _reap_leftover(pid: int, patience: float = 2.0) -> None:
+def _reap_leftover(pid: int, spent: Spent, patience: float = 2.0) -> None:
     """Wait for a killed leftover to be gone, reaping it once it is this process's child (orphans of
-    a killed leftover are reparented to this one a moment later)."""
+    a killed leftover are reparented to this one a moment later), and add what it used to spent:
+    its /proc/PID/io read while it is a zombie (WNOWAIT), then its resource usage from wait4."""
     end = time.monotonic() + patience
     while time.monotonic() < end:
         try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                io = _io_of(pid)
+                spent.add(os.wait4(pid, 0)[2], io)
                 return
         except ChildProcessError:
             if procfs.process_state(pid)[0] in (None, "Z", "X"):

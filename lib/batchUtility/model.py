@@ -72,8 +72,9 @@ class Claim:
 @dataclass(frozen=True)
 class Cost:
     """What one launch of HIPE cost, from the kernel's own accounting (hipe.py says how; None: not known):
-    CPU seconds (user + system) of HIPE and the descendants it waited for, the peak resident memory
-    of the largest of them (MiB), and the bytes they read and wrote (MiB, read()/write() calls: rchar, wchar)."""
+    CPU seconds (user + system) of HIPE, the descendants it waited for and those it left for the
+    worker to reap, the peak resident memory of the largest of them (MiB), and the bytes they read
+    and wrote (MiB, read()/write() calls: rchar, wchar)."""
     cpu_s: Optional[float] = None
     peak_rss_mb: Optional[float] = None
     read_mb: Optional[float] = None

@@ -16,9 +16,9 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
-from . import config, hostfile, local, mpirun_output, supervise, worker
+from . import config, hostfile, local, mpirun_output, rank_status, supervise, worker
 from .errors import BadInput, BatchError
 from .frontend import job_summary, say_error, summary_heading
 from .model import INTERACTIVE_PATIENCE, check_identifier
@@ -45,8 +45,10 @@ the hostfile names; the job's SQL table is the only coordination. See README.md.
 Every other argument goes to mpirun, e.g. `-x JAVA_HOME` or `--mca plm_rsh_agent "ssh -p 2222"`.
 SIGTERM, SIGINT (Ctrl-C) or SIGHUP: every worker puts its running obsid back to pending and stops.
 Exit status: 0 when every obsid of the job is done; 1 when some failed or are unfinished; 2 for
-bad input (nothing started); 3 when the database stayed away; mpirun's status when mpirun itself
-failed; 128+N after signal N.
+bad input (nothing started), or a worker stopped by a bad setup (HIPE or the template gone, a broken
+host); 3 when the database stayed away (from the launcher or a worker); 4 when a worker stopped
+because the Java heap an obsid needs cannot fit in the memory it may ever have; of a worker's
+2, 3 and 4 the highest; mpirun's status when mpirun itself failed; 128+N after signal N.
 """
 
 
@@ -231,6 +233,12 @@ def mpirun_command(mpirun: str, path: Path, options: Options, per_host: Optional
         os.environ[HOSTS_VARIABLE] = ",".join(map(str, per_host))   # sent below with the other HIPE_*
     else:
         os.environ.pop(HOSTS_VARIABLE, None)
+    # The ranks' token for telling their 2, 3 or 4 (rank_status): not in a command line to copy
+    # (--dry-run), nor where their stderr would not come back through mpirun (the line would be seen).
+    if options.dry_run or rank_status.diverted(options.extra):
+        os.environ.pop(rank_status.VARIABLE, None)
+    else:
+        os.environ[rank_status.VARIABLE] = rank_status.new_token()
     if os.geteuid() == 0:
         opts.append("--allow-run-as-root")
     # Why these options (Open MPI 4.1, mpi4py 4.1; each was seen to matter on this setup):
@@ -262,18 +270,25 @@ def mpirun_command(mpirun: str, path: Path, options: Options, per_host: Optional
 
 
 # --------------------------------------------------------------------------- supervising mpirun
-def run_mpirun(command: List[str], watch: supervise.LostHostWatch, stop: supervise.Stop) -> int:
-    """Start mpirun and supervise it to its end (see supervise); mpirun's status as supervise() gives it.
+def run_mpirun(command: List[str], watch: supervise.LostHostWatch, stop: supervise.Stop) -> Tuple[int, int]:
+    """Start mpirun and supervise it to its end (see supervise); mpirun's status as supervise() gives it,
+    and the worst status (2, 3, 4, else 0) a rank told in its status line (rank_status), which
+    mpirun does not pass on.
 
     mpirun's stdout (the ranks' obsid and SUMMARY lines) goes straight to ours; its stderr through
-    a filter of Open MPI's noise (see mpirun_output)."""
-    return supervise.run(command, watch, stop, "mpirun", hangs=" (Open MPI hangs so at times)",
-                         relay=mpirun_output.Relay)
+    a filter of Open MPI's noise and the ranks' status lines (see mpirun_output)."""
+    listener = rank_status.Listener(os.environ.get(rank_status.VARIABLE))
+
+    def relay(pipe, to, stopping):
+        return mpirun_output.Relay(pipe, to, stopping, listener)
+    status = supervise.run(command, watch, stop, "mpirun", hangs=" (Open MPI hangs so at times)", relay=relay)
+    return status, listener.worst
 
 
 # --------------------------------------------------------------------------- the end
-def finish(cfg, job: str, status: int, stop: supervise.Stop, quiet: bool = False) -> int:
-    """The job-wide summary, then the launcher's exit status (see USAGE). Each database call is
+def finish(cfg, job: str, status: int, stop: supervise.Stop, quiet: bool = False, worker_status: int = 0) -> int:
+    """The job-wide summary, then the launcher's exit status (see USAGE): a worker's 2, 3 or 4
+    (worker_status, the worst a rank told) as `run -j` passes it on. Each database call is
     bounded as a worker's are (a frozen server must not hold the launcher for a minute), and a
     stopped launcher tries once: it is to end within seconds, the summary is a courtesy."""
     if not quiet:
@@ -287,7 +302,7 @@ def finish(cfg, job: str, status: int, stop: supervise.Stop, quiet: bool = False
     if status != 0:
         print(f"{PROG}: mpirun ended with status {status}", file=sys.stderr, flush=True)
         return status
-    return done
+    return max(worker_status, done) if worker_status else done   # the launcher's own 2 or 3 counts too
 
 
 def launch(argv: List[str]) -> int:
@@ -305,9 +320,10 @@ def launch(argv: List[str]) -> int:
     if options.dry_run:
         print(shlex.join(command))
         return 0
-    status = run_mpirun(command, supervise.LostHostWatch(cfg.sql, options.job, grace, cfg.run.call_timeout), stop)
+    status, worker_status = run_mpirun(command, supervise.LostHostWatch(cfg.sql, options.job, grace,
+                                                                         cfg.run.call_timeout), stop)
     stop.uninstall()
-    return finish(cfg, options.job, status, stop, options.quiet)
+    return finish(cfg, options.job, status, stop, options.quiet, worker_status)
 
 
 def main(argv=None) -> int:

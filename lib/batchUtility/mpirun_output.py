@@ -14,6 +14,10 @@ prints on every stop however clean it is (the ranks' own lines pass unchanged):
   line N`, when a stop ends a rank while it connects to mpirun. mpirun may then hang, and the
   launcher says so in its own words when it ends it (mpi_launch.HangWatch).
 
+The relay also notes the worst exit status (2, 3 or 4) a rank told the launcher in a line of its
+own, which mpirun, run with --enable-recovery, does not pass on: that line is the launcher's alone
+and dropped (rank_status).
+
 The relay always reads on, whatever becomes of its own writes, so mpirun never blocks on a full
 pipe. Should the launcher itself be killed (SIGKILL), mpirun (which ignores SIGPIPE) runs on and
 only its later stderr lines are lost.
@@ -24,6 +28,8 @@ import signal
 import threading
 from typing import Callable, Optional
 
+from .rank_status import Listener
+
 NOISE = re.compile(rb"\S+: Forwarding signal %d to job|\[[^\]\s]*\] PMIX ERROR: BAD-PARAM in file "
                    rb"\S*pmix_event_notification\.c at line \d+|\[warn\] Epoll [A-Z]+\(\d+\) on fd \d+ failed\. "
                    rb"[^\n]*: Bad file descriptor" % int(signal.SIGUSR2))
@@ -32,11 +38,13 @@ DRAIN_PATIENCE = 5.0  # seconds to wait, once mpirun is gone, for the pipe's end
 
 
 class Relay:
-    """Copies whole lines from `pipe` (mpirun's stderr) to file descriptor `to`, dropping NOISE, and
-    STOP_NOISE once stopping() is true."""
+    """Copies whole lines from `pipe` (mpirun's stderr) to file descriptor `to`, dropping NOISE,
+    STOP_NOISE once stopping() is true, and the ranks' status lines (`listener`, noted there)."""
 
-    def __init__(self, pipe, to: int, stopping: Callable[[], bool] = lambda: False):
+    def __init__(self, pipe, to: int, stopping: Callable[[], bool] = lambda: False,
+                 listener: Optional[Listener] = None):
         self.pipe, self.to, self.stopping = pipe, to, stopping
+        self.listener = listener or Listener(None)   # its worst: read once closed
         self.thread: Optional[threading.Thread] = threading.Thread(target=self._run, name="mpirun-stderr",
                                                                    daemon=True)
         self.thread.start()
@@ -52,12 +60,13 @@ class Relay:
             if not chunk:
                 break
             *lines, rest = (rest + chunk).split(b"\n")
-            self._write(b"".join(line + b"\n" for line in lines if not self._noise(line)))
-        if rest and not self._noise(rest):
+            self._write(b"".join(line + b"\n" for line in lines if not self._dropped(line)))
+        if rest and not self._dropped(rest):
             self._write(rest)
 
-    def _noise(self, line: bytes) -> bool:
-        return bool(NOISE.fullmatch(line) or (STOP_NOISE.fullmatch(line) and self.stopping()))
+    def _dropped(self, line: bytes) -> bool:
+        return bool(NOISE.fullmatch(line) or (STOP_NOISE.fullmatch(line) and self.stopping())
+                    or self.listener.heard(line))
 
     def _write(self, data: bytes) -> None:
         while data and self.to >= 0:

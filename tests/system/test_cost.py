@@ -3,8 +3,8 @@ read and written) measured on a HIPE that does known work; an obsid that runs ou
 with the heap doubled up to [hipe] max_memory, failed beyond it, and remembered on its next run (the
 trivial HIPE printing a real Jython OutOfMemoryError trace, and the Jython stand-in running out of heap
 for real); a worker in a memory cgroup (the real v1 controller here) that waits rather than launch a
-heap that does not fit, stops with exit 4 when it never can, and a kernel OOM kill in the cgroup
-recognised as running out of memory."""
+heap that does not fit, stops with exit 4 when it never can (run -j and BatchProcess_mpi.sh exit 4
+too), and a kernel OOM kill in the cgroup recognised as running out of memory."""
 import contextlib
 import json
 import os
@@ -108,6 +108,61 @@ def test_history_gives_what_each_attempt_cost(batch):
     assert f"cpu {work['cpu_s']:.1f} s" in run(env, "status", "--obsid", A).stdout
     [attempt] = json.loads(run(env, "status", "--obsid", A, "--json").stdout)["history"]
     assert attempt["cpu_s"] == work["cpu_s"] and attempt["peak_rss_mb"] == work["peak_rss_mb"]
+
+
+# A process the job script starts and never waits for: it reads IO MiB of /dev/zero into /dev/null,
+# burns CPU seconds (its whole CPU time, its interpreter's start included), says so with one byte on
+# a pipe, then ends or lingers (killed with the launch). os.posix_spawn and os.fork leave no Popen
+# behind to reap it at the script's exit. Obsid A: a child that ends unwaited (HIPE's zombie, the
+# worker's once HIPE is gone); A+1: a child still running when HIPE ends (killed with HIPE's process
+# group); A+2: a daemon in a session of its own that lingers, its burning child ended unwaited.
+ESCAPES = '''import os, sys
+BURN = """import os, sys, time
+with open("/dev/zero", "rb") as z, open("/dev/null", "wb") as n:
+    for _ in range({io}):
+        n.write(z.read(1 << 20))
+while time.process_time() < {cpu}:
+    pass
+os.write(FD, b"x")
+if sys.argv[1] == "linger":
+    time.sleep(600)
+"""
+def burn():
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    argv = [sys.executable, "-c", BURN.replace("FD", str(w)), "linger" if obsid == {a} + 1 else "end"]
+    if obsid in ({a}, {a} + 1):
+        os.posix_spawn(sys.executable, argv, os.environ)
+    elif os.fork() == 0:
+        os.setsid()
+        os.posix_spawn(sys.executable, argv, os.environ)
+        os.execv("/bin/sleep", ["sleep", "600"])
+    os.close(w)
+    assert os.read(r, 1) == b"x"
+if {a} <= obsid <= {a} + 2:
+    burn()
+'''
+
+
+@pytest.mark.slow
+def test_processes_hipe_did_not_wait_for_are_counted(batch):
+    """What HIPE started and did not wait for (ESCAPES): each burnt 1 CPU s and moved 30 MiB, and
+    the attempt's cpu_s, read_mb and write_mb hold it beyond an idle obsid's (before: only what
+    HIPE waited for, a few ms)."""
+    env = batch
+    cases = [A + 10, A + 11, A + 12]
+    new_job(env, [*cases, B], template=ESCAPES.format(a=A + 10, io=30, cpu=1.0))
+    r = run(env, "run")
+    assert r.returncode == 0, r.stderr
+    [idle] = history(env, B)
+    for obsid in cases:
+        [spent] = history(env, obsid)
+        # (the idle obsid's own CPU varies by a few 10 ms from one launch to the next)
+        assert 1.0 - 0.05 <= spent["cpu_s"] - idle["cpu_s"] <= 1.0 * 1.03 + 0.1, (obsid, spent, idle)
+        assert abs(spent["write_mb"] - idle["write_mb"] - 30) <= 30 * 0.03, (obsid, spent, idle)
+        # 30 MiB, and the burner's interpreter reading its own modules (about 1.3 MiB)
+        assert 30 <= spent["read_mb"] - idle["read_mb"] <= 30 * 1.03 + 3, (obsid, spent, idle)
+    assert "left 1 process(es) running after its end" in r.stderr   # the daemon (A+12) is still warned of
 
 
 @pytest.mark.slow
@@ -252,6 +307,32 @@ def test_a_worker_that_can_never_fit_the_heap_stops_with_exit_4(batch, reaper):
                            capture_output=True, text=True, env=env.env(), cwd=env.root, timeout=120, preexec_fn=enter)
         assert r.returncode == 4, r.stderr
     assert env.table("j").row(A)["state"] == "pending" and not env.calls.exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["-np", "1"]], ids=["per-host", "np-one-rank-per-slot"])
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_the_mpi_launcher_passes_a_workers_exit_4_on(batch, extra):
+    """bin/BatchProcess_mpi.sh in a memory cgroup too small for the heap (mpirun, its rank and the
+    worker forked by it inherit the group): the worker stops with 4, which mpirun (run with
+    --enable-recovery, so 0 whatever its ranks did) does not pass on; the launcher exits 4 all the
+    same, with the worker's one line saying why; nothing counted, no obsid failed."""
+    env = batch
+    env.write_cfg(hipe={"memory": "512m"})
+    new_job(env, [A], template="print(obsid)\n")
+    (env.root / "hostfile").write_text("localhost slots=1\n")
+    with memory_group("never-mpi", 300) as (group, enter):
+        r = subprocess.run([str(ROOT / "bin" / "BatchProcess_mpi.sh"), "j", *extra], capture_output=True, text=True,
+                           env=env.env(HIPE_BATCH_PYTHON=sys.executable), cwd=env.root, timeout=180,
+                           preexec_fn=enter)
+    assert r.returncode == 4, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    lines = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "needs a Java heap of 512m but this worker can have at most 300 MiB" in lines[0], lines
+    assert str(group) in lines[0] and "Traceback" not in r.stderr
+    row = env.table("j").row(A)
+    assert (row["state"], row["attempts"]) == ("pending", 0)
+    assert [h["outcome"] for h in history(env)] == ["memory"]
+    assert not env.calls.exists()
 
 
 @pytest.mark.slow

@@ -13,6 +13,9 @@
   stopped) put them back uncounted; without --enable-recovery mpirun aborts and the launcher exits
   137 while the orphans finish theirs; a rerun finishes the job. test_host_process_killed_on_another_host:
   the same on h2 of three hosts, under Open MPI's daemon.
+- test_a_workers_exit_2_is_the_launchers, test_a_workers_exit_3_is_the_launchers,
+  test_a_remote_workers_exit_2_is_the_launchers: a worker's 2 (HIPE removed mid-run) and 3 (MariaDB
+  stopped past db_patience) are the launcher's, as run -j's, though mpirun exits 0 (rank_status).
 - test_host_lost: a whole host lost mid-run (everything on it SIGKILLed, Open MPI's daemon too):
   the other hosts finish the job, and the launcher still ends, reporting the job done.
 - test_launcher_stopped: SIGTERM to the launcher, Ctrl-C (SIGINT to its process group), or SIGTERM
@@ -45,7 +48,7 @@ import pytest
 
 from exactly_once import assert_exactly_once, frozen, go, probe, probe_events
 from mariadb_server import MariaDB
-from support import GATED, ROOT, BatchEnv, Reaper, ignoring_sigint, new_job, pid_alive, wait_for
+from support import GATED, ROOT, TRIVIAL_HIPE, BatchEnv, Reaper, ignoring_sigint, new_job, pid_alive, wait_for
 
 MPI_SH = ROOT / "bin" / "BatchProcess_mpi.sh"
 SLOT_LINE = re.compile(r"^\.\.\.\.\.  \[Slot (\d+)/(\d+) on (\S+)\] \[#(\d+), obsid=(\d+)\]$", re.M)
@@ -541,6 +544,135 @@ def test_launcher_stopped_while_the_database_is_frozen(freeze_env, reaper):
         assert outcomes[-1] == "done" and set(outcomes[:-1]) <= {"lost", "stopped", "fenced"}, outcomes
 
 
+# --------------------------------------------------------------------------- a worker's 2 and 3 passed on
+MODES = pytest.mark.parametrize("extra", [[], ["-np", "1"]], ids=["per-host", "np-one-rank-per-slot"])
+STATUS_TOKEN = "hipe-batch-status-"   # rank_status's lines, the launcher's alone
+
+
+def _one_worker_error(text, what):
+    """The one line of a worker's stop in the launcher's stderr, which holds no status line."""
+    lines = [line for line in text.splitlines() if what in line]
+    assert len(lines) == 1, text[-3000:]
+    assert STATUS_TOKEN not in text and "Traceback" not in text, text[-3000:]
+    return lines[0]
+
+
+def _hipe_removed_mid_run(batch, reaper, tmp_path, *extra):
+    """A launcher over 3 obsids, one slot, whose HIPE (a wrapper) is removed while the first runs;
+    (its wrapper's path, its exit status, stdout, stderr)."""
+    wrapper = tmp_path / "hipe"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -S {TRIVIAL_HIPE} \"$@\"\n")
+    wrapper.chmod(0o755)
+    seen = "open(outDir + 'token', 'w').write(os.environ.get('HIPE_BATCH_STATUS_TOKEN', 'none'))\n"
+    make_job(batch, "j", 3, GATED + seen, hostfile="localhost slots=1\n", hipe={"command": str(wrapper)})
+    launcher = reaper.launch(batch, "j", *extra)
+    started = batch.root / "jobs" / "j" / "output"
+    wait_for(lambda: launcher.poll() is not None or list(started.glob("*.started")), 120, "HIPE to start")
+    assert launcher.poll() is None, launcher.err_path.read_text()[-2000:]
+    wrapper.unlink()
+    go(batch, "j")
+    result = finish(launcher, timeout=120)
+    assert (started / "token").read_text() == "none"   # the rank took it: HIPE never sees it
+    return (wrapper, *result)
+
+
+@pytest.mark.parametrize("extra", [[], ["-np", "1"], ["--tag-output", "--timestamp-output"]],
+                         ids=["per-host", "np-one-rank-per-slot", "tag-and-timestamp-output"])
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_a_workers_exit_2_is_the_launchers(sqlite_batch, reaper, tmp_path, extra):
+    """HIPE removed while the job runs (as test_reliability's run alone): the worker puts the next
+    obsid back uncounted and stops with 2; mpirun (--enable-recovery) exits 0 whatever its ranks did,
+    yet the launcher exits 2 as `run -j` does, with the worker's one line and the job-wide summary,
+    forked by its host's process or a rank of its own (-np), and behind mpirun's own prefixes
+    (--tag-output, --timestamp-output). Before: 1, the job being unfinished."""
+    batch = sqlite_batch
+    wrapper, rc, out, err = _hipe_removed_mid_run(batch, reaper, tmp_path, *extra)
+    assert rc == 2, (rc, out[-2000:], err[-3000:])
+    line = _one_worker_error(err, "error:")
+    assert "BatchProcess.py: error: " in line and f"cannot start HIPE ({wrapper})" in line, line
+    assert line.startswith("BatchProcess.py: error: ") or extra[0] == "--tag-output", line
+    assert "put back to pending and worker stopped" in line
+    assert "job-wide summary" in out and "1 of 3 processed." in out, out[-2000:]
+    rows = batch.table("j").rows()
+    assert sorted((r["state"], r["attempts"]) for r in rows) == [("done", 1), ("pending", 0), ("pending", 0)]
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_where_the_ranks_stderr_goes_to_files_no_status_line_is_written(sqlite_batch, reaper, tmp_path):
+    """mpirun's --output-filename DIR sends the ranks' stderr to DIR/1/rank.N/stderr, not through the
+    launcher: the launcher gives no token, so the worker's file holds its error line and nothing
+    more, and the launcher exits 1 (the job unfinished), the limit many-hosts.md states."""
+    batch = sqlite_batch
+    files = tmp_path / "ranks"
+    _, rc, out, err = _hipe_removed_mid_run(batch, reaper, tmp_path, "--output-filename", files)
+    assert rc == 1, (rc, out[-2000:], err[-3000:])
+    [stderr] = files.glob("*/rank.*/stderr")
+    _one_worker_error(stderr.read_text(), "cannot start HIPE")
+    assert STATUS_TOKEN not in err + out and "job-wide summary" in out
+
+
+def _mpirun_of(launcher) -> int:
+    """The pid of the launcher's mpirun."""
+    def find():
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit() and _is_mpirun_of_job(d.name):
+                try:
+                    if _parent(d.name) == launcher.pid:
+                        return int(d.name)
+                except OSError:
+                    continue
+        return None
+    return wait_for(find, 30, "the launcher's mpirun")
+
+
+def _state(pid) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return stat[stat.rindex(")") + 2]
+
+
+@MODES
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_a_workers_exit_3_is_the_launchers(freeze_env, reaper, extra):
+    """The MariaDB server stopped while HIPE runs, db_patience 3 s: the worker cannot record the
+    outcome, says `stopping. Nothing is lost ...` once and leaves with 3, which mpirun does not pass
+    on. The launcher, held (SIGSTOP) meanwhile so that the server is back for its own job-wide
+    summary (the workers' database trouble need not be the launcher's: another network, another
+    moment), exits 3 as `run -j` does, in both modes. Before: 1, the job being unfinished. The next
+    run takes the obsid back after its lease and finishes the job."""
+    batch = freeze_env
+    obsids = make_job(batch, "j", 2, GATED, hostfile="localhost slots=1\n", run={"lease": "4", "db_patience": "3"})
+    launcher = reaper.launch(batch, "j", *extra)
+    started = batch.root / "jobs" / "j" / "output"
+    wait_for(lambda: launcher.poll() is not None or list(started.glob("*.started")), 120, "HIPE to start")
+    assert launcher.poll() is None, launcher.err_path.read_text()[-2000:]
+    mpirun = _mpirun_of(launcher)
+    launcher.send_signal(signal.SIGSTOP)
+    try:
+        batch.server.stop()
+        go(batch, "j")
+        wait_for(lambda: _state(mpirun) in ("Z", "gone"), 120, "the worker to give up and mpirun to end")
+    finally:
+        if batch.server.proc is None:
+            batch.server.start()
+        launcher.send_signal(signal.SIGCONT)
+    rc, out, err = finish(launcher, timeout=120)
+    assert rc == 3, (rc, out[-2000:], err[-3000:])
+    line = _one_worker_error(err, "Nothing is lost")
+    assert " ERROR " in line and "stopping. Nothing is lost: an obsid left running is taken back after its lease." in line
+    assert "error:" not in err, err[-3000:]
+    assert "job-wide summary" in out and "0 of 2 processed." in out, out[-2000:]
+    r = batch.cli("j", "run", timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = batch.table("j").rows()
+    assert [(r["obsid"], r["state"]) for r in rows] == [(o, "done") for o in obsids]
+
+
 # --------------------------------------------------------------------------- bad input
 def _one_error_line(r):
     lines = r.stderr.strip().splitlines()
@@ -955,3 +1087,34 @@ def test_host_process_killed_on_another_host(hosts, reaper, tmp_path):
         assert [(h["outcome"], h["host"], h["pid"]) for h in history if h["obsid"] == obsid] == [("done", "h2", pid)]
     assert {r["attempts"] for r in table.rows()} == {1}
     assert sorted(batch.calls_list()) == obsids   # HIPE launched once per obsid
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+@pytest.mark.netns
+def test_a_remote_workers_exit_2_is_the_launchers(hosts, reaper, tmp_path):
+    """Workers on two other hosts only (reached by ssh, their output passed on by Open MPI's daemon
+    there), HIPE removed while both run an obsid: each puts its next obsid back and stops with 2;
+    the token reached them (mpirun's -x), their status lines came back through the daemons, and
+    the launcher exits 2, showing the workers' two lines and no status line. Before: 1."""
+    db = hosts.server.create_database("remote2")
+    batch = BatchEnv(tmp_path / "root", "mysql", hosts.server, db)
+    wrapper = tmp_path / "hipe"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -S {TRIVIAL_HIPE} \"$@\"\n")
+    wrapper.chmod(0o755)
+    make_job(batch, "j", 4, GATED, hostfile="h1 slots=1\nh2 slots=1\n", hipe={"command": str(wrapper)})
+    launcher = reaper.launch(batch, "j", *hosts.mpirun_options(), "-x", "TRIVIAL_HIPE_CALLS")
+    started = batch.root / "jobs" / "j" / "output"
+    wait_for(lambda: launcher.poll() is not None or len(list(started.glob("*.started"))) == 2, 180,
+             "HIPE to start on both hosts")
+    assert launcher.poll() is None, launcher.err_path.read_text()[-2000:]
+    wrapper.unlink()
+    go(batch, "j")
+    rc, out, err = finish(launcher, timeout=180)
+    assert rc == 2, (rc, out[-2000:], err[-3000:])
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 2 and all(f"cannot start HIPE ({wrapper})" in line for line in lines), err[-3000:]
+    assert {re.search(r"\[(h\d) slot", line).group(1) for line in lines} == {"h1", "h2"}, lines
+    assert STATUS_TOKEN not in err + out and "Traceback" not in err
+    rows = batch.table("j").rows()
+    assert sorted((r["state"], r["attempts"]) for r in rows) == [("done", 1)] * 2 + [("pending", 0)] * 2

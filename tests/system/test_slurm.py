@@ -8,6 +8,8 @@
     done once, HIPE once per obsid, slots r/4 on the node's name, SUMMARY of every task, then the
     job-wide summary;
   - test_sbatch_mpi: the same script with --mpi (mpirun inside the allocation), 40 obsids;
+  - test_sbatch_passes_a_workers_exit_4_on: an obsid's heap above the node's memory: the batch
+    script ends with the workers' 4 (issue 23), nothing counted; by srun and by mpirun (--mpi);
   - test_array: bin/BatchProcess_array.sh with 8 array tasks, 300 obsids; the job-wide summary
     printed once; test_array_stopped: `scancel --signal=TERM --full` to a running array;
   - test_scancel_full: `scancel --signal=TERM --full` mid-run, workers started by srun or (--mpi)
@@ -209,6 +211,28 @@ def test_sbatch_mpi(cluster, sqlite_batch):
     assert sorted(int(s) for _, s, _ in SUMMARY_LINE.findall(out)) == [1, 2]
     assert "BatchProcess_mpi.sh: job-wide summary of job viampi" in out
     assert "40 of 40 processed." in out
+
+
+@pytest.mark.parametrize("mpi", [[], pytest.param(["--mpi"], marks=pytest.mark.mpi)], ids=["srun", "mpirun"])
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_sbatch_passes_a_workers_exit_4_on(cluster, sqlite_batch, mpi):
+    """A heap above the node's whole memory: each task's worker puts the obsid back and stops with
+    4 (one line), which srun passes on as its highest task status (mpirun does not: the MPI
+    launcher finds the worker's line); the batch script ends with 4 too (it ended with the job's 1),
+    and nothing was counted."""
+    batch = sqlite_batch
+    make_job(batch, "big", 1, "pass\n", hipe={"command": fast_hipe(batch), "memory": "1024g"})
+    job = submit(cluster, batch, ["--ntasks=2", *SMALL, SBATCH_SH, "big", *mpi])
+    assert cluster.wait_ended(job, 240) == ["FAILED"], output(batch)
+    assert cluster.job(job)["ExitCode"] == "4:0", output(batch)
+    out = output(batch)
+    said = [line for line in out.splitlines() if line.startswith("BatchProcess.py: error:")]
+    assert said and all("needs a Java heap of 1048576m but this worker can have at most" in line for line in said), said
+    assert "srun ended with status" not in out and "Traceback" not in out
+    table = batch.table("big")
+    assert [(r["state"], r["attempts"]) for r in table.rows()] == [("pending", 0)]
+    assert {h["outcome"] for h in table.history()} == {"memory"} and batch.calls_list() == []
 
 
 @pytest.mark.slow

@@ -2,9 +2,11 @@
 launcher starts that way (mpi_launch.host_slot_counts, and mpirun's command line), and which slots
 each host's process forks (mpi_host.host_share): the numbers Open MPI gave one rank per slot,
 host by host in the hostfile's order. In-process: no mpirun, no database."""
+import os
+
 import pytest
 
-from batchUtility import mpi_launch
+from batchUtility import mpi_launch, rank_status
 from batchUtility.errors import BadInput
 from batchUtility.hostfile import Host
 from batchUtility.mpi_host import HOSTS_VARIABLE, host_share
@@ -35,11 +37,24 @@ def test_which_hostfiles_get_one_process_per_host(pairs, extra, counts):
 @pytest.mark.parametrize("per_host, has_map_by", [([8, 4], True), (None, False)])
 def test_mpiruns_command_line(tmp_path, monkeypatch, per_host, has_map_by):
     monkeypatch.setenv(HOSTS_VARIABLE, "99")   # left over from elsewhere: replaced, or gone
+    monkeypatch.setenv(rank_status.VARIABLE, "old")   # (and put back after the test)
     words = mpi_launch.mpirun_command("mpirun", tmp_path / "hostfile", mpi_launch.Options("j"), per_host)
     assert words[words.index("--hostfile") + 1] == str(tmp_path / "hostfile")
     assert (words[words.index("--map-by") + 1] == "ppr:1:node") if has_map_by else "--map-by" not in words
     assert (HOSTS_VARIABLE in words) == has_map_by   # sent to every host with -x
     assert words[-2:] == ["j", "run"]
+    assert rank_status.VARIABLE in words and os.environ[rank_status.VARIABLE] not in ("old", "")
+
+
+@pytest.mark.parametrize("options", [mpi_launch.Options("j", dry_run=True),
+                                     mpi_launch.Options("j", extra=["--output-filename", "o"]),
+                                     mpi_launch.Options("j", extra=["--merge-stderr-to-stdout"])])
+def test_no_status_token_where_it_would_show(tmp_path, monkeypatch, options):
+    """No token for the ranks' status lines (rank_status) in a command line printed to be copied, nor
+    where mpirun sends their stderr elsewhere than through the launcher (the line would be seen)."""
+    monkeypatch.setenv(rank_status.VARIABLE, "old")
+    words = mpi_launch.mpirun_command("mpirun", tmp_path / "hostfile", options, [2])
+    assert rank_status.VARIABLE not in words and rank_status.VARIABLE not in os.environ
 
 
 def env(counts, rank, size):
