@@ -21,12 +21,12 @@ on to their process group (the dead process's), so a stop puts their obsids back
 the process is the one thing it did: collect their exit statuses. So each orphan says so at once,
 on one line (_tell_when_orphaned), the launcher's exit status then being the job table's.
 """
-import ctypes
 import logging
 import os
 import signal
 from typing import Dict, List, Mapping, Optional, Tuple
 
+from . import procfs
 from .errors import BadInput
 from .local import LocalRun
 
@@ -84,9 +84,7 @@ class HostRun(LocalRun):
                             "to the job's end (its exit status goes nowhere: the job table says what it did)",
                             self.host, rank, self.size, os.getpid(), host_process)
         signal.signal(ORPHANED, said)
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(ORPHANED), 0, 0, 0)
-        except (OSError, AttributeError):   # not Linux: no line, the worker runs on all the same
+        if not procfs.prctl(_PR_SET_PDEATHSIG, int(ORPHANED)):   # not Linux: no line, the worker runs on all the same
             return
         if os.getppid() != host_process:   # it died before the prctl
             os.kill(os.getpid(), ORPHANED)
