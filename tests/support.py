@@ -289,6 +289,18 @@ def row_of(env, obsid=OBSID, job="j"):
         table.close()
 
 
+def done_count(env, job="j"):
+    """How many obsids of the job are done, or 0 while the database cannot say (a node being killed)."""
+    try:
+        table = env.table(job)
+        try:
+            return table.counts()["done"]
+        finally:
+            table.close()
+    except Exception:
+        return 0
+
+
 def new_job(env, obsids=(OBSID,), job="j", template=None):
     """`BatchProcess.py JOB new FILE` for obsids (a BatchEnv, through the command line, exit 0
     asserted), after writing the job's template if one is given. Returns the obsids as a list."""

@@ -26,7 +26,7 @@ import pytest
 
 from exactly_once import assert_exactly_once, probe
 from galera_cluster import Galera, available
-from support import BIN, ROOT, BatchEnv, new_job, wait_for
+from support import BIN, ROOT, BatchEnv, done_count, new_job, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.galera,
               pytest.mark.skipif(not available(), reason="needs galera-4, rsync and a user mysql")]
@@ -65,17 +65,6 @@ def env(galera, tmp_path):
 def make_job(env, n, seconds, lease=10):
     env.write_cfg(run={"lease": str(lease), "max_attempts": "1", "db_patience": "120"})
     return new_job(env, range(FIRST, FIRST + n), "j", probe(first=seconds, later=seconds))
-
-
-def done_count(env):
-    try:
-        table = env.table("j")
-        try:
-            return table.counts()["done"]
-        finally:
-            table.close()
-    except Exception:
-        return 0
 
 
 def run_j(env, reaper, workers, name="run"):

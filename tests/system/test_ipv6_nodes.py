@@ -1,13 +1,14 @@
 """[sql] host with an IPv6 node (issue 20), used live: a private MariaDB listening on ::1 only
 (bind-address=::1, so nothing reaches it but IPv6) beside one on 127.0.0.1.
 
-- test_ipv6_node_first: `[::1]:P6, 127.0.0.1:P4`: `new`, `run -j 2` over six obsids, `status` (and
-  its --json) all work on the IPv6 node, each saying `database node [::1]:P6 answered (2 in [sql]
-  host)` (the node in brackets: `::1:P6` would not say where the port begins); the job's table is
-  on that server and not on the other.
-- test_ipv6_node_after_one_refusing: `127.0.0.1:P, [::1]:P6` with nothing on P (a stopped server):
-  every command reaches the IPv6 node, the second of the list.
-- test_ipv6_node_refusing: `[::1]:P, 127.0.0.1:P4` with nothing on [::1]:P: the IPv4 node answers.
+- test_the_first_node_of_the_list_that_answers, three orders:
+  - `[::1]:P6, 127.0.0.1:P4`: `new`, `run -j 2` over six obsids, `status` (and its --json) all work
+    on the IPv6 node, each saying `database node [::1]:P6 answered (1 of 2 in [sql] host)` (the node
+    in brackets: `::1:P6` would not say where the port begins); the job's table is on that server
+    and not on the other;
+  - `127.0.0.1:P, [::1]:P6` with nothing on P (a stopped server): every command reaches the IPv6
+    node, the second of the list;
+  - `[::1]:P, 127.0.0.1:P4` with nothing on [::1]:P: the IPv4 node answers.
 - test_bare_ipv6_host: `host = ::1` and `port = P6`, one host as earlier versions took it: used as
   written, nothing said of nodes.
 - test_ipv6_node_killed_mid_run: a Galera cluster whose first node listens on ::1 only, `run -j 3`
@@ -29,7 +30,7 @@ import pytest
 from exactly_once import assert_exactly_once, probe
 from galera_cluster import Galera, available
 from mariadb_server import MariaDB, free_port
-from support import BIN, BatchEnv, new_job, wait_for
+from support import BIN, BatchEnv, done_count, new_job, wait_for
 
 FIRST = 1342210000
 
@@ -100,25 +101,20 @@ def commands_answered_by(env, node, place, obsids):
     assert json.loads(env.cli(env.job, "status", "--json").stdout)["node"] == node
 
 
-def test_ipv6_node_first(servers, tmp_path):
+@pytest.mark.parametrize("order", ["ipv6 first", "ipv6 after one refusing", "ipv6 refusing"])
+def test_the_first_node_of_the_list_that_answers(servers, tmp_path, order):
+    """[::1] first (it answers), second after a refusing one (it answers), or first and refusing (the
+    IPv4 node answers): every command goes to the first node of the list that answers, and says so."""
     v6, v4 = servers
-    env = env_on(servers, tmp_path, f"[::1]:{v6.port}, 127.0.0.1:{v4.port}")
-    commands_answered_by(env, f"[::1]:{v6.port}", 1, list(range(FIRST, FIRST + 6)))
-    assert has_table(v6, env.job) and not has_table(v4, env.job)
-
-
-def test_ipv6_node_after_one_refusing(servers, tmp_path):
-    v6, v4 = servers
-    env = env_on(servers, tmp_path, f"127.0.0.1:{free_port()}, [::1]:{v6.port}")
-    commands_answered_by(env, f"[::1]:{v6.port}", 2, list(range(FIRST, FIRST + 4)))
-    assert has_table(v6, env.job) and not has_table(v4, env.job)
-
-
-def test_ipv6_node_refusing(servers, tmp_path):
-    v6, v4 = servers
-    env = env_on(servers, tmp_path, f"[::1]:{free_port('::1')}, 127.0.0.1:{v4.port}")
-    commands_answered_by(env, f"127.0.0.1:{v4.port}", 2, list(range(FIRST, FIRST + 4)))
-    assert has_table(v4, env.job) and not has_table(v6, env.job)
+    hosts, answering, place, count = {
+        "ipv6 first": (f"[::1]:{v6.port}, 127.0.0.1:{v4.port}", v6, 1, 6),
+        "ipv6 after one refusing": (f"127.0.0.1:{free_port()}, [::1]:{v6.port}", v6, 2, 4),
+        "ipv6 refusing": (f"[::1]:{free_port('::1')}, 127.0.0.1:{v4.port}", v4, 2, 4)}[order]
+    env = env_on(servers, tmp_path, hosts)
+    node = f"[::1]:{v6.port}" if answering is v6 else f"127.0.0.1:{v4.port}"
+    commands_answered_by(env, node, place, list(range(FIRST, FIRST + count)))
+    other = v4 if answering is v6 else v6
+    assert has_table(answering, env.job) and not has_table(other, env.job)
 
 
 def test_bare_ipv6_host(servers, tmp_path):
@@ -147,17 +143,6 @@ def galera_v6():
         yield cluster
     finally:
         cluster.cleanup()
-
-
-def done_count(env):
-    try:
-        table = env.table("j")
-        try:
-            return table.counts()["done"]
-        finally:
-            table.close()
-    except Exception:
-        return 0
 
 
 @pytest.mark.galera

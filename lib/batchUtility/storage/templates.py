@@ -67,10 +67,7 @@ class TemplateGate:
         probe is under way: ask again shortly."""
         names = {"templates_table": self._templates()}
 
-        def look(cur):   # what a read can tell: all but a probe to begin or one to give up
-            row = self._execute(cur, VERSION_STATE, {"version": version}, **names).fetchone()
-            if row is None:
-                return None
+        def row_says(cur, row) -> Optional[Tuple[str, str]]:   # what a version's row says; None: its prober is gone
             state, obsid, token, reason = row
             if state == RUNS:
                 return "runs", ""
@@ -82,22 +79,21 @@ class TemplateGate:
                 return "wait", ""
             return None
 
+        def look(cur):   # what a read can tell: all but a probe to begin or one to give up
+            row = self._execute(cur, VERSION_STATE, {"version": version}, **names).fetchone()
+            return None if row is None else row_says(cur, row)
+
         def gate(cur):
             row = self._execute(cur, VERSION_STATE, {"version": version}, **names).fetchone()
             if row is None:
                 won = self._execute(cur, PROBE, {"version": version, "obsid": claim.obsid, "token": claim.token},
                                     **names).rowcount
                 return ("probe", "") if won == 1 else ("wait", "")
-            state, obsid, token, reason = row
-            if state == RUNS:
-                return "runs", ""
-            if state == BROKEN:
-                return "broken", reason or ""
-            if token == claim.token:
-                return "probe", ""
-            if self._execute(cur, PROBER_RUNNING, {"obsid": obsid, "token": token}).fetchone() is None:
-                # The prober is gone without a verdict (stopped, killed, taken back): the next one probes.
-                self._execute(cur, ABANDON, {"version": version, "token": token}, **names)
+            answer = row_says(cur, row)
+            if answer is not None:
+                return answer
+            # The prober is gone without a verdict (stopped, killed, taken back): the next one probes.
+            self._execute(cur, ABANDON, {"version": version, "token": row[2]}, **names)
             return "wait", ""
         # A read first: on SQLite a writer's transaction takes the one write lock, and the workers of
         # a `run -j` all look at their first launch (tests/bench/RESULTS.md). Then, or with no table
