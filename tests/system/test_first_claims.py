@@ -123,3 +123,37 @@ def _children(pid):
         return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
     except OSError:
         return []
+
+
+@pytest.mark.slow
+def test_a_worker_frozen_before_it_is_ready_claims_its_own_once_continued(sqlite_batch, tmp_path, reaper):
+    """One worker SIGSTOPped before it could say it is ready (the parent stopped at its first fork
+    meanwhile): the parent waits its 10 s, claims for the others only, and they run; continued, the
+    frozen worker finds no claim made for it and claims its own. Every obsid once, one attempt each."""
+    batch = sqlite_batch
+    obsids = new_job(batch, range(1342190001, 1342190013), template=probe(first=0.2))
+    err = tmp_path / "run.err"
+    with open(err, "w") as stderr:
+        run = reaper.popen(subprocess.Popen([sys.executable, str(ROOT / "bin" / "BatchProcess.py"), "-q", "j", "run",
+                                             "-j", "3"], env=batch.env(), cwd=batch.root, stdout=subprocess.DEVNULL,
+                                            stderr=stderr))
+
+        def stopped_once_forking():
+            if not _children(run.pid):
+                return False
+            os.kill(run.pid, signal.SIGSTOP)
+            return True
+        assert wait_for(lambda: run.poll() is not None or stopped_once_forking(), 60, "the first worker forked",
+                        interval=0.002) is True, err.read_text()
+        frozen = _children(run.pid)[0]
+        os.kill(frozen, signal.SIGSTOP)
+        os.kill(run.pid, signal.SIGCONT)
+        wait_for(lambda: {h["pid"] for h in batch.table("j").history()} - {frozen}, 120,
+                 "the other workers to run obsids claimed for them")
+        assert all(r["pid"] != frozen for r in batch.table("j").rows())   # nothing claimed in its name
+        os.kill(frozen, signal.SIGCONT)
+        assert run.wait(timeout=300) == 0, err.read_text()[-2000:]
+    assert_exactly_once(batch, obsids)
+    assert {(r["state"], r["attempts"]) for r in batch.table("j").rows()} == {("done", 1)}
+    assert "Traceback" not in err.read_text()
+    assert frozen in {h["pid"] for h in batch.table("j").history()}   # it claimed on its own
