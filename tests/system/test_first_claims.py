@@ -92,17 +92,7 @@ def test_a_database_that_refuses_the_parents_claims_leaves_each_worker_its_own(s
     err = tmp_path / "run.err"
     holder = sqlite3.connect(batch.root / "batch.sqlite", isolation_level=None, timeout=30)
     with open(err, "w") as stderr:
-        run = reaper.popen(subprocess.Popen([sys.executable, str(ROOT / "bin" / "BatchProcess.py"), "-q", "j", "run",
-                                             "-j", "3"], env=batch.env(), cwd=batch.root, stdout=subprocess.DEVNULL,
-                                            stderr=stderr))
-
-        def stopped_once_forking():
-            if not _children(run.pid):
-                return False
-            os.kill(run.pid, signal.SIGSTOP)
-            return True
-        assert wait_for(lambda: run.poll() is not None or stopped_once_forking(), 60, "the first worker forked",
-                        interval=0.002) is True, err.read_text()
+        run = _stopped_at_its_first_fork(batch, reaper, stderr, err)
         holder.execute("BEGIN IMMEDIATE")
         if any(r["state"] != "pending" for r in batch.table("j").rows()):   # claimed between two looks
             holder.execute("ROLLBACK")
@@ -116,6 +106,23 @@ def test_a_database_that_refuses_the_parents_claims_leaves_each_worker_its_own(s
         assert run.wait(timeout=300) == 0, err.read_text()[-2000:]
     assert_exactly_once(batch, obsids)
     assert {(r["state"], r["attempts"]) for r in batch.table("j").rows()} == {("done", 1)}
+
+
+def _stopped_at_its_first_fork(batch, reaper, stderr, err):
+    """`run -j 3` started, and SIGSTOPped as soon as it has forked its first worker (before any claim:
+    the workers wait until all are forked and ready)."""
+    run = reaper.popen(subprocess.Popen([sys.executable, str(ROOT / "bin" / "BatchProcess.py"), "-q", "j", "run",
+                                         "-j", "3"], env=batch.env(), cwd=batch.root, stdout=subprocess.DEVNULL,
+                                        stderr=stderr))
+
+    def stopped_once_forking():
+        if not _children(run.pid):
+            return False
+        os.kill(run.pid, signal.SIGSTOP)
+        return True
+    assert wait_for(lambda: run.poll() is not None or stopped_once_forking(), 60, "the first worker forked",
+                    interval=0.002) is True, err.read_text()
+    return run
 
 
 def _children(pid):
@@ -134,17 +141,7 @@ def test_a_worker_frozen_before_it_is_ready_claims_its_own_once_continued(sqlite
     obsids = new_job(batch, range(1342190001, 1342190013), template=probe(first=0.2))
     err = tmp_path / "run.err"
     with open(err, "w") as stderr:
-        run = reaper.popen(subprocess.Popen([sys.executable, str(ROOT / "bin" / "BatchProcess.py"), "-q", "j", "run",
-                                             "-j", "3"], env=batch.env(), cwd=batch.root, stdout=subprocess.DEVNULL,
-                                            stderr=stderr))
-
-        def stopped_once_forking():
-            if not _children(run.pid):
-                return False
-            os.kill(run.pid, signal.SIGSTOP)
-            return True
-        assert wait_for(lambda: run.poll() is not None or stopped_once_forking(), 60, "the first worker forked",
-                        interval=0.002) is True, err.read_text()
+        run = _stopped_at_its_first_fork(batch, reaper, stderr, err)
         frozen = _children(run.pid)[0]
         os.kill(frozen, signal.SIGSTOP)
         os.kill(run.pid, signal.SIGCONT)
