@@ -110,7 +110,7 @@ class InMemoryJobTable:
                     for r in sorted(self._rows.values(), key=lambda r: r["obsid"])
                     if r["state"] == RUNNING and (r["host"], r["pid"], r["pid_start"]) == (host, pid, pid_start)]
 
-    def make_templates(self) -> None:
+    def make_templates(self, interrupted: Optional[Callable[[], bool]] = None) -> None:
         """As JobTable.make_templates: here there is always room for template versions."""
 
     def heartbeat(self, claim: Claim) -> Lease:

@@ -286,6 +286,7 @@ class Worker:
     def _claim_loop(self) -> None:
         run = self.cfg.run
         if not self.prepared:
+            self.table.make_templates(interrupted=self._stopping)   # here, not between a claim and its HIPE
             self._reclaim()
         wait = WAIT_FIRST
         while not self.stop_signal and not self.halted and not self._out_of_time():

@@ -129,7 +129,7 @@ def test_hipe_compiling_its_first_template_while_the_database_is_frozen_can_be_s
     env.template("j", probe(first=None))
     new_job(env)
     w = Worker(env, reaper, "w")
-    wait_for(lambda: row_of(env, OBSID)["state"] == "running", 60, "the obsid claimed")
+    wait_for(lambda: _running(str(held)), 60, "HIPE launched (held until the gate opens)")
     with frozen(env.server):
         gate.touch()
         script = wait_first_run(env, reaper)   # the template compiled: the verdict is due
@@ -139,6 +139,17 @@ def test_hipe_compiling_its_first_template_while_the_database_is_frozen_can_be_s
     r = env.cli("j", "run", timeout=120)
     assert r.returncode == 0, r.stderr
     assert_exactly_once(env, [OBSID])
+
+
+def _running(command: str) -> bool:
+    """Whether a process runs the command (its first arguments name it): a held HIPE launched."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if command.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2]:
+                return True
+        except OSError:
+            pass
+    return False
 
 
 @pytest.mark.slow

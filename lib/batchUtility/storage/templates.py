@@ -108,9 +108,10 @@ class TemplateGate:
             return said
         return self._on_templates(gate, "looking at the template's verdict", interrupted)
 
-    def make_templates(self) -> None:
-        """Make the job's table of template versions if it is not there (`run -j`'s parent, once for its workers)."""
-        self._make_templates()
+    def make_templates(self, interrupted: Optional[Callable[[], bool]] = None) -> None:
+        """Make the job's table of template versions if it is not there: before a worker's first claim
+        (`run -j`'s parent, once for its workers), so that no DDL stands between a claim and its HIPE."""
+        self._make_templates(interrupted)
 
     def template_verdict(self, version: str, state: str, reason: str = "", *, patience: Optional[float] = None,
                          interrupted: Optional[Callable[[], bool]] = None) -> None:
