@@ -24,6 +24,7 @@ import time
 from typing import Callable, Dict, Optional, Set
 
 from .errors import BatchError
+from .gate import Gate
 from .procfs import machine_identity, process_start
 from .slot import Slot
 from .storage import NextClaim, open_table
@@ -46,7 +47,7 @@ class FirstClaims:
 
     def __init__(self, workers: int):
         self.ready_r, self.ready_w = os.pipe()   # each worker writes its pid when ready
-        self.gate_r, self.gate_w = os.pipe()     # the parent closes its end once the claims are written
+        self.gate = Gate(workers)                # the parent opens it once the claims are written
         self.page = mmap.mmap(-1, 4096 + 512 * workers)   # anonymous and shared: written by the parent
 
     # ---------------------------------------------------------------- in the worker
@@ -54,7 +55,7 @@ class FirstClaims:
     def in_worker(self) -> None:
         """Right after the fork: the worker keeps only its ends."""
         os.close(self.ready_r)
-        os.close(self.gate_w)
+        self.gate.in_worker()
 
     def take(self, table, slot: Slot, lease: float) -> Optional[NextClaim]:
         """Say this worker is ready, wait for the parent's claims, and return this worker's: a
@@ -67,11 +68,7 @@ class FirstClaims:
             pass
         finally:
             os.close(self.ready_w)
-        try:
-            while os.read(self.gate_r, 1):
-                pass
-        finally:
-            os.close(self.gate_r)
+        self.gate.wait()
         try:
             said, length = _HEADER.unpack_from(self.page, 0)
             if said == CLAIMED:   # an index {pid: (offset, length)}, then each worker's claim alone
@@ -98,7 +95,6 @@ class FirstClaims:
     def forked(self) -> None:
         """Every worker is forked: the parent keeps only its ends."""
         os.close(self.ready_w)
-        os.close(self.gate_r)
 
     def claim(self, cfg, job: str, children: Dict[int, int], size: int, host: str,
               stopping: Callable[[], bool], claim_until: Optional[float] = None) -> None:
@@ -179,7 +175,7 @@ class FirstClaims:
             else:
                 self.page[:_HEADER.size] = _HEADER.pack(said, 0)
         finally:
-            os.close(self.gate_w)   # the gate opens
+            self.gate.open()
             self.page.close()
 
 

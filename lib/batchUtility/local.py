@@ -33,6 +33,7 @@ from . import procfs, report, signals, workdir
 from .errors import BadInput, BatchError
 from .first_claims import FirstClaims
 from .frontend import COMMAND, job_exit_status, node_line, summary_heading
+from .gate import Gate
 from .relay import TerminalRelay
 from .slot import Slot, host_name
 from .storage import ConnectionRoom, open_table
@@ -151,7 +152,7 @@ class LocalRun:
         self.stop_signal = 0
         self.relay: Optional[TerminalRelay] = None
         self.first_rank = 1   # the slot the parent's own lines (its reclaim pass) name
-        self.gate: Optional[int] = None   # the workers' end of the pipe they wait on (_start_and_wait)
+        self.gate: Optional[Gate] = None   # the workers wait at it until all are forked (_start_and_wait)
         self.first_claims: Optional[FirstClaims] = None   # their first obsids, claimed by this parent
 
     def run(self) -> int:
@@ -234,17 +235,16 @@ class LocalRun:
         # The parent's objects out of the collector's reach: a worker's collections would otherwise
         # write to every inherited object's header, copying most of the parent's pages in each worker.
         gc.freeze()
-        # A gate: each worker waits until the parent has forked the last one (and closed its end of
-        # this pipe). Else the workers forked first, starting up, take the CPU from the parent still
-        # forking the others, and the last worker starts long after the first (tests/bench/RESULTS.md).
-        self.gate, gate_w = os.pipe()
+        # A gate: each worker waits until the parent has forked the last one and opened it (gate.py).
+        # Else the workers forked first, starting up, take the CPU from the parent still forking the
+        # others, and the last worker starts long after the first (tests/bench/RESULTS.md).
+        self.gate = Gate(len(slots))
         self.first_claims = FirstClaims(len(slots))
         try:
             try:
-                self._fork_workers(slots, unforked, not_started, gate_w)
+                self._fork_workers(slots, unforked, not_started)
             finally:
-                os.close(gate_w)   # the gate opens
-                os.close(self.gate)
+                self.gate.open()
                 self.first_claims.forked()
         finally:
             # Once ready, the workers wait for the first obsids this parent claims for all in one transaction.
@@ -259,7 +259,7 @@ class LocalRun:
             self.relay.finish(final_figures=not self.stop_signal)   # after a stop, no summary follows either
 
     def _fork_workers(self, slots: Dict[int, Optional[int]], unforked: Dict[int, Optional[int]],
-                      not_started: List[int], gate_w: int) -> None:
+                      not_started: List[int]) -> None:
         for rank, fd in slots.items():
             del unforked[rank]
             if self.stop_signal:
@@ -278,7 +278,7 @@ class LocalRun:
                 not_started.append(2)
                 break
             if pid == 0:
-                os.close(gate_w)
+                self.gate.in_worker()
                 self.first_claims.in_worker()
                 self.children = {}   # a signal in the worker must not reach its siblings
                 if self.relay is not None:
@@ -345,16 +345,11 @@ class LocalRun:
         return status
 
     def _pass_the_gate(self) -> None:
-        """Wait until the parent has forked every worker: the gate's pipe then ends (a stop signal
-        meanwhile is only noted; the parent, stopping, forks no more and opens it)."""
+        """Wait until the parent has forked every worker (a stop signal meanwhile is only noted; the
+        parent, stopping, forks no more and opens the gate)."""
         gate, self.gate = self.gate, None
-        if gate is None:
-            return
-        try:
-            while os.read(gate, 1):
-                pass
-        finally:
-            os.close(gate)
+        if gate is not None:
+            gate.wait()
 
     def _finish(self, statuses: List[int]) -> int:
         if self.stop_signal:
