@@ -159,6 +159,19 @@ def run_obsid(request: LaunchRequest, should_stop: Callable[[], int], lease: Cal
 TEMPLATE = "template.py"   # the template's text as read at claim time, in the worker's folder
 
 
+def warm_up(scratch: Path, template: str, out_dir: Path, log_dir: Path) -> None:
+    """What a worker's first launch in scratch writes before it can start HIPE, and needs no obsid
+    for, done ahead (Worker.warm_up): the room probes of workdir.check_room in the log and output
+    folders, and the template's copy. The launch finds them made, and checks them again: what fails
+    here is left undone, for the launch to meet and say."""
+    for folder in (log_dir, out_dir):
+        with contextlib.suppress(OSError):
+            workdir.check_room(folder)
+    with contextlib.suppress(OSError):
+        if workdir.text_of(scratch / TEMPLATE) != template:
+            workdir.write(scratch / TEMPLATE, template)
+
+
 def _setup_fault(reason: str, started: float) -> Launch:
     return Launch(Outcome(False, reason), time.monotonic() - started, LaunchEnd.SETUP_FAULT)
 

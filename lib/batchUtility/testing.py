@@ -186,6 +186,9 @@ class InMemoryJobTable:
             del self.templates[version]
         return "wait", ""
 
+    def template_known_to_run(self, version: str) -> bool:
+        return self.templates.get(version, [None])[0] == "runs"
+
     def template_verdict(self, version: str, state: str, reason: str = "", *, patience: Optional[float] = None,
                          interrupted: Optional[Callable[[], bool]] = None) -> None:
         if version in self.templates and (self.templates[version][0] == "probing" or state == "broken"):

@@ -278,10 +278,31 @@ class Worker:
     def _loop(self) -> None:
         try:
             if self.first_claim is not None:   # inside: a claim handed over is put back if not run
+                self.warm_up()
                 self.next = self.first_claim()
             self._claim_loop()
         finally:
             self._put_back_next()
+
+    def warm_up(self) -> None:
+        """Before this worker says it is ready for the first claim its parent makes for it
+        (first_claims.py): what its first launch would do first and needs no claim for. Then, once
+        the claims are handed over, only the launch itself is left, and the slots of a `run -j`
+        start their HIPEs close together (issue 21; tests/bench/RESULTS.md). Nothing is decided
+        here but what the launch's gate would say of a version known to run: the launch reads the
+        template and checks its folders again, and says what fails; what fails here is left undone."""
+        memory.room()   # finds this worker's memory cgroups, once
+        try:
+            data, snapshot = _template_snapshot(self.template)
+            text = data.decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            return
+        if snapshot is None or not has_statement(text):
+            return
+        hipe.warm_up(self.scratch, text, self.dir / "output", self.dir / "log")
+        version = version_of(text)
+        if self.table.template_known_to_run(version):
+            self.template_runs.add(version)   # its first launch goes without asking
 
     def _claim_loop(self) -> None:
         run = self.cfg.run
@@ -567,7 +588,7 @@ class Worker:
 
     def _template_version(self, text: str) -> str:
         """The template's content hash, recorded with each attempt; a change mid-run is said once."""
-        version = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+        version = version_of(text)
         if self.template_version and version != self.template_version and not self.template_changed:
             self.template_changed = True
             self.log.warning("template %s changed while this worker ran (version %s, now %s): later obsids run "
@@ -777,6 +798,11 @@ class Worker:
             self.log.error("the first %d attempts of this worker all failed with script errors, so the template "
                            "probably cannot work: worker stopped. Fix %s, then `BatchProcess.py %s reset --failed`",
                            k, self.template, self.job)
+
+
+def version_of(template: str) -> str:
+    """The template's version: its content hash, recorded with each attempt."""
+    return hashlib.sha256(template.encode("utf-8")).hexdigest()[:12]
 
 
 def _template_snapshot(path: Path) -> Tuple[bytes, Optional[tuple]]:

@@ -154,3 +154,32 @@ def test_a_worker_frozen_before_it_is_ready_claims_its_own_once_continued(sqlite
     assert {(r["state"], r["attempts"]) for r in batch.table("j").rows()} == {("done", 1)}
     assert "Traceback" not in err.read_text()
     assert frozen in {h["pid"] for h in batch.table("j").history()}   # it claimed on its own
+
+
+def test_a_template_version_known_to_run_is_told_by_a_read_that_waits_for_no_writer(batch):
+    """What a worker looks at before its first claim (Worker.warm_up): only a `runs` verdict says
+    yes; no table yet, a probe under way or a broken version say no; on SQLite the look does not
+    wait for a writer holding the lock."""
+    new_job(batch, [1342190001, 1342190002])
+    table = batch.table("j")
+    try:
+        assert table.template_known_to_run("aaaa") is False   # no table of versions yet
+        table.make_templates()
+        claim = table.claim("here", "1/1", os.getpid(), 30.0)
+        assert table.template_gate("aaaa", claim) == ("probe", "")
+        assert table.template_known_to_run("aaaa") is False
+        table.template_verdict("aaaa", "runs")
+        assert table.template_gate("bbbb", table.claim("here", "1/1", os.getpid(), 30.0)) == ("probe", "")
+        table.template_verdict("bbbb", "broken", "SyntaxError")
+        assert table.template_gate("bbbb", claim)[0] == "broken"
+        assert (table.template_known_to_run("aaaa"), table.template_known_to_run("bbbb")) == (True, False)
+        if batch.backend == "sqlite":
+            holder = sqlite3.connect(batch.root / "batch.sqlite", isolation_level=None, timeout=30)
+            holder.execute("BEGIN IMMEDIATE")
+            try:
+                assert table.template_known_to_run("aaaa") is True
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+    finally:
+        table.close()

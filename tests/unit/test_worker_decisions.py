@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from batchUtility import hipe
 from batchUtility import worker as worker_module
 from batchUtility.config import Config, HipeSettings, RunSettings
 from batchUtility.errors import BlackHole, SetupBroken
@@ -30,7 +31,7 @@ from batchUtility.testing import (
     slow,
     stopped,
 )
-from batchUtility.worker import Worker
+from batchUtility.worker import Worker, version_of
 from support import settled
 
 JOB = "j"
@@ -439,3 +440,54 @@ def test_claims_made_for_a_worker_are_found_by_it_alone():
     assert [c.token for c in table.claimed_for("here", 101, 7, "m", 30.0)] == [b.claim.token]
     assert table.claimed_for("here", 100, 8, "m", 30.0) == []   # the same pid, another process
     assert table.claimed_for("there", 100, 7, "m", 30.0) == []
+
+
+class GateCountingTable(InMemoryJobTable):
+    """Counts the looks at the template's verdict a launch makes (template_gate), by version."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.gate_looks = []
+
+    def template_gate(self, version, claim, **kw):
+        self.gate_looks.append(version)
+        return super().template_gate(version, claim, **kw)
+
+
+def test_a_worker_handed_its_first_claim_looked_ahead_at_a_template_known_to_run(make):
+    """Before its first claim is handed over, the worker has read the template, written its copy in
+    its folder and learned that this version runs: the launch asks nothing more."""
+    table = GateCountingTable(JOB, [1])
+    template = "print(obsid)\n"
+    table.templates[version_of(template)] = ["runs", None, ""]
+    handed = parent_claims(table, 1)[0]
+    copies = []
+
+    def launch(request, should_stop):
+        copies.append((w.scratch / hipe.TEMPLATE).read_text())
+        return done()
+    w = make(table, FakeLauncher(launch), first_claim=lambda: handed, wait_for_running=False)
+    assert w.run() == 0
+    assert table.gate_looks == []
+    assert [r.template for r in w.launcher.requests] == [template] and copies == [template]
+    assert states(table) == {1: ("done", 1)}
+
+
+def test_a_template_changed_after_the_look_ahead_runs_as_changed(make, tmp_path):
+    """The template rewritten between the look ahead (the old version known to run) and the first
+    claim's hand-over: the launch runs the new text, and probes the new version first."""
+    table = GateCountingTable(JOB, [1])
+    old, new = "print(obsid)\n", "print(obsid + 1)\n"
+    table.templates[version_of(old)] = ["runs", None, ""]
+    handed = parent_claims(table, 1)[0]
+    path = tmp_path / "jobs" / JOB / f"{JOB}.py"
+
+    def rewritten_then_handed():
+        path.write_text(new)
+        settled(path)
+        return handed
+    w = make(table, FakeLauncher(then=done()), first_claim=rewritten_then_handed, wait_for_running=False)
+    assert w.run() == 0
+    assert table.gate_looks == [version_of(new)]
+    assert [r.template for r in w.launcher.requests] == [new]
+    assert [h["template"] for h in table.history()] == [version_of(new)]

@@ -108,6 +108,18 @@ class TemplateGate:
             return said
         return self._on_templates(gate, "looking at the template's verdict", interrupted)
 
+    def template_known_to_run(self, version: str) -> bool:
+        """Whether the version's verdict is `runs`, by one read and one try (patience 0): a worker
+        looks before its first claim, so that its first launch need not (Worker.warm_up). False when
+        it cannot tell (no table yet, a passing error): the launch's gate then asks as always."""
+        try:
+            row = self._transaction(lambda cur: self._execute(cur, VERSION_STATE, {"version": version},
+                                                              templates_table=self._templates()).fetchone(),
+                                    "looking at the template's verdict", write=False, patience=0)
+        except BatchError:   # DatabaseUnavailable included
+            return False
+        return row is not None and row[0] == RUNS
+
     def make_templates(self, interrupted: Optional[Callable[[], bool]] = None) -> None:
         """Make the job's table of template versions if it is not there: before a worker's first claim
         (`run -j`'s parent, once for its workers), so that no DDL stands between a claim and its HIPE."""
