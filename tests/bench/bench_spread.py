@@ -8,6 +8,7 @@ claims after the command's start (the command's own clock). HIPE starts: the C s
 launch's start ($HIPE_STANDIN_STARTS); with 0.5 s a launch, the first 64 launches are the 64 slots'
 first ones: the 64th minus the first.
 """
+import os
 import sqlite3
 import subprocess
 import sys
@@ -58,15 +59,39 @@ def _measure(bin_path, env, environ, starts_file, label):
             launches[SLOTS - 1] - t)
 
 
+def _parallel_once(suite, folder: Path):
+    """GNU parallel -j 64 over the same stand-in and sleeps: (the 64th start after the first, the 64th
+    start after parallel's, wall)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    template = folder / "template.py"
+    template.write_text("SLEEPS = {" + ", ".join(f"{o}: {SLEEP}" for o in range(1, N + 1)) + "}\n")
+    for o in range(1, N + 1):
+        (folder / f"{o}.py").write_text(f'obsid={o}\nexec(compile(open("{template}", "rb").read(), "{template}", '
+                                        f'"exec"))\nopen("{folder}/{o}.done", "w").close()\n')
+    scripts = folder / "scripts.txt"
+    scripts.write_text("".join(f"{folder}/{o}.py\n" for o in range(1, N + 1)))
+    starts_file = folder / "starts.txt"
+    t = time.time()
+    subprocess.run(["parallel", "--will-cite", "-j", str(SLOTS), "-a", str(scripts), str(suite.standin), "{}"],
+                   env={**os.environ, "HIPE_STANDIN_STARTS": str(starts_file)}, stdout=subprocess.DEVNULL, check=True)
+    wall = time.time() - t
+    assert len(list(folder.glob("*.done"))) == N
+    launches = sorted(float(x) for x in starts_file.read_text().split())
+    return launches[SLOTS - 1] - launches[0], launches[SLOTS - 1] - t, wall
+
+
 def main(suite, args):
     started_load = load_average()
     reps = 1 if suite.quick else 3
+    parallel = []
     checkouts = [("here", BIN)] + [(commit_of(Path(c) / "bin" / "BatchProcess.py"), Path(c) / "bin" / "BatchProcess.py")
                                    for c in args.compare]
     runs = {label: [] for label, _ in checkouts}
     for rep in range(reps):
         for label, bin_path in checkouts:
             runs[label].append(_once(suite, bin_path, label, rep))
+        parallel.append(_parallel_once(suite, suite.tmp / f"spread-parallel-{rep}"))
+        print(f"  GNU parallel #{rep + 1}: HIPE starts' spread {parallel[-1][0]:.3f} s", flush=True)
     rows = []
     for which, name in ((0, "first run of the template"), (1, "template known to run")):
         for label, both in runs.items():
@@ -84,5 +109,10 @@ def main(suite, args):
             f"slots' first).\n\n"
             + md_table(["(checkout", "(run", "claims' spread", "each run", "first claim after start",
                         "last worker's first claim after start", "HIPE starts' spread", "each run",
-                        f"{SLOTS}th HIPE start after start", "command wall"], rows))
+                        f"{SLOTS}th HIPE start after start", "command wall"], rows)
+            + f"\n\nThe anchor, GNU parallel -j {SLOTS} over the same stand-in, scripts and sleeps (no database, no "
+            f"claims, no probe): HIPE starts' spread {median([p[0] for p in parallel]):.3f} s (each run "
+            + " ".join(f"{p[0]:.3f}" for p in parallel)
+            + f"), {SLOTS}th start {median([p[1] for p in parallel]):.2f} s after its start, wall "
+            f"{median([p[2] for p in parallel]):.2f} s.")
     record(f"Slots' first claims and HIPE starts at {SLOTS} slots (issue 21)", body, started_load)
