@@ -4,9 +4,13 @@ Why not just a pipe whose write end the parent closes: each worker inherits that
 and closes its copy first thing, but a worker frozen (SIGSTOP, a paused VM) before it could do so
 would hold the pipe open, and every sibling would wait on it as long as that worker stays frozen
 (seen in CI: the others never started). So the parent writes one byte for each worker, each worker
-reads one; end of file still lets them through should the parent die before it opens the gate.
+reads one. Should the parent die before it opens the gate, its workers go through too: at the end
+of the pipe, or (a frozen sibling holding it open) once they see their parent gone.
 """
 import os
+import select
+
+PARENT_LOOK = 0.5   # seconds between a waiting worker's looks at whether its parent is still there
 
 
 class Gate:
@@ -15,6 +19,7 @@ class Gate:
 
     def __init__(self, waiters: int):
         self.waiters = waiters
+        self.parent = os.getpid()
         self.read_end, self.write_end = os.pipe()
 
     def in_worker(self) -> None:
@@ -23,8 +28,13 @@ class Gate:
         self.write_end = -1
 
     def wait(self) -> None:
-        """Block until the parent opens the gate (or has died, and no frozen sibling holds its end)."""
+        """Block until the parent opens the gate or has died."""
         try:
+            readable = select.poll()   # not select(): a worker of many slots may hold descriptors above 1023
+            readable.register(self.read_end, select.POLLIN)
+            while not readable.poll(PARENT_LOOK * 1000):
+                if os.getppid() != self.parent:
+                    return
             os.read(self.read_end, 1)
         finally:
             os.close(self.read_end)

@@ -1,5 +1,6 @@
 """The gate `run -j`'s workers wait at (lib/batchUtility/gate.py), with real forks and signals: a
 worker frozen before it let go of its copy of the parent's end holds no sibling back."""
+import contextlib
 import os
 import signal
 
@@ -73,3 +74,42 @@ def test_workers_pass_a_gate_whose_parent_died_before_opening_it():
         if child is not None:
             os.kill(child, signal.SIGKILL)
             os.waitpid(child, 0)
+
+
+def test_workers_pass_a_gate_whose_parent_died_while_a_frozen_sibling_holds_it():
+    """The parent dies before it opens the gate, a worker frozen before it let go of its copy of the
+    parent's end holding the pipe open: the other worker goes through once it sees its parent gone."""
+    news_r, news_w = os.pipe()
+
+    def parent():   # forks both, says their pids, dies without opening the gate
+        gate = Gate(2)
+
+        def frozen_then_waits():
+            os.kill(os.getpid(), signal.SIGSTOP)
+            gate.in_worker()
+            gate.wait()
+
+        def waits_then_says():
+            gate.in_worker()
+            gate.wait()
+            os.write(news_w, b"through\n")
+        frozen = _fork(frozen_then_waits)
+        waiting = _fork(waits_then_says)
+        os.write(news_w, f"{frozen} {waiting}\n".encode())
+    _ended(_fork(parent), "the parent to fork its workers and die")
+    os.close(news_w)
+    os.set_blocking(news_r, False)   # the frozen worker holds the pipe open: no end of file to wait for
+    said = []
+
+    def lines():
+        with contextlib.suppress(BlockingIOError):
+            said.append(os.read(news_r, 1024).decode())
+        return "".join(said).splitlines()
+    try:
+        wait_for(lambda: len(lines()) >= 1, 30, "the workers' pids")
+        wait_for(lambda: lines()[1:] == ["through"], 30, "the worker to go through once its parent died")
+    finally:
+        for pid in map(int, (lines() or [""])[0].split()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        os.close(news_r)
