@@ -20,8 +20,9 @@
 # do. (After a plain scancel or a time limit, Slurm sends SIGKILL KillWait seconds later: an obsid
 # still running then is taken back by the next run after its lease.)
 # Exit status: 0 when every obsid of the job is done, 1 when some failed or are left, 2 for bad
-# input (nothing started), 4 when a worker stopped because the Java heap an obsid needs cannot fit
-# in the memory it may ever have, 128+N after stop signal N.
+# input (nothing started) or a worker whose setup broke (HIPE gone, say), 3 when a worker gave up on
+# the database, 4 when a worker stopped because the Java heap an obsid needs cannot fit in the
+# memory it may ever have (each as srun's highest task status), 128+N after stop signal N.
 #
 #SBATCH --job-name=hipe-batch
 #SBATCH --output=%x-%j.out

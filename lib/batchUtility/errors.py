@@ -4,7 +4,7 @@ The domain errors (JobMissing, JobExists, NotAJobTable, TemplateMissing) carry d
 names no command. The command line words them, adding what to type next (`frontend.error_line`).
 """
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Optional, Sequence
 
 
 class BatchError(Exception):
@@ -95,3 +95,13 @@ class NoRoom(BatchError):
         self.obsid, self.heap, self.most = obsid, heap, most
         super().__init__(f"obsid {obsid} needs a Java heap of {heap} but this worker can have at most {most} MiB "
                          f"({where}); obsid put back to pending for a worker with more memory, and worker stopped")
+
+
+# The statuses a worker leaves with that every launcher passes on, the highest once all have ended:
+# its setup broke (2), the database stayed away (3), an obsid's heap can never fit (4).
+PASSED_ON = (SetupBroken.exit_status, DatabaseUnavailable.exit_status, NoRoom.exit_status)
+
+
+def worst_passed_on(statuses: Iterable[int]) -> Optional[int]:
+    """The highest of the workers' statuses a launcher passes on, or None if there is none."""
+    return max((s for s in statuses if s in PASSED_ON), default=None)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import procfs, report, signals, workdir
-from .errors import BadInput, BatchError
+from .errors import BadInput, BatchError, worst_passed_on
 from .first_claims import FirstClaims
 from .frontend import COMMAND, job_exit_status, node_line, summary_heading
 from .gate import Gate
@@ -363,5 +363,5 @@ class LocalRun:
                 self._say(report.status_text(self.job, counts, table.failures(), table.by_host()))
         finally:
             table.close()
-        worst = [s for s in statuses if s in (2, 3, 4)]
-        return max(worst) if worst else status
+        worst = worst_passed_on(statuses)
+        return status if worst is None else worst

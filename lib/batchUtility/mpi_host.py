@@ -27,7 +27,7 @@ import signal
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from . import procfs
-from .errors import BadInput
+from .errors import BadInput, worst_passed_on
 from .local import LocalRun
 
 HOSTS_VARIABLE = "HIPE_BATCH_MPI_HOSTS"
@@ -102,6 +102,6 @@ class HostRun(LocalRun):
         """As a single worker's status: 128+N after a stop, else the worst of the workers'."""
         if self.stop_signal:
             return 128 + self.stop_signal
-        worst = [s for s in statuses if s in (2, 3, 4)]
-        return max(worst) if worst else max((s for s in statuses if s in (0, 1)), default=0)
+        worst = worst_passed_on(statuses)
+        return max((s for s in statuses if s in (0, 1)), default=0) if worst is None else worst
 

@@ -25,8 +25,9 @@ import secrets
 import sys
 from typing import MutableMapping, Optional
 
+from .errors import PASSED_ON
+
 VARIABLE = "HIPE_BATCH_STATUS_TOKEN"
-TOLD = (2, 3, 4)   # the statuses `run -j` passes on (local.LocalRun._finish)
 # mpirun options after which a rank's stderr no longer reaches the launcher's relay
 DIVERTING = {"output-filename", "merge-stderr-to-stdout", "xterm"}
 
@@ -49,7 +50,7 @@ def take(env: MutableMapping[str, str] = os.environ) -> Optional[str]:
 def tell(status: int, token: Optional[str], fd: int = 2) -> int:
     """Write `TOKEN exit STATUS` on fd when this process is a rank given a token and STATUS is one
     to tell, after whatever the process printed; returns status."""
-    if token and status in TOLD:
+    if token and status in PASSED_ON:
         try:
             sys.stderr.flush()
         except (OSError, ValueError):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import config, local, supervise, workdir
-from .errors import BadInput, BatchError, NoRoom
+from .errors import PASSED_ON, BadInput, BatchError
 from .frontend import job_summary, say_error, summary_heading
 from .model import INTERACTIVE_PATIENCE, check_identifier
 from .storage import open_table
@@ -140,10 +140,11 @@ def srun_command(job: str, config_args: List[str], env) -> List[str]:
 
 
 def finish(cfg, job: str, status: int, stop: supervise.Stop) -> int:
-    """The job-wide summary, then the launcher's exit status: 128+N after stop signal N; 4 when srun
-    ended with 4, its highest task's status (a worker whose memory can never hold an obsid's heap
-    said so in its line), as `run -j` passes it on; else 0 when every obsid of the job is done, 1
-    when not."""
+    """The job-wide summary, then the launcher's exit status: 128+N after stop signal N; 2, 3 or 4
+    when srun ended with it, its highest task's status (a worker's setup broke, the database stayed
+    away, an obsid's heap can never fit: the worker said which in its line), as `run -j` passes it
+    on; else 0 when every obsid of the job is done, 1 when not. srun gives only the highest: a
+    worker's 2 behind another task's 4, or behind a stopped task's 128+N, is not seen."""
     print(f"{PROG}: {summary_heading(job)}", flush=True)
     try:
         done = job_summary(cfg.sql, job, 0.0 if stop.status else INTERACTIVE_PATIENCE, cfg.run.call_timeout)
@@ -151,7 +152,7 @@ def finish(cfg, job: str, status: int, stop: supervise.Stop) -> int:
         done = say_error(PROG, e)
     if stop.status:
         return stop.status
-    if status == NoRoom.exit_status:
+    if status in PASSED_ON:
         return status
     if done != 0 and status != 0:
         print(f"{PROG}: srun ended with status {status}", file=sys.stderr, flush=True)

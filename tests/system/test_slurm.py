@@ -10,6 +10,7 @@
   - test_sbatch_mpi: the same script with --mpi (mpirun inside the allocation), 40 obsids;
   - test_sbatch_passes_a_workers_exit_4_on: an obsid's heap above the node's memory: the batch
     script ends with the workers' 4 (issue 23), nothing counted; by srun and by mpirun (--mpi);
+    test_sbatch_passes_a_workers_exit_2_on: HIPE gone mid-run, the batch script ends with 2 (srun);
   - test_array: bin/BatchProcess_array.sh with 8 array tasks, 300 obsids; the job-wide summary
     printed once; test_array_stopped: `scancel --signal=TERM --full` to a running array;
   - test_scancel_full: `scancel --signal=TERM --full` mid-run, workers started by srun or (--mpi)
@@ -233,6 +234,29 @@ def test_sbatch_passes_a_workers_exit_4_on(cluster, sqlite_batch, mpi):
     table = batch.table("big")
     assert [(r["state"], r["attempts"]) for r in table.rows()] == [("pending", 0)]
     assert {h["outcome"] for h in table.history()} == {"memory"} and batch.calls_list() == []
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_sbatch_passes_a_workers_exit_2_on(cluster, sqlite_batch):
+    """HIPE gone after its first launch (it removes itself): the worker puts the next obsid back
+    uncounted and stops with 2 and one line; srun ends with 2, its highest task's status, and the
+    batch script with 2 too (it ended with the job's 1 before)."""
+    batch = sqlite_batch
+    hipe = batch.root / "vanishing-hipe"
+    hipe.write_text(FAST_HIPE.replace("#!/bin/sh\n", '#!/bin/sh\nrm -f "$0"\n', 1))
+    hipe.chmod(0o755)
+    make_job(batch, "gone", 3, "pass\n", hipe={"command": str(hipe)})
+    job = submit(cluster, batch, ["--ntasks=1", *SMALL, SBATCH_SH, "gone"])
+    assert cluster.wait_ended(job, 240) == ["FAILED"], output(batch)
+    assert cluster.job(job)["ExitCode"] == "2:0", output(batch)
+    out = output(batch)
+    [said] = [line for line in out.splitlines() if line.startswith("BatchProcess.py: error:")]
+    assert f"cannot start HIPE ({hipe})" in said and "put back to pending and worker stopped" in said, said
+    assert "srun ended with status" not in out and "Traceback" not in out
+    assert "1 of 3 processed." in out, out[-2000:]
+    rows = batch.table("gone").rows()
+    assert sorted((r["state"], r["attempts"]) for r in rows) == [("done", 1), ("pending", 0), ("pending", 0)]
 
 
 @pytest.mark.slow
