@@ -461,18 +461,20 @@ def _children(pid):
         return []
 
 
-def _waits_on_a_pipe(pid):
+def _waits_at_the_gate(pid):
+    """Asleep in the gate's poll of its pipe (gate.py), or in its read."""
     try:
-        return "pipe" in Path(f"/proc/{pid}/wchan").read_text()   # pipe_read, anon_pipe_read, pipe_wait
+        wchan = Path(f"/proc/{pid}/wchan").read_text()   # do_sys_poll, poll_schedule_timeout, anon_pipe_read
     except OSError:
         return False
+    return "poll" in wchan or "pipe" in wchan
 
 
 @pytest.mark.slow
 def test_run_j_workers_start_once_the_last_is_forked(sqlite_batch, reaper):
     """`run -j 64`: no worker starts its work before the parent has forked the last one (else the first
     ones took the CPU from the parent still forking, and the last started long after the first). The
-    parent stopped (SIGSTOP) half-way through its forks: the workers it forked wait on the gate's pipe
+    parent stopped (SIGSTOP) half-way through its forks: the workers it forked wait at the gate
     and nothing is claimed; continued, every obsid is done once."""
     batch = sqlite_batch
     obsids = new_job(batch, range(1342190001, 1342190065), template=OK)
@@ -489,7 +491,7 @@ def test_run_j_workers_start_once_the_last_is_forked(sqlite_batch, reaper):
     if len(forked) == 64:   # the parent forked them all before the stop could come: nothing to see
         os.kill(run.pid, signal.SIGCONT)
         pytest.skip("the parent forked all 64 workers between two looks")
-    wait_for(lambda: all(map(_waits_on_a_pipe, forked)), 30, f"the {len(forked)} workers forked to wait at the gate")
+    wait_for(lambda: all(map(_waits_at_the_gate, forked)), 30, f"the {len(forked)} workers forked to wait at the gate")
     assert batch.table("j").history() == [] and batch.calls_list() == []
     os.kill(run.pid, signal.SIGCONT)
     _out, err = run.communicate(timeout=300)
